@@ -1,0 +1,212 @@
+"""Depthwise conv kernels (forward, dgrad, wgrad) against torch's grouped conv2d in float64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import DEVICE, assert_close, randn
+
+from tritoncnn import runtime
+from tritoncnn.kernels import depthwise as dw
+from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
+
+
+def _ref64(t: torch.Tensor) -> torch.Tensor:
+    """float64 copy on the kernel device (the GPU tier's references stay on the GPU)."""
+    return t.detach().to(DEVICE, torch.float64)
+
+
+def _check(
+    n, c, hw, k, stride, pad, dil, dtype,
+    act=ACT_NONE, bias=True, channels_last=True, config=None, wgrad_config=None,
+    odd_weight_strides=False,
+):  # fmt: skip
+    """Forward (optionally fused bias + relu6), dgrad, and wgrad in write and accumulate mode."""
+    h, w = hw
+    kh, kw = k
+    x = randn(n, c, h, w, dtype=dtype, channels_last=channels_last)
+    if act == ACT_RELU6:
+        x = x * 4  # so the relu6 cap at 6 is reached
+    # the layer stores its weight channels_last; its logical shape is C,1,KH,KW
+    weight = randn(c, 1, kh, kw).contiguous(memory_format=torch.channels_last)
+    if odd_weight_strides:  # a transposed view: kw is no longer the unit-stride axis
+        weight = randn(c, 1, kw, kh).transpose(2, 3)
+    b = randn(c) if bias else None
+
+    xr = _ref64(x).requires_grad_()
+    wr = _ref64(weight).requires_grad_()
+    br = _ref64(b) if bias else None
+    yr = F.conv2d(xr, wr, br, stride, pad, dil, groups=c)
+    ho, wo = yr.shape[2:]
+    g = randn(n, c, ho, wo, dtype=dtype, channels_last=channels_last)
+    yr.backward(_ref64(g))
+    if act == ACT_RELU6:
+        yr = yr.clamp(0.0, 6.0)
+
+    y = dw.depthwise_conv2d_forward(x, weight, b, stride, pad, dil, act=act, config=config)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, yr, dtype, what="forward")
+
+    gi = dw.depthwise_conv2d_dgrad(g, weight, x.shape, stride, pad, dil, config=config)
+    assert gi.dtype == dtype and gi.is_contiguous(memory_format=torch.channels_last)
+    assert_close(gi, xr.grad, dtype, what="dgrad")
+
+    if not channels_last:  # the layer may ask for the gradient in the input's own layout
+        out = runtime.empty_like(x)
+        assert dw.depthwise_conv2d_dgrad(g, weight, x.shape, stride, pad, dil, out=out) is out
+        assert_close(out, xr.grad, dtype, what="dgrad into out")
+
+    gw = dw.depthwise_conv2d_wgrad(x, g, weight.shape, stride, pad, dil, config=wgrad_config)
+    assert gw.dtype == torch.float32 and gw.shape == weight.shape
+    assert_close(gw, wr.grad, dtype, what="wgrad")
+
+    prior = randn(c, 1, kw, kh).transpose(2, 3) if odd_weight_strides else randn(c, 1, kh, kw)
+    acc = prior.clone()  # clone keeps the strides
+    assert acc.stride() == prior.stride()
+    out = dw.depthwise_conv2d_wgrad(x, g, weight.shape, stride, pad, dil, grad_weight=acc)
+    assert out is acc
+    assert_close(acc, wr.grad + _ref64(prior), dtype, what="wgrad accumulate")
+
+
+# (C, image HxW, kernel, stride, padding, dilation): odd sizes, C=20 is not a multiple of any
+# channel block, 7x5 images leave partial pixel tiles.
+CPU_CASES = [
+    (3, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (20, (7, 5), (3, 3), (2, 2), (1, 1), (1, 1)),
+    (20, (7, 5), (5, 5), (1, 1), (2, 2), (1, 1)),
+    (3, (7, 5), (5, 5), (2, 2), (2, 2), (1, 1)),
+    (20, (7, 5), (3, 3), (1, 1), (0, 0), (1, 1)),
+    (3, (7, 5), (3, 3), (2, 2), (2, 2), (2, 2)),
+    (20, (7, 5), (3, 3), (1, 2), (2, 1), (2, 1)),  # mixed stride / padding / dilation
+    (3, (7, 5), (1, 3), (2, 1), (0, 1), (1, 1)),  # non-square kernel
+]
+
+
+def _case_id(case) -> str:
+    c, _, k, s, p, d = case
+    return f"c{c}_k{k[0]}x{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}_d{d[0]}{d[1]}"
+
+
+def _shape_id(shape) -> str:
+    c, hw, s = shape
+    return f"c{c}_{hw}x{hw}_s{s}"
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=_case_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_depthwise(case, dtype):
+    c, hw, k, stride, pad, dil = case
+    # alternate the fused relu6 and plain bias epilogues over the cases
+    act = ACT_RELU6 if CPU_CASES.index(case) % 2 else ACT_NONE
+    _check(2, c, hw, k, stride, pad, dil, dtype, act=act)
+
+
+def test_no_bias_nchw_input_odd_weight_strides():
+    """NCHW-contiguous activations and a transposed weight view are read through their
+    strides; activation outputs are still NHWC."""
+    _check(2, 20, (7, 5), (5, 3), (2, 1), (1, 1), (1, 1), torch.float32, bias=False,
+           channels_last=False, odd_weight_strides=True)  # fmt: skip
+
+
+def test_int_arguments():
+    x = randn(1, 3, 5, 7, channels_last=True)
+    weight = randn(3, 1, 3, 3)
+    y = dw.depthwise_conv2d_forward(x, weight, None, 2, 1, 1)
+    assert_close(y, F.conv2d(_ref64(x), _ref64(weight), None, 2, 1, 1, groups=3))
+
+
+@pytest.mark.parametrize("config", dw.CONFIGS, ids=str)
+def test_every_config(config):
+    _check(2, 20, (7, 5), (3, 3), (2, 2), (1, 1), (1, 1), torch.float32, config=config)
+
+
+@pytest.mark.parametrize("config", dw.WGRAD_CONFIGS, ids=str)
+def test_every_wgrad_config(config):
+    _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float16, wgrad_config=config)
+
+
+def test_heuristics_pick_listed_configs():
+    for c in (3, 20, 32, 96, 144, 192, 384, 576, 960, 1280):
+        for pixels in (70, 512, 128 * 32 * 32):
+            assert dw.pick_config(c, pixels) in dw.CONFIGS
+        assert dw.pick_wgrad_config(c) in dw.WGRAD_CONFIGS
+
+
+def test_wgrad_multi_tile_programs(monkeypatch):
+    """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1)."""
+    monkeypatch.setattr(dw, "_WGRAD_TARGET_PROGRAMS", 3)
+    _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)
+
+
+def test_wgrad_deterministic():
+    x = randn(3, 20, 7, 5, channels_last=True)
+    g = randn(3, 20, 4, 3, channels_last=True)
+    a = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), (2, 2), (1, 1), (1, 1))
+    b = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), (2, 2), (1, 1), (1, 1))
+    assert torch.equal(a, b)
+
+
+def test_shape_errors():
+    x = randn(1, 4, 5, 5, channels_last=True)
+    with pytest.raises(ValueError):
+        dw.depthwise_conv2d_forward(x, randn(4, 2, 3, 3), None, 1, 1, 1)
+    with pytest.raises(ValueError):
+        dw.depthwise_conv2d_dgrad(randn(1, 4, 4, 4), randn(4, 1, 3, 3), x.shape, 1, 1, 1)
+
+
+# --- GPU tier --------------------------------------------------------------------------------
+
+# Every depthwise conv of MobileNetV2's CIFAR variant (stride-1 stem on 32x32 inputs), as
+# (channels, image size, stride), plus the common tweak that keeps the second block at stride 1.
+MOBILENETV2_DW = [
+    (32, 32, 1),
+    (96, 32, 2),
+    (96, 32, 1),
+    (144, 32, 1),
+    (144, 16, 1),
+    (144, 16, 2),
+    (192, 8, 1),
+    (192, 8, 2),
+    (384, 4, 1),
+    (576, 4, 1),
+    (576, 4, 2),
+    (960, 2, 1),
+]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# big / strided / tiny-image layers for the forced-config runs
+CONFIG_SHAPES_GPU = [(32, 32, 1), (144, 16, 2), (960, 2, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", MOBILENETV2_DW, ids=_shape_id)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_mobilenetv2_shapes_gpu(shape, dtype):
+    if dtype == torch.bfloat16 and not runtime.bf16_supported():
+        pytest.skip("bf16 needs sm_80+")
+    c, hw, s = shape
+    _check(128, c, (hw, hw), (3, 3), (s, s), (1, 1), (1, 1), dtype, act=ACT_RELU6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", dw.CONFIGS, ids=str)
+@pytest.mark.parametrize("shape", CONFIG_SHAPES_GPU, ids=_shape_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_every_config_gpu(config, shape, dtype):
+    c, hw, s = shape
+    _check(128, c, (hw, hw), (3, 3), (s, s), (1, 1), (1, 1), dtype, config=config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", dw.WGRAD_CONFIGS, ids=str)
+@pytest.mark.parametrize("shape", CONFIG_SHAPES_GPU, ids=_shape_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_every_wgrad_config_gpu(config, shape, dtype):
+    c, hw, s = shape
+    _check(128, c, (hw, hw), (3, 3), (s, s), (1, 1), (1, 1), dtype, wgrad_config=config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_odd_shapes_gpu(dtype):
+    """5x5 / dilated / NCHW input at a real batch: the general paths beyond MobileNetV2."""
+    _check(64, 100, (17, 13), (5, 5), (2, 2), (2, 2), (1, 1), dtype)
+    _check(64, 100, (17, 13), (3, 3), (1, 1), (2, 2), (2, 2), dtype, channels_last=False)

@@ -1,0 +1,503 @@
+"""Depthwise 2-d convolution (groups == in_channels == out_channels): forward, dgrad, wgrad.
+
+Depthwise convs do ~KH*KW multiply-adds per element they read, so they are memory-bound: no
+tensor cores, one pass over the activations, channels innermost. Activations are N,C,H,W
+tensors read and written through their element strides; NHWC (channels_last) memory is the
+normal case, where a block of channels of one pixel is contiguous and loads are vectorised.
+Weights are C,1,KH,KW fp32 (any strides), math is fp32, outputs take the activation dtype.
+
+- forward: one program owns a tile of output pixels x a block of channels and loops over the
+  KH*KW taps; bias and activation are fused into the epilogue.
+- dgrad: the same tiling over *input* pixels, gathering the output pixels whose window covers
+  each one ((h + pad - kh*dil) divisible by stride and in range): no atomics, no zero-inserted
+  copies, every element written.
+- wgrad: deterministic two-stage reduction over N*HO*WO: per-program partial sums for all taps
+  of a channel block into an fp32 scratch buffer, then a small kernel sums the partials in a
+  fixed order and writes (or, with ACCUMULATE, adds into) the weight gradient.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import runtime
+from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
+
+
+class DepthwiseConfig(NamedTuple):
+    """Tile of the forward and dgrad kernels: BLOCK_P pixels x BLOCK_C channels."""
+
+    block_p: int
+    block_c: int
+    num_warps: int
+
+
+class WgradConfig(NamedTuple):
+    """Tile of the wgrad partial kernel: BLOCK_C channels, and ``tile`` elements in the
+    BLOCK_P x taps x BLOCK_C accumulator (BLOCK_P follows from it and the tap count)."""
+
+    block_c: int
+    tile: int
+    num_warps: int
+
+
+# Every configuration the heuristics can choose (the GPU tier runs each). 2048-element tiles on
+# 4 warps keep 16 fp32 accumulators per thread; the 2-warp tiles give small layers (2x2, 4x4
+# images) more programs. No 8-warp configs (non-1x1 conv miscompiles, pytorch #173068).
+CONFIGS: tuple[DepthwiseConfig, ...] = (
+    DepthwiseConfig(128, 16, 4),
+    DepthwiseConfig(64, 32, 4),
+    DepthwiseConfig(32, 64, 4),
+    DepthwiseConfig(32, 32, 2),
+    DepthwiseConfig(16, 64, 2),
+)
+
+WGRAD_CONFIGS: tuple[WgradConfig, ...] = (
+    WgradConfig(16, 2048, 4),
+    WgradConfig(32, 2048, 4),
+    WgradConfig(64, 2048, 4),
+)
+
+# Below this many programs a layer can't fill an H100 (132 SMs x several programs each).
+_MIN_PROGRAMS = 512
+# Stage-1 wgrad programs aimed for; fixed (not read from the device) so that the summation order,
+# hence the result bit for bit, is the same on every machine.
+_WGRAD_TARGET_PROGRAMS = 1024
+# Stage-2 tile: BLOCK_K partial rows x BLOCK_J (tap, channel) entries.
+_REDUCE_BLOCK_K = 32
+_REDUCE_BLOCK_J = 64
+
+
+# --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def depthwise_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    C, H, W, HO, WO, P,
+    sx_n, sx_h, sx_w, sx_c,
+    sw_c, sw_h, sw_w,
+    sy_n, sy_h, sy_w, sy_c,
+    pad_h, pad_w, dil_h, dil_w, alpha,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """y[n,c,oh,ow] = act(bias[c] + sum_{kh,kw} x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * w[c,0,kh,kw]).
+
+    Layout: x and y are N,C,H,W tensors addressed through element strides (NHWC memory makes
+    a channel block contiguous); w is C,1,KH,KW through its strides. One program computes
+    BLOCK_P output pixels (flat index p over N*HO*WO, program axis 0) x BLOCK_C channels
+    (program axis 1), looping over the KH*KW taps; out-of-image taps read zeros (padding).
+
+    x_ptr, w_ptr, b_ptr, y_ptr: input, fp32 weight, fp32 bias (unused unless HAS_BIAS), output.
+    C, H, W: input channels and image size. HO, WO: output image size. P: N*HO*WO.
+    sx_*, sy_*: element strides of x and y in (n, h, w, c) order. sw_*: weight strides of
+    dims 0, 2, 3. pad_h, pad_w, dil_h, dil_w: zero padding and dilation. alpha: the
+    activation's parameter (ELU alpha / LeakyReLU slope). KH, KW: kernel size. STRIDE_H,
+    STRIDE_W: conv stride. HAS_BIAS: add bias. ACT: activation code of elementwise.py.
+    BLOCK_P, BLOCK_C: tile size.
+    """
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = p < P
+    c_mask = c < C
+    ow = p % WO
+    oh = (p // WO) % HO
+    n = p // (WO * HO)
+    ih0 = oh * STRIDE_H - pad_h
+    iw0 = ow * STRIDE_W - pad_w
+    # int64 batch offset: N*H*W*C may pass 2**31 for big batches; the rest stays int32.
+    x_base = n.to(tl.int64) * sx_n
+    x_c = c * sx_c
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        ih = ih0 + kh * dil_h
+        h_ok = p_mask & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = iw0 + kw * dil_w
+            ok = h_ok & (iw >= 0) & (iw < W)
+            x_off = x_base + ih * sx_h + iw * sx_w
+            xv = tl.load(
+                x_ptr + x_off[:, None] + x_c[None, :],
+                mask=ok[:, None] & c_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            wv = tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
+            acc += xv * wv.to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    acc = apply_activation(acc, ACT, alpha)
+    y_off = n.to(tl.int64) * sy_n + oh * sy_h + ow * sy_w
+    tl.store(
+        y_ptr + y_off[:, None] + (c * sy_c)[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=p_mask[:, None] & c_mask[None, :],
+    )
+
+
+@triton.jit
+def depthwise_dgrad_kernel(
+    go_ptr, w_ptr, gi_ptr,
+    C, H, W, HO, WO, P,
+    sg_n, sg_h, sg_w, sg_c,
+    sw_c, sw_h, sw_w,
+    si_n, si_h, si_w, si_c,
+    pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """gi[n,c,h,w] = sum over taps (kh,kw) and output pixels (oh,ow) with
+    oh*s - p + kh*d == h and ow*s - p + kw*d == w of go[n,c,oh,ow] * w[c,0,kh,kw].
+
+    A gather: for each tap, oh = (h + pad - kh*dil) / stride when that is a non-negative
+    multiple of the stride and oh < HO (likewise for w); other taps contribute nothing. Every
+    input-gradient element is written once, so there are no atomics and no zero-fill.
+
+    Layout: go (N,C,HO,WO) and gi (N,C,H,W) through element strides, NHWC in the normal case;
+    w is C,1,KH,KW through its strides. One program computes BLOCK_P input pixels (flat index
+    over N*H*W, program axis 0) x BLOCK_C channels (program axis 1).
+
+    go_ptr, w_ptr, gi_ptr: output gradient, fp32 weight, input gradient (written).
+    C, H, W: channels and input image size. HO, WO: output image size. P: N*H*W.
+    sg_*, si_*: element strides of go and gi in (n, h, w, c) order. sw_*: weight strides of
+    dims 0, 2, 3. pad_h, pad_w, dil_h, dil_w: padding and dilation of the forward conv.
+    KH, KW, STRIDE_H, STRIDE_W: kernel size and stride. BLOCK_P, BLOCK_C: tile size.
+    """
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = p < P
+    c_mask = c < C
+    w_ = p % W
+    h = (p // W) % H
+    n = p // (W * H)
+    g_base = n.to(tl.int64) * sg_n
+    g_c = c * sg_c
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        th = h + pad_h - kh * dil_h
+        # clamp before dividing so masked lanes never divide a negative number
+        th_c = tl.maximum(th, 0)
+        oh = th_c // STRIDE_H
+        h_ok = p_mask & (th >= 0) & (th_c % STRIDE_H == 0) & (oh < HO)
+        for kw in tl.static_range(KW):
+            tw = w_ + pad_w - kw * dil_w
+            tw_c = tl.maximum(tw, 0)
+            ow = tw_c // STRIDE_W
+            ok = h_ok & (tw >= 0) & (tw_c % STRIDE_W == 0) & (ow < WO)
+            g_off = g_base + oh * sg_h + ow * sg_w
+            gv = tl.load(
+                go_ptr + g_off[:, None] + g_c[None, :],
+                mask=ok[:, None] & c_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            wv = tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
+            acc += gv * wv.to(tl.float32)[None, :]
+    i_off = n.to(tl.int64) * si_n + h * si_h + w_ * si_w
+    tl.store(
+        gi_ptr + i_off[:, None] + (c * si_c)[None, :],
+        acc.to(gi_ptr.dtype.element_ty),
+        mask=p_mask[:, None] & c_mask[None, :],
+    )
+
+
+@triton.jit
+def depthwise_wgrad_partial_kernel(
+    x_ptr, go_ptr, part_ptr,
+    C, H, W, HO, WO, P, ITERS,
+    sx_n, sx_h, sx_w, sx_c,
+    sg_n, sg_h, sg_w, sg_c,
+    pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
+    x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for every tap t = kh*KW + kw.
+
+    Program (k, j) (axes 0, 1) owns output pixels [k*ITERS*BLOCK_P, (k+1)*ITERS*BLOCK_P) of
+    the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C). All taps are carried at
+    once in a BLOCK_P x TAPS x BLOCK_C fp32 accumulator, so each go tile is read once; the
+    pixel axis is reduced only at the end, in a fixed order (deterministic).
+
+    x_ptr (N,C,H,W), go_ptr (N,C,HO,WO): read through element strides (NHWC in the normal
+    case). part_ptr: contiguous fp32 scratch [num_programs_axis0, KH*KW, C].
+    C, H, W: channels and input size. HO, WO: output size. P: N*HO*WO. ITERS: pixel tiles per
+    program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
+    dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
+    TAPS: KH*KW rounded up to a power of two. BLOCK_P, BLOCK_C: tile size.
+    """
+    pid_p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    t = tl.arange(0, TAPS)
+    t_ok = t < KH * KW
+    kh_d = (t // KW) * dil_h
+    kw_d = (t % KW) * dil_w
+    x_c = (c * sx_c)[None, None, :]
+    g_c = (c * sg_c)[None, :]
+    acc = tl.zeros((BLOCK_P, TAPS, BLOCK_C), dtype=tl.float32)
+    for it in range(ITERS):
+        p = (pid_p * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = p < P
+        ow = p % WO
+        oh = (p // WO) % HO
+        n64 = (p // (WO * HO)).to(tl.int64)
+        g_off = n64 * sg_n + oh * sg_h + ow * sg_w
+        gv = tl.load(
+            go_ptr + g_off[:, None] + g_c, mask=p_mask[:, None] & c_mask[None, :], other=0.0
+        ).to(tl.float32)
+        ih = (oh * STRIDE_H - pad_h)[:, None] + kh_d[None, :]  # BLOCK_P x TAPS
+        iw = (ow * STRIDE_W - pad_w)[:, None] + kw_d[None, :]
+        ok = p_mask[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_off = n64[:, None] * sx_n + ih * sx_h + iw * sx_w
+        xv = tl.load(
+            x_ptr + x_off[:, :, None] + x_c,
+            mask=ok[:, :, None] & c_mask[None, None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc += xv * gv[:, None, :]
+    part = tl.sum(acc, axis=0)  # TAPS x BLOCK_C
+    row = pid_p.to(tl.int64) * (KH * KW) * C
+    tl.store(
+        part_ptr + row + t[:, None] * C + c[None, :],
+        part,
+        mask=t_ok[:, None] & c_mask[None, :],
+    )
+
+
+@triton.jit
+def depthwise_wgrad_reduce_kernel(
+    part_ptr, gw_ptr, K, C, J,
+    sgw_c, sgw_h, sgw_w,
+    KW: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """Stage 2 of wgrad: gw[c,0,kh,kw] (+)= sum_k part[k, kh*KW+kw, c], summed in a fixed
+    order (BLOCK_K rows at a time, then one tree reduction), so results are deterministic.
+
+    part_ptr: contiguous fp32 [K, J] with J = KH*KW*C (row-major (tap, channel) entries).
+    gw_ptr: fp32 C,1,KH,KW weight gradient through strides sgw_c, sgw_h, sgw_w (dims 0, 2, 3).
+    K: number of partial rows. C: channels. J: entries per row. KW: kernel width.
+    ACCUMULATE: add into gw instead of overwriting it. One program owns BLOCK_J entries.
+    """
+    j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    j_mask = j < J
+    acc = tl.zeros((BLOCK_K, BLOCK_J), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        acc += tl.load(
+            part_ptr + k.to(tl.int64)[:, None] * J + j[None, :],
+            mask=(k < K)[:, None] & j_mask[None, :],
+            other=0.0,
+        )
+    total = tl.sum(acc, axis=0)
+    t = j // C
+    c = j % C
+    ptrs = gw_ptr + c * sgw_c + (t // KW) * sgw_h + (t % KW) * sgw_w
+    if ACCUMULATE:
+        total += tl.load(ptrs, mask=j_mask, other=0.0)
+    tl.store(ptrs, total, mask=j_mask)
+
+
+# --- launch helpers --------------------------------------------------------------------------
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def _channel_block(c: int) -> int:
+    """The widest channel block (<= 64) that pads C by at most 1/8; 16 when none does."""
+    for bc in (64, 32, 16):
+        if triton.cdiv(c, bc) * bc * 8 <= c * 9:
+            return bc
+    return 16
+
+
+def pick_config(channels: int, pixels: int) -> DepthwiseConfig:
+    """Forward/dgrad tile for ``channels`` x ``pixels`` (output pixels for the forward,
+    input pixels for dgrad): widest low-waste channel block, 2-warp tiles for small layers."""
+    bc = _channel_block(channels)
+    big = [cfg for cfg in CONFIGS if cfg.block_c == bc and cfg.num_warps == 4][0]
+    programs = triton.cdiv(pixels, big.block_p) * triton.cdiv(channels, bc)
+    if programs < _MIN_PROGRAMS:
+        for cfg in CONFIGS:
+            if cfg.block_c == bc and cfg.num_warps == 2:
+                return cfg
+    return big
+
+
+def pick_wgrad_config(channels: int) -> WgradConfig:
+    """wgrad tile: the widest low-waste channel block."""
+    bc = _channel_block(channels)
+    return [cfg for cfg in WGRAD_CONFIGS if cfg.block_c == bc][0]
+
+
+def _check(x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"depthwise {what}: expected an N,C,H,W tensor, got {tuple(x.shape)}")
+    if x.dtype not in runtime.SUPPORTED_DTYPES:
+        raise ValueError(f"depthwise {what}: unsupported dtype {x.dtype}")
+
+
+def _check_weight_shape(shape, channels: int) -> tuple[int, int]:
+    if len(shape) != 4 or shape[0] != channels or shape[1] != 1:
+        raise ValueError(f"depthwise weight must be {channels},1,KH,KW, got {tuple(shape)}")
+    return int(shape[2]), int(shape[3])
+
+
+def depthwise_conv2d_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: DepthwiseConfig | None = None,
+) -> torch.Tensor:
+    """act(conv2d(x, weight, bias, groups=C)) as a new N,C,HO,WO channels_last tensor in x's
+    dtype. ``weight`` is fp32 C,1,KH,KW and ``bias`` fp32 C (or None), any strides;
+    stride/padding/dilation are (h, w) pairs (or ints)."""
+    _check(x, "forward")
+    n, c, h, w = x.shape
+    kh, kw = _check_weight_shape(weight.shape, c)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"depthwise forward: empty output {ho}x{wo} for input {h}x{w}")
+    if bias is not None and bias.shape != (c,):
+        raise ValueError(f"depthwise bias must have shape ({c},), got {tuple(bias.shape)}")
+    y = runtime.empty_nhwc(n, c, ho, wo, x.dtype)
+    pixels = n * ho * wo
+    cfg = config or pick_config(c, pixels)
+    grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
+    depthwise_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y,
+        c, h, w, ho, wo, pixels,
+        *runtime.nhwc_strides(x),
+        weight.stride(0), weight.stride(2), weight.stride(3),
+        *runtime.nhwc_strides(y),
+        ph, pw, dh, dw, float(alpha),
+        KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
+        HAS_BIAS=bias is not None, ACT=act,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y
+
+
+def depthwise_conv2d_dgrad(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride,
+    padding,
+    dilation,
+    config: DepthwiseConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Input gradient of a depthwise conv: a new channels_last N,C,H,W tensor (``input_shape``)
+    in grad_out's dtype, or written into ``out`` (any strides, e.g. ``runtime.empty_like`` of
+    an NCHW input, so the gradient keeps the input's layout). ``weight`` is the fp32
+    C,1,KH,KW forward weight, any strides."""
+    _check(grad_out, "dgrad")
+    n, c, h, w = (int(s) for s in input_shape)
+    kh, kw = _check_weight_shape(weight.shape, c)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    if tuple(grad_out.shape) != (n, c, ho, wo):
+        raise ValueError(
+            f"depthwise dgrad: grad_out {tuple(grad_out.shape)} != expected {(n, c, ho, wo)}"
+        )
+    if out is None:
+        grad_in = runtime.empty_nhwc(n, c, h, w, grad_out.dtype)
+    elif tuple(out.shape) != (n, c, h, w):
+        raise ValueError(f"depthwise dgrad: out {tuple(out.shape)} != input shape {(n, c, h, w)}")
+    else:
+        grad_in = out
+    pixels = n * h * w
+    cfg = config or pick_config(c, pixels)
+    grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
+    depthwise_dgrad_kernel[grid](
+        grad_out, weight, grad_in,
+        c, h, w, ho, wo, pixels,
+        *runtime.nhwc_strides(grad_out),
+        weight.stride(0), weight.stride(2), weight.stride(3),
+        *runtime.nhwc_strides(grad_in),
+        ph, pw, dh, dw,
+        KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return grad_in
+
+
+def depthwise_conv2d_wgrad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight_shape,
+    stride,
+    padding,
+    dilation,
+    grad_weight: torch.Tensor | None = None,
+    config: WgradConfig | None = None,
+) -> torch.Tensor:
+    """Weight gradient of a depthwise conv, fp32 C,1,KH,KW (``weight_shape``). Written into a
+    new channels_last tensor when ``grad_weight`` is None, else added into ``grad_weight``
+    (fp32, any strides) and that tensor returned. Deterministic (fixed summation order)."""
+    _check(x, "wgrad")
+    _check(grad_out, "wgrad")
+    n, c, h, w = x.shape
+    kh, kw = _check_weight_shape(weight_shape, c)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    if tuple(grad_out.shape) != (n, c, ho, wo):
+        raise ValueError(
+            f"depthwise wgrad: grad_out {tuple(grad_out.shape)} != expected {(n, c, ho, wo)}"
+        )
+    accumulate = grad_weight is not None
+    if accumulate:
+        if tuple(grad_weight.shape) != (c, 1, kh, kw) or grad_weight.dtype != torch.float32:
+            raise ValueError("depthwise wgrad: grad_weight must be fp32 C,1,KH,KW")
+    else:
+        grad_weight = runtime.empty_nhwc(c, 1, kh, kw, torch.float32)
+
+    cfg = config or pick_wgrad_config(c)
+    taps = triton.next_power_of_2(kh * kw)
+    # at least 2 pixels: big kernels (7x7 and up) slightly overshoot the tile instead
+    block_p = max(2, cfg.tile // (taps * cfg.block_c))
+    pixels = n * ho * wo
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    # Split the pixels so that ~_WGRAD_TARGET_PROGRAMS programs run, each over whole tiles.
+    chunks_wanted = max(1, _WGRAD_TARGET_PROGRAMS // c_blocks)
+    iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
+    chunks = triton.cdiv(pixels, iters * block_p)
+    partials = runtime.empty((chunks, kh * kw, c), torch.float32)
+    depthwise_wgrad_partial_kernel[(chunks, c_blocks)](
+        x, grad_out, partials,
+        c, h, w, ho, wo, pixels, iters,
+        *runtime.nhwc_strides(x),
+        *runtime.nhwc_strides(grad_out),
+        ph, pw, dh, dw,
+        KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
+        TAPS=taps, BLOCK_P=block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    entries = kh * kw * c
+    depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](
+        partials, grad_weight, chunks, c, entries,
+        grad_weight.stride(0), grad_weight.stride(2), grad_weight.stride(3),
+        KW=kw, ACCUMULATE=accumulate,
+        BLOCK_K=_REDUCE_BLOCK_K, BLOCK_J=_REDUCE_BLOCK_J, num_warps=4,
+    )  # fmt: skip
+    return grad_weight
