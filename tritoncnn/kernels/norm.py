@@ -1,0 +1,827 @@
+"""Batch normalisation: training statistics, running-stat update, apply, and backward.
+
+Layout: the input is viewed as a matrix of ``M`` rows by ``C`` channels, with channels the
+innermost (contiguous, for NHWC memory) axis. A 4-d N,C,H,W tensor has ``M = N*H*W`` rows; a
+(N, C) matrix is the same problem with H = W = 1, and (N, C, L) has H = 1, W = L. Kernels read
+and write every tensor through its element strides, so channels_last, torch-contiguous NCHW and
+(N, C) inputs all work without a copy. Row ``r`` decodes to ``n = r // (H*W)``, ``h``, ``w``.
+
+Every reduction is deterministic and two-stage (no atomics): stage 1 reduces a slab of rows
+for a block of channels into fp32 partials, stage 2 combines the partials in a fixed order.
+Training statistics are taken of x - x[row 0] (a per-channel pivot) and merge per-tile
+(count, mean, M2) triples with Chan's parallel formula, so the variance has no catastrophic
+cancellation even for inputs like ``1000 + randn``.
+
+Training forward (3 launches): ``bn_stats_partial_kernel`` -> ``bn_stats_finalize_kernel``
+(writes save_mean / save_invstd, updates the running stats in place exactly as torch) ->
+``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
+num_batches_tracked on the device). Eval forward is one ``bn_apply_kernel`` on running stats.
+
+Backward (3 launches): ``bn_bwd_partial_kernel`` (sums of g and g * xhat) ->
+``bn_bwd_finalize_kernel`` (grad_weight / grad_bias, written or accumulated) ->
+``bn_bwd_input_kernel`` (grad_in). A fused forward activation is differentiated by
+recomputing its input from x, so nothing but x and the fp32 statistics is kept.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import runtime
+from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
+
+
+class NormConfig(NamedTuple):
+    """Tile of the row-slab kernels: BLOCK_M rows x BLOCK_C channels, and warps per program."""
+
+    block_m: int
+    block_c: int
+    num_warps: int
+
+
+# Every configuration the launch helpers can pick (the GPU tier tests each one). Wider channel
+# blocks give longer contiguous NHWC segments; a tile is 1-2K elements per program.
+NORM_CONFIGS: tuple[NormConfig, ...] = (
+    NormConfig(block_m=64, block_c=16, num_warps=4),
+    NormConfig(block_m=64, block_c=32, num_warps=4),
+    NormConfig(block_m=32, block_c=64, num_warps=4),
+    NormConfig(block_m=16, block_c=128, num_warps=4),
+)
+
+# Partials combined per iteration of the stage-2 kernels.
+BLOCK_P = 16
+
+
+# --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_offsets(rows, HW, W, s_n, s_h, s_w):
+    """Element offsets (int64) of rows ``r = (n*H + h)*W + w`` of a tensor with strides s_*."""
+    rows = rows.to(tl.int64)
+    n = rows // HW
+    hw = rows - n * HW
+    h = hw // W
+    w = hw - h * W
+    return n * s_n + h * s_h + w * s_w
+
+
+@triton.jit
+def _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR: tl.constexpr):
+    """(mean, invstd) per channel: stat is invstd itself, or a variance when STAT_IS_VAR."""
+    mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    stat = tl.load(stat_ptr + offs_c, mask=mask_c, other=1.0).to(tl.float32)
+    if STAT_IS_VAR:
+        stat = 1.0 / tl.sqrt_rn(stat + eps)
+    return mean, stat
+
+
+@triton.jit
+def _affine(
+    w_ptr,
+    b_ptr,
+    offs_c,
+    mask_c,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """(weight, bias) per channel in fp32; 1 and 0 stand in for parameters the layer lacks."""
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        w = tl.full((BLOCK_C,), 1.0, tl.float32)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros((BLOCK_C,), tl.float32)
+    return w, b
+
+
+@triton.jit
+def bn_stats_partial_kernel(
+    x_ptr,
+    pmean_ptr,
+    pm2_ptr,
+    M,
+    C,
+    HW,
+    W,
+    s_n,
+    s_h,
+    s_w,
+    s_c,
+    ROWS,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Stage 1 of the training statistics: (mean, M2) of one slab of rows, per channel.
+
+    Layout: x is an M x C row matrix (see module docstring) read through strides s_n, s_h,
+    s_w (row decode) and s_c (channels). Program (pid_m, pid_c) reduces rows
+    [pid_m*ROWS, min((pid_m+1)*ROWS, M)) for channels [pid_c*BLOCK_C, +BLOCK_C) tile by tile:
+    each BLOCK_M x BLOCK_C tile's exact mean and M2 are merged into the running pair with
+    Chan's formula, all in fp32, on x - x[row 0] (the pivot).
+
+    x_ptr: input, any float dtype.
+    pmean_ptr, pm2_ptr: fp32 [cdiv(M, ROWS), C] partial means of x - pivot and sums of squared
+    deviations.
+    M, C: rows and channels. HW, W: H*W and W of the row decode. ROWS: rows per program
+    (a multiple of BLOCK_M).
+    """
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    col = offs_c.to(tl.int64) * s_c
+    row0 = pid_m * ROWS
+    n_rows = tl.minimum(ROWS, M - row0)
+
+    # Statistics of x - pivot, the pivot being row 0 of the whole batch (the same for every
+    # program): for inputs like 1000 + randn the shifted values are O(std), so the sums keep
+    # their precision and the mean is K + (small mean), rounded once.
+    pivot = tl.load(x_ptr + col, mask=mask_c, other=0.0).to(tl.float32)
+    mean = tl.zeros((BLOCK_C,), tl.float32)
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for start in range(0, n_rows, BLOCK_M):
+        rows = row0 + start + tl.arange(0, BLOCK_M)
+        mask_m = rows < row0 + n_rows
+        mask = mask_m[:, None] & mask_c[None, :]
+        offs = _row_offsets(rows, HW, W, s_n, s_h, s_w)[:, None] + col[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, x - pivot[None, :], 0.0)
+        # Exact statistics of this tile, then Chan's merge: both terms are centred, so no
+        # large sum of squares ever meets a large squared mean.
+        nb = tl.minimum(BLOCK_M, n_rows - start).to(tl.float32)
+        na = start * 1.0  # rows merged so far (fp32)
+        tile_mean = tl.sum(x, axis=0) / nb
+        d = tl.where(mask, x - tile_mean[None, :], 0.0)
+        tile_m2 = tl.sum(d * d, axis=0)
+        n = na + nb
+        delta = tile_mean - mean
+        mean = mean + delta * (nb / n)
+        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
+
+    out = pid_m.to(tl.int64) * C + offs_c
+    tl.store(pmean_ptr + out, mean, mask=mask_c)
+    tl.store(pm2_ptr + out, m2, mask=mask_c)
+
+
+@triton.jit
+def bn_stats_finalize_kernel(
+    x_ptr,
+    pmean_ptr,
+    pm2_ptr,
+    save_mean_ptr,
+    save_invstd_ptr,
+    rmean_ptr,
+    rvar_ptr,
+    nbt_ptr,
+    M,
+    C,
+    s_c,
+    ROWS,
+    n_parts,
+    momentum,
+    eps,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Stage 2: combine the partials of stage 1 into batch mean / invstd; update running stats.
+
+    One program owns channels [pid*BLOCK_C, +BLOCK_C) and merges the n_parts partials in order,
+    BLOCK_P at a time (partial p covers min(ROWS, M - p*ROWS) rows), with Chan's formula.
+
+    x_ptr, s_c: the input and its channel stride, to read the pivot x[row 0] back.
+    pmean_ptr, pm2_ptr: fp32 [n_parts, C] from bn_stats_partial_kernel.
+    save_mean_ptr, save_invstd_ptr: fp32 [C] outputs: batch mean and 1/sqrt(biased var + eps).
+    rmean_ptr, rvar_ptr: running mean / var [C], updated in place when UPDATE_RUNNING:
+    r = (1 - f) * r + f * stat, with the unbiased variance M2 / (M - 1) for rvar.
+    nbt_ptr: int64 num_batches_tracked, read (not written: bn_apply_kernel increments it after
+    every program here has read it) when CUMULATIVE, for f = 1 / (num_batches_tracked + 1).
+    momentum: f when not CUMULATIVE. eps: added to the biased variance.
+    """
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+
+    mean = tl.zeros((BLOCK_C,), tl.float32)
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        mask_p = parts < n_parts
+        mask = mask_p[:, None] & mask_c[None, :]
+        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+        pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0)
+        pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0)
+        cnt = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
+        nb = tl.sum(cnt, axis=0)
+        tile_mean = tl.sum(cnt[:, None] * pmean, axis=0) / nb
+        d = pmean - tile_mean[None, :]
+        tile_m2 = tl.sum(tl.where(mask, pm2 + cnt[:, None] * d * d, 0.0), axis=0)
+        na = p0 * ROWS * 1.0  # rows merged so far: every earlier partial is full
+        n = na + nb
+        delta = tile_mean - mean
+        mean = mean + delta * (nb / n)
+        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
+
+    mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
+    var = m2 / M
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
+    tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
+
+    if UPDATE_RUNNING:
+        if CUMULATIVE:
+            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
+        else:
+            f = momentum
+        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        unbiased = m2 / (M - 1)
+        rm = (1.0 - f) * rm + f * mean
+        rv = (1.0 - f) * rv + f * unbiased
+        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def bn_apply_kernel(
+    x_ptr,
+    y_ptr,
+    mean_ptr,
+    stat_ptr,
+    w_ptr,
+    b_ptr,
+    nbt_ptr,
+    M,
+    C,
+    HW,
+    W,
+    sx_n,
+    sx_h,
+    sx_w,
+    sx_c,
+    sy_n,
+    sy_h,
+    sy_w,
+    sy_c,
+    eps,
+    alpha,
+    STAT_IS_VAR: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INC_NBT: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """y = act((x - mean) * (invstd * weight) + bias) on one BLOCK_M x BLOCK_C tile.
+
+    Layout: x and y are M x C row matrices read / written through their own strides (sx_*,
+    sy_*; see module docstring). Math in fp32; y stored in its own dtype.
+
+    mean_ptr: fp32 [C] mean (batch or running). stat_ptr: [C] invstd, or the variance when
+    STAT_IS_VAR (eval: invstd = 1/sqrt(var + eps) is computed here).
+    w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
+    nbt_ptr: int64 num_batches_tracked, incremented by program (0, 0) when INC_NBT (the
+    statistics kernel read it in an earlier launch, so this is race free).
+    ACT, alpha: fused activation (elementwise.ACT codes) and its parameter.
+    """
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    if INC_NBT:
+        if (pid_m == 0) & (pid_c == 0):
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = (rows < M)[:, None] & mask_c[None, :]
+
+    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    scale = invstd * w
+
+    c64 = offs_c.to(tl.int64)
+    x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+    # (x - mean) first: folding mean into a shift (x * scale + shift) would cancel badly
+    # for large-mean inputs. The backward recomputes z with exactly this expression.
+    z = (x - mean[None, :]) * scale[None, :] + b[None, :]
+    y = apply_activation(z, ACT, alpha)
+    y_offs = _row_offsets(rows, HW, W, sy_n, sy_h, sy_w)[:, None] + (c64 * sy_c)[None, :]
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bn_bwd_partial_kernel(
+    g_ptr,
+    x_ptr,
+    mean_ptr,
+    stat_ptr,
+    w_ptr,
+    b_ptr,
+    psum_g_ptr,
+    psum_gx_ptr,
+    M,
+    C,
+    HW,
+    W,
+    sg_n,
+    sg_h,
+    sg_w,
+    sg_c,
+    sx_n,
+    sx_h,
+    sx_w,
+    sx_c,
+    ROWS,
+    eps,
+    alpha,
+    STAT_IS_VAR: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Stage 1 of the backward: per-channel sums of g and g * xhat over one slab of rows.
+
+    Layout: g and x are M x C row matrices read through their own strides (sg_*, sx_*).
+    Program (pid_m, pid_c) sums rows [pid_m*ROWS, +ROWS) for channels [pid_c*BLOCK_C,
+    +BLOCK_C) into BLOCK_M x BLOCK_C fp32 accumulators, reduced once at the end.
+
+    g_ptr: gradient of the layer output. x_ptr: forward input.
+    mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) used forward;
+    xhat = (x - mean) * invstd.
+    w_ptr, b_ptr: weight and bias (read only if HAS_WEIGHT / HAS_BIAS), used only to recompute
+    the fused activation's input z = (x - mean) * invstd * w + b when ACT is set (g is then
+    g * act'(z)).
+    psum_g_ptr, psum_gx_ptr: fp32 [cdiv(M, ROWS), C] partial sums of g and g * xhat.
+    """
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    c64 = offs_c.to(tl.int64)
+    row0 = pid_m * ROWS
+    n_rows = tl.minimum(ROWS, M - row0)
+
+    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    if ACT != 0:
+        w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+        scale = invstd * w
+
+    acc_g = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    acc_gx = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    for start in range(0, n_rows, BLOCK_M):
+        rows = row0 + start + tl.arange(0, BLOCK_M)
+        mask = (rows < row0 + n_rows)[:, None] & mask_c[None, :]
+        g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w)[:, None] + (c64 * sg_c)[None, :]
+        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+        g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+        diff = x - mean[None, :]
+        if ACT != 0:
+            z = diff * scale[None, :] + b[None, :]
+            g = activation_grad(g, z, ACT, alpha)
+        xhat = tl.where(mask, diff * invstd[None, :], 0.0)
+        acc_g += g
+        acc_gx += g * xhat
+
+    out = pid_m.to(tl.int64) * C + offs_c
+    tl.store(psum_g_ptr + out, tl.sum(acc_g, axis=0), mask=mask_c)
+    tl.store(psum_gx_ptr + out, tl.sum(acc_gx, axis=0), mask=mask_c)
+
+
+@triton.jit
+def bn_bwd_finalize_kernel(
+    psum_g_ptr,
+    psum_gx_ptr,
+    means_ptr,
+    gw_ptr,
+    gb_ptr,
+    M,
+    C,
+    n_parts,
+    WRITE_GRAD_W: tl.constexpr,
+    WRITE_GRAD_B: tl.constexpr,
+    ACCUMULATE_W: tl.constexpr,
+    ACCUMULATE_B: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Stage 2 of the backward: sum the partials in order; parameter and input-grad terms.
+
+    One program owns channels [pid*BLOCK_C, +BLOCK_C) and adds the n_parts partial rows
+    BLOCK_P at a time into BLOCK_P x BLOCK_C fp32 accumulators.
+
+    psum_g_ptr, psum_gx_ptr: fp32 [n_parts, C] from bn_bwd_partial_kernel.
+    means_ptr: fp32 [2, C] output: sum(g) / M and sum(g * xhat) / M (for bn_bwd_input_kernel).
+    gw_ptr, gb_ptr: fp32 [C] grad_weight = sum(g * xhat) and grad_bias = sum(g), stored when
+    WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
+    ACCUMULATE_B is set, else overwritten.
+    """
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    acc_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    acc_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        mask = (parts < n_parts)[:, None] & mask_c[None, :]
+        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+        acc_g += tl.load(psum_g_ptr + offs, mask=mask, other=0.0)
+        acc_gx += tl.load(psum_gx_ptr + offs, mask=mask, other=0.0)
+    sum_g = tl.sum(acc_g, axis=0)
+    sum_gx = tl.sum(acc_gx, axis=0)
+
+    tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
+    tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
+    if WRITE_GRAD_W:
+        gw = sum_gx
+        if ACCUMULATE_W:
+            gw += tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0)
+        tl.store(gw_ptr + offs_c, gw, mask=mask_c)
+    if WRITE_GRAD_B:
+        gb = sum_g
+        if ACCUMULATE_B:
+            gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
+        tl.store(gb_ptr + offs_c, gb, mask=mask_c)
+
+
+@triton.jit
+def bn_bwd_input_kernel(
+    g_ptr,
+    x_ptr,
+    dx_ptr,
+    mean_ptr,
+    stat_ptr,
+    w_ptr,
+    b_ptr,
+    means_ptr,
+    M,
+    C,
+    HW,
+    W,
+    sg_n,
+    sg_h,
+    sg_w,
+    sg_c,
+    sx_n,
+    sx_h,
+    sx_w,
+    sx_c,
+    sd_n,
+    sd_h,
+    sd_w,
+    sd_c,
+    eps,
+    alpha,
+    BATCH_STATS: tl.constexpr,
+    STAT_IS_VAR: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Input gradient on one BLOCK_M x BLOCK_C tile.
+
+    Batch statistics (training): dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat)).
+    Running statistics (eval):   dx = g * w * invstd.
+    With a fused activation, g is first replaced by g * act'(z), z recomputed from x.
+
+    Layout: g, x and dx are M x C row matrices with their own strides (sg_*, sx_*, sd_*).
+    mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) of the forward.
+    w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
+    means_ptr: fp32 [2, C] mean(g) and mean(g * xhat) from bn_bwd_finalize_kernel (read only
+    when BATCH_STATS).
+    """
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    c64 = offs_c.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = (rows < M)[:, None] & mask_c[None, :]
+
+    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    scale = invstd * w
+
+    g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w)[:, None] + (c64 * sg_c)[None, :]
+    g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
+    if BATCH_STATS or ACT != 0:
+        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+        diff = x - mean[None, :]
+        if ACT != 0:
+            z = diff * scale[None, :] + b[None, :]
+            g = activation_grad(g, z, ACT, alpha)
+    if BATCH_STATS:
+        mean_g = tl.load(means_ptr + offs_c, mask=mask_c, other=0.0)
+        mean_gx = tl.load(means_ptr + C + offs_c, mask=mask_c, other=0.0)
+        xhat = diff * invstd[None, :]
+        dx = scale[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
+    else:
+        dx = g * scale[None, :]
+    d_offs = _row_offsets(rows, HW, W, sd_n, sd_h, sd_w)[:, None] + (c64 * sd_c)[None, :]
+    tl.store(dx_ptr + d_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# --- launch helpers --------------------------------------------------------------------------
+
+_SM_COUNT: int | None = None
+
+
+def _target_programs() -> int:
+    """Stage-1 programs to aim for: a few per SM on the GPU; few in the (serial) interpreter."""
+    global _SM_COUNT
+    if runtime.INTERPRETED:
+        return 4
+    if _SM_COUNT is None:
+        _SM_COUNT = torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
+    return 4 * _SM_COUNT
+
+
+def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
+    """(M, C, HW, W, (s_n, s_h, s_w, s_c)) of an (N,C), (N,C,L) or (N,C,H,W) tensor."""
+    if t.dim() == 2:
+        n, c = t.shape
+        return n, c, 1, 1, (t.stride(0), 0, 0, t.stride(1))
+    if t.dim() == 3:
+        n, c, length = t.shape
+        return n * length, c, length, length, (t.stride(0), 0, t.stride(2), t.stride(1))
+    if t.dim() == 4:
+        n, c, h, w = t.shape
+        return n * h * w, c, h * w, w, runtime.nhwc_strides(t)
+    raise ValueError(f"batch norm expects a 2-d, 3-d or 4-d input, got {t.dim()}-d")
+
+
+def pick_config(channels: int) -> NormConfig:
+    """The narrowest listed channel block that covers ``channels`` (the widest beyond that)."""
+    for cfg in NORM_CONFIGS:
+        if cfg.block_c >= channels:
+            return cfg
+    return NORM_CONFIGS[-1]
+
+
+def _split_rows(m: int, c: int, cfg: NormConfig) -> tuple[int, int]:
+    """(rows per stage-1 program, number of partials): enough programs to fill the device."""
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    want = max(1, triton.cdiv(_target_programs(), c_blocks))
+    rows = triton.cdiv(triton.cdiv(m, want), cfg.block_m) * cfg.block_m
+    return rows, triton.cdiv(m, rows)
+
+
+def _check(x: torch.Tensor, *per_channel: torch.Tensor | None) -> None:
+    if x.dtype not in runtime.SUPPORTED_DTYPES:
+        raise ValueError(f"batch norm: unsupported input dtype {x.dtype}")
+    if x.dim() not in (2, 3, 4):
+        raise ValueError(f"batch norm expects a 2-d, 3-d or 4-d input, got {x.dim()}-d")
+    c = x.shape[1]
+    for t in per_channel:
+        if t is not None and (t.dim() != 1 or t.shape[0] != c):
+            raise ValueError(f"batch norm: per-channel tensor of shape {tuple(t.shape)}, C={c}")
+
+
+def batch_norm_forward_train(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: NormConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-statistics forward: returns (y, save_mean, save_invstd), the last two fp32 [C].
+
+    x: (N, C), (N, C, L) or (N, C, H, W), read through its strides; y is allocated like x.
+    weight, bias: fp32 [C] or None (affine=False; bias=False).
+    running_mean, running_var: fp32 [C] updated in place (momentum as torch; momentum=None is
+    the cumulative average over num_batches_tracked), or both None to leave them alone.
+    num_batches_tracked: int64 scalar incremented on the device when the running stats are
+    updated (None: not tracked). act, alpha: fused activation (elementwise.ACT codes) applied
+    to the normalised output. config: tile config (default: pick_config(C)).
+    """
+    _check(x, weight, bias, running_mean, running_var)
+    m, c, hw, w, sx = _geometry(x)
+    if m < 2:  # as torch's F.batch_norm(training=True)
+        raise ValueError(f"Expected more than 1 value per channel when training, got {m}")
+    update = running_mean is not None and running_var is not None
+    cumulative = update and momentum is None
+    if cumulative and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    inc = update and num_batches_tracked is not None
+    cfg = config or pick_config(c)
+    rows, n_parts = _split_rows(m, c, cfg)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}
+
+    pmean = runtime.empty((n_parts, c))
+    pm2 = runtime.empty((n_parts, c))
+    # fmt: off
+    bn_stats_partial_kernel[(n_parts, c_blocks)](
+        x, pmean, pm2, m, c, hw, w, *sx, rows, BLOCK_M=cfg.block_m, **tile,
+    )
+    save_mean = runtime.empty((c,))
+    save_invstd = runtime.empty((c,))
+    dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
+    bn_stats_finalize_kernel[(c_blocks,)](
+        x, pmean, pm2, save_mean, save_invstd,
+        running_mean if update else dummy, running_var if update else dummy,
+        num_batches_tracked if cumulative else dummy,
+        m, c, sx[3], rows, n_parts, 0.0 if momentum is None else float(momentum), float(eps),
+        UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_P=BLOCK_P, **tile,
+    )
+    y = runtime.empty_like(x)
+    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
+        x, y, save_mean, save_invstd,
+        dummy if weight is None else weight, dummy if bias is None else bias,
+        num_batches_tracked if inc else dummy,
+        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, **tile,
+    )
+    # fmt: on
+    return y, save_mean, save_invstd
+
+
+def batch_norm_forward_eval(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: NormConfig | None = None,
+) -> torch.Tensor:
+    """Running-statistics forward in one pass: act((x - rm) / sqrt(rv + eps) * weight + bias).
+
+    Arguments as batch_norm_forward_train; the running stats are only read.
+    """
+    _check(x, weight, bias, running_mean, running_var)
+    m, c, hw, w, sx = _geometry(x)
+    cfg = config or pick_config(c)
+    y = runtime.empty_like(x)
+    dummy = running_mean
+    # fmt: off
+    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
+        x, y, running_mean, running_var,
+        dummy if weight is None else weight, dummy if bias is None else bias, dummy,
+        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        STAT_IS_VAR=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+    # fmt: on
+    return y
+
+
+def _backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    has_bias: bool | None,
+    mean: torch.Tensor,
+    stat: torch.Tensor,
+    eps: float,
+    batch_stats: bool,
+    grad_weight: torch.Tensor | None,
+    grad_bias: torch.Tensor | None,
+    act: int,
+    alpha: float,
+    config: NormConfig | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Shared body of both backwards; ``stat`` is invstd (batch_stats) or the running var."""
+    _check(x, weight, bias, mean, stat)
+    if grad_out.shape != x.shape:
+        raise ValueError(
+            f"batch norm backward: grad_out {tuple(grad_out.shape)} != input {tuple(x.shape)}"
+        )
+    has_bias = (weight is not None or bias is not None) if has_bias is None else has_bias
+    if has_bias and bias is None and act != ACT_NONE:
+        raise ValueError("batch norm backward with a fused activation needs the layer's bias")
+    m, c, hw, w, sx = _geometry(x)
+    cfg = config or pick_config(c)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}
+    flags = {
+        "STAT_IS_VAR": not batch_stats,
+        "HAS_WEIGHT": weight is not None,
+        "HAS_BIAS": bias is not None,
+        "ACT": act,
+    }
+    sg = _geometry(grad_out)[4]
+    dummy = mean  # stands in for pointers a constexpr flag says are never touched
+    w_arg = dummy if weight is None else weight
+    b_arg = dummy if bias is None else bias
+    want_gw = weight is not None
+    want_gb = has_bias
+
+    means = dummy  # mean(g), mean(g * xhat): only the batch-statistics input grad reads them
+    if batch_stats or want_gw or want_gb:
+        rows, n_parts = _split_rows(m, c, cfg)
+        psum_g = runtime.empty((n_parts, c))
+        psum_gx = runtime.empty((n_parts, c))
+        # fmt: off
+        bn_bwd_partial_kernel[(n_parts, c_blocks)](
+            grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
+            m, c, hw, w, *sg, *sx, rows, float(eps), float(alpha),
+            BLOCK_M=cfg.block_m, **flags, **tile,
+        )
+        # fmt: on
+        means = runtime.empty((2, c))
+        acc_w, acc_b = grad_weight is not None, grad_bias is not None
+        if want_gw and not acc_w:
+            grad_weight = runtime.empty((c,))
+        if want_gb and not acc_b:
+            grad_bias = runtime.empty((c,))
+        # fmt: off
+        bn_bwd_finalize_kernel[(c_blocks,)](
+            psum_g, psum_gx, means,
+            grad_weight if want_gw else means, grad_bias if want_gb else means,
+            m, c, n_parts,
+            WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
+            BLOCK_P=BLOCK_P, **tile,
+        )
+        # fmt: on
+    grad_in = runtime.empty_like(x)
+    # fmt: off
+    bn_bwd_input_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
+        grad_out, x, grad_in, mean, stat, w_arg, b_arg, means,
+        m, c, hw, w, *sg, *sx, *_geometry(grad_in)[4], float(eps), float(alpha),
+        BATCH_STATS=batch_stats, BLOCK_M=cfg.block_m, **flags, **tile,
+    )
+    # fmt: on
+    return grad_in, (grad_weight if want_gw else None), (grad_bias if want_gb else None)
+
+
+def batch_norm_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    save_mean: torch.Tensor,
+    save_invstd: torch.Tensor,
+    grad_weight: torch.Tensor | None = None,
+    grad_bias: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    has_bias: bool | None = None,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: NormConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Backward of batch_norm_forward_train: returns (grad_in, grad_weight, grad_bias).
+
+    grad_in has x's shape, dtype and layout. grad_weight (when weight is given) and grad_bias
+    (when the layer has a bias: ``has_bias``, by default whenever weight or bias is given) are
+    fp32 [C]: fresh tensors when passed as None, else the given tensors with the new gradient
+    added in place; None for parameters the layer lacks. bias: the layer's bias, needed only
+    with a fused activation (act, alpha as in the forward), whose input is recomputed from x.
+    """
+    return _backward(
+        grad_out, x, weight, bias, has_bias, save_mean, save_invstd, 0.0, True,
+        grad_weight, grad_bias, act, alpha, config,
+    )  # fmt: skip
+
+
+def batch_norm_backward_eval(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    grad_weight: torch.Tensor | None = None,
+    grad_bias: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    has_bias: bool | None = None,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: NormConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Backward of batch_norm_forward_eval (the running stats are constants there).
+
+    grad_in = g * weight / sqrt(running_var + eps); grad_weight = sum(g * xhat) and
+    grad_bias = sum(g), returned, written or accumulated as in batch_norm_backward.
+    """
+    return _backward(
+        grad_out, x, weight, bias, has_bias, running_mean, running_var, eps, False,
+        grad_weight, grad_bias, act, alpha, config,
+    )  # fmt: skip

@@ -1,0 +1,169 @@
+"""BatchNorm1d and BatchNorm2d (kernels in kernels/norm.py).
+
+Parameters, buffers, state_dict keys and train/eval behaviour are torch.nn's: training (or
+eval with ``track_running_stats=False``) normalises with batch statistics; training with
+running stats also updates running_mean / running_var (unbiased) and num_batches_tracked on
+the device. Statistics are fp32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tritoncnn import runtime
+from tritoncnn.kernels import norm
+from tritoncnn.kernels.elementwise import ACT_NONE
+from tritoncnn.nn.module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    """Shared body; subclasses say which input ranks they accept."""
+
+    RANKS: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if dtype is not None and dtype != torch.float32:
+            raise ValueError(f"{type(self).__name__}: parameters are fp32, got dtype={dtype}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        # A fusion pass may set these to apply an activation in the same kernel (not torch's).
+        self.act: int = ACT_NONE
+        self.act_alpha: float = 0.0
+        c = self.num_features
+        if affine:
+            # torch.nn.init.ones_ / zeros_; BN affine parameters stay out of weight decay.
+            self.weight = Parameter(torch.ones(c).to(runtime.DEVICE), no_weight_decay=True)
+            if bias:
+                self.bias = Parameter(torch.zeros(c).to(runtime.DEVICE), no_weight_decay=True)
+            else:
+                self.bias = None
+        else:
+            self.weight = None
+            self.bias = None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(c).to(runtime.DEVICE))
+            self.register_buffer("running_var", torch.ones(c).to(runtime.DEVICE))
+            nbt = torch.tensor(0, dtype=torch.long).to(runtime.DEVICE)
+            self.register_buffer("num_batches_tracked", nbt)
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._saved: tuple | None = None
+
+    def reset_running_stats(self) -> None:
+        """torch's semantics (a host-side reset, outside the training step)."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        name = type(self).__name__
+        if x.dim() not in self.RANKS:
+            ranks = " or ".join(f"{r}D" for r in self.RANKS)
+            raise ValueError(f"{name}: expected {ranks} input (got {x.dim()}D input)")
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{name}: input has {x.shape[1]} channels, expected {self.num_features}"
+            )
+        if x.dtype not in runtime.SUPPORTED_DTYPES:
+            raise ValueError(f"{name}: unsupported input dtype {x.dtype}")
+
+    def _params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        w = self.weight.data if self.weight is not None else None
+        b = self.bias.data if self.bias is not None else None
+        return w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        w, b = self._params()
+        batch_stats = self.training or not self.track_running_stats
+        if batch_stats:
+            # torch refuses batch statistics of one value per channel (eval included)
+            if x.numel() // x.shape[1] == 1:
+                raise ValueError(
+                    "Expected more than 1 value per channel when training, "
+                    f"got input size {tuple(x.shape)}"
+                )
+            update = self.training and self.track_running_stats
+            y, mean, invstd = norm.batch_norm_forward_train(
+                x,
+                w,
+                b,
+                self.running_mean if update else None,
+                self.running_var if update else None,
+                self.num_batches_tracked if update else None,
+                self.momentum,
+                self.eps,
+                act=self.act,
+                alpha=self.act_alpha,
+            )
+            self._saved = (x, True, mean, invstd)
+        else:
+            y = norm.batch_norm_forward_eval(
+                x,
+                w,
+                b,
+                self.running_mean,
+                self.running_var,
+                self.eps,
+                act=self.act,
+                alpha=self.act_alpha,
+            )
+            self._saved = (x, False, self.running_mean, self.running_var)
+        return y
+
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        x, batch_stats, mean, stat = self._saved
+        w, b = self._params()
+        gw = self.weight.grad if self.weight is not None else None
+        gb = self.bias.grad if self.bias is not None else None
+        common = {"bias": b, "has_bias": b is not None, "act": self.act, "alpha": self.act_alpha}
+        if batch_stats:
+            grad_in, gw, gb = norm.batch_norm_backward(grad_out, x, w, mean, stat, gw, gb, **common)
+        else:
+            grad_in, gw, gb = norm.batch_norm_backward_eval(
+                grad_out, x, w, mean, stat, self.eps, gw, gb, **common
+            )
+        if self.weight is not None:
+            self.weight.grad = gw
+        if self.bias is not None:
+            self.bias.grad = gb
+        return grad_in
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over N,H,W of an (N, C, H, W) input, per channel."""
+
+    RANKS = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over N (and L) of an (N, C) or (N, C, L) input, per channel."""
+
+    RANKS = (2, 3)
