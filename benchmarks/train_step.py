@@ -1,0 +1,180 @@
+"""Whole training step, tritoncnn against torch.nn on the same GPU in the same run.
+
+For each model and batch size: ms/step, images/s and achieved TFLOP/s of
+  - tritoncnn fp16 (eager launches, and the CUDA-graph step when the trainer has one),
+  - torch eager fp32, torch eager AMP + channels_last,
+  - torch.compile (default), and with --max-autotune torch.compile(mode="max-autotune"),
+all with SGD(momentum) and data already on the GPU. Writes
+``benchmarks/results/train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar chart.
+
+    python benchmarks/train_step.py [--models baseline resnet18 mobilenetv2] [--batches 128 512]
+                                    [--max-autotune] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tritoncnn import models, nn, runtime  # noqa: E402
+from tritoncnn.export import to_torch  # noqa: E402
+from tritoncnn.optim import SGD, GradScaler  # noqa: E402
+
+
+def bench(fn, steps: int = 30, warmup: int = 5) -> float:
+    """Median ms per call of fn (CUDA events around each call, after warm-up)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def flops_per_image(model, image_size: int, channels: int) -> float:
+    """Forward FLOPs per image (2 x conv/linear multiply-adds) from the model summary."""
+    from tritoncnn.models.summary import summary
+
+    return float(summary(model, (channels, image_size, image_size)).flops)
+
+
+def ours_step(model, x, y, dtype):
+    loss_fn = nn.CrossEntropyLoss()
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = GradScaler() if dtype == torch.float16 else None
+    xs = x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        logits = model(xs)
+        loss_fn(logits, y)
+        model.backward(loss_fn.backward(scaler.scale_tensor if scaler else None))
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=False)
+
+    return step
+
+
+def torch_step(twin, x, y, mode: str):
+    twin = twin.cuda()
+    amp = mode != "eager_fp32"
+    if amp:
+        twin = twin.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
+                          foreach=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            loss = loss_fn(twin(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    if mode == "compile":
+        return torch.compile(step)
+    if mode == "compile_max_autotune":
+        return torch.compile(step, mode="max-autotune")
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["baseline", "resnet18", "mobilenetv2"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[128, 512])
+    ap.add_argument("--max-autotune", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    if runtime.INTERPRETED:
+        sys.exit("benchmarks/train_step.py needs a CUDA GPU")
+    import triton
+
+    torch.backends.cudnn.benchmark = True
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "date": datetime.date.today().isoformat()}
+    modes = ["eager_fp32", "eager_amp_cl"]
+    if not args.no_compile:
+        modes.append("compile")
+    if args.max_autotune:
+        modes.append("compile_max_autotune")
+    rows = []
+    for name in args.models:
+        for batch in args.batches:
+            torch.manual_seed(0)
+            model = models.build(name, num_classes=10, in_channels=3, image_size=32)
+            fpi = 3 * flops_per_image(model, 32, 3)  # forward + two backward GEMMs
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            y = torch.randint(0, 10, (batch,), device="cuda")
+            variants = {"tritoncnn_fp16": ours_step(model, x, y, torch.float16)}
+            for mode in modes:  # a fresh twin per mode: each has its own optimizer state
+                variants[f"torch_{mode}"] = torch_step(to_torch(model), x, y, mode)
+            for variant, fn in variants.items():
+                try:
+                    ms = bench(fn)
+                except Exception as e:  # noqa: BLE001 - record and go on with the next mode
+                    print(f"{name} b{batch} {variant}: failed: {e!r}"[:300], flush=True)
+                    continue
+                peak = torch.cuda.max_memory_allocated() / 2**20
+                rows.append({**meta, "model": name, "batch": batch, "variant": variant,
+                             "ms_per_step": ms, "images_per_s": batch / ms * 1e3,
+                             "tflops": fpi * batch / ms / 1e9, "peak_mem_mib": peak})
+                print(f"{name:<12} b{batch:<4} {variant:<28} {ms:8.3f} ms  "
+                      f"{batch / ms * 1e3:9.0f} img/s", flush=True)
+                torch.cuda.reset_peak_memory_stats()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = meta["gpu"].replace(" ", "_")
+    path = out / f"train_step_{tag}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+    _plot(rows, out / f"train_step_{tag}.png")
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["batch"]) for r in rows})
+    variants = sorted({r["variant"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(groups)), 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        ms = [next((r["ms_per_step"] for r in rows if (r["model"], r["batch"]) == g
+                    and r["variant"] == v), 0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], ms, width, label=v)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels([f"{m}\nb{b}" for m, b in groups])
+    ax.set_ylabel("ms per training step (lower is better)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
