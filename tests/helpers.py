@@ -37,6 +37,6 @@ def randn(*shape, dtype=torch.float32, channels_last=False, seed=None) -> torch.
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     t = torch.randn(*shape, generator=g, dtype=torch.float64)
     t = t.to(device=DEVICE, dtype=dtype)
-    if channels_last:
+    if channels_last and t.dim() == 4:  # 2-d tensors have no channels_last form
         t = t.contiguous(memory_format=torch.channels_last)
     return t

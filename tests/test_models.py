@@ -76,10 +76,10 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _forward_backward(twin, x, g):
-    """Train-mode forward/backward of a torch twin; returns output, input grad, param grads,
-    post-forward buffers and the eval-mode output."""
-    twin.train()
+def _forward_backward(twin, x, g, train: bool = True):
+    """Forward/backward of a torch twin in train (or eval) mode; returns output, input grad,
+    param grads, post-forward buffers and the eval-mode output."""
+    twin.train(train)
     x = x.detach().clone().requires_grad_()
     y = twin(x)
     y.backward(g.to(y.dtype) if y.dtype != g.dtype else g)
@@ -92,36 +92,41 @@ def _forward_backward(twin, x, g):
     return out
 
 
-def yardstick_tolerances(model, x: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
+def yardstick_tolerances(
+    model, x: torch.Tensor, g: torch.Tensor, train: bool = True, require_conditioned: bool = True
+) -> dict[str, float]:
     """Per-quantity tolerances: YARDSTICK x torch's own error, floored at TOL[x.dtype].
 
     The reference and the yardstick run on the device of ``x``: fp32 inputs use a float32
     twin; fp16 inputs a float32 twin under fp16 autocast (CUDA only), i.e. torch's AMP.
     """
     dev, floor = x.device, TOL[x.dtype]
-    ref = _forward_backward(to_torch(model).double().to(dev), x.double(), g.double())
+    ref = _forward_backward(to_torch(model).double().to(dev), x.double(), g.double(), train)
     twin32 = to_torch(model).to(dev)
     if x.dtype == torch.float32:
         # torch's true fp32 (cuDNN would otherwise use TF32 for convolutions on the GPU)
         flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            got = _forward_backward(twin32, x.float(), g.float())
+            got = _forward_backward(twin32, x.float(), g.float(), train)
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
     else:
         with torch.autocast(dev.type, dtype=x.dtype):
-            got = _forward_backward(twin32, x.float(), g.float())
+            got = _forward_backward(twin32, x.float(), g.float(), train)
     tols = {}
     for k, r in ref.items():
         if r.norm() > 0:
             tols[k] = max(floor, YARDSTICK * rel_err(got[k].float(), r))
     median = sorted(tols.values())[len(tols) // 2]
-    assert median <= 10 * floor, f"ill-conditioned test problem: {tols}"
+    if require_conditioned:
+        assert median <= 10 * floor, f"ill-conditioned test problem: {tols}"
     return tols
 
 
-def check_against_twin(model, x: torch.Tensor, tols=None) -> None:
+def check_against_twin(
+    model, x: torch.Tensor, tols=None, train: bool = True, require_conditioned: bool = True
+) -> None:
     """Train-mode forward/backward and eval-mode forward of ``model`` vs its float64 twin.
 
     ``tols``: per-quantity tolerances ("out", "input", "eval", parameter names, running
@@ -129,17 +134,17 @@ def check_against_twin(model, x: torch.Tensor, tols=None) -> None:
     """
     g = torch.randn(x.shape[0], model.num_classes, dtype=torch.float64).to(DEVICE)
     if tols is None:
-        tols = yardstick_tolerances(model, x, g)
+        tols = yardstick_tolerances(model, x, g, train, require_conditioned)
     twin = to_torch(model).double().to(DEVICE)
     ours_sd = model.state_dict()
     assert list(ours_sd) == list(twin.state_dict())
     assert n_params(model) == n_params(twin)
-    ref = _forward_backward(twin, x.double(), g)
+    ref = _forward_backward(twin, x.double(), g, train)
 
-    model.train()
+    model.train(train)
     y = model(x)
     assert y.dtype == x.dtype and y.shape == (x.shape[0], model.num_classes)
-    assert_close(y, ref["out"], tol=tols["out"], what="train forward")
+    assert_close(y, ref["out"], tol=tols["out"], what="forward")
     dx = model.backward(g.to(x.dtype))
     assert dx.shape == x.shape and dx.dtype == x.dtype
     assert_close(dx, ref["input"], tol=tols["input"], what="input grad")
@@ -447,7 +452,16 @@ GPU_CASES = [
     "name,kw", GPU_CASES, ids=[f"{n}-{k.get('variant', 'cifar')}" for n, k in GPU_CASES]
 )
 def test_model_matches_twin_gpu(name, kw, dtype):
+    """Full-size models at batch 128, in train mode and (on a fresh copy) in eval mode.
+
+    Gradients of a deep randomly initialised net are ill-conditioned at this size: torch's own
+    fp32 (TF32 off) misses float64 by up to ~3e-3 in eval mode and 5-100% in train mode, its AMP
+    by more. Ours are held to YARDSTICK x torch's error on each quantity, which still catches
+    O(1) bugs but not small ones; the sharp per-op checks are the op tests at these shapes."""
+    x = randn_input(128, 3, 32, dtype)
     model = models.build(name, num_classes=10, **kw)
     randomize_(model)
-    x = randn_input(128, 3, 32, dtype)
-    check_against_twin(model, x)
+    check_against_twin(model, x, train=True, require_conditioned=False)
+    model = models.build(name, num_classes=10, **kw)
+    randomize_(model)
+    check_against_twin(model, x, train=False, require_conditioned=False)

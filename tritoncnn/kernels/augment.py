@@ -20,6 +20,9 @@ import triton.language as tl
 P_DY, P_DX, P_FLIP, P_ANGLE, P_BRIGHT, P_CONTRAST, P_SAT, P_CUT_Y, P_CUT_X = range(9)
 N_PARAMS = 9
 N_DRAWS = 9  # random numbers reserved per sample (one per column)
+# the same numbers as compile-time constants for the kernels (plain globals can't be read there)
+_N_PARAMS = tl.constexpr(N_PARAMS)
+_N_DRAWS = tl.constexpr(N_DRAWS)
 
 
 @triton.jit
@@ -34,7 +37,7 @@ def _mix32(x):
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["key"])  # key == 1 would otherwise become a Python constant
 def epoch_permutation_kernel(perm_ptr, n, key, HALF_BITS: tl.constexpr, BLOCK: tl.constexpr):
     """perm[i] for i in this program's BLOCK: a seeded bijection of [0, n).
 
@@ -75,7 +78,7 @@ def augment_params_kernel(
     j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = j < batch
     step = tl.load(step_ptr).to(tl.int64)
-    base = (step * batch + j) * N_DRAWS
+    base = (step * batch + j) * _N_DRAWS
     u_dy = tl.rand(seed, base + 0)
     u_dx = tl.rand(seed, base + 1)
     u_fl = tl.rand(seed, base + 2)
@@ -96,7 +99,7 @@ def augment_params_kernel(
     has_cut = cut_len > 0
     cy = tl.where(has_cut, tl.minimum(tl.floor(u_cy * H), H - 1), -1e4)
     cx = tl.where(has_cut, tl.minimum(tl.floor(u_cx * W), W - 1), -1e4)
-    row = params_ptr + j * N_PARAMS
+    row = params_ptr + j * _N_PARAMS
     tl.store(row + 0, dy, mask=mask)
     tl.store(row + 1, dx, mask=mask)
     tl.store(row + 2, flip, mask=mask)
@@ -171,7 +174,7 @@ def gather_augment_kernel(
     mean = tl.load(mean_ptr + cs, mask=cmask, other=0.0)
     inv_std = 1.0 / tl.load(std_ptr + cs, mask=cmask, other=1.0)
     if AUGMENT:
-        prow = params_ptr + j * N_PARAMS
+        prow = params_ptr + j * _N_PARAMS
         dy = tl.load(prow + 0, mask=smask, other=0.0)
         dx = tl.load(prow + 1, mask=smask, other=0.0)
         flip = tl.load(prow + 2, mask=smask, other=0.0)

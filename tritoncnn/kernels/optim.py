@@ -237,7 +237,9 @@ def adam_step_kernel(
     new_step = tl.load(step_ptr + slot) + 1
     # Scalars in fp64, each rounded to fp32 once (as torch passes Python floats to fp32 kernels).
     step_size = (lr64 / (1.0 - _pow(b1, new_step))).to(tl.float32)
-    bc2_sqrt = tl.sqrt((1.0 - _pow(b2, new_step)).to(tl.float32))
+    # IEEE-rounded sqrt/div: tl.sqrt and "/" lower to approximate instructions on the GPU
+    # (~1e-5 relative off on some elements), which torch's Adam does not have.
+    bc2_sqrt = tl.sqrt_rn((1.0 - _pow(b2, new_step)).to(tl.float32))
     wd = wd64.to(tl.float32)
     decay = (1.0 - lr64 * wd64).to(tl.float32)
     b1c = (1.0 - b1).to(tl.float32)
@@ -266,8 +268,8 @@ def adam_step_kernel(
             vmax = tl.maximum(vmax, v)
             tl.store(max_exp_avg_sq_ptr + state + offs, vmax, mask=mask)
             v = vmax
-        denom = tl.sqrt(v) / bc2_sqrt + eps
-        tl.store(p_ptr + offs, p - step_size * (m / denom), mask=mask)
+        denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+        tl.store(p_ptr + offs, p - step_size * tl.div_rn(m, denom), mask=mask)
 
     _finish_tensor(step_ptr, done_ptr, slot, n_chunks, new_step, ok)
 

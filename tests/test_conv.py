@@ -1,0 +1,335 @@
+"""Conv2d (implicit GEMM forward, dgrad, wgrad, bias grad) against torch in float64."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import DEVICE, assert_close, f64, randn
+
+from tritoncnn import nn, runtime
+from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import elementwise as ew
+from tritoncnn.nn import conv as nn_conv
+
+# Weight gradients sum exact products of low-precision operands in fp32 (tensor-core fp32
+# accumulation), so their error is an fp32 summation error, not the operands' rounding.
+WGRAD_TOL = {torch.float32: 2e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
+
+
+def _weight(c_out, c_in_g, kh, kw, seed=None):
+    w = randn(c_out, c_in_g, kh, kw, seed=seed) / math.sqrt(c_in_g * kh * kw)
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def reference(x, w, b, go, stride, padding, dilation, groups, device="cpu"):
+    """torch's output and (input, weight, bias) gradients in float64 on ``device``.
+
+    ``padding`` is (h, w) or (top, bottom, left, right); asymmetric padding goes through F.pad.
+    """
+    xr = x.detach().to(device, torch.float64).requires_grad_()
+    wr = w.detach().to(device, torch.float64).requires_grad_()
+    br = None if b is None else b.detach().to(device, torch.float64).requires_grad_()
+    if not isinstance(padding, int) and len(padding) == 4:
+        pt, pb, pl, pr = padding
+        y = F.conv2d(F.pad(xr, (pl, pr, pt, pb)), wr, br, stride, 0, dilation, groups)
+    else:
+        y = F.conv2d(xr, wr, br, stride, padding, dilation, groups)
+    if go is not None:
+        y.backward(go.detach().to(device, torch.float64))
+    return y.detach(), xr.grad, wr.grad, None if br is None else br.grad
+
+
+# (n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups): odd sizes that reach every
+# kernel path: flattened-K GEMMs (channels per group < 16) and tap-major ones, 1x1 GEMMs,
+# strided and dilated dgrad phases, grouped convs, non-square kernels and input pixels that no
+# output reads (their gradient must be written as 0).
+CASES = {
+    "stem_3x3_s2": (2, 3, 7, 5, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "5x5_groups2": (1, 4, 7, 5, 6, (5, 5), (1, 1), (2, 2), (1, 1), 2),
+    "3x3_dil2_wide": (2, 18, 6, 5, 17, (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    "1x1": (2, 18, 5, 7, 20, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "1x1_s2": (2, 17, 7, 5, 19, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    "3x3_s2_groups2_wide": (1, 34, 6, 5, 34, (3, 3), (2, 2), (1, 1), (1, 1), 2),
+    "3x2_s3_dil2_untouched": (1, 4, 8, 9, 17, (3, 2), (3, 2), (0, 1), (2, 1), 1),
+}
+FP16_CASES = ["stem_3x3_s2", "3x3_dil2_wide", "1x1", "3x3_s2_groups2_wide"]
+
+
+def _check_module(case, dtype, channels_last=True):
+    n, c_in, h, w, c_out, k, s, p, d, g = case
+    conv = nn.Conv2d(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=channels_last)
+    y = conv(x)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    go = randn(*y.shape, dtype=dtype, channels_last=True)
+    dx = conv.backward(go)
+    yr, dxr, dwr, dbr = reference(x, conv.weight.data, conv.bias.data, go, s, p, d, g)
+    assert_close(y, yr, dtype, what="forward")
+    assert dx.dtype == dtype and dx.stride() == x.stride()
+    assert_close(dx, dxr, dtype, what="grad_in")
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.shape == conv.weight.shape
+    assert_close(conv.weight.grad, dwr, tol=WGRAD_TOL[dtype], what="grad_weight")
+    assert_close(conv.bias.grad, dbr, torch.float32, what="grad_bias")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv2d_fp32(name):
+    _check_module(CASES[name], torch.float32)
+
+
+@pytest.mark.parametrize("name", FP16_CASES)
+def test_conv2d_fp16(name):
+    _check_module(CASES[name], torch.float16)
+
+
+def test_conv2d_bf16():
+    _check_module(CASES["1x1_s2"], torch.bfloat16)
+
+
+def test_nchw_input_accepted():
+    """A torch-contiguous NCHW input is read through its strides; grad_in keeps its layout."""
+    _check_module(CASES["stem_3x3_s2"], torch.float32, channels_last=False)
+
+
+def test_gradients_accumulate():
+    """backward writes fresh grads, then adds into existing ones; zero_grad drops them."""
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1, groups=1)
+    x = randn(2, 6, 5, 4, channels_last=True)
+    go = randn(2, 5, 3, 2, channels_last=True)
+    _, _, dwr, dbr = reference(x, conv.weight.data, conv.bias.data, go, 2, 1, 1, 1)
+    conv(x)
+    conv.backward(go)
+    first = conv.weight.grad
+    conv(x)
+    conv.backward(go)
+    assert conv.weight.grad is first  # added in place, not reallocated
+    assert_close(conv.weight.grad, 2 * dwr, what="grad_weight x2")
+    assert_close(conv.bias.grad, 2 * dbr, what="grad_bias x2")
+    conv.zero_grad()
+    assert conv.weight.grad is None and conv.bias.grad is None
+
+
+def test_split_k_wgrad_and_bias_grad():
+    """Split-K partial sums (two-stage, deterministic) write and accumulate like one pass."""
+    n, c_in, h, w, c_out = 2, 5, 7, 6, 4
+    x = randn(n, c_in, h, w, channels_last=True)
+    wt = _weight(c_out, c_in, 3, 3)
+    go = randn(n, c_out, 4, 3, channels_last=True)
+    _, _, dwr, dbr = reference(x, wt, torch.zeros(c_out), go, 2, 1, 1, 1)
+    dw = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
+    assert dw.is_contiguous(memory_format=torch.channels_last)
+    assert_close(dw, dwr, what="split-K wgrad")
+    dw_again = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, grad_weight=dw, split_k=2)
+    assert dw_again is dw
+    assert_close(dw, 2 * dwr, what="split-K wgrad accumulate")
+    db = K.conv2d_bias_grad(go, split=3)
+    assert_close(db, dbr, what="split bias grad")
+    K.conv2d_bias_grad(go, grad_bias=db, split=2)
+    assert_close(db, 2 * dbr, what="split bias grad accumulate")
+    # Deterministic: the same call gives bit-identical results.
+    again = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
+    assert torch.equal(again, K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3))
+
+
+@pytest.mark.parametrize("act,alpha", [(ew.ACT_RELU6, 0.0), (ew.ACT_LEAKY_RELU, 0.2)])
+def test_fused_activation_epilogue(act, alpha):
+    x = randn(2, 3, 5, 4, channels_last=True) * 3
+    wt, b = _weight(7, 3, 3, 3), randn(7)
+    y = K.conv2d_forward(x, wt, b, (1, 1), (1, 1), (1, 1), 1, act=act, alpha=alpha)
+    yr = reference(x, wt, b, None, 1, 1, 1, 1)[0]
+    yr = F.relu6(yr) if act == ew.ACT_RELU6 else F.leaky_relu(yr, alpha)
+    assert_close(y, yr, what="conv + activation")
+
+
+@pytest.mark.parametrize("index", range(len(K.CONFIGS)))
+def test_every_config(index):
+    """Each tile the heuristic may pick, forced on one small strided, padded shape."""
+    cfg = K.CONFIGS[index]
+    x = randn(1, 18, 5, 4, channels_last=True)
+    wt, b = _weight(17, 18, 3, 3), randn(17)
+    go = randn(1, 17, 3, 2, channels_last=True)
+    yr, dxr, dwr, _ = reference(x, wt, b, go, 2, 1, 1, 1)
+    y = K.conv2d_forward(x, wt, b, (2, 2), (1, 1), (1, 1), 1, config=cfg)
+    dx = K.conv2d_dgrad(go, wt, x.shape, (2, 2), (1, 1), (1, 1), 1, config=cfg)
+    dw = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, config=cfg)
+    assert_close(y, yr, what=f"forward {cfg}")
+    assert_close(dx, dxr, what=f"dgrad {cfg}")
+    assert_close(dw, dwr, what=f"wgrad {cfg}")
+
+
+def test_pick_config_only_returns_listed_configs():
+    for m in (1, 500, 10**6):
+        for n in (3, 32, 33, 64, 65, 512):
+            for dtype in runtime.SUPPORTED_DTYPES:
+                assert K.pick_config(m, n, 27, dtype) in K.CONFIGS
+                assert K.pick_config(m, n, 4608, dtype) in K.CONFIGS
+
+
+@pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2)])
+def test_padding_same_and_valid(kernel, dilation):
+    """'same' with an even kernel pads one extra row/column at the bottom/right, as torch."""
+    for padding in ("same", "valid"):
+        conv = nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation)
+        ref = torch.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation).double()
+        with torch.no_grad():
+            ref.weight.copy_(f64(conv.weight.data))
+            ref.bias.copy_(f64(conv.bias.data))
+        x = randn(1, 3, 6, 5, channels_last=True)
+        xr = f64(x).requires_grad_()
+        y = conv(x)
+        yr = ref(xr)
+        go = randn(*y.shape, channels_last=True)
+        dx = conv.backward(go)
+        yr.backward(f64(go))
+        assert_close(y, yr, what=f"{padding} forward")
+        assert_close(dx, xr.grad, what=f"{padding} grad_in")
+        assert_close(conv.weight.grad, ref.weight.grad, what=f"{padding} grad_weight")
+
+
+def test_state_dict_and_init_match_torch():
+    for bias in (True, False):
+        torch.manual_seed(3)
+        ours = nn.Conv2d(6, 9, (3, 2), stride=2, padding=1, groups=3, bias=bias)
+        torch.manual_seed(3)
+        ref = torch.nn.Conv2d(6, 9, (3, 2), stride=2, padding=1, groups=3, bias=bias)
+        sd, rsd = ours.state_dict(), ref.state_dict()
+        assert list(sd) == list(rsd)
+        for key in rsd:
+            assert sd[key].shape == rsd[key].shape and sd[key].dtype == torch.float32
+            # Same RNG draws in the same order: torch's default init, value for value.
+            assert torch.equal(sd[key].cpu(), rsd[key]), key
+        assert ours.weight.data.is_contiguous(memory_format=torch.channels_last)
+        assert ours.weight.data.device.type == DEVICE.type
+        if bias:
+            assert ours.bias.no_weight_decay and not ours.weight.no_weight_decay
+        ours.load_state_dict(rsd)  # round trip keeps our layout
+        assert ours.weight.data.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_constructor_and_input_errors():
+    conv = nn.Conv2d(3, 8, 3)
+    with pytest.raises(ValueError, match="expected input with 3 channels, got 4"):
+        conv(randn(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="padding_mode"):
+        nn.Conv2d(3, 8, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="strided"):
+        nn.Conv2d(3, 8, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="divisible"):
+        nn.Conv2d(3, 8, 3, groups=2)
+    with pytest.raises(ValueError):
+        nn.Conv2d(3, 8, 3, padding="full")
+
+
+def test_depthwise_dispatch(monkeypatch):
+    """groups == in == out channels goes to kernels/depthwise.py; bias grad through ours."""
+    calls = []
+    real = nn_conv.DW.depthwise_conv2d_forward
+    monkeypatch.setattr(
+        nn_conv.DW, "depthwise_conv2d_forward", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    _check_module((2, 5, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1), 5), torch.float32)
+    assert calls, "a depthwise Conv2d did not use kernels/depthwise.py"
+
+
+# --- GPU tier: real shapes at batch 128 ---------------------------------------------------------
+
+# (c_in, c_out, size, kernel, stride, padding): every conv of CIFAR ResNet-18.
+RESNET18 = [
+    (3, 64, 32, 3, 1, 1),
+    (64, 64, 32, 3, 1, 1),
+    (64, 128, 32, 3, 2, 1),
+    (128, 128, 16, 3, 1, 1),
+    (64, 128, 32, 1, 2, 0),
+    (128, 256, 16, 3, 2, 1),
+    (256, 256, 8, 3, 1, 1),
+    (128, 256, 16, 1, 2, 0),
+    (256, 512, 8, 3, 2, 1),
+    (512, 512, 4, 3, 1, 1),
+    (256, 512, 8, 1, 2, 0),
+]
+# MobileNetV2's non-depthwise convs on 32x32 inputs: stem, 1x1 expand/project, the 1x1
+# shortcut convs of the CIFAR variant's stride-1 channel changes, and the last 1x1.
+MOBILENETV2 = [
+    (3, 32, 32, 3, 1, 1),
+    (32, 32, 32, 1, 1, 0),
+    (32, 16, 32, 1, 1, 0),
+    (16, 24, 32, 1, 1, 0),
+    (64, 96, 8, 1, 1, 0),
+    (160, 320, 4, 1, 1, 0),
+    (16, 96, 32, 1, 1, 0),
+    (96, 24, 32, 1, 1, 0),
+    (24, 144, 32, 1, 1, 0),
+    (144, 24, 32, 1, 1, 0),
+    (144, 32, 16, 1, 1, 0),
+    (32, 192, 16, 1, 1, 0),
+    (192, 32, 16, 1, 1, 0),
+    (192, 64, 8, 1, 1, 0),
+    (64, 384, 8, 1, 1, 0),
+    (384, 64, 8, 1, 1, 0),
+    (384, 96, 8, 1, 1, 0),
+    (96, 576, 8, 1, 1, 0),
+    (576, 96, 8, 1, 1, 0),
+    (576, 160, 4, 1, 1, 0),
+    (160, 960, 4, 1, 1, 0),
+    (960, 160, 4, 1, 1, 0),
+    (960, 320, 4, 1, 1, 0),
+    (320, 1280, 4, 1, 1, 0),
+]
+
+
+def _check_gpu_shape(n, c_in, c_out, size, k, s, p, groups, dtype, config=None, split_k=None):
+    x = randn(n, c_in, size, size, dtype=dtype, channels_last=True)
+    wt, b = _weight(c_out, c_in // groups, k, k), randn(c_out)
+    ho = (size + 2 * p - k) // s + 1
+    go = randn(n, c_out, ho, ho, dtype=dtype, channels_last=True)
+    yr, dxr, dwr, dbr = reference(x, wt, b, go, s, p, 1, groups, device=DEVICE)
+    y = K.conv2d_forward(x, wt, b, (s, s), (p, p), (1, 1), groups, config=config)
+    dx = K.conv2d_dgrad(go, wt, x.shape, (s, s), (p, p), (1, 1), groups, config=config)
+    dw = K.conv2d_wgrad(
+        x, go, wt.shape, (s, s), (p, p), (1, 1), groups, config=config, split_k=split_k
+    )
+    db = K.conv2d_bias_grad(go)
+    tag = f"{c_in}->{c_out} {size}x{size} k{k} s{s} {dtype} {config}"
+    assert_close(y, yr, dtype, what=f"forward {tag}")
+    assert_close(dx, dxr, dtype, what=f"dgrad {tag}")
+    # fp32 sums of exact products of the (rounded) operands: far tighter than the dtype's bound.
+    assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"wgrad {tag}")
+    assert_close(db, dbr, torch.float32, what=f"bias grad {tag}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", RESNET18 + MOBILENETV2, ids=str)
+def test_gpu_network_shapes(shape, dtype):
+    _check_gpu_shape(128, *shape[:2], *shape[2:], groups=1, dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "shape", [(64, 128, 32, 3, 2, 1), (256, 256, 8, 3, 1, 1), (960, 320, 4, 1, 1, 0)], ids=str
+)
+def test_gpu_bf16(shape):
+    _check_gpu_shape(128, *shape, groups=1, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("index", range(len(K.CONFIGS)))
+def test_gpu_every_config(index, dtype):
+    cfg = K.CONFIGS[index]
+    _check_gpu_shape(32, 96, 80, 16, 3, 2, 1, groups=1, dtype=dtype, config=cfg)
+    _check_gpu_shape(32, 96, 80, 16, 3, 1, 1, groups=2, dtype=dtype, config=cfg)
+    _check_gpu_shape(32, 144, 48, 8, 1, 1, 0, groups=1, dtype=dtype, config=cfg, split_k=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split_k", [1, 3, 16])
+def test_gpu_split_k(split_k):
+    _check_gpu_shape(128, 512, 512, 4, 3, 1, 1, groups=1, dtype=torch.float16, split_k=split_k)
+
+
+@pytest.mark.gpu
+def test_gpu_module_nchw_and_accumulate():
+    _check_module((64, 3, 32, 32, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1), torch.float16, False)
+    _check_module((64, 64, 16, 16, 96, (3, 3), (2, 2), (1, 1), (1, 1), 4), torch.float32)

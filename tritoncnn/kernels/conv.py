@@ -1,0 +1,849 @@
+"""2-d convolution by implicit GEMM: forward, input gradient (dgrad), weight and bias gradients.
+
+Layout: activations are logical N,C,H,W tensors read and written through their element strides
+(channels_last NHWC is the fast case: the GEMM's reduction axis is then contiguous); weights are
+logical O,I/groups,KH,KW read through strides (the layer stores them channels_last, memory
+O,KH,KW,I/g). No im2col buffer is ever built: each program gathers its operand tiles straight
+from the activation tensor, and out-of-image taps (padding) are masked loads of zero.
+
+The three GEMMs, per group ``g`` (``Cin_g = C_in / groups``, ``Cout_g = C_out / groups``):
+
+- forward  y[m, o]  = sum_k  x_col[m, k]  * w[o, k]    M = N*HO*WO, N = Cout_g, K = KH*KW*Cin_g
+- dgrad    dx[m, c] = sum_k  dy_col[m, k] * w[k, c]    M = N*H*W,   N = Cin_g,  K = KH*KW*Cout_g
+- wgrad    dw[o, c] (one tap) = sum_p dy[p, o] * x_tap[p, c]      M = Cout_g, N = Cin_g, K = N*HO*WO
+
+Loops over K are tap-major (for each tap, blocks of channels: 1-d index math per tap). When the
+reduced channel count per group is small (the RGB stem, narrow groups) the (tap, channel) axis is
+flattened instead (FLAT_K / FLAT_N), so BLOCK_K isn't mostly masked channels. 1x1 stride-1
+unpadded convs are plain GEMMs (IS_1X1: no tap or bounds arithmetic at all).
+
+Strided dgrad never inserts zeros: the input pixels are split by stride phase
+(h % stride_h, w % stride_w); inside one phase the taps that reach an output pixel are the same
+for every pixel, so each program loops over exactly those taps and nothing is masked away.
+
+Precision: operands are fed to ``tl.dot`` in the activation dtype (fp32 weights are cast), the
+accumulator is fp32, fp32 dots use ``runtime.dot_precision`` ("ieee" = exact by default).
+Parameter gradients are fp32 and deterministic: split-K partial sums go to an fp32 buffer and a
+second kernel adds them in a fixed order (no atomics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import runtime
+from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
+
+# Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
+# (Triton's matmul tutorial ordering).
+GROUP_M = 8
+
+# Below this many reduced channels per group (C_in_g for the forward and wgrad, C_out_g for dgrad)
+# the GEMM flattens (kh, kw, channel) into one axis, so that a small count (the RGB stem) doesn't
+# waste most of every BLOCK_K slice on masked channels.
+FLAT_MAX_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """One tile shape: the GEMM tile BLOCK_M x BLOCK_N, its K step, and launch parameters."""
+
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+
+# Every configuration the launch helpers can choose (the GPU tier runs each one). All use 4
+# warps: 8-warp tiles of non-1x1 convs have been miscompiled by Triton (pytorch #173068).
+CONFIGS: tuple[ConvConfig, ...] = (
+    ConvConfig(128, 128, 32, 4, 3),
+    ConvConfig(128, 128, 64, 4, 3),
+    ConvConfig(128, 64, 32, 4, 3),
+    ConvConfig(128, 64, 64, 4, 3),
+    ConvConfig(64, 128, 32, 4, 3),
+    ConvConfig(64, 128, 64, 4, 3),
+    ConvConfig(64, 32, 32, 4, 3),
+    ConvConfig(64, 32, 64, 4, 3),
+)
+
+
+def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
+    """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count), BLOCK_M shrinks when
+    there are too few row tiles to fill the GPU, BLOCK_K doubles for 16-bit operands."""
+    bn = 32 if n <= 32 else 64 if n <= 64 else 128
+    few_rows = m <= 64 * 132  # 128-row tiles would leave some of an H100's 132 SMs idle
+    bm = 64 if bn == 32 or (bn == 128 and few_rows) else 128
+    bk = 64 if dtype != torch.float32 and k >= 64 else 32
+    for cfg in CONFIGS:
+        if (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K) == (bm, bn, bk):
+            return cfg
+    raise AssertionError(f"pick_config chose a tile {bm}x{bn}x{bk} missing from CONFIGS")
+
+
+# --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M row tiles sweep the columns
+    together, so the B tiles they share are reused from L2."""
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + a @ b, with ``b`` (fp32 weights or the same dtype) rounded to a's dtype first.
+
+    EMULATE_BF16: Triton's interpreter multiplies bf16 operands as their raw uint16 bits, so
+    there the rounded bf16 operands are widened to fp32 (exact) and multiplied in ieee fp32,
+    which is what a bf16 tensor-core dot with fp32 accumulation computes.
+    """
+    b = b.to(a.dtype)
+    if EMULATE_BF16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def conv2d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, H, W, C_in_g, HO, WO, C_out_g,
+    sx_n, sx_h, sx_w, sx_c,
+    sw_o, sw_i, sw_h, sw_w,
+    sy_n, sy_h, sy_w, sy_c,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    alpha,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
+
+    Grid: (row tiles * column tiles in grouped order, groups). Row m = (n, ho, wo) of the output;
+    column = out channel ``o`` of group ``program_id(1)``.
+
+    x_ptr: input, logical N,C,H,W, element strides sx_* (NHWC memory is the fast case).
+    w_ptr: fp32 weight, logical C_out,C_in_g,KH,KW, strides sw_* (o, i, kh, kw).
+    b_ptr: fp32 bias (C_out,), read only when HAS_BIAS.
+    y_ptr: output, logical N,C_out,HO,WO, strides sy_*; stored in its own dtype.
+    N, H, W: input batch and spatial size. C_in_g, C_out_g: channels per group.
+    HO, WO: output spatial size. stride_*, pad_* (top/left), dil_*: the convolution geometry.
+    alpha: ELU alpha / LeakyReLU slope for the fused activation ``ACT`` (elementwise.py codes).
+    KH, KW: kernel size. IS_1X1: 1x1, stride 1, no padding (a plain GEMM, no tap arithmetic).
+    FLAT_K: K runs over flattened (kh, kw, c) (small C_in_g); else tap-major, channel blocks.
+    DOT_PRECISION: tl.dot input_precision for fp32 operands.
+    EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
+    """
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    M = N * HO * WO
+    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(C_out_g, BLOCK_N), GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < C_out_g
+    n_img = offs_m // (HO * WO)
+    rem = offs_m % (HO * WO)
+    ho = rem // WO
+    wo = rem % WO
+    # int64 bases: batch x image offsets can pass 2**31 elements at large batch and resolution.
+    x_row = n_img.to(tl.int64) * sx_n + (g * C_in_g).to(tl.int64) * sx_c
+    co = g * C_out_g + offs_n
+    w_col = co.to(tl.int64) * sw_o
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if IS_1X1:
+        a_row = x_row + ho * sx_h + wo * sx_w
+        for k0 in range(0, C_in_g, BLOCK_K):
+            kk = k0 + offs_k
+            mk = kk < C_in_g
+            a = tl.load(
+                x_ptr + a_row[:, None] + kk[None, :] * sx_c,
+                mask=mask_m[:, None] & mk[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + w_col[None, :] + kk[:, None] * sw_i,
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+    elif FLAT_K:
+        K = KH * KW * C_in_g
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs_k
+            mk = kk < K
+            c = kk % C_in_g
+            tap = kk // C_in_g
+            kh = tap // KW
+            kw = tap % KW
+            hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+            wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+            ok = (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            a = tl.load(
+                x_ptr + x_row[:, None] + hi * sx_h + wi * sx_w + c[None, :] * sx_c,
+                mask=mask_m[:, None] & mk[None, :] & ok,
+                other=0.0,
+            )
+            w_k = c * sw_i + kh * sw_h + kw * sw_w
+            b = tl.load(
+                w_ptr + w_col[None, :] + w_k[:, None],
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+    else:
+        # One flat loop over (tap, channel block) keeps a single pipelinable loop.
+        n_cb = tl.cdiv(C_in_g, BLOCK_K)
+        for it in range(0, KH * KW * n_cb):
+            tap = it // n_cb
+            cb = it - tap * n_cb
+            kh = tap // KW
+            kw = tap - kh * KW
+            hi = ho * stride_h - pad_h + kh * dil_h
+            wi = wo * stride_w - pad_w + kw * dil_w
+            row_ok = mask_m & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            a_row = x_row + hi * sx_h + wi * sx_w
+            kk = cb * BLOCK_K + offs_k
+            mk = kk < C_in_g
+            a = tl.load(
+                x_ptr + a_row[:, None] + kk[None, :] * sx_c,
+                mask=row_ok[:, None] & mk[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + w_col[None, :] + (kh * sw_h + kw * sw_w) + kk[:, None] * sw_i,
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+
+    # Epilogue on the fp32 accumulator: bias, activation, then one rounding to y's dtype.
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + co, mask=mask_n, other=0.0).to(tl.float32)
+        acc += bias[None, :]
+    acc = apply_activation(acc, ACT, alpha)
+    y_row = n_img.to(tl.int64) * sy_n + ho * sy_h + wo * sy_w
+    y_ptrs = y_ptr + y_row[:, None] + co.to(tl.int64)[None, :] * sy_c
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def conv2d_dgrad_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    N, H, W, C_in_g, HO, WO, C_out_g,
+    sdy_n, sdy_h, sdy_w, sdy_c,
+    sw_o, sw_i, sw_h, sw_w,
+    sdx_n, sdx_h, sdx_w, sdx_c,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    kh_step, kw_step,
+    KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
+    one stride phase x input channels of one group.
+
+    Grid: (row tiles * column tiles in grouped order, groups * stride_h * stride_w). The phase
+    (ph, pw) holds the pixels h = ph + stride_h*i, w = pw + stride_w*j. Output pixel ho used
+    input h through tap kh iff h + pad_h - kh*dil_h = ho*stride_h; within a phase that holds for
+    the same taps kh = kh0 + t*kh_step for every pixel, so only those taps are visited. Pixels
+    no output touched get exact zeros (their tile accumulates nothing), so all of dx is written.
+
+    dy_ptr: output gradient, logical N,C_out,HO,WO, strides sdy_*.
+    w_ptr: fp32 weight, logical C_out,C_in_g,KH,KW, strides sw_* (o, i, kh, kw).
+    dx_ptr: input gradient, logical N,C_in,H,W, strides sdx_*; stored in its dtype.
+    N, H, W, C_in_g, HO, WO, C_out_g, stride_*, pad_* (top/left), dil_*: as in the forward.
+    kh_step, kw_step: stride / gcd(stride, dilation), the spacing of taps valid in one phase.
+    KH, KW: kernel size. IS_1X1: 1x1 stride-1 pad-0 conv (plain GEMM with w transposed).
+    FLAT_K: K runs over flattened (valid tap, o) (small C_out_g); else tap-major, o blocks.
+    DOT_PRECISION: tl.dot input_precision for fp32 operands.
+    EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
+    """
+    pid = tl.program_id(0)
+    n_phase = stride_h * stride_w
+    g = tl.program_id(1) // n_phase
+    phase = tl.program_id(1) % n_phase
+    ph = phase // stride_w
+    pw = phase % stride_w
+    HP = (H - ph + stride_h - 1) // stride_h  # rows of this phase
+    WP = (W - pw + stride_w - 1) // stride_w
+    M = N * HP * WP
+    # The grid is sized for phase (0, 0), the largest; other phases mask their extra rows.
+    M0 = N * tl.cdiv(H, stride_h) * tl.cdiv(W, stride_w)
+    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M0, BLOCK_M), tl.cdiv(C_in_g, BLOCK_N), GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < C_in_g
+    n_img = offs_m // tl.maximum(HP * WP, 1)
+    rem = offs_m % tl.maximum(HP * WP, 1)
+    i = rem // tl.maximum(WP, 1)
+    j = rem % tl.maximum(WP, 1)
+    dy_row = n_img.to(tl.int64) * sdy_n + (g * C_out_g).to(tl.int64) * sdy_c
+    ci = g * C_in_g + offs_n
+    w_col = offs_n * sw_i + (g * C_out_g).to(tl.int64) * sw_o  # weight I is per group
+
+    # First valid tap of this phase along each axis (KH / KW when none is): a few scalar steps.
+    # Offsetting by stride*KH*dil keeps every numerator non-negative, so // and % agree between
+    # C-style (GPU) and Python-style (interpreter) integer division.
+    kh0 = ph * 0 + KH
+    for t in tl.static_range(KH):
+        hits = (ph + pad_h - t * dil_h + stride_h * KH * dil_h) % stride_h == 0
+        kh0 = tl.where(hits & (kh0 == KH), t, kh0)
+    kw0 = pw * 0 + KW
+    for t in tl.static_range(KW):
+        hits = (pw + pad_w - t * dil_w + stride_w * KW * dil_w) % stride_w == 0
+        kw0 = tl.where(hits & (kw0 == KW), t, kw0)
+    n_th = tl.cdiv(KH - kh0, kh_step)
+    n_tw = tl.cdiv(KW - kw0, kw_step)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if IS_1X1:
+        a_row = dy_row + i * sdy_h + j * sdy_w
+        for k0 in range(0, C_out_g, BLOCK_K):
+            kk = k0 + offs_k
+            mk = kk < C_out_g
+            a = tl.load(
+                dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
+                mask=mask_m[:, None] & mk[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + w_col[None, :] + kk[:, None] * sw_o,
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+    elif FLAT_K:
+        # Small C_out_g: K runs over flattened (valid tap, o) of this phase.
+        K = n_th * n_tw * C_out_g
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs_k
+            mk = kk < K
+            o = kk % C_out_g
+            tap = kk // C_out_g
+            th = tap // n_tw
+            kh = kh0 + th * kh_step
+            kw = kw0 + (tap - th * n_tw) * kw_step
+            dh = (ph + pad_h - kh * dil_h + stride_h * KH * dil_h) // stride_h - KH * dil_h
+            dw = (pw + pad_w - kw * dil_w + stride_w * KW * dil_w) // stride_w - KW * dil_w
+            ho = i[:, None] + dh[None, :]
+            wo = j[:, None] + dw[None, :]
+            ok = (ho >= 0) & (ho < HO) & (wo >= 0) & (wo < WO)
+            a = tl.load(
+                dy_ptr + dy_row[:, None] + ho * sdy_h + wo * sdy_w + o[None, :] * sdy_c,
+                mask=mask_m[:, None] & mk[None, :] & ok,
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + w_col[None, :] + (o * sw_o + kh * sw_h + kw * sw_w)[:, None],
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+    else:
+        n_ob = tl.cdiv(C_out_g, BLOCK_K)
+        for it in range(0, n_th * n_tw * n_ob):
+            tap = it // n_ob
+            ob = it - tap * n_ob
+            th = tap // n_tw
+            kh = kh0 + th * kh_step
+            kw = kw0 + (tap - th * n_tw) * kw_step
+            # ho = (h + pad_h - kh*dil_h) / stride_h, exact for this phase.
+            ho = i + (ph + pad_h - kh * dil_h + stride_h * KH * dil_h) // stride_h - KH * dil_h
+            wo = j + (pw + pad_w - kw * dil_w + stride_w * KW * dil_w) // stride_w - KW * dil_w
+            row_ok = mask_m & (ho >= 0) & (ho < HO) & (wo >= 0) & (wo < WO)
+            a_row = dy_row + ho * sdy_h + wo * sdy_w
+            kk = ob * BLOCK_K + offs_k
+            mk = kk < C_out_g
+            a = tl.load(
+                dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
+                mask=row_ok[:, None] & mk[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + w_col[None, :] + (kh * sw_h + kw * sw_w) + kk[:, None] * sw_o,
+                mask=mk[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+
+    h = ph + i * stride_h
+    w = pw + j * stride_w
+    dx_row = n_img.to(tl.int64) * sdx_n + h * sdx_h + w * sdx_w
+    dx_ptrs = dx_ptr + dx_row[:, None] + ci.to(tl.int64)[None, :] * sdx_c
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def conv2d_wgrad_kernel(
+    x_ptr, dy_ptr, dw_ptr,
+    N, H, W, C_in_g, HO, WO, C_out_g,
+    sx_n, sx_h, sx_w, sx_c,
+    sdy_n, sdy_h, sdy_w, sdy_c,
+    sdw_o, sdw_i, sdw_h, sdw_w, sdw_split,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    pix_per_split,
+    KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
+    one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
+    With FLAT_N (small C_in_g) the columns run over flattened (kh, kw, c) instead, all taps in
+    one tile, so the RGB stem doesn't spend a program per tap on 3 useful columns.
+
+    Grid: (row tiles * column tiles in grouped order, groups * KH * KW (groups with FLAT_N),
+    splits). Split s reduces
+    output pixels [s*pix_per_split, (s+1)*pix_per_split) and writes (or, with ACCUMULATE, adds)
+    its fp32 sum at dw_ptr + s*sdw_split; with several splits that is a partial buffer which
+    ``splitk_reduce_kernel`` then sums in a fixed order.
+
+    x_ptr: forward input, logical N,C_in,H,W, strides sx_*.
+    dy_ptr: output gradient, logical N,C_out,HO,WO, strides sdy_*.
+    dw_ptr: fp32 destination, logical C_out,C_in_g,KH,KW, strides sdw_* (o, i, kh, kw).
+    sdw_split: elements between the destinations of consecutive splits.
+    N, H, W, C_in_g, HO, WO, C_out_g, stride_*, pad_* (top/left), dil_*: as in the forward.
+    pix_per_split: K (output pixels) per split, a multiple of BLOCK_K.
+    KH, KW: kernel size. IS_1X1: 1x1 stride-1 pad-0 conv (no tap arithmetic).
+    FLAT_N: columns are flattened (kh, kw, c). ACCUMULATE: add into dw instead of overwriting.
+    DOT_PRECISION, EMULATE_BF16: as in the forward.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(2)
+    if FLAT_N:
+        g = tl.program_id(1)
+        n_cols = KH * KW * C_in_g
+    else:
+        g = tl.program_id(1) // (KH * KW)
+        tap = tl.program_id(1) % (KH * KW)
+        n_cols = C_in_g
+    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(C_out_g, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < C_out_g
+    mask_n = offs_n < n_cols
+    if FLAT_N:  # column j = (kh, kw, c): per-column taps
+        c = offs_n % C_in_g
+        kh = (offs_n // C_in_g) // KW
+        kw = (offs_n // C_in_g) % KW
+    else:  # one tap per program: scalar kh, kw
+        c = offs_n
+        kh = tap // KW
+        kw = tap % KW
+    co = g * C_out_g + offs_m
+    dy_col = co.to(tl.int64) * sdy_c
+    x_col = (g * C_in_g + c).to(tl.int64) * sx_c
+
+    P = N * HO * WO
+    k_lo = split * pix_per_split
+    k_hi = tl.minimum(P, k_lo + pix_per_split)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        p = k0 + tl.arange(0, BLOCK_K)
+        mp = p < k_hi
+        n_img = p // (HO * WO)
+        rem = p % (HO * WO)
+        ho = rem // WO
+        wo = rem % WO
+        n64 = n_img.to(tl.int64)
+        # x tile [BLOCK_K (p), BLOCK_N (column)] at the pixel each column's tap reads.
+        if IS_1X1:
+            x_off = (n64 * sx_n + ho * sx_h + wo * sx_w)[:, None] + x_col[None, :]
+            ok = mp[:, None] & mask_n[None, :]
+        elif FLAT_N:
+            hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+            wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+            x_off = (n64 * sx_n)[:, None] + hi * sx_h + wi * sx_w + x_col[None, :]
+            ok = mp[:, None] & mask_n[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        else:
+            hi = ho * stride_h - pad_h + kh * dil_h
+            wi = wo * stride_w - pad_w + kw * dil_w
+            row_ok = mp & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            x_off = (n64 * sx_n + hi * sx_h + wi * sx_w)[:, None] + x_col[None, :]
+            ok = row_ok[:, None] & mask_n[None, :]
+        # dy^T tile [BLOCK_M (o), BLOCK_K (p)].
+        a = tl.load(
+            dy_ptr + dy_col[:, None] + (n64 * sdy_n + ho * sdy_h + wo * sdy_w)[None, :],
+            mask=mask_m[:, None] & mp[None, :],
+            other=0.0,
+        )
+        b = tl.load(x_ptr + x_off, mask=ok, other=0.0)
+        acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+
+    dw_col = c * sdw_i + kh * sdw_h + kw * sdw_w
+    dw_ptrs = (
+        dw_ptr + split.to(tl.int64) * sdw_split + co.to(tl.int64)[:, None] * sdw_o + dw_col[None, :]
+    )
+    mask = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        acc += tl.load(dw_ptrs, mask=mask, other=0.0)
+    tl.store(dw_ptrs, acc, mask=mask)
+
+
+@triton.jit
+def bias_grad_kernel(
+    dy_ptr, out_ptr,
+    N, HO, WO, C,
+    sdy_n, sdy_h, sdy_w, sdy_c,
+    s_out, s_split, pix_per_split,
+    ACCUMULATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """db[c] = sum over pixels (n, ho, wo) of dy[n, c, ho, wo], in fp32: one program sums the
+    pixels [split*pix_per_split, ...) of BLOCK_C channels.
+
+    Grid: (channel blocks, splits). Each program writes (or with ACCUMULATE adds) its sum at
+    out_ptr + split*s_split + c*s_out; several splits write a partial buffer that
+    ``splitk_reduce_kernel`` sums in order (deterministic, no atomics).
+
+    dy_ptr: output gradient, logical N,C,HO,WO, strides sdy_*.
+    out_ptr: fp32 destination (C,) per split, element stride s_out.
+    pix_per_split: pixels per split, a multiple of BLOCK_P.
+    """
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    mask_c = offs_c < C
+    P = N * HO * WO
+    k_lo = split * pix_per_split
+    k_hi = tl.minimum(P, k_lo + pix_per_split)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_P):
+        p = k0 + tl.arange(0, BLOCK_P)
+        mp = p < k_hi
+        n_img = p // (HO * WO)
+        rem = p % (HO * WO)
+        row = n_img.to(tl.int64) * sdy_n + (rem // WO) * sdy_h + (rem % WO) * sdy_w
+        v = tl.load(
+            dy_ptr + row[:, None] + offs_c[None, :] * sdy_c,
+            mask=mp[:, None] & mask_c[None, :],
+            other=0.0,
+        )
+        acc += v.to(tl.float32)
+    total = tl.sum(acc, axis=0)
+    ptrs = out_ptr + split.to(tl.int64) * s_split + offs_c * s_out
+    if ACCUMULATE:
+        total += tl.load(ptrs, mask=mask_c, other=0.0)
+    tl.store(ptrs, total, mask=mask_c)
+
+
+@triton.jit
+def splitk_reduce_kernel(
+    part_ptr, out_ptr, numel, n_split,
+    D1, D2, D3, s0, s1, s2, s3,
+    ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out[e] (+)= sum over s of part[s, e], summed in split order (deterministic).
+
+    part_ptr: contiguous fp32 (n_split, numel) partial sums; element e decodes as the 4-d index
+    (i0, i1, i2, i3) of a row-major D0 x D1 x D2 x D3 array (wgrad: o, kh, kw, c), and out_ptr
+    is the fp32 destination addressed by strides s0..s3 of that index order.
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, n_split):
+        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    i3 = offs % D3
+    t = offs // D3
+    i2 = t % D2
+    t = t // D2
+    i1 = t % D1
+    i0 = t // D1
+    ptrs = out_ptr + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
+    if ACCUMULATE:
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+    tl.store(ptrs, acc, mask=mask)
+
+
+# --- launch helpers --------------------------------------------------------------------------
+
+IntPair = tuple[int, int]
+
+
+def _pair(v) -> IntPair:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def _padding4(padding) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, an (h, w) pair or an explicit 4-tuple."""
+    if isinstance(padding, int):
+        return (padding,) * 4
+    padding = tuple(int(p) for p in padding)
+    if len(padding) == 2:
+        return (padding[0], padding[0], padding[1], padding[1])
+    if len(padding) == 4:
+        return padding  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right): {padding}")
+
+
+def _resolve_config(config, m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
+    if config is None:
+        return pick_config(m, n, k, dtype)
+    if isinstance(config, int):
+        return CONFIGS[config]
+    return config
+
+
+def _check_act(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-d N,C,H,W, got shape {tuple(x.shape)}")
+    if x.dtype not in runtime.SUPPORTED_DTYPES:
+        raise ValueError(f"{name}: unsupported dtype {x.dtype}")
+
+
+def _emulate_bf16(dtype: torch.dtype) -> bool:
+    return runtime.INTERPRETED and dtype == torch.bfloat16
+
+
+def _sm_count() -> int:
+    if runtime.INTERPRETED:
+        return 1
+    return torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
+
+
+def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
+    """Output extent of one spatial axis (torch's formula, padding split into low/high sides)."""
+    return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
+
+
+def conv2d_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: ConvConfig | int | None = None,
+) -> torch.Tensor:
+    """act(conv2d(x, weight) + bias) as torch.nn.functional.conv2d, into a new NHWC tensor of
+    x's dtype. ``padding`` is an int, an (h, w) pair, or (top, bottom, left, right) for the
+    asymmetric padding of padding='same' with even kernels. ``config`` forces a tile."""
+    _check_act(x, "input")
+    n, c_in, h, w = x.shape
+    c_out, c_in_g, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    pt, pb, pl, pr = _padding4(padding)
+    dh, dw = _pair(dilation)
+    if c_in != c_in_g * groups or c_out % groups:
+        raise ValueError(
+            f"conv2d: input has {c_in} channels, weight {tuple(weight.shape)} with groups={groups}"
+        )
+    ho = conv_output_size(h, kh, sh, pt, pb, dh)
+    wo = conv_output_size(w, kw, sw, pl, pr, dw)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"conv2d: input {h}x{w} is too small for the kernel, output {ho}x{wo}")
+    c_out_g = c_out // groups
+    y = runtime.empty_nhwc(n, c_out, ho, wo, x.dtype)
+    m = n * ho * wo
+    cfg = _resolve_config(config, m, c_out_g, kh * kw * c_in_g, x.dtype)
+    is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
+    grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
+    conv2d_fwd_kernel[grid](
+        x, weight, weight if bias is None else bias, y,
+        n, h, w, c_in_g, ho, wo, c_out_g,
+        *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(y),
+        sh, sw, pt, pl, dh, dw,
+        float(alpha),
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
+        IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
+        DOT_PRECISION=runtime.dot_precision(x.dtype),
+        EMULATE_BF16=_emulate_bf16(x.dtype),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return y
+
+
+def conv2d_dgrad(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    config: ConvConfig | int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Gradient of conv2d with respect to its input (shape ``input_shape`` = N,C,H,W), in
+    grad_out's dtype. Written into ``out`` (any strides) when given, else a new NHWC tensor.
+    Only the top/left padding matters here (the output size comes from grad_out)."""
+    _check_act(grad_out, "grad_out")
+    n, c_in, h, w = (int(s) for s in input_shape)
+    c_out, c_in_g, kh, kw = weight.shape
+    _, c_out2, ho, wo = grad_out.shape
+    if c_out2 != c_out or c_in != c_in_g * groups:
+        raise ValueError(
+            f"conv2d_dgrad: grad_out {tuple(grad_out.shape)}, weight {tuple(weight.shape)}, "
+            f"input {tuple(input_shape)} and groups={groups} disagree"
+        )
+    sh, sw = _pair(stride)
+    pt, _, pl, _ = _padding4(padding)
+    dh, dw = _pair(dilation)
+    if out is None:
+        out = runtime.empty_nhwc(n, c_in, h, w, grad_out.dtype)
+    c_out_g = c_out // groups
+    m0 = n * triton.cdiv(h, sh) * triton.cdiv(w, sw)
+    cfg = _resolve_config(config, m0, c_in_g, kh * kw * c_out_g, grad_out.dtype)
+    is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
+    grid = (triton.cdiv(m0, cfg.BLOCK_M) * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
+    conv2d_dgrad_kernel[grid](
+        grad_out, weight, out,
+        n, h, w, c_in_g, ho, wo, c_out_g,
+        *runtime.nhwc_strides(grad_out), *weight.stride(), *runtime.nhwc_strides(out),
+        sh, sw, pt, pl, dh, dw,
+        sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
+        KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
+        DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
+        EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out
+
+
+def _pick_split(tiles: int, pixels: int, block: int, min_pixels: int = 1024) -> int:
+    """Splits of the K (pixel) axis so that ~2 programs per SM run, each reducing >= min_pixels."""
+    want = triton.cdiv(2 * _sm_count(), max(tiles, 1))
+    return max(1, min(want, pixels // max(min_pixels, block), 64))
+
+
+def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumulate: bool):
+    n_split, numel = part.shape
+    block = 1024
+    splitk_reduce_kernel[(triton.cdiv(numel, block),)](
+        part, out, numel, n_split, dims[1], dims[2], dims[3], *strides,
+        ACCUMULATE=accumulate, BLOCK=block,
+    )  # fmt: skip
+
+
+def conv2d_wgrad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight_shape,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    grad_weight: torch.Tensor | None = None,
+    config: ConvConfig | int | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:
+    """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
+    channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
+    ``split_k`` (default: chosen by shape) splits the pixel reduction into that many fp32
+    partial sums that a second kernel adds in order (deterministic)."""
+    _check_act(x, "input")
+    _check_act(grad_out, "grad_out")
+    c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
+    n, c_in, h, w = x.shape
+    _, c_out2, ho, wo = grad_out.shape
+    if c_out2 != c_out or c_in != c_in_g * groups or grad_out.shape[0] != n:
+        raise ValueError(
+            f"conv2d_wgrad: input {tuple(x.shape)}, grad_out {tuple(grad_out.shape)}, weight "
+            f"{tuple(weight_shape)} and groups={groups} disagree"
+        )
+    sh, sw = _pair(stride)
+    pt, _, pl, _ = _padding4(padding)
+    dh, dw = _pair(dilation)
+    c_out_g = c_out // groups
+    pixels = n * ho * wo
+    is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
+    flat_n = (not is_1x1) and c_in_g < FLAT_MAX_CHANNELS
+    n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
+    cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype)
+    tiles = triton.cdiv(c_out_g, cfg.BLOCK_M) * triton.cdiv(n_cols, cfg.BLOCK_N)
+    grid_1 = groups if flat_n else groups * kh * kw  # (group, tap) of each program
+    if split_k is None:
+        split_k = _pick_split(tiles * grid_1, pixels, cfg.BLOCK_K)
+    per_split = triton.cdiv(triton.cdiv(pixels, split_k), cfg.BLOCK_K) * cfg.BLOCK_K
+    split_k = triton.cdiv(pixels, per_split)  # no empty splits
+    accumulate = grad_weight is not None
+    if grad_weight is None:
+        grad_weight = runtime.empty_nhwc(c_out, c_in_g, kh, kw, torch.float32)
+    if split_k == 1:
+        dst, dst_strides, split_stride, dst_acc = grad_weight, grad_weight.stride(), 0, accumulate
+    else:  # partials laid out (split, o, kh, kw, c) contiguous
+        numel = c_out * kh * kw * c_in_g
+        dst = runtime.empty((split_k, numel), torch.float32)
+        dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
+        split_stride, dst_acc = numel, False
+    grid = (tiles, grid_1, split_k)
+    conv2d_wgrad_kernel[grid](
+        x, grad_out, dst,
+        n, h, w, c_in_g, ho, wo, c_out_g,
+        *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
+        *dst_strides, split_stride,
+        sh, sw, pt, pl, dh, dw,
+        per_split,
+        KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
+        DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
+        EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if split_k > 1:
+        so, si, s_h, s_w = grad_weight.stride()
+        _reduce_splits(dst, grad_weight, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
+    return grad_weight
+
+
+BIAS_BLOCK_P, BIAS_BLOCK_C = 64, 64
+
+
+def conv2d_bias_grad(
+    grad_out: torch.Tensor,
+    grad_bias: torch.Tensor | None = None,
+    split: int | None = None,
+) -> torch.Tensor:
+    """fp32 per-channel sum of grad_out over N, H, W: written into a new (C,) tensor when
+    ``grad_bias`` is None, else added into it. ``split`` (default: by shape) sets how many
+    pixel ranges are summed separately before an ordered second pass (deterministic)."""
+    _check_act(grad_out, "grad_out")
+    n, c, ho, wo = grad_out.shape
+    pixels = n * ho * wo
+    c_blocks = triton.cdiv(c, BIAS_BLOCK_C)
+    if split is None:
+        split = _pick_split(c_blocks, pixels, BIAS_BLOCK_P, min_pixels=2048)
+    per_split = triton.cdiv(triton.cdiv(pixels, split), BIAS_BLOCK_P) * BIAS_BLOCK_P
+    split = triton.cdiv(pixels, per_split)
+    accumulate = grad_bias is not None
+    if grad_bias is None:
+        grad_bias = runtime.empty((c,), torch.float32)
+    if split == 1:
+        dst, s_out, s_split, dst_acc = grad_bias, grad_bias.stride(0), 0, accumulate
+    else:
+        dst, s_out, s_split, dst_acc = runtime.empty((split, c), torch.float32), 1, c, False
+    bias_grad_kernel[(c_blocks, split)](
+        grad_out, dst, n, ho, wo, c, *runtime.nhwc_strides(grad_out),
+        s_out, s_split, per_split,
+        ACCUMULATE=dst_acc, BLOCK_P=BIAS_BLOCK_P, BLOCK_C=BIAS_BLOCK_C,
+    )  # fmt: skip
+    if split > 1:
+        _reduce_splits(dst, grad_bias, (c, 1, 1, 1), (grad_bias.stride(0), 0, 0, 0), accumulate)
+    return grad_bias

@@ -1,0 +1,170 @@
+"""Conv2d: torch.nn.Conv2d's arguments, initialisation and state_dict; kernels in kernels/conv.py
+(implicit GEMM) and kernels/depthwise.py (groups == in_channels == out_channels)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tritoncnn import runtime
+from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import depthwise as DW
+from tritoncnn.nn.module import Module, Parameter
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2 or not all(isinstance(e, int) for e in v):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+class Conv2d(Module):
+    """2-d convolution over N,C,H,W inputs (any memory layout; output is channels_last).
+
+    ``weight`` (O, I/groups, KH, KW) is fp32 and stored channels_last (memory O,KH,KW,I/g);
+    ``bias`` (O,) is fp32 and kept out of weight decay. ``padding`` takes ints, pairs or
+    torch's 'valid' / 'same' strings ('same' only with stride 1, as in torch; even kernels pad
+    the extra row/column at the bottom/right, as torch does). Only padding_mode='zeros'.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode={padding_mode!r} is not supported by tritoncnn (only 'zeros')"
+            )
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"Conv2d parameters are fp32 master weights; got dtype={dtype}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        self.groups = groups
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
+                )
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self._pad4 = self._explicit_padding()
+
+        # torch.nn.Conv2d.reset_parameters on CPU tensors (same RNG draws, same values).
+        kh, kw = self.kernel_size
+        w = torch.empty(out_channels, in_channels // groups, kh, kw)
+        torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        self.weight = Parameter(w.to(runtime.DEVICE).contiguous(memory_format=torch.channels_last))
+        if bias:
+            fan_in = (in_channels // groups) * kh * kw
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            b = torch.empty(out_channels)
+            torch.nn.init.uniform_(b, -bound, bound)
+            self.bias = Parameter(b.to(runtime.DEVICE), no_weight_decay=True)
+        else:
+            self.bias = None
+        self._x: torch.Tensor | None = None
+
+    def _explicit_padding(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) zero padding."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            out = []
+            for d, k in zip(self.dilation, self.kernel_size, strict=True):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]  # torch puts the odd one at the end
+            return tuple(out)  # type: ignore[return-value]
+        ph, pw = self.padding
+        return (ph, ph, pw, pw)
+
+    def _is_depthwise(self) -> bool:
+        pt, pb, pl, pr = self._pad4
+        symmetric = pt == pb and pl == pr  # the depthwise kernels take (h, w) padding
+        return self.groups == self.in_channels == self.out_channels and symmetric
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"Conv2d expects a 4-d N,C,H,W input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv2d expected input with {self.in_channels} channels, "
+                f"got {x.shape[1]} channels (input shape {tuple(x.shape)})"
+            )
+        if x.dtype not in runtime.SUPPORTED_DTYPES:
+            raise ValueError(f"Conv2d: unsupported input dtype {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        self._x = x
+        b = self.bias.data if self.bias is not None else None
+        if self._is_depthwise():
+            pt, _, pl, _ = self._pad4
+            return DW.depthwise_conv2d_forward(
+                x, self.weight.data, b, self.stride, (pt, pl), self.dilation
+            )
+        return K.conv2d_forward(
+            x, self.weight.data, b, self.stride, self._pad4, self.dilation, self.groups
+        )
+
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        x = self._x
+        if x is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        w = self.weight
+        pt, _, pl, _ = self._pad4
+        # The input gradient takes the forward input's layout (an NCHW input stays NCHW).
+        out = runtime.empty_like(x, dtype=grad_out.dtype)
+        if self._is_depthwise():
+            args = (self.stride, (pt, pl), self.dilation)
+            grad_in = DW.depthwise_conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+            w.grad = DW.depthwise_conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
+        else:
+            args = (self.stride, self._pad4, self.dilation, self.groups)
+            grad_in = K.conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+            w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
+        if self.bias is not None:
+            self.bias.grad = K.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)
+        return grad_in
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
