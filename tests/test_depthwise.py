@@ -124,7 +124,9 @@ def test_every_wgrad_config(config):
     _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float16, wgrad_config=config)
 
 
-def test_heuristics_pick_listed_configs():
+def test_heuristics_pick_listed_configs(monkeypatch):
+    # the GPU heuristic (the interpreter takes its own large tiles)
+    monkeypatch.setattr(dw.runtime, "INTERPRETED", False)
     for c in (3, 20, 32, 96, 144, 192, 384, 576, 960, 1280):
         for pixels in (70, 512, 128 * 32 * 32):
             assert dw.pick_config(c, pixels) in dw.CONFIGS
@@ -134,6 +136,7 @@ def test_heuristics_pick_listed_configs():
 def test_wgrad_multi_tile_programs(monkeypatch):
     """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1)."""
     monkeypatch.setattr(dw, "_WGRAD_TARGET_PROGRAMS", 3)
+    monkeypatch.setattr(dw.runtime, "INTERPRETED", False)  # use that target, not the CPU's
     _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)
 
 

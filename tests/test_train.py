@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tritoncnn.train import run
+from tritoncnn.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -51,8 +52,21 @@ def test_resume_equals_straight_run(tmp_path):
               "augmentation=digits", "trainer.seed=7"]
     straight = tmp_path / "straight"
     run.main(config("trainer.epochs=3", *common), straight)
+    # the same run, interrupted (Ctrl-C) as its third epoch starts: "last" is epoch 2's end
     part = tmp_path / "part"
-    run.main(config("trainer.epochs=2", *common), part)
+    calls = {"n": 0}
+    real_epoch = Trainer._train_epoch
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run.main(config("trainer.epochs=3", *common), part)
     resumed = tmp_path / "resumed"
     last = part / "checkpoints" / "last.safetensors"
     run.main(config("trainer.epochs=3", f"trainer.resume={last}", *common), resumed)
@@ -66,7 +80,7 @@ def test_resume_equals_straight_run(tmp_path):
 def test_validation_of_impossible_values():
     for bad, msg in [("optimizer.lr=0", "optimizer.lr"), ("trainer.batch_size=0", "batch_size"),
                      ("dataset.val_fraction=1.0", "val_fraction"),
-                     ("+model.in_channels=3", "channel"), ("precision.name=fp8", "precision")]:
+                     ("model.in_channels=3", "channel"), ("precision.name=fp8", "precision")]:
         with pytest.raises(run.ConfigError, match=msg):
             run.validate(run._plain(config(bad)))
 
@@ -98,13 +112,14 @@ def test_multirun_writes_runs_and_summary(tmp_path):
     assert (sweep / "0" / "summary.json").exists() and (sweep / "1" / "summary.json").exists()
     with open(sweep / "sweep_summary.csv") as f:
         lines = list(csv.DictReader(f))
-    assert [ln["overrides"].split()[-1] for ln in lines] == ["optimizer.lr=1e-3",
-                                                             "optimizer.lr=3e-3"]
+    lrs = [float(ln["overrides"].split("optimizer.lr=")[1].split()[0]) for ln in lines]
+    assert lrs == [1e-3, 3e-3]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = config("trainer.epochs=3", "trainer.limit_train_batches=2", "precision=fp32",
-                 "optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0")
+                 "optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0",
+                 "optimizer.nesterov=false")
     with pytest.raises(run.TrainingDivergedError, match="last good checkpoint"):
         run.main(cfg, tmp_path)
     last = tmp_path / "checkpoints" / "last.safetensors"

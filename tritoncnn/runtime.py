@@ -53,6 +53,15 @@ def bf16_supported() -> bool:
     return torch.cuda.get_device_capability(DEVICE)[0] >= 8
 
 
+def interpreter_block(n: int, cap: int, floor: int = 16) -> int:
+    """A tile extent for the interpreter: the interpreter pays per program and per loop step,
+    not per element, so it wants few, large tiles (the power of two >= n, within [floor, cap])."""
+    b = floor
+    while b < n and b < cap:
+        b *= 2
+    return b
+
+
 def _poison(t: torch.Tensor) -> torch.Tensor:
     if POISON_OUTPUTS and t.is_floating_point():
         t.fill_(float("nan"))

@@ -328,6 +328,9 @@ def _channel_block(c: int) -> int:
 def pick_config(channels: int, pixels: int) -> DepthwiseConfig:
     """Forward/dgrad tile for ``channels`` x ``pixels`` (output pixels for the forward,
     input pixels for dgrad): widest low-waste channel block, 2-warp tiles for small layers."""
+    if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
+        block_c = runtime.interpreter_block(channels, 128)
+        return DepthwiseConfig(max(16, 8192 // block_c), block_c, 4)
     bc = _channel_block(channels)
     big = [cfg for cfg in CONFIGS if cfg.block_c == bc and cfg.num_warps == 4][0]
     programs = triton.cdiv(pixels, big.block_p) * triton.cdiv(channels, bc)
@@ -480,7 +483,8 @@ def depthwise_conv2d_wgrad(
     pixels = n * ho * wo
     c_blocks = triton.cdiv(c, cfg.block_c)
     # Split the pixels so that ~_WGRAD_TARGET_PROGRAMS programs run, each over whole tiles.
-    chunks_wanted = max(1, _WGRAD_TARGET_PROGRAMS // c_blocks)
+    target = 4 if runtime.INTERPRETED else _WGRAD_TARGET_PROGRAMS  # the interpreter is serial
+    chunks_wanted = max(1, target // c_blocks)
     iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
     chunks = triton.cdiv(pixels, iters * block_p)
     partials = runtime.empty((chunks, kh * kw, c), torch.float32)

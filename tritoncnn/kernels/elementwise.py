@@ -29,7 +29,8 @@ ACTIVATIONS = {
     "silu": ACT_SILU,
 }
 
-BLOCK = 1024
+# elements per program; the interpreter pays per program, so it takes far larger blocks
+BLOCK = 1 << 16 if runtime.INTERPRETED else 1024
 
 
 @triton.jit

@@ -205,6 +205,9 @@ def pick_config(m: int, n: int, k: int, dot_dtype: torch.dtype) -> MatmulConfig:
     half-precision operands only (fp32 "ieee" dots run on FMA units, where it spills registers).
     Otherwise the largest tile with at least one program per SM, else the one with most tiles.
     """
+    if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
+        ib = runtime.interpreter_block
+        return MatmulConfig(ib(m, 1024), ib(n, 256), ib(k, 256), 8, 4, 1)
     if min(m, n) <= 16:
         return CONFIGS[_SKINNY]
     first = _BIG if dot_dtype != torch.float32 else _BIG + 1

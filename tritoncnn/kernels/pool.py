@@ -477,6 +477,9 @@ def _pick_config(c: int, configs, config):
         if tuple(config) not in configs:
             raise ValueError(f"config {config} is not one of {configs}")
         return tuple(config)
+    if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
+        block_c = runtime.interpreter_block(c, 128, floor=configs[0][1])
+        return (max(configs[0][0], 8192 // block_c), block_c, 4)
     for cfg in configs:
         if cfg[1] >= c:
             return cfg
