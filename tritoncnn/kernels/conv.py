@@ -79,7 +79,9 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
     there are too few row tiles to fill the GPU, BLOCK_K doubles for 16-bit operands."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         ib = runtime.interpreter_block
-        return ConvConfig(ib(m, 2048), ib(n, 128), ib(k, 1024), 4, 1)
+        bm, bn = ib(m, 2048), ib(n, 128)
+        # keep each operand tile within 2**18 elements (Triton caps a block at 2**20)
+        return ConvConfig(bm, bn, ib(k, min(1024, 2**18 // max(bm, bn))), 4, 1)
     bn = 32 if n <= 32 else 64 if n <= 64 else 128
     few_rows = m <= 64 * 132  # 128-row tiles would leave some of an H100's 132 SMs idle
     bm = 64 if bn == 32 or (bn == 128 and few_rows) else 128
