@@ -1,0 +1,120 @@
+"""Kink matching: make a torch twin take the same branch as our model at every ReLU / ReLU6 /
+LeakyReLU / MaxPool2d, so that a float64 reference differentiates the same piece of a
+piecewise function.
+
+Why: a network of ReLUs and max pools is piecewise smooth. An element whose exact value lies
+within rounding distance of a kink (0 for ReLU, a near-tie in a pool window) can land on
+either side in fp32, and the gradient then routes differently at that element. At full size
+(ResNet-18, batch 128: a million elements per layer, relative rounding ~1e-6) about one such
+element per layer is expected, and one flip moves a whole gradient tensor by ~1/sqrt(numel)
+(~1e-3): far above fp32 rounding, and torch's own fp32 run suffers it too, at other elements.
+Comparing against a twin that follows *our* branches removes that luck, so the comparison
+measures only rounding and can be held to a tight tolerance.
+
+``KinkRecorder(model)`` records, in call order, the decision inputs of our kinked layers
+(the input of each activation / max pool, and the output of ``BasicBlock``'s fused add+ReLU).
+``replay_kinks(twin, decisions)`` installs forward hooks on the twin that rebuild each kinked
+layer's output from its own (float64) input and our decision; every recorded decision must be
+consumed exactly once (``assert_consumed``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+KINKED = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d")
+
+
+class KinkRecorder:
+    """Wraps the kinked layers of one of our models; ``decisions()`` hands out what one
+    forward recorded, keyed by the twin's module name, and starts a new recording."""
+
+    def __init__(self, model) -> None:
+        self._queues: dict[str, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+        self._wrapped = []
+        for name, m in model.named_modules():
+            kind = type(m).__name__
+            if kind in KINKED:
+                self._wrap(m, name, kind, record_input=True)
+            elif kind == "BasicBlock":
+                # the twin applies the block's ReLU module to out + identity; ours fuses it
+                self._wrap(m, f"{name}.relu" if name else "relu", "ReLU", record_input=False)
+
+    def _wrap(self, m, twin_name: str, kind: str, record_input: bool) -> None:
+        original = m.forward
+        queue = self._queues
+
+        def forward(x, *args, **kwargs):
+            y = original(x, *args, **kwargs)
+            queue[twin_name].append((kind, (x if record_input else y).detach().clone(), m))
+            return y
+
+        m.forward = forward
+        self._wrapped.append(m)
+
+    def decisions(self) -> dict[str, list]:
+        out = {k: list(v) for k, v in self._queues.items()}
+        self._queues.clear()
+        return out
+
+    def remove(self) -> None:
+        for m in self._wrapped:
+            del m.forward  # the instance attribute; the class method shows again
+        self._wrapped.clear()
+
+
+def _rebuild(kind: str, x: torch.Tensor, rec: torch.Tensor, ours, like: torch.Tensor):
+    """The kinked layer's output from the twin's input ``x`` on our branch ``rec``."""
+    rec = rec.to(device=x.device, dtype=torch.float64)
+    if kind == "ReLU":
+        return x * (rec > 0).to(x.dtype)
+    if kind == "LeakyReLU":
+        return x * torch.where(rec > 0, 1.0, ours.negative_slope).to(x.dtype)
+    if kind == "ReLU6":
+        inside, top = (rec > 0) & (rec < 6), rec >= 6
+        return x * inside.to(x.dtype) + 6.0 * top.to(x.dtype)
+    if kind == "MaxPool2d":
+        _, idx = F.max_pool2d(rec, ours.kernel_size, ours.stride, ours.padding, ours.dilation,
+                              ours.ceil_mode, return_indices=True)
+        return x.flatten(2).gather(2, idx.flatten(2)).view_as(like)
+    raise AssertionError(kind)
+
+
+def replay_kinks(twin: torch.nn.Module, decisions: dict[str, list]) -> list:
+    """Forward hooks on ``twin`` replaying ``decisions`` (consumed in call order)."""
+    queues = {k: list(v) for k, v in decisions.items()}
+    handles = []
+    for name, m in twin.named_modules():
+        if type(m).__name__ not in KINKED:
+            continue
+
+        def hook(mod, inputs, output, _name=name):
+            queue = queues.get(_name)
+            assert queue, f"{_name}: the twin ran a kinked layer that our model did not record"
+            kind, rec, ours = queue.pop(0)
+            assert kind == type(mod).__name__, f"{_name}: {kind} recorded, twin has {mod}"
+            return _rebuild(kind, inputs[0], rec, ours, output)
+
+        handles.append(m.register_forward_hook(hook))
+    handles.append(_Leftovers(queues))
+    return handles
+
+
+class _Leftovers:
+    """Last handle of ``replay_kinks``: ``remove()`` asserts every decision was replayed."""
+
+    def __init__(self, queues) -> None:
+        self.queues = queues
+
+    def remove(self) -> None:
+        left = {k: len(v) for k, v in self.queues.items() if v}
+        assert not left, f"recorded kinks never replayed by the twin: {left}"
+
+
+def assert_consumed(handles: list) -> None:
+    """Remove the hooks; fails if any recorded decision was not used."""
+    for h in handles:
+        h.remove()
