@@ -25,3 +25,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_autotune_cache(tmp_path_factory):
+    """Tuned conv tiles chosen during tests go to a temporary cache, never the user's
+    (timings taken beside other test workers are noisy)."""
+    from tritoncnn.kernels import autotune
+
+    path = tmp_path_factory.getbasetemp() / "autotune-session" / "autotune.json"
+    previous = autotune.set_default_tuner(autotune.Tuner(path))
+    yield
+    autotune.set_default_tuner(previous)

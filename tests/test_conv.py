@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from helpers import DEVICE, assert_close, f64, randn
 
 from tritoncnn import nn, runtime
+from tritoncnn.kernels import autotune
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import elementwise as ew
 from tritoncnn.nn import conv as nn_conv
@@ -144,18 +146,81 @@ def test_fused_activation_epilogue(act, alpha):
 
 @pytest.mark.parametrize("index", range(len(K.CONFIGS)))
 def test_every_config(index):
-    """Each tile the heuristic may pick, forced on one small strided, padded shape."""
+    """Each tile the heuristic or the autotuner may pick, forced on one small strided, padded
+    shape (8-warp tiles only ever run 1x1 GEMMs, so they get a 1x1 shape)."""
     cfg = K.CONFIGS[index]
+    k, s, p = (1, 1, 0) if cfg.num_warps == 8 else (3, 2, 1)
     x = randn(1, 18, 5, 4, channels_last=True)
-    wt, b = _weight(17, 18, 3, 3), randn(17)
-    go = randn(1, 17, 3, 2, channels_last=True)
-    yr, dxr, dwr, _ = reference(x, wt, b, go, 2, 1, 1, 1)
-    y = K.conv2d_forward(x, wt, b, (2, 2), (1, 1), (1, 1), 1, config=cfg)
-    dx = K.conv2d_dgrad(go, wt, x.shape, (2, 2), (1, 1), (1, 1), 1, config=cfg)
-    dw = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, config=cfg)
+    wt, b = _weight(17, 18, k, k), randn(17)
+    ho, wo = (5 + 2 * p - k) // s + 1, (4 + 2 * p - k) // s + 1
+    go = randn(1, 17, ho, wo, channels_last=True)
+    yr, dxr, dwr, _ = reference(x, wt, b, go, s, p, 1, 1)
+    args = ((s, s), (p, p), (1, 1), 1)
+    y = K.conv2d_forward(x, wt, b, *args, config=cfg)
+    dx = K.conv2d_dgrad(go, wt, x.shape, *args, config=cfg)
+    dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=cfg)
     assert_close(y, yr, what=f"forward {cfg}")
     assert_close(dx, dxr, what=f"dgrad {cfg}")
     assert_close(dw, dwr, what=f"wgrad {cfg}")
+
+
+@pytest.mark.parametrize("config", K.BIAS_CONFIGS, ids=str)
+def test_every_bias_grad_config(config):
+    go = randn(2, 37, 3, 5, channels_last=True)
+    dbr = f64(go).sum(dim=(0, 2, 3))
+    assert_close(K.conv2d_bias_grad(go, config=config), dbr, what=f"bias grad {config}")
+    assert_close(K.conv2d_bias_grad(go, config=config, split=2), dbr, what=f"split {config}")
+
+
+def test_cast_weight():
+    """One cast pass gives the weights the kernels would round per tile: same results."""
+    wt = _weight(7, 5, 3, 3)
+    x = randn(2, 5, 6, 5, dtype=torch.float16, channels_last=True)
+    w16 = K.cast_weight(wt, torch.float16)
+    assert w16.dtype == torch.float16 and w16.stride() == wt.stride()
+    assert torch.equal(w16.cpu(), wt.cpu().half())
+    again = K.cast_weight(wt * 2, torch.float16, out=w16)
+    assert again is w16 and torch.equal(w16.cpu(), (wt * 2).cpu().half())
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    cfg = None if runtime.INTERPRETED else K.CONFIGS[0]  # one tile: the same summation order
+    y32 = K.conv2d_forward(x, wt, None, *args, config=cfg)
+    y16 = K.conv2d_forward(x, K.cast_weight(wt, torch.float16), None, *args, config=cfg)
+    assert torch.equal(y32.cpu(), y16.cpu())
+    go = randn(*y32.shape, dtype=torch.float16, channels_last=True)
+    dx32 = K.conv2d_dgrad(go, wt, x.shape, *args, config=cfg)
+    K.cast_weight(wt, torch.float16, out=w16)
+    assert torch.equal(dx32.cpu(), K.conv2d_dgrad(go, w16, x.shape, *args, config=cfg).cpu())
+    with pytest.raises(ValueError, match="empty_like"):
+        K.cast_weight(wt, torch.float16, out=runtime.empty_like(wt))
+
+
+def test_gemm_candidates_rules():
+    """Candidates come from CONFIGS, fit the shared-memory budget, never use 8 warps outside
+    1x1 GEMMs, and keep column tiles near the channel count."""
+    limit = 180 * 1024
+    for m, n, k in [(131072, 64, 576), (2048, 512, 4608), (131072, 27, 27), (8192, 384, 64)]:
+        for a_bytes, b_bytes in [(4, 4), (2, 4), (2, 2)]:
+            for is_1x1 in (False, True):
+                cands = K.gemm_candidates(m, n, k, a_bytes, b_bytes, is_1x1, smem_limit=limit)
+                assert cands, (m, n, k, a_bytes, b_bytes, is_1x1)
+                for cfg in cands:
+                    assert cfg in K.CONFIGS
+                    assert cfg.smem_bytes(a_bytes, b_bytes) <= limit
+                    assert is_1x1 or cfg.num_warps == 4
+                    assert cfg.BLOCK_N <= max(32, triton.next_power_of_2(n))
+                    assert cfg.BLOCK_N >= (64 if n > 64 else 32)
+    wide_1x1 = K.gemm_candidates(8192, 384, 64, 2, 2, True, smem_limit=limit)
+    assert any(c.num_warps == 8 for c in wide_1x1)
+    assert any(c.num_stages == 4 for c in wide_1x1)
+    # fp32 weights double the B tile: the widest 8-warp tile only fits once they are cast.
+    big = K.ConvConfig(128, 256, 64, 8, 3)
+    assert big in wide_1x1 and big not in K.gemm_candidates(8192, 384, 64, 2, 4, True, limit)
+
+
+def test_split_candidates():
+    assert K.split_candidates(8, 256) == [K.SplitChoice(s) for s in (4, 8, 16, 32, 64)]
+    assert K.split_candidates(1, 4) == [K.SplitChoice(s) for s in (1, 2, 4)]
+    assert K.split_candidates(3, 1) == [K.SplitChoice(1)]
 
 
 def test_pick_config_only_returns_listed_configs(monkeypatch):
@@ -279,30 +344,52 @@ MOBILENETV2 = [
 ]
 
 
-def _check_gpu_shape(n, c_in, c_out, size, k, s, p, groups, dtype, config=None, split_k=None):
+@pytest.fixture(autouse=True)
+def _private_autotune_cache(tmp_path_factory):
+    """Tuned choices of these tests go to a temporary cache, never the user's: timings taken
+    beside other test workers are noisy. One cache per worker session (tuned once per key)."""
+    previous = autotune.set_default_tuner(
+        autotune.Tuner(tmp_path_factory.getbasetemp() / "autotune" / "autotune.json")
+    )
+    yield
+    autotune.set_default_tuner(previous)
+
+
+def _check_gpu_shape(
+    n, c_in, c_out, size, k, s, p, groups, dtype, config=None, split_k=None, cast=False, only=None
+):
+    """fwd, dgrad, wgrad and bias grad of one conv against float64; ``config`` forces the GEMM
+    tile, ``cast`` feeds weights already in the activation dtype, ``only`` names the kernels
+    to check (default all four). Returns how many kernels were checked."""
+    only = only or ("fwd", "dgrad", "wgrad", "bias")
     x = randn(n, c_in, size, size, dtype=dtype, channels_last=True)
     wt, b = _weight(c_out, c_in // groups, k, k), randn(c_out)
     ho = (size + 2 * p - k) // s + 1
     go = randn(n, c_out, ho, ho, dtype=dtype, channels_last=True)
     yr, dxr, dwr, dbr = reference(x, wt, b, go, s, p, 1, groups, device=DEVICE)
-    y = K.conv2d_forward(x, wt, b, (s, s), (p, p), (1, 1), groups, config=config)
-    dx = K.conv2d_dgrad(go, wt, x.shape, (s, s), (p, p), (1, 1), groups, config=config)
-    dw = K.conv2d_wgrad(
-        x, go, wt.shape, (s, s), (p, p), (1, 1), groups, config=config, split_k=split_k
-    )
-    db = K.conv2d_bias_grad(go)
-    tag = f"{c_in}->{c_out} {size}x{size} k{k} s{s} {dtype} {config}"
-    assert_close(y, yr, dtype, what=f"forward {tag}")
-    assert_close(dx, dxr, dtype, what=f"dgrad {tag}")
-    # fp32 sums of exact products of the (rounded) operands: far tighter than the dtype's bound.
-    assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"wgrad {tag}")
-    assert_close(db, dbr, torch.float32, what=f"bias grad {tag}")
+    wk = K.cast_weight(wt, dtype) if cast else wt
+    args = ((s, s), (p, p), (1, 1), groups)
+    tag = f"{c_in}->{c_out} {size}x{size} k{k} s{s} g{groups} {dtype} cast={cast} {config}"
+    if "fwd" in only:
+        y = K.conv2d_forward(x, wk, b, *args, config=config)
+        assert_close(y, yr, dtype, what=f"forward {tag}")
+    if "dgrad" in only:
+        dx = K.conv2d_dgrad(go, wk, x.shape, *args, config=config)
+        assert_close(dx, dxr, dtype, what=f"dgrad {tag}")
+    if "wgrad" in only:
+        dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=config, split_k=split_k)
+        # fp32 sums of exact products of the (rounded) operands: far tighter than the dtype's.
+        assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"wgrad {tag}")
+    if "bias" in only:
+        assert_close(K.conv2d_bias_grad(go), dbr, torch.float32, what=f"bias grad {tag}")
+    return len(only)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", RESNET18 + MOBILENETV2, ids=str)
 def test_gpu_network_shapes(shape, dtype):
+    """Every network shape through the default (autotuned) path."""
     _check_gpu_shape(128, *shape[:2], *shape[2:], groups=1, dtype=dtype)
 
 
@@ -314,20 +401,72 @@ def test_gpu_bf16(shape):
     _check_gpu_shape(128, *shape, groups=1, dtype=torch.bfloat16)
 
 
+# Representative shapes for forcing each config: (n, c_in, c_out, size, k, stride, pad,
+# groups, split_k). Tap-major 3x3 (strided dgrad phases), grouped, the flattened-K stem, and a
+# 1x1 GEMM (IS_1X1: the only shape 8-warp tiles may run).
+CONFIG_SHAPES = [
+    (32, 96, 80, 16, 3, 2, 1, 1, None),
+    (32, 96, 80, 16, 3, 1, 1, 2, None),
+    (32, 3, 64, 32, 3, 1, 1, 1, None),
+    (32, 144, 272, 8, 1, 1, 0, 1, 4),
+]
+
+
+def _candidate_kernels(cfg, k, s, p, dtype, cast) -> tuple[str, ...]:
+    """The kernels whose candidate list can hold ``cfg`` for this geometry and dtype: the
+    rules of K.gemm_candidates that don't depend on the problem size."""
+    is_1x1 = k == 1 and s == 1 and p == 0
+    if cfg.num_warps == 8 and not is_1x1:
+        return ()
+    a, limit = torch.finfo(dtype).bits // 8, K._smem_limit()
+    out = []
+    if cfg.smem_bytes(a, a if cast else 4) <= limit:
+        out += ["fwd", "dgrad"]
+    if cfg.smem_bytes(a, a) <= limit:
+        out.append("wgrad")
+    return tuple(out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "dtype,cast", [(torch.float32, False), (torch.float16, False), (torch.float16, True)]
+)
+@pytest.mark.parametrize("index", range(len(K.CONFIGS)))
+def test_gpu_every_config(index, dtype, cast):
+    """Each tile the tuner can choose, forced, on every kernel whose candidates may hold it
+    (fp32 and fp16 activations; fp32 weights, or weights cast to fp16 by cast_weight)."""
+    cfg = K.CONFIGS[index]
+    checked = 0
+    for n, c_in, c_out, size, k, s, p, g, split_k in CONFIG_SHAPES:
+        only = _candidate_kernels(cfg, k, s, p, dtype, cast)
+        if only:
+            checked += _check_gpu_shape(
+                n, c_in, c_out, size, k, s, p, g, dtype, cfg, split_k, cast, only
+            )
+    if not checked:
+        pytest.skip(f"{cfg} is never a candidate for {dtype} (cast={cast}): shared memory")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split_k", [1, 3, 16, 64, 256])
+def test_gpu_split_k(split_k):
+    _check_gpu_shape(
+        128, 512, 512, 4, 3, 1, 1, groups=1, dtype=torch.float16, split_k=split_k, only=("wgrad",)
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("index", range(len(K.CONFIGS)))
-def test_gpu_every_config(index, dtype):
-    cfg = K.CONFIGS[index]
-    _check_gpu_shape(32, 96, 80, 16, 3, 2, 1, groups=1, dtype=dtype, config=cfg)
-    _check_gpu_shape(32, 96, 80, 16, 3, 1, 1, groups=2, dtype=dtype, config=cfg)
-    _check_gpu_shape(32, 144, 48, 8, 1, 1, 0, groups=1, dtype=dtype, config=cfg, split_k=4)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("split_k", [1, 3, 16])
-def test_gpu_split_k(split_k):
-    _check_gpu_shape(128, 512, 512, 4, 3, 1, 1, groups=1, dtype=torch.float16, split_k=split_k)
+@pytest.mark.parametrize("config", K.BIAS_CONFIGS, ids=str)
+def test_gpu_bias_grad_configs(config, dtype):
+    """Each bias-gradient tile with the split factors the tuner offers, written and added."""
+    go = randn(128, 320, 8, 8, dtype=dtype, channels_last=True)
+    dbr = f64(go).sum(dim=(0, 2, 3))
+    for split in (1, 2, 8, 64, 256):
+        db = K.conv2d_bias_grad(go, config=config, split=split)
+        assert_close(db, dbr, torch.float32, what=f"bias grad {config} split {split}")
+        K.conv2d_bias_grad(go, grad_bias=db, config=config, split=split)
+        assert_close(db, 2 * dbr, torch.float32, what=f"bias grad += {config} split {split}")
 
 
 @pytest.mark.gpu

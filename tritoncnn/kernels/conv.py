@@ -25,10 +25,16 @@ Precision: operands are fed to ``tl.dot`` in the activation dtype (fp32 weights 
 accumulator is fp32, fp32 dots use ``runtime.dot_precision`` ("ieee" = exact by default).
 Parameter gradients are fp32 and deterministic: split-K partial sums go to an fp32 buffer and a
 second kernel adds them in a fixed order (no atomics).
+
+Tiles: on the GPU each launch helper lets ``kernels/autotune.py`` choose among the CONFIGS that
+suit the problem (``gemm_candidates``; wgrad also tunes its split-K factor, the bias gradient
+its tile and split), timed once per problem and cached on disk; ``config=`` forces one. The
+interpreter always uses ``pick_config``'s few large tiles.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +43,8 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels import autotune
+from tritoncnn.kernels import elementwise as ew
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
@@ -59,9 +67,17 @@ class ConvConfig:
     num_warps: int
     num_stages: int
 
+    def smem_bytes(self, a_bytes: int, b_bytes: int) -> int:
+        """Shared memory of the pipelined operand tiles (A: BLOCK_M x BLOCK_K elements of
+        a_bytes, B: BLOCK_K x BLOCK_N of b_bytes), one copy per stage."""
+        per_stage = self.BLOCK_M * self.BLOCK_K * a_bytes + self.BLOCK_K * self.BLOCK_N * b_bytes
+        return self.num_stages * per_stage
 
-# Every configuration the launch helpers can choose (the GPU tier runs each one). All use 4
-# warps: 8-warp tiles of non-1x1 convs have been miscompiled by Triton (pytorch #173068).
+
+# Every configuration the launch helpers can choose (the GPU tier runs each one). The first
+# eight are the heuristic's (pick_config); the rest only the autotuner picks. 8-warp tiles are
+# for 1x1 GEMMs (IS_1X1) only: non-1x1 conv tiles with 8 warps have been miscompiled by Triton
+# (pytorch #173068), so ``gemm_candidates`` never offers them to a tap-looping kernel.
 CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(128, 128, 32, 4, 3),
     ConvConfig(128, 128, 64, 4, 3),
@@ -71,7 +87,26 @@ CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(64, 128, 64, 4, 3),
     ConvConfig(64, 32, 32, 4, 3),
     ConvConfig(64, 32, 64, 4, 3),
+    # deeper pipelines, square 64 tiles, tall narrow and short wide tiles
+    ConvConfig(128, 128, 64, 4, 4),
+    ConvConfig(128, 64, 64, 4, 4),
+    ConvConfig(64, 128, 64, 4, 4),
+    ConvConfig(64, 64, 64, 4, 3),
+    ConvConfig(64, 64, 64, 4, 4),
+    ConvConfig(64, 64, 32, 4, 4),
+    ConvConfig(128, 32, 64, 4, 4),
+    ConvConfig(64, 256, 64, 4, 3),
+    # 8 warps: 1x1 GEMMs only
+    ConvConfig(128, 128, 64, 8, 3),
+    ConvConfig(128, 128, 64, 8, 4),
+    ConvConfig(128, 256, 64, 8, 3),
+    ConvConfig(256, 128, 64, 8, 3),
+    ConvConfig(256, 64, 64, 8, 3),
 )
+
+# Operand tiles of all stages must fit in shared memory with room for the epilogue: a share of
+# the per-block opt-in maximum (227 KiB on an H100, 163 KiB on an A100).
+SMEM_SHARE = 0.78
 
 
 def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
@@ -90,6 +125,83 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
         if (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K) == (bm, bn, bk):
             return cfg
     raise AssertionError(f"pick_config chose a tile {bm}x{bn}x{bk} missing from CONFIGS")
+
+
+def _pow2_at_least(v: int, floor: int) -> int:
+    return max(floor, triton.next_power_of_2(max(int(v), 1)))
+
+
+def gemm_candidates(
+    m: int,
+    n: int,
+    k: int,
+    a_bytes: int,
+    b_bytes: int,
+    is_1x1: bool,
+    smem_limit: int | None = None,
+) -> list[ConvConfig]:
+    """The CONFIGS worth timing for an M x N x K GEMM whose A/B operand elements take
+    a_bytes/b_bytes: tiles no larger than the problem (rounded up to a power of two), column
+    tiles not far narrower than N, operand tiles that fit in shared memory, and 8 warps only
+    for 1x1 GEMMs. ``smem_limit`` defaults to the device's (tests pass one)."""
+    if smem_limit is None:
+        smem_limit = _smem_limit()
+    max_m, max_n, max_k = _pow2_at_least(m, 64), _pow2_at_least(n, 32), _pow2_at_least(k, 32)
+    min_n = 64 if n > 64 else 32
+    out = []
+    for cfg in CONFIGS:
+        if cfg.num_warps == 8 and not is_1x1:
+            continue
+        if cfg.BLOCK_M > max_m or not min_n <= cfg.BLOCK_N <= max_n or cfg.BLOCK_K > max_k:
+            continue
+        if cfg.smem_bytes(a_bytes, b_bytes) > smem_limit:
+            continue
+        out.append(cfg)
+    return out
+
+
+@functools.cache
+def _smem_limit() -> int:
+    if runtime.INTERPRETED:
+        return 1 << 30
+    props = torch.cuda.get_device_properties(runtime.DEVICE)
+    optin = getattr(props, "shared_memory_per_block_optin", 0) or 227 * 1024
+    return int(SMEM_SHARE * optin)
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """The number of K (pixel) splits of a two-stage, deterministic reduction."""
+
+    split: int
+
+
+@dataclass(frozen=True)
+class BiasGradConfig:
+    """Tile of ``bias_grad_kernel``: BLOCK_P pixels x BLOCK_C channels per loop step."""
+
+    BLOCK_P: int
+    BLOCK_C: int
+
+
+# Every bias-gradient tile the launch helper can choose (the GPU tier runs each one).
+BIAS_CONFIGS: tuple[BiasGradConfig, ...] = (
+    BiasGradConfig(64, 64),
+    BiasGradConfig(128, 64),
+    BiasGradConfig(32, 128),
+    BiasGradConfig(128, 32),
+)
+
+
+def split_candidates(base: int, max_split: int) -> list[SplitChoice]:
+    """Split factors around a heuristic ``base``: base/2 .. 8*base (powers of two apart),
+    at most ``max_split`` and at least 1."""
+    out = []
+    for f in (0.5, 1, 2, 4, 8):
+        s = max(1, min(max_split, int(base * f)))
+        if SplitChoice(s) not in out:
+            out.append(SplitChoice(s))
+    return out
 
 
 # --- kernels ---------------------------------------------------------------------------------
@@ -611,6 +723,17 @@ def _resolve_config(config, m: int, n: int, k: int, dtype: torch.dtype) -> ConvC
     return config
 
 
+def _tuned(op: str, problem: dict, candidates, default, make_runner):
+    """The autotuner's choice for ``problem`` (``default`` included among the candidates).
+    ``candidates`` is a zero-argument function so a cache hit doesn't build the list."""
+
+    def with_default():
+        cands = list(candidates())
+        return cands if default in cands else [default, *cands]
+
+    return autotune.default_tuner().choose(op, problem, with_default, default, make_runner)
+
+
 def _check_act(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-d N,C,H,W, got shape {tuple(x.shape)}")
@@ -622,6 +745,7 @@ def _emulate_bf16(dtype: torch.dtype) -> bool:
     return runtime.INTERPRETED and dtype == torch.bfloat16
 
 
+@functools.cache
 def _sm_count() -> int:
     if runtime.INTERPRETED:
         return 1
@@ -647,7 +771,9 @@ def conv2d_forward(
 ) -> torch.Tensor:
     """act(conv2d(x, weight) + bias) as torch.nn.functional.conv2d, into a new NHWC tensor of
     x's dtype. ``padding`` is an int, an (h, w) pair, or (top, bottom, left, right) for the
-    asymmetric padding of padding='same' with even kernels. ``config`` forces a tile."""
+    asymmetric padding of padding='same' with even kernels. ``weight`` may be fp32 or already
+    in x's dtype (``cast_weight``: half the operand traffic and shared memory). ``config``
+    forces a tile; None lets the autotuner choose (the heuristic in the interpreter)."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight.shape
@@ -664,24 +790,47 @@ def conv2d_forward(
         raise ValueError(f"conv2d: input {h}x{w} is too small for the kernel, output {ho}x{wo}")
     c_out_g = c_out // groups
     y = runtime.empty_nhwc(n, c_out, ho, wo, x.dtype)
-    m = n * ho * wo
-    cfg = _resolve_config(config, m, c_out_g, kh * kw * c_in_g, x.dtype)
+    m, k = n * ho * wo, kh * kw * c_in_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
-    grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
-    conv2d_fwd_kernel[grid](
-        x, weight, weight if bias is None else bias, y,
-        n, h, w, c_in_g, ho, wo, c_out_g,
-        *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(y),
-        sh, sw, pt, pl, dh, dw,
-        float(alpha),
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
-        IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
-        DOT_PRECISION=runtime.dot_precision(x.dtype),
-        EMULATE_BF16=_emulate_bf16(x.dtype),
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+
+    def launch(out: torch.Tensor, cfg: ConvConfig) -> None:
+        grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
+        conv2d_fwd_kernel[grid](
+            x, weight, weight if bias is None else bias, out,
+            n, h, w, c_in_g, ho, wo, c_out_g,
+            *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(out),
+            sh, sw, pt, pl, dh, dw,
+            float(alpha),
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
+            IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
+            DOT_PRECISION=runtime.dot_precision(x.dtype),
+            EMULATE_BF16=_emulate_bf16(x.dtype),
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+
+    if config is not None or runtime.INTERPRETED:
+        cfg = _resolve_config(config, m, c_out_g, k, x.dtype)
+    else:
+        problem = dict(
+            n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
+            pad=(pt, pb, pl, pr), dil=(dh, dw), groups=groups, bias=bias is not None, act=act,
+            x=autotune.tensor_flag(x), weight=autotune.tensor_flag(weight),
+        )  # fmt: skip
+        cfg = _tuned(
+            "conv2d_fwd",
+            problem,
+            lambda: gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1),
+            pick_config(m, c_out_g, k, x.dtype),
+            lambda: _scratch_runner(launch, runtime.empty_like(y)),
+        )
+    launch(y, cfg)
     return y
+
+
+def _scratch_runner(launch, scratch: torch.Tensor):
+    """runner(candidate) for the tuner: launch into ``scratch``, never the real output."""
+    return lambda cand: launch(scratch, cand)
 
 
 def conv2d_dgrad(
@@ -697,7 +846,8 @@ def conv2d_dgrad(
 ) -> torch.Tensor:
     """Gradient of conv2d with respect to its input (shape ``input_shape`` = N,C,H,W), in
     grad_out's dtype. Written into ``out`` (any strides) when given, else a new NHWC tensor.
-    Only the top/left padding matters here (the output size comes from grad_out)."""
+    Only the top/left padding matters here (the output size comes from grad_out). ``weight``
+    may be fp32 or in grad_out's dtype; ``config`` as in conv2d_forward."""
     _check_act(grad_out, "grad_out")
     n, c_in, h, w = (int(s) for s in input_shape)
     c_out, c_in_g, kh, kw = weight.shape
@@ -713,22 +863,41 @@ def conv2d_dgrad(
     if out is None:
         out = runtime.empty_nhwc(n, c_in, h, w, grad_out.dtype)
     c_out_g = c_out // groups
-    m0 = n * triton.cdiv(h, sh) * triton.cdiv(w, sw)
-    cfg = _resolve_config(config, m0, c_in_g, kh * kw * c_out_g, grad_out.dtype)
+    m0, k = n * triton.cdiv(h, sh) * triton.cdiv(w, sw), kh * kw * c_out_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
-    grid = (triton.cdiv(m0, cfg.BLOCK_M) * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
-    conv2d_dgrad_kernel[grid](
-        grad_out, weight, out,
-        n, h, w, c_in_g, ho, wo, c_out_g,
-        *runtime.nhwc_strides(grad_out), *weight.stride(), *runtime.nhwc_strides(out),
-        sh, sw, pt, pl, dh, dw,
-        sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
-        KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
-        DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
-        EMULATE_BF16=_emulate_bf16(grad_out.dtype),
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+
+    def launch(dst: torch.Tensor, cfg: ConvConfig) -> None:
+        grid = (triton.cdiv(m0, cfg.BLOCK_M) * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
+        conv2d_dgrad_kernel[grid](
+            grad_out, weight, dst,
+            n, h, w, c_in_g, ho, wo, c_out_g,
+            *runtime.nhwc_strides(grad_out), *weight.stride(), *runtime.nhwc_strides(dst),
+            sh, sw, pt, pl, dh, dw,
+            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
+            KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
+            DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
+            EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+
+    if config is not None or runtime.INTERPRETED:
+        cfg = _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
+    else:
+        problem = dict(
+            n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
+            pad=(pt, pl), dil=(dh, dw), groups=groups, grad_out=autotune.tensor_flag(grad_out),
+            weight=autotune.tensor_flag(weight), out=autotune.tensor_flag(out),
+        )  # fmt: skip
+        a_bytes, b_bytes = grad_out.element_size(), weight.element_size()
+        cfg = _tuned(
+            "conv2d_dgrad",
+            problem,
+            lambda: gemm_candidates(m0, c_in_g, k, a_bytes, b_bytes, is_1x1),
+            pick_config(m0, c_in_g, k, grad_out.dtype),
+            lambda: _scratch_runner(launch, runtime.empty_like(out)),
+        )
+    launch(out, cfg)
     return out
 
 
@@ -736,6 +905,17 @@ def _pick_split(tiles: int, pixels: int, block: int, min_pixels: int = 1024) -> 
     """Splits of the K (pixel) axis so that ~2 programs per SM run, each reducing >= min_pixels."""
     want = triton.cdiv(2 * _sm_count(), max(tiles, 1))
     return max(1, min(want, pixels // max(min_pixels, block), 64))
+
+
+# Split-K partial sums of one call stay under this many fp32 elements (64 MiB): the ordered
+# second pass reads them all, and the caching allocator keeps the largest buffer it ever gave.
+MAX_PARTIAL_ELEMENTS = 1 << 24
+
+
+def _max_split(pixels: int, block: int, numel: int) -> int:
+    """Most splits worth timing: each split reduces >= 4 K blocks, at most 256 partial sums,
+    and the partial buffer (split x numel outputs) within MAX_PARTIAL_ELEMENTS."""
+    return max(1, min(256, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
 
 
 def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumulate: bool):
@@ -761,8 +941,10 @@ def conv2d_wgrad(
 ) -> torch.Tensor:
     """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
     channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
-    ``split_k`` (default: chosen by shape) splits the pixel reduction into that many fp32
-    partial sums that a second kernel adds in order (deterministic)."""
+    ``split_k`` splits the pixel reduction into that many fp32 partial sums that a second
+    kernel adds in order (deterministic). With neither ``config`` nor ``split_k`` given the
+    autotuner chooses the tile, then the split factor for that tile (timed into a scratch
+    gradient: the real one may be accumulated into); otherwise the heuristic fills in."""
     _check_act(x, "input")
     _check_act(grad_out, "grad_out")
     c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
@@ -781,74 +963,183 @@ def conv2d_wgrad(
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
     flat_n = (not is_1x1) and c_in_g < FLAT_MAX_CHANNELS
     n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
-    cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype)
-    tiles = triton.cdiv(c_out_g, cfg.BLOCK_M) * triton.cdiv(n_cols, cfg.BLOCK_N)
     grid_1 = groups if flat_n else groups * kh * kw  # (group, tap) of each program
-    if split_k is None:
-        split_k = _pick_split(tiles * grid_1, pixels, cfg.BLOCK_K)
-    per_split = triton.cdiv(triton.cdiv(pixels, split_k), cfg.BLOCK_K) * cfg.BLOCK_K
-    split_k = triton.cdiv(pixels, per_split)  # no empty splits
     accumulate = grad_weight is not None
     if grad_weight is None:
         grad_weight = runtime.empty_nhwc(c_out, c_in_g, kh, kw, torch.float32)
-    if split_k == 1:
-        dst, dst_strides, split_stride, dst_acc = grad_weight, grad_weight.stride(), 0, accumulate
-    else:  # partials laid out (split, o, kh, kw, c) contiguous
-        numel = c_out * kh * kw * c_in_g
-        dst = runtime.empty((split_k, numel), torch.float32)
-        dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
-        split_stride, dst_acc = numel, False
-    grid = (tiles, grid_1, split_k)
-    conv2d_wgrad_kernel[grid](
-        x, grad_out, dst,
-        n, h, w, c_in_g, ho, wo, c_out_g,
-        *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
-        *dst_strides, split_stride,
-        sh, sw, pt, pl, dh, dw,
-        per_split,
-        KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
-        DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
-        EMULATE_BF16=_emulate_bf16(grad_out.dtype),
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+
+    def tiles(cfg: ConvConfig) -> int:
+        return triton.cdiv(c_out_g, cfg.BLOCK_M) * triton.cdiv(n_cols, cfg.BLOCK_N)
+
+    def heuristic_split(cfg: ConvConfig) -> int:
+        return _pick_split(tiles(cfg) * grid_1, pixels, cfg.BLOCK_K)
+
+    def launch(gw: torch.Tensor, cfg: ConvConfig, split: int) -> None:
+        per_split = triton.cdiv(triton.cdiv(pixels, split), cfg.BLOCK_K) * cfg.BLOCK_K
+        split = triton.cdiv(pixels, per_split)  # no empty splits
+        if split == 1:
+            dst, dst_strides, split_stride, dst_acc = gw, gw.stride(), 0, accumulate
+        else:  # partials laid out (split, o, kh, kw, c) contiguous
+            numel = c_out * kh * kw * c_in_g
+            dst = runtime.empty((split, numel), torch.float32)
+            dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
+            split_stride, dst_acc = numel, False
+        conv2d_wgrad_kernel[(tiles(cfg), grid_1, split)](
+            x, grad_out, dst,
+            n, h, w, c_in_g, ho, wo, c_out_g,
+            *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
+            *dst_strides, split_stride,
+            sh, sw, pt, pl, dh, dw,
+            per_split,
+            KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
+            DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
+            EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+        if split > 1:
+            so, si, s_h, s_w = gw.stride()
+            _reduce_splits(dst, gw, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
+
+    if config is not None or split_k is not None or runtime.INTERPRETED:
+        cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype)
+        launch(grad_weight, cfg, split_k if split_k is not None else heuristic_split(cfg))
+        return grad_weight
+
+    # Tuned in two steps: the tile (each with its heuristic split), then the split factor.
+    problem = dict(
+        n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
+        pad=(pt, pl), dil=(dh, dw), groups=groups, x=autotune.tensor_flag(x),
+        grad_out=autotune.tensor_flag(grad_out), grad_weight=autotune.tensor_flag(grad_weight),
+        accumulate=accumulate,
     )  # fmt: skip
-    if split_k > 1:
-        so, si, s_h, s_w = grad_weight.stride()
-        _reduce_splits(dst, grad_weight, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
+    act_bytes = grad_out.element_size()
+    scratch = []  # one scratch gradient shared by both tuning steps, allocated on first need
+
+    def scratch_gw() -> torch.Tensor:
+        if not scratch:
+            scratch.append(runtime.empty_like(grad_weight))
+        return scratch[0]
+
+    def tile_runner():
+        gw = scratch_gw()
+        return lambda c: launch(gw, c, heuristic_split(c))
+
+    cfg = _tuned(
+        "conv2d_wgrad",
+        problem,
+        lambda: gemm_candidates(c_out_g, n_cols, pixels, act_bytes, act_bytes, is_1x1),
+        pick_config(c_out_g, n_cols, pixels, grad_out.dtype),
+        tile_runner,
+    )
+
+    def split_runner():
+        gw = scratch_gw()
+        return lambda s: launch(gw, cfg, s.split)
+
+    base = heuristic_split(cfg)
+    choice = _tuned(
+        "conv2d_wgrad_split",
+        {**problem, "tile": cfg},
+        lambda: split_candidates(base, _max_split(pixels, cfg.BLOCK_K, c_out * kh * kw * c_in_g)),
+        SplitChoice(base),
+        split_runner,
+    )
+    launch(grad_weight, cfg, choice.split)
     return grad_weight
 
 
-BIAS_BLOCK_P, BIAS_BLOCK_C = 64, 64
+@dataclass(frozen=True)
+class BiasGradChoice:
+    """A bias-gradient tile and its number of pixel splits."""
+
+    config: BiasGradConfig
+    split: int
 
 
 def conv2d_bias_grad(
     grad_out: torch.Tensor,
     grad_bias: torch.Tensor | None = None,
     split: int | None = None,
+    config: BiasGradConfig | None = None,
 ) -> torch.Tensor:
     """fp32 per-channel sum of grad_out over N, H, W: written into a new (C,) tensor when
-    ``grad_bias`` is None, else added into it. ``split`` (default: by shape) sets how many
-    pixel ranges are summed separately before an ordered second pass (deterministic)."""
+    ``grad_bias`` is None, else added into it. ``split`` sets how many pixel ranges are summed
+    separately before an ordered second pass (deterministic). With neither ``split`` nor
+    ``config`` given the autotuner chooses both (timed into a scratch gradient)."""
     _check_act(grad_out, "grad_out")
     n, c, ho, wo = grad_out.shape
     pixels = n * ho * wo
-    c_blocks = triton.cdiv(c, BIAS_BLOCK_C)
-    if split is None:
-        split = _pick_split(c_blocks, pixels, BIAS_BLOCK_P, min_pixels=2048)
-    per_split = triton.cdiv(triton.cdiv(pixels, split), BIAS_BLOCK_P) * BIAS_BLOCK_P
-    split = triton.cdiv(pixels, per_split)
     accumulate = grad_bias is not None
     if grad_bias is None:
         grad_bias = runtime.empty((c,), torch.float32)
-    if split == 1:
-        dst, s_out, s_split, dst_acc = grad_bias, grad_bias.stride(0), 0, accumulate
-    else:
-        dst, s_out, s_split, dst_acc = runtime.empty((split, c), torch.float32), 1, c, False
-    bias_grad_kernel[(c_blocks, split)](
-        grad_out, dst, n, ho, wo, c, *runtime.nhwc_strides(grad_out),
-        s_out, s_split, per_split,
-        ACCUMULATE=dst_acc, BLOCK_P=BIAS_BLOCK_P, BLOCK_C=BIAS_BLOCK_C,
-    )  # fmt: skip
-    if split > 1:
-        _reduce_splits(dst, grad_bias, (c, 1, 1, 1), (grad_bias.stride(0), 0, 0, 0), accumulate)
+
+    def heuristic_split(cfg: BiasGradConfig) -> int:
+        c_blocks = triton.cdiv(c, cfg.BLOCK_C)
+        return _pick_split(c_blocks, pixels, cfg.BLOCK_P, min_pixels=2048)
+
+    def launch(gb: torch.Tensor, choice: BiasGradChoice) -> None:
+        cfg = choice.config
+        per_split = triton.cdiv(triton.cdiv(pixels, choice.split), cfg.BLOCK_P) * cfg.BLOCK_P
+        n_split = triton.cdiv(pixels, per_split)
+        if n_split == 1:
+            dst, s_out, s_split, dst_acc = gb, gb.stride(0), 0, accumulate
+        else:
+            dst, s_out, s_split, dst_acc = runtime.empty((n_split, c), torch.float32), 1, c, False
+        bias_grad_kernel[(triton.cdiv(c, cfg.BLOCK_C), n_split)](
+            grad_out, dst, n, ho, wo, c, *runtime.nhwc_strides(grad_out),
+            s_out, s_split, per_split,
+            ACCUMULATE=dst_acc, BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C,
+        )  # fmt: skip
+        if n_split > 1:
+            _reduce_splits(dst, gb, (c, 1, 1, 1), (gb.stride(0), 0, 0, 0), accumulate)
+
+    cfg0 = config or BIAS_CONFIGS[0]
+    default = BiasGradChoice(cfg0, split if split is not None else heuristic_split(cfg0))
+    if config is not None or split is not None or runtime.INTERPRETED:
+        launch(grad_bias, default)
+        return grad_bias
+
+    def candidates():
+        return [
+            BiasGradChoice(cfg, s.split)
+            for cfg in BIAS_CONFIGS
+            for s in split_candidates(heuristic_split(cfg), _max_split(pixels, cfg.BLOCK_P, c))
+        ]
+
+    problem = dict(
+        n=n, c=c, ho=ho, wo=wo, grad_out=autotune.tensor_flag(grad_out), accumulate=accumulate
+    )
+    choice = _tuned(
+        "conv2d_bias_grad",
+        problem,
+        candidates,
+        default,
+        lambda: _scratch_runner(launch, runtime.empty_like(grad_bias)),
+    )
+    launch(grad_bias, choice)
     return grad_bias
+
+
+def cast_weight(
+    weight: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight`` converted to ``dtype`` (round to nearest) in one elementwise pass, into
+    ``out`` (same shape and strides, reused across steps) or a new tensor with weight's layout.
+
+    A layer that casts its fp32 weight once per forward and hands the result to
+    conv2d_forward / conv2d_dgrad halves their B-operand traffic and shared memory (the kernels
+    would otherwise convert every tile), which also admits larger tiles to the autotuner."""
+    if out is None:
+        out = runtime.empty_like(weight, dtype=dtype)
+    elif out.shape != weight.shape or out.stride() != weight.stride() or out.dtype != dtype:
+        raise ValueError(
+            f"cast_weight: out must have weight's shape/strides and dtype {dtype}, got "
+            f"{tuple(out.shape)}/{out.stride()}/{out.dtype}; allocate it with "
+            "runtime.empty_like(weight, dtype=dtype)"
+        )
+    numel = weight.numel()
+    ew.activation_fwd_kernel[(triton.cdiv(numel, ew.BLOCK),)](
+        weight, out, numel, 0.0, ACT=ACT_NONE, BLOCK=ew.BLOCK
+    )
+    return out
