@@ -1,15 +1,18 @@
 """The training engine end to end on embedded data (digits), through the Hydra config tree:
-each optimizer, resume == straight-through, multirun summary, bad inputs, NaN stop."""
+each optimizer, resume == straight-through (at an epoch boundary and mid-epoch), the CUDA-graph
+path's interpreter fallback, multirun summary, bad inputs, NaN stop."""
 
 import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from tritoncnn.train import run
@@ -23,8 +26,10 @@ TINY = ["dataset=digits", "model=baseline", "model.filters=[4,8,8]", "model.unit
 
 
 def config(*overrides):
+    keys = {o.split("=")[0] for o in overrides}
+    tiny = [o for o in TINY if o.split("=")[0] not in keys]  # an override replaces TINY's value
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *overrides])
+        return compose(config_name="config", overrides=[*tiny, *overrides])
 
 
 def rows(run_dir):
@@ -47,11 +52,21 @@ def test_each_optimizer_trains(tmp_path, opt):
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
 
 
-def test_resume_equals_straight_run(tmp_path):
-    common = ["trainer.limit_train_batches=3", "precision=fp32", "scheduler=cosine",
-              "augmentation=digits", "trainer.seed=7"]
-    straight = tmp_path / "straight"
-    run.main(config("trainer.epochs=3", *common), straight)
+RESUME = ["trainer.limit_train_batches=3", "precision=fp32", "scheduler=cosine",
+          "augmentation=digits", "trainer.seed=7", "trainer.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The uninterrupted 3-epoch run the resume tests compare against."""
+    straight = tmp_path_factory.mktemp("straight")
+    run.main(config(*RESUME), straight)
+    return straight
+
+
+def test_resume_equals_straight_run(tmp_path, straight_run):
+    common = [r for r in RESUME if not r.startswith("trainer.epochs")]
+    straight = straight_run
     # the same run, interrupted (Ctrl-C) as its third epoch starts: "last" is epoch 2's end
     part = tmp_path / "part"
     calls = {"n": 0}
@@ -128,3 +143,89 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
         assert all(t.isfinite().all() for t in load_file(str(last)).values()
                    if t.is_floating_point())
+
+
+def _assert_same_run(straight, resumed):
+    """metrics.csv rows (timings aside) and final weights of two runs agree."""
+    a, b = rows(straight), rows(resumed)
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "skipped_steps"):
+            assert math.isclose(float(ra[k]), float(rb[k]), rel_tol=1e-6, abs_tol=1e-7), (k, ra, rb)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(straight / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(resumed / "checkpoints" / "last.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k].double(), wb[k].double(), rtol=1e-6, atol=1e-7), k
+
+
+@pytest.mark.parametrize("where", ["sigint", "evaluation"])
+def test_mid_epoch_resume_equals_straight_run(tmp_path, straight_run, where):
+    """Ctrl-C inside epoch 2 saves ``last`` with the position in the epoch; resuming from it
+    finishes like the straight run. sigint: a real SIGINT during its 2nd step, which completes
+    first (the handler defers KeyboardInterrupt to the step boundary); evaluation: a
+    KeyboardInterrupt as its validation pass starts."""
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    name, at = ("evaluate", 2) if where == "evaluation" else ("train_step", 3 + 2)
+    real = getattr(Trainer, name)
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == at:
+            if where == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return real(self, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, name, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run.main(config(*RESUME), part)
+    last = part / "checkpoints" / "last.json"
+    position = json.loads(last.read_text())["position"]
+    assert position is not None
+    assert position["batch"] == (2 if where == "sigint" else 3)
+    assert len(rows(part)) == 1  # epoch 1 only
+    resumed = tmp_path / "resumed"
+    run.main(config(*RESUME, f"trainer.resume={last}"), resumed)
+    _assert_same_run(straight_run, resumed)
+
+
+def test_cuda_graph_path_falls_back_to_eager_in_the_interpreter(tmp_path, monkeypatch):
+    """trainer.cuda_graph=true runs eagerly in the interpreter; the graph code path itself
+    (CudaGraphStep around gather + step, eval graphs, eager partial batches) forced on gives
+    the same metrics, since CudaGraphStep calls its function eagerly where graphs are off."""
+    from tritoncnn.train import cuda_graph
+    from tritoncnn.train.cuda_graph import CudaGraphStep
+
+    assert not cuda_graph.enabled()
+    calls = []
+    step = CudaGraphStep(lambda: calls.append(1) or len(calls), warmup=1)
+    assert [step(), step(), step()] == [1, 2, 3] and not step.captured
+    # 80 tiny training images in batches of 32: two full batches and a partial one
+    common = ["dataset=synthetic", "dataset.n_train=100", "dataset.n_test=40",
+              "dataset.val_fraction=0.2", "dataset.image_size=8", "dataset.channels=1",
+              "dataset.mean=[0.5]", "dataset.std=[0.25]", "trainer.batch_size=32",
+              "trainer.epochs=1", "precision=fp32", "optimizer=sgd", "optimizer.lr=0.05",
+              "augmentation=digits", "trainer.cuda_graph=true"]
+    run.main(config(*common), tmp_path / "plain")
+    made = []
+
+    class Recording(CudaGraphStep):
+        def __init__(self, fn, warmup=1):
+            made.append(self)
+            super().__init__(fn, warmup)
+
+    monkeypatch.setattr(Trainer, "use_graphs", property(lambda self: True))
+    monkeypatch.setattr("tritoncnn.train.trainer.CudaGraphStep", Recording)
+    run.main(config(*common), tmp_path / "graph_path")
+    assert len(made) == 3  # train, val, test
+    assert made[0].calls == 2 and not made[0].captured  # the full batches, eagerly
+    a, b = rows(tmp_path / "plain"), rows(tmp_path / "graph_path")
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert float(ra[k]) == float(rb[k]), (k, ra, rb)

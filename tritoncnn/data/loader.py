@@ -13,6 +13,7 @@ import torch
 
 from tritoncnn import runtime
 from tritoncnn.kernels import augment as K
+from tritoncnn.kernels.distributed import shard_permutation
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class GPULoader:
     memory in ``dtype``, normalised by per-channel ``mean``/``std`` (in [0,1] pixel units).
     ``drop_last`` drops the final partial batch; otherwise it is yielded as a shorter view.
     Every yielded batch is a view of one static buffer: consume it before the next step.
+
+    Data parallel (``world_size`` > 1): every rank draws the same epoch permutation; global
+    step s takes its ``world_size * batch_size`` consecutive entries and rank ``rank`` gathers
+    the r-th ``batch_size`` chunk, so the ranks' shards are disjoint and together cover the
+    epoch. ``len()`` counts global steps. Without ``drop_last`` a rank whose share of the last
+    global batch is short gets a shorter view, and one with no share skips it (fine for
+    evaluation; a training step needs every rank, so train with ``drop_last=True``).
     """
 
     def __init__(
@@ -76,9 +84,13 @@ class GPULoader:
         augmentation: Augmentation | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         images = torch.as_tensor(np.asarray(images))
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(
@@ -92,7 +104,10 @@ class GPULoader:
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(dev)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=dev)
         self.std = torch.tensor(std, dtype=torch.float32, device=dev)
-        self.batch_size = min(batch_size, self.n) if not drop_last else batch_size
+        self.rank, self.world_size = rank, world_size
+        if not drop_last and world_size == 1:
+            batch_size = min(batch_size, self.n)
+        self.batch_size = batch_size
         self.shuffle, self.drop_last, self.dtype, self.seed = shuffle, drop_last, dtype, seed
         self.aug = augmentation or Augmentation()
         self.epoch = 0
@@ -102,11 +117,28 @@ class GPULoader:
         self.targets = torch.empty(b, dtype=torch.int64, device=dev)
         self.params = torch.empty((b, K.N_PARAMS), dtype=torch.float32, device=dev)
         self.step = torch.zeros(1, dtype=torch.int64, device=dev)
+        # the epoch's augmentation seed, on the device so a captured gather follows epochs
+        self.draw_seed = torch.full((1,), self._draw_seed(0), dtype=torch.int64, device=dev)
         # padded by one batch so the last partial batch's gather stays in bounds
         self.perm = torch.arange(self.n + b, dtype=torch.int32, device=dev) % self.n
+        # data parallel: this rank's positions laid out contiguously, rebuilt each epoch
+        self.rank_perm = self.perm
+        if world_size > 1:
+            steps = max(1, self._global_steps())
+            self.rank_perm = torch.empty(steps * b, dtype=torch.int32, device=dev)
+            shard_permutation(self.perm, self.rank_perm, self.n, b, rank, world_size)
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        return self._global_steps()
+
+    def _global_steps(self) -> int:
+        g = self.batch_size * self.world_size  # samples per global step
+        return self.n // g if self.drop_last else math.ceil(self.n / g)
+
+    def _rows(self, step: int) -> int:
+        """How many of this rank's ``batch_size`` rows at global ``step`` are real samples."""
+        start = step * self.batch_size * self.world_size + self.rank * self.batch_size
+        return max(0, min(self.batch_size, self.n - start))
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the permutation of ``epoch`` (reproducible from seed and epoch)."""
@@ -116,7 +148,23 @@ class GPULoader:
             K.epoch_permutation_kernel[K.launch_grid(self.n, 1024)](
                 self.perm, self.n, key, HALF_BITS=K.permutation_bits(self.n), BLOCK=1024
             )
-        K.advance_step_kernel[(1,)](self.step, 1)
+            if self.world_size > 1:
+                shard_permutation(
+                    self.perm, self.rank_perm, self.n, self.batch_size, self.rank, self.world_size
+                )
+        K.set_position_kernel[(1,)](self.step, self.draw_seed, 0, self._draw_seed(epoch))
+
+    def seek(self, step: int) -> None:
+        """Continue the current epoch at batch ``step`` (a resume inside an epoch); call after
+        ``set_epoch``. The batches that follow are those an uninterrupted epoch gathers."""
+        if not 0 <= step <= len(self):
+            raise ValueError(f"step must be in [0, {len(self)}], got {step}")
+        K.set_position_kernel[(1,)](self.step, self.draw_seed, step, self._draw_seed(self.epoch))
+
+    def _draw_seed(self, epoch: int) -> int:
+        """Philox seed of ``epoch``'s augmentation draws; ranks draw from their own streams
+        (rank 0's is the single-process one)."""
+        return self.seed + 7 * epoch + 1_000_003 * self.rank
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather the batch at the device step counter into the static buffers, then advance.
@@ -125,15 +173,15 @@ class GPULoader:
         the iterator trims the last partial batch with a view.
         """
         b, a = self.batch_size, self.aug
-        if a.enabled:
+        if a.enabled:  # the seed is read on the device (set_epoch writes it)
             K.augment_params_kernel[K.launch_grid(b, 128)](
-                self.params, self.step, b, self.seed + 7 * self.epoch, a.crop_padding,
+                self.params, self.step, self.draw_seed, b, a.crop_padding,
                 math.radians(a.rotation), a.brightness, a.contrast, a.saturation, a.hflip,
                 a.cutout, self.h, self.w, BLOCK=128,
             )
         block_p, block_s = self._gather_blocks()
         K.gather_augment_kernel[K.launch_grid(b, block_s)](
-            self.images, self.labels, self.perm, self.params, self.mean, self.std, self.step,
+            self.images, self.labels, self.rank_perm, self.params, self.mean, self.std, self.step,
             self.inputs, self.targets, b, self.h, self.w, self.c, a.crop_padding,
             a.cutout, *self.inputs.stride(),
             AUGMENT=a.enabled, REFLECT=a.padding_mode == "reflect", COLOR=a.color,
@@ -154,7 +202,9 @@ class GPULoader:
         self.set_epoch(self.epoch)
         for i in range(len(self)):
             x, y = self.next_batch()
-            n = min(self.batch_size, self.n - i * self.batch_size)
+            n = self._rows(i)
+            if n == 0:  # data parallel: no share of the last global batch
+                continue
             yield (x[:n], y[:n]) if n < self.batch_size else (x, y)
         self.epoch += 1
 

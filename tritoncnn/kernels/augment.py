@@ -7,8 +7,10 @@ Batch layout: N,C,H,W logical with NHWC memory, fp32/fp16/bf16.
 
 Randomness is counter-based (Triton's Philox ``tl.rand``): every draw is a function of
 (seed, epoch, sample position in the epoch, draw number), so a run is reproducible and the
-host draws nothing per step. The current step lives in a device counter that the gather
-reads and ``advance_step_kernel`` bumps, so the whole sequence can be captured in a CUDA graph.
+host draws nothing per step. The current step and the epoch's draw seed live in device
+scalars that the kernels read (``advance_step_kernel`` bumps the step, ``set_position_kernel``
+starts an epoch), so the whole sequence can be captured once in a CUDA graph and replayed
+across steps and epochs.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def epoch_permutation_kernel(perm_ptr, n, key, HALF_BITS: tl.constexpr, BLOCK: t
 
 @triton.jit
 def augment_params_kernel(
-    params_ptr, step_ptr, batch, seed, pad, max_angle, bright, contrast, sat, flip_p,
+    params_ptr, step_ptr, seed_ptr, batch, pad, max_angle, bright, contrast, sat, flip_p,
     cut_len, H, W, BLOCK: tl.constexpr,
 ):
     """Draw every sample's augmentation: one row of N_PARAMS fp32 per sample of the batch.
@@ -73,11 +75,13 @@ def augment_params_kernel(
     crop offsets in [0, 2*pad], flip in {0, 1} with probability flip_p, angle uniform in
     [-max_angle, max_angle] (radians), jitter factors uniform in [1-a, 1+a], cutout centre
     uniform over the image (or -1e4 when cut_len == 0). Draw k of sample j is Philox output
-    (seed, (step*batch + j) * N_DRAWS + k).
+    (seed, (step*batch + j) * N_DRAWS + k). The step and the seed (int64 [1], which mixes
+    the epoch) are read from the device, so a captured graph follows epochs and steps.
     """
     j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = j < batch
     step = tl.load(step_ptr).to(tl.int64)
+    seed = tl.load(seed_ptr)
     base = (step * batch + j) * _N_DRAWS
     u_dy = tl.rand(seed, base + 0)
     u_dx = tl.rand(seed, base + 1)
@@ -247,6 +251,14 @@ def advance_step_kernel(step_ptr, reset):
     """step += 1, or step = 0 when reset (a new epoch); keeps the host out of the loop."""
     s = tl.load(step_ptr)
     tl.store(step_ptr, tl.where(reset != 0, 0, s + 1))
+
+
+@triton.jit(do_not_specialize=["step", "seed"])
+def set_position_kernel(step_ptr, seed_ptr, step, seed):
+    """step = ``step``, draw seed = ``seed``: the start of an epoch (or a resume point inside
+    one). Launched between steps, outside any captured graph."""
+    tl.store(step_ptr, step.to(tl.int64))
+    tl.store(seed_ptr, seed.to(tl.int64))
 
 
 def permutation_bits(n: int) -> int:

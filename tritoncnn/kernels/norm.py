@@ -25,6 +25,7 @@ recomputing its input from x, so nothing but x and the fp32 statistics is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -192,6 +193,7 @@ def bn_stats_finalize_kernel(
     CUMULATIVE: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    STORE_M2: tl.constexpr = False,
 ):
     """Stage 2: combine the partials of stage 1 into batch mean / invstd; update running stats.
 
@@ -206,6 +208,8 @@ def bn_stats_finalize_kernel(
     nbt_ptr: int64 num_batches_tracked, read (not written: bn_apply_kernel increments it after
     every program here has read it) when CUMULATIVE, for f = 1 / (num_batches_tracked + 1).
     momentum: f when not CUMULATIVE. eps: added to the biased variance.
+    STORE_M2: write the sum of squared deviations M2 instead of invstd (this rank's moments,
+    for synchronised batch norm; see bn_stats_merge_ranks_kernel).
     """
     pid = tl.program_id(0)
     offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -235,7 +239,10 @@ def bn_stats_finalize_kernel(
     var = m2 / M
     invstd = 1.0 / tl.sqrt_rn(var + eps)
     tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
-    tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
+    if STORE_M2:
+        tl.store(save_invstd_ptr + offs_c, m2, mask=mask_c)
+    else:
+        tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
 
     if UPDATE_RUNNING:
         if CUMULATIVE:
@@ -247,6 +254,60 @@ def bn_stats_finalize_kernel(
         unbiased = m2 / (M - 1)
         rm = (1.0 - f) * rm + f * mean
         rv = (1.0 - f) * rv + f * unbiased
+        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def bn_stats_merge_ranks_kernel(
+    moments_ptr,
+    save_mean_ptr,
+    save_invstd_ptr,
+    rmean_ptr,
+    rvar_ptr,
+    nbt_ptr,
+    world,
+    C,
+    M_RANK,
+    momentum,
+    eps,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Synchronised batch norm: merge every rank's (mean, M2) into global-batch statistics.
+
+    moments_ptr: fp32 [world, 2, C]: rank r's batch mean and M2 over its M_RANK rows (every
+    rank has the same count). One program owns channels [pid*BLOCK_C, +BLOCK_C): the global
+    mean is the mean of the rank means; M2 = sum_r (M2_r + M_RANK * (mean_r - mean)^2), which
+    stays centred (no large sums of squares). Outputs and running-stat update as
+    bn_stats_finalize_kernel with M = world * M_RANK rows.
+    """
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mean = tl.zeros((BLOCK_C,), tl.float32)
+    for r in range(world):
+        mean += tl.load(moments_ptr + r * 2 * C + offs_c, mask=mask_c, other=0.0)
+    mean = mean / world
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for r in range(world):
+        d = tl.load(moments_ptr + r * 2 * C + offs_c, mask=mask_c, other=0.0) - mean
+        m2 += tl.load(moments_ptr + (r * 2 + 1) * C + offs_c, mask=mask_c, other=0.0)
+        m2 += M_RANK * d * d
+    count = world * M_RANK * 1.0  # rows of the global batch, as fp32
+    invstd = 1.0 / tl.sqrt_rn(m2 / count + eps)
+    tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
+    tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
+    if UPDATE_RUNNING:
+        if CUMULATIVE:
+            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
+        else:
+            f = momentum
+        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rm = (1.0 - f) * rm + f * mean
+        rv = (1.0 - f) * rv + f * (m2 / (count - 1.0))
         tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
         tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
 
@@ -661,6 +722,89 @@ def batch_norm_forward_train(
     return y, save_mean, save_invstd
 
 
+def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) -> torch.Tensor:
+    """fp32 [2, C]: this rank's per-channel batch mean and M2 (sum of squared deviations), the
+    first half of a synchronised batch-norm forward (two launches)."""
+    _check(x)
+    m, c, hw, w, sx = _geometry(x)
+    cfg = config or pick_config(c)
+    rows, n_parts = _split_rows(m, c, cfg)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}
+    pmean = runtime.empty((n_parts, c))
+    pm2 = runtime.empty((n_parts, c))
+    moments = runtime.empty((2, c))
+    # fmt: off
+    bn_stats_partial_kernel[(n_parts, c_blocks)](
+        x, pmean, pm2, m, c, hw, w, *sx, rows, BLOCK_M=cfg.block_m, **tile,
+    )
+    bn_stats_finalize_kernel[(c_blocks,)](
+        x, pmean, pm2, moments[0], moments[1], moments, moments, moments,
+        m, c, sx[3], rows, n_parts, 0.0, 0.0,
+        UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_P=BLOCK_P, STORE_M2=True, **tile,
+    )
+    # fmt: on
+    return moments
+
+
+def batch_norm_forward_train_synced(
+    x: torch.Tensor,
+    moments: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    act: int = ACT_NONE,
+    alpha: float = 0.0,
+    config: NormConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Second half of a synchronised batch-norm forward: normalise x with the statistics of
+    the global batch. moments: fp32 [world, 2, C], every rank's ``batch_norm_local_moments``
+    (each over as many rows as x has). Returns (y, save_mean, save_invstd) and updates the
+    running stats as batch_norm_forward_train does for the global batch."""
+    _check(x, weight, bias, running_mean, running_var)
+    m, c, hw, w, sx = _geometry(x)
+    world = moments.shape[0]
+    if tuple(moments.shape) != (world, 2, c) or not moments.is_contiguous():
+        raise ValueError(f"moments must be a contiguous [world, 2, {c}] tensor")
+    if world * m < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {world * m}")
+    update = running_mean is not None and running_var is not None
+    cumulative = update and momentum is None
+    if cumulative and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    inc = update and num_batches_tracked is not None
+    cfg = config or pick_config(c)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    save_mean = runtime.empty((c,))
+    save_invstd = runtime.empty((c,))
+    dummy = save_mean
+    # fmt: off
+    bn_stats_merge_ranks_kernel[(c_blocks,)](
+        moments, save_mean, save_invstd,
+        running_mean if update else dummy, running_var if update else dummy,
+        num_batches_tracked if cumulative else dummy,
+        world, c, m, 0.0 if momentum is None else float(momentum), float(eps),
+        UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+    y = runtime.empty_like(x)
+    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
+        x, y, save_mean, save_invstd,
+        dummy if weight is None else weight, dummy if bias is None else bias,
+        num_batches_tracked if inc else dummy,
+        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+    # fmt: on
+    return y, save_mean, save_invstd
+
+
 def batch_norm_forward_eval(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -709,8 +853,11 @@ def _backward(
     act: int,
     alpha: float,
     config: NormConfig | None,
+    average_means: Callable[[torch.Tensor], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Shared body of both backwards; ``stat`` is invstd (batch_stats) or the running var."""
+    """Shared body of both backwards; ``stat`` is invstd (batch_stats) or the running var.
+    average_means: synchronised batch norm's in-place mean over the ranks of the [2, C]
+    mean(g), mean(g * xhat) (equal row counts per rank), applied before the input grad."""
     _check(x, weight, bias, mean, stat)
     if grad_out.shape != x.shape:
         raise ValueError(
@@ -763,6 +910,8 @@ def _backward(
             BLOCK_P=BLOCK_P, **tile,
         )
         # fmt: on
+        if average_means is not None and batch_stats:
+            average_means(means)
     grad_in = runtime.empty_like(x)
     # fmt: off
     bn_bwd_input_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
@@ -788,6 +937,7 @@ def batch_norm_backward(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: NormConfig | None = None,
+    average_means: Callable[[torch.Tensor], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Backward of batch_norm_forward_train: returns (grad_in, grad_weight, grad_bias).
 
@@ -796,10 +946,13 @@ def batch_norm_backward(
     fp32 [C]: fresh tensors when passed as None, else the given tensors with the new gradient
     added in place; None for parameters the layer lacks. bias: the layer's bias, needed only
     with a fused activation (act, alpha as in the forward), whose input is recomputed from x.
+    average_means: set for synchronised batch norm (the statistics were the global batch's):
+    averages the per-channel gradient means over the ranks; grad_weight / grad_bias stay this
+    rank's sums (the gradient all-reduce averages them like every other parameter's).
     """
     return _backward(
         grad_out, x, weight, bias, has_bias, save_mean, save_invstd, 0.0, True,
-        grad_weight, grad_bias, act, alpha, config,
+        grad_weight, grad_bias, act, alpha, config, average_means,
     )  # fmt: skip
 
 

@@ -4,6 +4,11 @@ Parameters, buffers, state_dict keys and train/eval behaviour are torch.nn's: tr
 eval with ``track_running_stats=False``) normalises with batch statistics; training with
 running stats also updates running_mean / running_var (unbiased) and num_batches_tracked on
 the device. Statistics are fp32 whatever the activation dtype.
+
+Synchronised batch norm (data parallel, ``train.distributed.convert_sync_batchnorm``): with
+``sync_group`` set, training uses the statistics of the global batch. Each rank's (mean, M2)
+are all-gathered and merged, and the backward averages the per-channel gradient means over
+the ranks (torch.nn.SyncBatchNorm's math; every rank must have the same batch size).
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self._saved: tuple | None = None
+        # data parallel: an object with world_size, gather_(out, local) and average_(t) (see
+        # train/distributed.py); None keeps the statistics per process
+        self.sync_group = None
+        self._synced = False
 
     def reset_running_stats(self) -> None:
         """torch's semantics (a host-side reset, outside the training step)."""
@@ -102,7 +111,9 @@ class _BatchNorm(Module):
                     f"got input size {tuple(x.shape)}"
                 )
             update = self.training and self.track_running_stats
-            y, mean, invstd = norm.batch_norm_forward_train(
+            self._synced = self._sync_world() > 1 and self.training
+            forward = self._forward_synced if self._synced else norm.batch_norm_forward_train
+            y, mean, invstd = forward(
                 x,
                 w,
                 b,
@@ -138,6 +149,8 @@ class _BatchNorm(Module):
         gb = self.bias.grad if self.bias is not None else None
         common = {"bias": b, "has_bias": b is not None, "act": self.act, "alpha": self.act_alpha}
         if batch_stats:
+            if self._synced:
+                common["average_means"] = self.sync_group.average_
             grad_in, gw, gb = norm.batch_norm_backward(grad_out, x, w, mean, stat, gw, gb, **common)
         else:
             grad_in, gw, gb = norm.batch_norm_backward_eval(
@@ -148,6 +161,16 @@ class _BatchNorm(Module):
         if self.bias is not None:
             self.bias.grad = gb
         return grad_in
+
+    def _sync_world(self) -> int:
+        return 1 if self.sync_group is None else self.sync_group.world_size
+
+    def _forward_synced(self, x: torch.Tensor, *args, **kw):
+        """Training forward with global-batch statistics: gather every rank's moments."""
+        local = norm.batch_norm_local_moments(x)
+        moments = runtime.empty((self._sync_world(), *local.shape))
+        self.sync_group.gather_(moments, local)
+        return norm.batch_norm_forward_train_synced(x, moments, *args, **kw)
 
     def extra_repr(self) -> str:
         return (

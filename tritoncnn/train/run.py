@@ -20,6 +20,7 @@ from tritoncnn import data, models, runtime
 from tritoncnn.data.loader import Augmentation, GPULoader
 from tritoncnn.nn import CrossEntropyLoss
 from tritoncnn.optim import OPTIMIZERS, SCHEDULES, GradScaler
+from tritoncnn.train import distributed
 from tritoncnn.train.trainer import Trainer, TrainerConfig, TrainingDivergedError
 
 log = runtime.log
@@ -90,6 +91,10 @@ def validate(cfg: dict[str, Any]) -> None:
             f"drop the model.in_channels override"
         )
     resolve_precision(cfg["precision"]["name"])
+    try:
+        distributed.DistributedConfig.from_dict(tr.get("distributed")).wanted()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def split_train_val(x, y, fraction: float, seed: int):
@@ -129,9 +134,24 @@ def build_schedule(cfg_sch: dict[str, Any], optimizer, epochs: int, steps_per_ep
 
 
 def main(cfg, run_dir: str | Path) -> dict[str, Any]:
-    """Train one configuration; writes metrics, curves, checkpoints and summary.json."""
+    """Train one configuration; writes metrics, curves, checkpoints and summary.json.
+
+    Under torchrun (or ``trainer.distributed.enabled=true``) every process runs this with its
+    rank: ``trainer.batch_size`` is per GPU, rank 0 writes the files.
+    """
     cfg = _plain(cfg)
     validate(cfg)
+    # data parallel: join the process group and pick this rank's GPU before any allocation
+    dist_cfg = distributed.DistributedConfig.from_dict(cfg["trainer"].get("distributed"))
+    dist = distributed.setup(dist_cfg)
+    try:
+        return _main(cfg, run_dir, dist)
+    finally:
+        if dist is not None:
+            dist.shutdown()
+
+
+def _main(cfg: dict[str, Any], run_dir: str | Path, dist) -> dict[str, Any]:
     ds_cfg, tr, aug_cfg = cfg["dataset"], cfg["trainer"], cfg["augmentation"]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +173,17 @@ def main(cfg, run_dir: str | Path) -> dict[str, Any]:
     norm = (ds_cfg["mean"], ds_cfg["std"])
     bs = tr["batch_size"]
     eval_bs = tr.get("eval_batch_size") or max(bs, 256)
-    train_loader = GPULoader(xt, yt, bs, *norm, shuffle=True, drop_last=tr.get("drop_last", False),
-                             augmentation=Augmentation(**aug_cfg), dtype=dtype, seed=seed)
-    val_loader = GPULoader(*val, eval_bs, *norm, shuffle=False, dtype=dtype) if val else None
-    test_loader = GPULoader(*test, eval_bs, *norm, shuffle=False, dtype=dtype)
+    # data parallel: each rank gathers its shard; a training step needs full batches on all
+    shard = {"rank": dist.rank, "world_size": dist.world_size} if dist else {}
+    drop_last = tr.get("drop_last", False) or (dist is not None and dist.world_size > 1)
+    train_loader = GPULoader(xt, yt, bs, *norm, shuffle=True, drop_last=drop_last,
+                             augmentation=Augmentation(**aug_cfg), dtype=dtype, seed=seed, **shard)
+    if dist is not None and len(train_loader) == 0:
+        raise ConfigError(f"trainer.batch_size={bs} x {shard.get('world_size', 1)} rank(s) is "
+                          f"more than the {len(yt)} training images; lower trainer.batch_size")
+    val_loader = (GPULoader(*val, eval_bs, *norm, shuffle=False, dtype=dtype, **shard)
+                  if val else None)
+    test_loader = GPULoader(*test, eval_bs, *norm, shuffle=False, dtype=dtype, **shard)
 
     from hydra.utils import instantiate
 
@@ -175,9 +202,9 @@ def main(cfg, run_dir: str | Path) -> dict[str, Any]:
         TrainerConfig(epochs=tr["epochs"], limit_train_batches=tr.get("limit_train_batches"),
                       patience=es.get("patience"), min_delta=es.get("min_delta", 0.0),
                       schedule_unit=unit, progress=tr.get("progress", True), seed=seed,
-                      config=cfg),
+                      cuda_graph=tr.get("cuda_graph", True), config=cfg),
         loss_fn=CrossEntropyLoss(label_smoothing=cfg.get("label_smoothing", 0.0)),
-        scaler=scaler, schedule=schedule,
+        scaler=scaler, schedule=schedule, dist=dist,
     )
     if tr.get("resume"):
         trainer.resume(tr["resume"])
@@ -185,13 +212,17 @@ def main(cfg, run_dir: str | Path) -> dict[str, Any]:
     summary = trainer.fit()
     summary.update(wall_seconds=time.perf_counter() - wall0, model=cfg["model"]["name"],
                    dataset=ds_cfg["name"], precision=str(dtype).replace("torch.", ""),
-                   device=str(runtime.DEVICE))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+                   device=str(runtime.DEVICE), world_size=dist.world_size if dist else 1,
+                   rank=dist.rank if dist else 0)
+    if trainer.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def append_sweep_row(sweep_dir: str | Path, overrides: list[str], summary: dict[str, Any]) -> None:
-    """One row per multirun job in ``<sweep dir>/sweep_summary.csv``."""
+    """One row per multirun job in ``<sweep dir>/sweep_summary.csv`` (rank 0's, data parallel)."""
+    if summary.get("rank", 0) != 0:
+        return
     path = Path(sweep_dir) / "sweep_summary.csv"
     fields = ["overrides", "best_val_acc", "test_acc", "wall_seconds", "images_per_s"]
     new = not path.exists()
