@@ -2,7 +2,9 @@
 
 Every conv shape of ResNet-18 and MobileNetV2 (CIFAR variants, 32x32 inputs) in fwd, dgrad and
 wgrad; linear, batch norm and pooling layers. Prints a table and writes
-``benchmarks/results/ops_<gpu>.csv`` (GPU name, torch/triton versions, date in every row).
+``benchmarks/results/ops_<gpu>.csv`` (GPU name, torch/triton versions, date in every row),
+or under ``$OUT`` when set. ``ours_peak_mib``/``torch_peak_mib``: the GPU memory one call takes
+beyond what its inputs already hold (outputs, saved tensors, workspaces such as cuDNN's).
 
     python benchmarks/ops.py [--batch 128] [--dtype fp16] [--out DIR] [--quick]
 
@@ -77,6 +79,17 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def peak_extra_mib(fn) -> float:
+    """GPU memory one call of ``fn`` takes beyond what was allocated before it (its outputs,
+    saved tensors and workspaces), MiB; run after ``bench`` so autotuning trials are over."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def conv_rows(spec, batch: int, dtype: torch.dtype):
     name, cin, cout, k, s, p, g, hw = spec
     x = torch.randn(batch, cin, hw, hw, device="cuda", dtype=dtype)
@@ -106,10 +119,12 @@ def conv_rows(spec, batch: int, dtype: torch.dtype):
     cv = torch.ops.aten.convolution_backward
     theirs = {
         "fwd": lambda: torch.nn.functional.conv2d(x, w, None, s, p, 1, g),
-        "dgrad": lambda: cv(gy, x, w, None, (s, s), (p, p), (1, 1), False, (0, 0), g,
-                            (True, False, False)),
-        "wgrad": lambda: cv(gy, x, w, None, (s, s), (p, p), (1, 1), False, (0, 0), g,
-                            (False, True, False)),
+        "dgrad": lambda: cv(
+            gy, x, w, None, (s, s), (p, p), (1, 1), False, (0, 0), g, (True, False, False)
+        ),
+        "wgrad": lambda: cv(
+            gy, x, w, None, (s, s), (p, p), (1, 1), False, (0, 0), g, (False, True, False)
+        ),
     }
     # depthwise convs are memory-bound: report bandwidth against the bytes each pass must move
     elt = x.element_size()
@@ -131,22 +146,44 @@ def conv_rows(spec, batch: int, dtype: torch.dtype):
             "roofline_frac": (bytes_moved[op] / t_ours / 1e6 / PEAK_GBPS)
             if depthwise
             else flops / t_ours / 1e9 / PEAK_TFLOPS[dtype],
+            "ours_peak_mib": peak_extra_mib(ours[op]),
+            "torch_peak_mib": peak_extra_mib(theirs[op]),
         }
 
 
 def layer_rows(batch: int, dtype: torch.dtype):
     """Whole layers (forward + backward) against torch.nn's twins."""
     cases = [
-        ("linear 512->256", lambda: nn.Linear(512, 256), lambda: torch.nn.Linear(512, 256),
-         (batch * 4, 512)),
-        ("bn2d 64@32x32", lambda: nn.BatchNorm2d(64), lambda: torch.nn.BatchNorm2d(64),
-         (batch, 64, 32, 32)),
-        ("bn2d 256@8x8", lambda: nn.BatchNorm2d(256), lambda: torch.nn.BatchNorm2d(256),
-         (batch, 256, 8, 8)),
-        ("maxpool2 64@32x32", lambda: nn.MaxPool2d(2), lambda: torch.nn.MaxPool2d(2),
-         (batch, 64, 32, 32)),
-        ("gap 512@4x4", lambda: nn.AdaptiveAvgPool2d(1), lambda: torch.nn.AdaptiveAvgPool2d(1),
-         (batch, 512, 4, 4)),
+        (
+            "linear 512->256",
+            lambda: nn.Linear(512, 256),
+            lambda: torch.nn.Linear(512, 256),
+            (batch * 4, 512),
+        ),
+        (
+            "bn2d 64@32x32",
+            lambda: nn.BatchNorm2d(64),
+            lambda: torch.nn.BatchNorm2d(64),
+            (batch, 64, 32, 32),
+        ),
+        (
+            "bn2d 256@8x8",
+            lambda: nn.BatchNorm2d(256),
+            lambda: torch.nn.BatchNorm2d(256),
+            (batch, 256, 8, 8),
+        ),
+        (
+            "maxpool2 64@32x32",
+            lambda: nn.MaxPool2d(2),
+            lambda: torch.nn.MaxPool2d(2),
+            (batch, 64, 32, 32),
+        ),
+        (
+            "gap 512@4x4",
+            lambda: nn.AdaptiveAvgPool2d(1),
+            lambda: torch.nn.AdaptiveAvgPool2d(1),
+            (batch, 512, 4, 4),
+        ),
     ]
     for name, make_ours, make_torch, shape in cases:
         x = torch.randn(*shape, device="cuda", dtype=dtype)
@@ -178,6 +215,8 @@ def layer_rows(batch: int, dtype: torch.dtype):
             "ours_tflops": float("nan"),
             "ours_gbps": nbytes / t_ours / 1e6,
             "roofline_frac": nbytes / t_ours / 1e6 / PEAK_GBPS,
+            "ours_peak_mib": peak_extra_mib(step_ours),
+            "torch_peak_mib": peak_extra_mib(step_torch),
         }
 
 
@@ -185,7 +224,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     args = ap.parse_args()
     if runtime.INTERPRETED:
@@ -209,12 +250,18 @@ def main() -> None:
     for spec in specs:
         for row in conv_rows(spec, args.batch, dtype):
             rows.append({**meta, **row})
-            print(f"{row['op']:<14} {row['shape']:<48} ours {row['ours_ms']:.4f} ms  "
-                  f"torch {row['torch_ms']:.4f} ms  x{row['speedup']:.2f}", flush=True)
+            print(
+                f"{row['op']:<14} {row['shape']:<48} ours {row['ours_ms']:.4f} ms  "
+                f"torch {row['torch_ms']:.4f} ms  x{row['speedup']:.2f}",
+                flush=True,
+            )
     for row in layer_rows(args.batch, dtype):
         rows.append({**meta, **row})
-        print(f"{row['op']:<14} {row['shape']:<48} ours {row['ours_ms']:.4f} ms  "
-              f"torch {row['torch_ms']:.4f} ms  x{row['speedup']:.2f}", flush=True)
+        print(
+            f"{row['op']:<14} {row['shape']:<48} ours {row['ours_ms']:.4f} ms  "
+            f"torch {row['torch_ms']:.4f} ms  x{row['speedup']:.2f}",
+            flush=True,
+        )
     os.makedirs(args.out, exist_ok=True)
     gpu_tag = meta["gpu"].replace(" ", "_")
     path = Path(args.out) / f"ops_{gpu_tag}_{args.dtype}_b{args.batch}.csv"

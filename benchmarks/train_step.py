@@ -1,22 +1,36 @@
 """Whole training step, tritoncnn against torch.nn on the same GPU in the same run.
 
-For each model and batch size: ms/step, images/s and achieved TFLOP/s of
-  - tritoncnn fp16 (eager launches, and the CUDA-graph step when the trainer has one),
+For each model and batch size: ms/step, images/s, achieved TFLOP/s and peak GPU memory of
+  - tritoncnn fp16: eager launches from Python (``tritoncnn_fp16``) and the same step captured
+    in a CUDA graph (``tritoncnn_fp16_graph``, ``tritoncnn.train.cuda_graph.CudaGraphStep``;
+    ``--no-graph`` skips it). Our step starts from the GPU-resident loader's gather
+    (``GPULoader.next_batch``: uint8 -> normalised fp16 batch) as the trainer's does;
   - torch eager fp32, torch eager AMP + channels_last,
-  - torch.compile (default), and with --max-autotune torch.compile(mode="max-autotune"),
-all with SGD(momentum) and data already on the GPU. Writes
-``benchmarks/results/train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar chart.
+  - torch.compile of the whole step (default), and with --max-autotune
+    torch.compile(mode="max-autotune"),
+all with SGD(momentum); torch's batch is already a float tensor on the GPU. Writes
+``train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar chart to ``--out``
+(default ``$OUT``, else ``benchmarks/results/``).
+
+TFLOP/s counts 3x the forward's conv/linear FLOPs (forward + the two backward GEMMs).
+``peak_mem_mib`` is ``torch.cuda.max_memory_allocated`` while that configuration alone is built
+and run (the previous one freed, the counter reset): parameters, optimizer state, activations,
+workspaces, the CUDA graph's pool, plus the few MiB of the shared input batch.
 
     python benchmarks/train_step.py [--models baseline resnet18 mobilenetv2] [--batches 128 512]
-                                    [--max-autotune] [--out DIR]
+                                    [--max-autotune] [--no-compile] [--no-graph] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
+import gc
+import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,14 +66,36 @@ def flops_per_image(model, image_size: int, channels: int) -> float:
     return float(summary(model, (channels, image_size, image_size)).flops)
 
 
-def ours_step(model, x, y, dtype):
+def graph_step_class():
+    """``CudaGraphStep`` if this checkout has it and CUDA graphs can run, else None (with why)."""
+    try:
+        from tritoncnn.train import cuda_graph
+    except ImportError:
+        return None, "tritoncnn.train.cuda_graph not found"
+    if not cuda_graph.enabled():
+        return None, "cuda_graph.enabled() is False"
+    return cuda_graph.CudaGraphStep, ""
+
+
+def ours_step(name: str, batch: int, dtype, graph: bool):
+    """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
+    captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does)."""
+    from tritoncnn.data.loader import GPULoader
+
+    torch.manual_seed(0)
+    model = models.build(name, num_classes=10, in_channels=3, image_size=32)
     loss_fn = nn.CrossEntropyLoss()
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = GradScaler() if dtype == torch.float16 else None
-    xs = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (batch,), generator=g)
+    loader = GPULoader(images, labels, batch, (0.5,) * 3, (0.25,) * 3, shuffle=False, dtype=dtype)
 
     def step():
-        logits = model(xs)
+        loader.set_epoch(0)  # back to batch 0 (one tiny launch): every call trains one batch
+        x, y = loader.next_batch()
+        logits = model(x)
         loss_fn(logits, y)
         model.backward(loss_fn.backward(scaler.scale_tensor if scaler else None))
         if scaler:
@@ -69,17 +105,22 @@ def ours_step(model, x, y, dtype):
             opt.step()
         opt.zero_grad(set_to_none=False)
 
-    return step
+    if not graph:
+        return step
+    cls, why = graph_step_class()
+    if cls is None:
+        raise RuntimeError(f"no CUDA-graph step: {why}")
+    return cls(step, warmup=2)
 
 
 def torch_step(twin, x, y, mode: str):
-    twin = twin.cuda()
+    """The torch twin's step in ``mode`` (eager fp32, eager AMP + channels_last, compiled)."""
+    twin = copy.deepcopy(twin).cuda()
     amp = mode != "eager_fp32"
     if amp:
         twin = twin.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                          foreach=True)
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -98,21 +139,43 @@ def torch_step(twin, x, y, mode: str):
     return step
 
 
+def _free() -> None:
+    """Release the previous configuration's memory and reset the peak counter."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["baseline", "resnet18", "mobilenetv2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[128, 512])
     ap.add_argument("--max-autotune", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--no-graph", action="store_true", help="tritoncnn eager launches only")
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
     args = ap.parse_args()
     if runtime.INTERPRETED:
         sys.exit("benchmarks/train_step.py needs a CUDA GPU")
     import triton
 
     torch.backends.cudnn.benchmark = True
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__, "date": datetime.date.today().isoformat()}
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+    ours = {"tritoncnn_fp16": False}
+    if not args.no_graph:
+        cls, why = graph_step_class()
+        if cls is None:
+            print(f"note: no CUDA-graph row ({why}); tritoncnn runs eager only", flush=True)
+        else:
+            ours["tritoncnn_fp16_graph"] = True
     modes = ["eager_fp32", "eager_amp_cl"]
     if not args.no_compile:
         modes.append("compile")
@@ -122,26 +185,50 @@ def main() -> None:
     for name in args.models:
         for batch in args.batches:
             torch.manual_seed(0)
-            model = models.build(name, num_classes=10, in_channels=3, image_size=32)
-            fpi = 3 * flops_per_image(model, 32, 3)  # forward + two backward GEMMs
+            proto = models.build(name, num_classes=10, in_channels=3, image_size=32)
+            fpi = 3 * flops_per_image(proto, 32, 3)  # forward + two backward GEMMs
+            twin = to_torch(proto)  # on the CPU: each torch mode copies it to the GPU
+            del proto
             x = torch.randn(batch, 3, 32, 32, device="cuda")
             y = torch.randint(0, 10, (batch,), device="cuda")
-            variants = {"tritoncnn_fp16": ours_step(model, x, y, torch.float16)}
+            variants = {
+                v: partial(ours_step, name, batch, torch.float16, g) for v, g in ours.items()
+            }
             for mode in modes:  # a fresh twin per mode: each has its own optimizer state
-                variants[f"torch_{mode}"] = torch_step(to_torch(model), x, y, mode)
-            for variant, fn in variants.items():
+                variants[f"torch_{mode}"] = partial(torch_step, twin, x, y, mode)
+            for variant, make in variants.items():
+                _free()
                 try:
+                    fn = make()
                     ms = bench(fn)
                 except Exception as e:  # noqa: BLE001 - record and go on with the next mode
                     print(f"{name} b{batch} {variant}: failed: {e!r}"[:300], flush=True)
                     continue
+                finally:
+                    fn = None
+                    if "compile" in variant:
+                        torch._dynamo.reset()  # drop compiled graphs holding the twin
                 peak = torch.cuda.max_memory_allocated() / 2**20
-                rows.append({**meta, "model": name, "batch": batch, "variant": variant,
-                             "ms_per_step": ms, "images_per_s": batch / ms * 1e3,
-                             "tflops": fpi * batch / ms / 1e9, "peak_mem_mib": peak})
-                print(f"{name:<12} b{batch:<4} {variant:<28} {ms:8.3f} ms  "
-                      f"{batch / ms * 1e3:9.0f} img/s", flush=True)
-                torch.cuda.reset_peak_memory_stats()
+                rows.append(
+                    {
+                        **meta,
+                        "model": name,
+                        "batch": batch,
+                        "variant": variant,
+                        "ms_per_step": ms,
+                        "images_per_s": batch / ms * 1e3,
+                        "tflops": fpi * batch / ms / 1e9,
+                        "peak_mem_mib": peak,
+                    }
+                )
+                print(
+                    f"{name:<12} b{batch:<4} {variant:<28} {ms:8.3f} ms  "
+                    f"{batch / ms * 1e3:9.0f} img/s  {fpi * batch / ms / 1e9:7.2f} TFLOP/s  "
+                    f"peak {peak:8.1f} MiB",
+                    flush=True,
+                )
+    if not rows:
+        sys.exit("no configuration ran")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = meta["gpu"].replace(" ", "_")
@@ -165,8 +252,17 @@ def _plot(rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(groups)), 4))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
-        ms = [next((r["ms_per_step"] for r in rows if (r["model"], r["batch"]) == g
-                    and r["variant"] == v), 0) for g in groups]
+        ms = [
+            next(
+                (
+                    r["ms_per_step"]
+                    for r in rows
+                    if (r["model"], r["batch"]) == g and r["variant"] == v
+                ),
+                0,
+            )
+            for g in groups
+        ]
         ax.bar([j + i * width for j in range(len(groups))], ms, width, label=v)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{m}\nb{b}" for m, b in groups])
