@@ -35,8 +35,9 @@ def main() -> None:
         model.zero_grad()
         model(x)
         dx = model.backward(g.float())
-        runs.append({"input": dx.clone(), **{n: p.grad.clone() for n, p in
-                                             model.named_parameters()}})
+        runs.append(
+            {"input": dx.clone(), **{n: p.grad.clone() for n, p in model.named_parameters()}}
+        )
     refs = {}
     for dtype in (torch.float64, torch.float32):
         twin = to_torch(model).to("cuda", dtype).train(train)
@@ -48,8 +49,10 @@ def main() -> None:
         if r.norm() == 0:
             continue
         same = torch.equal(runs[0][k], runs[1][k])
-        print(f"{k:<36}{rel_err(runs[0][k], r):12.2e}{rel_err(refs[torch.float32][k], r):12.2e}"
-              f"  {same}")
+        print(
+            f"{k:<36}{rel_err(runs[0][k], r):12.2e}{rel_err(refs[torch.float32][k], r):12.2e}"
+            f"  {same}"
+        )
 
 
 if __name__ == "__main__":

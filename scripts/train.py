@@ -1,7 +1,7 @@
 """Train any model on any dataset: every hyper-parameter is a Hydra override (see conf/).
 
-    python scripts/train.py dataset=cifar100 model=resnet18
-    python scripts/train.py -m optimizer.lr=1e-3,3e-3 model=baseline,resnet18
+python scripts/train.py dataset=cifar100 model=resnet18
+python scripts/train.py -m optimizer.lr=1e-3,3e-3 model=baseline,resnet18
 """
 
 import logging
@@ -24,8 +24,13 @@ def train(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     try:
         summary = main(cfg, hc.runtime.output_dir)
-    except (ConfigError, DatasetNotFoundError, CorruptDatasetError, CheckpointError,
-            TrainingDivergedError) as e:
+    except (
+        ConfigError,
+        DatasetNotFoundError,
+        CorruptDatasetError,
+        CheckpointError,
+        TrainingDivergedError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if hc.mode == RunMode.MULTIRUN:

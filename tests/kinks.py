@@ -77,8 +77,15 @@ def _rebuild(kind: str, x: torch.Tensor, rec: torch.Tensor, ours, like: torch.Te
         inside, top = (rec > 0) & (rec < 6), rec >= 6
         return x * inside.to(x.dtype) + 6.0 * top.to(x.dtype)
     if kind == "MaxPool2d":
-        _, idx = F.max_pool2d(rec, ours.kernel_size, ours.stride, ours.padding, ours.dilation,
-                              ours.ceil_mode, return_indices=True)
+        _, idx = F.max_pool2d(
+            rec,
+            ours.kernel_size,
+            ours.stride,
+            ours.padding,
+            ours.dilation,
+            ours.ceil_mode,
+            return_indices=True,
+        )
         return x.flatten(2).gather(2, idx.flatten(2)).view_as(like)
     raise AssertionError(kind)
 

@@ -72,8 +72,10 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def _cifar_batch(n, label_key, with_coarse=False):
-    d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-         label_key: list(rng.integers(0, 10, n))}
+    d = {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key: list(rng.integers(0, 10, n)),
+    }
     if with_coarse:
         d[b"coarse_labels"] = list(rng.integers(0, 20, n))
     return d
@@ -90,8 +92,9 @@ def _tar(path: Path, members: dict[str, dict]):
 
 @pytest.mark.parametrize("as_dir", [False, True])
 def test_cifar10_tarball_and_folder(tmp_path, as_dir):
-    batches = {f"cifar-10-batches-py/data_batch_{i}": _cifar_batch(4, b"labels")
-               for i in range(1, 6)}
+    batches = {
+        f"cifar-10-batches-py/data_batch_{i}": _cifar_batch(4, b"labels") for i in range(1, 6)
+    }
     batches["cifar-10-batches-py/test_batch"] = _cifar_batch(20, b"labels")
     _tar(tmp_path / "cifar-10-python.tar.gz", batches)
     if as_dir:
@@ -111,8 +114,10 @@ def test_cifar10_tarball_and_folder(tmp_path, as_dir):
 
 def test_cifar100_fine_and_coarse(tmp_path):
     train = _cifar_batch(6, b"fine_labels", with_coarse=True)
-    _tar(tmp_path / "cifar-100-python.tar.gz",
-         {"cifar-100-python/train": train, "cifar-100-python/test": train})
+    _tar(
+        tmp_path / "cifar-100-python.tar.gz",
+        {"cifar-100-python/train": train, "cifar-100-python/test": train},
+    )
     _, fine = data.load("cifar100", tmp_path, "train")
     _, coarse = data.load("cifar100", tmp_path, "train", labels="coarse")
     assert np.array_equal(fine, train[b"fine_labels"])
@@ -147,10 +152,13 @@ def test_flowers_folder(tmp_path):
     (tmp_path / "jpg").mkdir()
     for i in range(1, 5):
         Image.fromarray(np.full((20, 30, 3), i * 40, np.uint8)).save(
-            tmp_path / "jpg" / f"image_{i:05d}.jpg")
+            tmp_path / "jpg" / f"image_{i:05d}.jpg"
+        )
     savemat(tmp_path / "imagelabels.mat", {"labels": np.array([[3, 1, 102, 7]])})
-    savemat(tmp_path / "setid.mat", {"trnid": np.array([[2, 4]]), "valid": np.array([[1]]),
-                                     "tstid": np.array([[3]])})
+    savemat(
+        tmp_path / "setid.mat",
+        {"trnid": np.array([[2, 4]]), "valid": np.array([[1]]), "tstid": np.array([[3]])},
+    )
     x, y = data.load("flowers102", tmp_path, "train", image_size=16)
     assert x.shape == (2, 16, 16, 3) and y.tolist() == [0, 6]
     assert abs(int(x[0].mean()) - 80) <= 2  # image 2 was filled with 80
@@ -188,8 +196,10 @@ def test_real_fashion_mnist(tmp_path):
     assert (np.bincount(y) == 6000).all() and (np.bincount(yt) == 1000).all()
 
 
-@pytest.mark.skipif(not (SHARED / "cifar10_jpegq75.npz").exists(),
-                    reason="../shared/datasets/cifar10_jpegq75.npz absent")
+@pytest.mark.skipif(
+    not (SHARED / "cifar10_jpegq75.npz").exists(),
+    reason="../shared/datasets/cifar10_jpegq75.npz absent",
+)
 def test_real_cifar10(tmp_path):
     tool = SHARED.parent / "tools" / "cifar10_from_npz.py"
     subprocess.run([sys.executable, str(tool), str(tmp_path)], check=True, capture_output=True)

@@ -21,15 +21,17 @@ MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
 def batches(loader):
-    return [(x.permute(0, 2, 3, 1).double().cpu().numpy(), y.cpu().numpy().copy())
-            for x, y in loader]
+    return [
+        (x.permute(0, 2, 3, 1).double().cpu().numpy(), y.cpu().numpy().copy()) for x, y in loader
+    ]
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 37, 1000, 4097])
 def test_permutation_is_a_bijection(n):
     perm = torch.empty(n, dtype=torch.int32)
     K.epoch_permutation_kernel[K.launch_grid(n, 1024)](
-        perm, n, 12345, HALF_BITS=K.permutation_bits(n), BLOCK=1024)
+        perm, n, 12345, HALF_BITS=K.permutation_bits(n), BLOCK=1024
+    )
     assert sorted(perm.tolist()) == list(range(n))
 
 
@@ -47,8 +49,7 @@ def test_epoch_covers_every_index_once_and_epochs_differ():
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_no_augmentation_returns_normalised_rows(drop_last):
     x, y = images()
-    loader = GPULoader(x, y, 8, MEAN, STD, shuffle=False, drop_last=drop_last,
-                       dtype=torch.float32)
+    loader = GPULoader(x, y, 8, MEAN, STD, shuffle=False, drop_last=drop_last, dtype=torch.float32)
     got = batches(loader)
     assert len(got) == (4 if drop_last else 5) == len(loader)
     xs = np.concatenate([b[0] for b in got])
@@ -104,13 +105,21 @@ AUGS = [
     Augmentation(rotation=15),
     Augmentation(brightness=0.4, contrast=0.4, saturation=0.4),
     Augmentation(cutout=4),
-    Augmentation(crop_padding=2, hflip=0.5, rotation=10, brightness=0.2, contrast=0.3,
-                 saturation=0.2, cutout=3),
+    Augmentation(
+        crop_padding=2,
+        hflip=0.5,
+        rotation=10,
+        brightness=0.2,
+        contrast=0.3,
+        saturation=0.2,
+        cutout=3,
+    ),
 ]
 
 
-@pytest.mark.parametrize("aug", AUGS, ids=lambda a: "-".join(
-    k for k, v in vars(a).items() if v and v != "zeros"))
+@pytest.mark.parametrize(
+    "aug", AUGS, ids=lambda a: "-".join(k for k, v in vars(a).items() if v and v != "zeros")
+)
 def test_augmentation_matches_numpy_replay(aug):
     x, y = images(n=12)
     loader = GPULoader(x, y, 12, MEAN, STD, shuffle=False, augmentation=aug, seed=5)
@@ -158,8 +167,9 @@ def test_digits_epoch_fp16():
 def test_gather_is_graph_capturable_and_covers_epoch():
     x, y = images(n=50000, h=32, w=32)
     aug = Augmentation(crop_padding=4, hflip=0.5)
-    loader = GPULoader(x, np.arange(50000), 512, MEAN, STD, augmentation=aug,
-                       dtype=torch.float16, drop_last=True)
+    loader = GPULoader(
+        x, np.arange(50000), 512, MEAN, STD, augmentation=aug, dtype=torch.float16, drop_last=True
+    )
     loader.set_epoch(0)
     loader.next_batch()  # compile outside the capture
     loader.set_epoch(0)

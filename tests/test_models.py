@@ -124,7 +124,12 @@ def _forward_backward(twin, x, g, train: bool = True, kinks=None):
 
 
 def yardstick_tolerances(
-    ref: dict, twin32, x: torch.Tensor, g: torch.Tensor, train: bool = True, kinks=None,
+    ref: dict,
+    twin32,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    train: bool = True,
+    kinks=None,
     require_conditioned: bool = True,
 ) -> dict[str, float]:
     """Per-quantity tolerances: YARDSTICK x torch's own error against the float64 ``ref``,

@@ -65,11 +65,7 @@ def test_step_launches_only_our_kernels(monkeypatch, dtype):
         loss_fn(net(x), y)
         net.backward(loss_fn.backward())
         torch.cuda.synchronize()
-    launched = {
-        e.name
-        for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA
-    }
+    launched = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
     assert launched, "the profiler saw no CUDA kernel at all"
     ours = our_kernel_names()
     foreign = sorted(name for name in launched if name not in ours)

@@ -91,8 +91,7 @@ def _run(make, torch_cls, config=(64, 2), steps=5, shapes=SHAPES, no_grad=None, 
         # representation error on top of TOL (torch's own fp32 optimizer has the same bound).
         upd = r - d0
         storage = 2.0**-23 * r.norm().item() / max(upd.norm().item(), 1e-300)
-        assert_close(f64(p.data).to(ref_device) - d0, upd, tol=TOL + storage,
-                     what=what + " update")
+        assert_close(f64(p.data).to(ref_device) - d0, upd, tol=TOL + storage, what=what + " update")
         ref_state = ref_opt.state.get(r, {})
         for key, ref_val in ref_state.items():
             if key == "step" or ref_val is None:

@@ -21,8 +21,15 @@ from tritoncnn.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 # a narrow seed net so a step takes a moment in the interpreter
-TINY = ["dataset=digits", "model=baseline", "model.filters=[4,8,8]", "model.units=[16,16]",
-        "trainer.batch_size=64", "trainer.eval_batch_size=512", "trainer.progress=false"]
+TINY = [
+    "dataset=digits",
+    "model=baseline",
+    "model.filters=[4,8,8]",
+    "model.units=[16,16]",
+    "trainer.batch_size=64",
+    "trainer.eval_batch_size=512",
+    "trainer.progress=false",
+]
 
 
 def config(*overrides):
@@ -40,20 +47,38 @@ def rows(run_dir):
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
 def test_each_optimizer_trains(tmp_path, opt):
     lr = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3}[opt]
-    cfg = config(f"optimizer={opt}", f"optimizer.lr={lr}", "trainer.epochs=2",
-                 "trainer.limit_train_batches=4", "precision=fp32")
+    cfg = config(
+        f"optimizer={opt}",
+        f"optimizer.lr={lr}",
+        "trainer.epochs=2",
+        "trainer.limit_train_batches=4",
+        "precision=fp32",
+    )
     s = run.main(cfg, tmp_path)
     hist = rows(tmp_path)
     assert len(hist) == 2 and float(hist[1]["train_loss"]) < float(hist[0]["train_loss"]) + 0.3
     assert s["test_acc"] is not None and 0 <= s["test_acc"] <= 1
-    for f in ("metrics.csv", "curves.png", "summary.json", "checkpoints/last.safetensors",
-              "checkpoints/last.json", "checkpoints/best.safetensors", "checkpoints/best.json"):
+    for f in (
+        "metrics.csv",
+        "curves.png",
+        "summary.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/last.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/best.json",
+    ):
         assert (tmp_path / f).exists(), f
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
 
 
-RESUME = ["trainer.limit_train_batches=3", "precision=fp32", "scheduler=cosine",
-          "augmentation=digits", "trainer.seed=7", "trainer.epochs=3"]
+RESUME = [
+    "trainer.limit_train_batches=3",
+    "precision=fp32",
+    "scheduler=cosine",
+    "augmentation=digits",
+    "trainer.seed=7",
+    "trainer.epochs=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +118,27 @@ def test_resume_equals_straight_run(tmp_path, straight_run):
 
 
 def test_validation_of_impossible_values():
-    for bad, msg in [("optimizer.lr=0", "optimizer.lr"), ("trainer.batch_size=0", "batch_size"),
-                     ("dataset.val_fraction=1.0", "val_fraction"),
-                     ("model.in_channels=3", "channel"), ("precision.name=fp8", "precision")]:
+    for bad, msg in [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("trainer.batch_size=0", "batch_size"),
+        ("dataset.val_fraction=1.0", "val_fraction"),
+        ("model.in_channels=3", "channel"),
+        ("precision.name=fp8", "precision"),
+    ]:
         with pytest.raises(run.ConfigError, match=msg):
             run.validate(run._plain(config(bad)))
 
 
 def _script(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
 def test_bad_input_exits_with_one_line(tmp_path):
@@ -120,8 +155,17 @@ def test_missing_dataset_files_are_one_clear_line(tmp_path):
 
 
 def test_multirun_writes_runs_and_summary(tmp_path):
-    r = _script(["-m", *TINY, "trainer.epochs=1", "trainer.limit_train_batches=1",
-                 "optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    r = _script(
+        [
+            "-m",
+            *TINY,
+            "trainer.epochs=1",
+            "trainer.limit_train_batches=1",
+            "optimizer.lr=1e-3,3e-3",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     sweep = tmp_path / "sweep"
     assert (sweep / "0" / "summary.json").exists() and (sweep / "1" / "summary.json").exists()
@@ -132,17 +176,24 @@ def test_multirun_writes_runs_and_summary(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = config("trainer.epochs=3", "trainer.limit_train_batches=2", "precision=fp32",
-                 "optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0",
-                 "optimizer.nesterov=false")
+    cfg = config(
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=2",
+        "precision=fp32",
+        "optimizer=sgd",
+        "optimizer.lr=1e30",
+        "optimizer.momentum=0.0",
+        "optimizer.nesterov=false",
+    )
     with pytest.raises(run.TrainingDivergedError, match="last good checkpoint"):
         run.main(cfg, tmp_path)
     last = tmp_path / "checkpoints" / "last.safetensors"
     if last.exists():  # an epoch before the divergence was saved: it must be a finite one
         from safetensors.torch import load_file
 
-        assert all(t.isfinite().all() for t in load_file(str(last)).values()
-                   if t.is_floating_point())
+        assert all(
+            t.isfinite().all() for t in load_file(str(last)).values() if t.is_floating_point()
+        )
 
 
 def _assert_same_run(straight, resumed):
@@ -207,11 +258,23 @@ def test_cuda_graph_path_falls_back_to_eager_in_the_interpreter(tmp_path, monkey
     step = CudaGraphStep(lambda: calls.append(1) or len(calls), warmup=1)
     assert [step(), step(), step()] == [1, 2, 3] and not step.captured
     # 80 tiny training images in batches of 32: two full batches and a partial one
-    common = ["dataset=synthetic", "dataset.n_train=100", "dataset.n_test=40",
-              "dataset.val_fraction=0.2", "dataset.image_size=8", "dataset.channels=1",
-              "dataset.mean=[0.5]", "dataset.std=[0.25]", "trainer.batch_size=32",
-              "trainer.epochs=1", "precision=fp32", "optimizer=sgd", "optimizer.lr=0.05",
-              "augmentation=digits", "trainer.cuda_graph=true"]
+    common = [
+        "dataset=synthetic",
+        "dataset.n_train=100",
+        "dataset.n_test=40",
+        "dataset.val_fraction=0.2",
+        "dataset.image_size=8",
+        "dataset.channels=1",
+        "dataset.mean=[0.5]",
+        "dataset.std=[0.25]",
+        "trainer.batch_size=32",
+        "trainer.epochs=1",
+        "precision=fp32",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "augmentation=digits",
+        "trainer.cuda_graph=true",
+    ]
     run.main(config(*common), tmp_path / "plain")
     made = []
 

@@ -177,8 +177,14 @@ def _read_digits(root: Path, split: str, **_):
 
 
 def _read_synthetic(
-    root: Path, split: str, num_classes: int = 10, image_size: int = 32, channels: int = 3,
-    n_train: int = 2048, n_test: int = 512, **_,
+    root: Path,
+    split: str,
+    num_classes: int = 10,
+    image_size: int = 32,
+    channels: int = 3,
+    n_train: int = 2048,
+    n_test: int = 512,
+    **_,
 ):
     """Procedural images: one oriented grating + colour per class, with noise and random phase,
     so that small nets learn it in a few steps. Deterministic per split."""
@@ -198,12 +204,21 @@ def _read_synthetic(
 
 
 _FLOWERS = [
-    RemoteFile("102flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
-               "52808999861908f626f3c1f4e79d11fa"),
-    RemoteFile("imagelabels.mat", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
-               "e0620be6f572b9609742df49c70aed4d"),
-    RemoteFile("setid.mat", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
-               "a5357ecc9cb78c4bef273ce3793fc85c"),
+    RemoteFile(
+        "102flowers.tgz",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+        "52808999861908f626f3c1f4e79d11fa",
+    ),
+    RemoteFile(
+        "imagelabels.mat",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+        "e0620be6f572b9609742df49c70aed4d",
+    ),
+    RemoteFile(
+        "setid.mat",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
+        "a5357ecc9cb78c4bef273ce3793fc85c",
+    ),
 ]
 
 
@@ -223,8 +238,9 @@ def _read_flowers102(root: Path, split: str, image_size: int = 64, **_):
     labels = loadmat(root / "imagelabels.mat")["labels"].reshape(-1).astype(np.int64) - 1
     key = {"train": "trnid", "val": "valid", "test": "tstid"}[split]
     ids = loadmat(root / "setid.mat")[key].reshape(-1).astype(np.int64)
-    x = np.stack([formats.read_image_resized(root / "jpg" / f"image_{i:05d}.jpg", image_size)
-                  for i in ids])
+    x = np.stack(
+        [formats.read_image_resized(root / "jpg" / f"image_{i:05d}.jpg", image_size) for i in ids]
+    )
     y = labels[ids - 1]
     _save_cache(cache, x, y)
     return x, y
@@ -308,32 +324,113 @@ _GRAY = ((0.5,), (0.5,))
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in [
-        DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                    ("train", "test"), _read_cifar10),
-        DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                    ("train", "test"), _read_cifar100),
-        DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), ("train", "test"),
-                    _mnist_family("mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/",
-                                  _MNIST_MD5)),
-        DatasetInfo("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), ("train", "test"),
-                    _mnist_family("fashion_mnist",
-                                  "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                  _FASHION_MD5, extra_dirs=("/usr/share/datasets/fashion-mnist",))),
-        DatasetInfo("kmnist", 1, 28, 10, (0.1918,), (0.3483,), ("train", "test"),
-                    _mnist_family("kmnist", "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-                                  _KMNIST_MD5)),
+        DatasetInfo(
+            "cifar10",
+            3,
+            32,
+            10,
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
+            ("train", "test"),
+            _read_cifar10,
+        ),
+        DatasetInfo(
+            "cifar100",
+            3,
+            32,
+            100,
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            ("train", "test"),
+            _read_cifar100,
+        ),
+        DatasetInfo(
+            "mnist",
+            1,
+            28,
+            10,
+            (0.1307,),
+            (0.3081,),
+            ("train", "test"),
+            _mnist_family("mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/", _MNIST_MD5),
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            1,
+            28,
+            10,
+            (0.2860,),
+            (0.3530,),
+            ("train", "test"),
+            _mnist_family(
+                "fashion_mnist",
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                _FASHION_MD5,
+                extra_dirs=("/usr/share/datasets/fashion-mnist",),
+            ),
+        ),
+        DatasetInfo(
+            "kmnist",
+            1,
+            28,
+            10,
+            (0.1918,),
+            (0.3483,),
+            ("train", "test"),
+            _mnist_family("kmnist", "http://codh.rois.ac.jp/kmnist/dataset/kmnist/", _KMNIST_MD5),
+        ),
         DatasetInfo("emnist", 1, 28, 47, (0.1751,), (0.3332,), ("train", "test"), _read_emnist),
-        DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                    ("train", "test", "extra"), _read_svhn),
-        DatasetInfo("stl10", 3, 96, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
-                    ("train", "test", "unlabeled"), _read_stl10),
+        DatasetInfo(
+            "svhn",
+            3,
+            32,
+            10,
+            (0.4377, 0.4438, 0.4728),
+            (0.1980, 0.2010, 0.1970),
+            ("train", "test", "extra"),
+            _read_svhn,
+        ),
+        DatasetInfo(
+            "stl10",
+            3,
+            96,
+            10,
+            (0.4467, 0.4398, 0.4066),
+            (0.2603, 0.2566, 0.2713),
+            ("train", "test", "unlabeled"),
+            _read_stl10,
+        ),
         DatasetInfo("digits", 1, 8, 10, (0.3,), (0.4,), ("train", "test"), _read_digits),
-        DatasetInfo("synthetic", 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                    ("train", "test"), _read_synthetic),
-        DatasetInfo("flowers102", 3, 64, 102, (0.4330, 0.3819, 0.2964),
-                    (0.2587, 0.2093, 0.2210), ("train", "val", "test"), _read_flowers102),
-        DatasetInfo("caltech101", 3, 64, 101, (0.5418, 0.5251, 0.4934),
-                    (0.3117, 0.3071, 0.3194), ("train", "test"), _read_caltech101),
+        DatasetInfo(
+            "synthetic",
+            3,
+            32,
+            10,
+            (0.5, 0.5, 0.5),
+            (0.25, 0.25, 0.25),
+            ("train", "test"),
+            _read_synthetic,
+        ),
+        DatasetInfo(
+            "flowers102",
+            3,
+            64,
+            102,
+            (0.4330, 0.3819, 0.2964),
+            (0.2587, 0.2093, 0.2210),
+            ("train", "val", "test"),
+            _read_flowers102,
+        ),
+        DatasetInfo(
+            "caltech101",
+            3,
+            64,
+            101,
+            (0.5418, 0.5251, 0.4934),
+            (0.3117, 0.3071, 0.3194),
+            ("train", "test"),
+            _read_caltech101,
+        ),
     ]
 }
 
@@ -358,5 +455,12 @@ def load(name: str, root: str | os.PathLike = "data", split: str = "train", **kw
     return x, y
 
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "CorruptDatasetError",
-           "info", "load", "names"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "CorruptDatasetError",
+    "info",
+    "load",
+    "names",
+]

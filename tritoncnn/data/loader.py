@@ -175,17 +175,45 @@ class GPULoader:
         b, a = self.batch_size, self.aug
         if a.enabled:  # the seed is read on the device (set_epoch writes it)
             K.augment_params_kernel[K.launch_grid(b, 128)](
-                self.params, self.step, self.draw_seed, b, a.crop_padding,
-                math.radians(a.rotation), a.brightness, a.contrast, a.saturation, a.hflip,
-                a.cutout, self.h, self.w, BLOCK=128,
+                self.params,
+                self.step,
+                self.draw_seed,
+                b,
+                a.crop_padding,
+                math.radians(a.rotation),
+                a.brightness,
+                a.contrast,
+                a.saturation,
+                a.hflip,
+                a.cutout,
+                self.h,
+                self.w,
+                BLOCK=128,
             )
         block_p, block_s = self._gather_blocks()
         K.gather_augment_kernel[K.launch_grid(b, block_s)](
-            self.images, self.labels, self.rank_perm, self.params, self.mean, self.std, self.step,
-            self.inputs, self.targets, b, self.h, self.w, self.c, a.crop_padding,
-            a.cutout, *self.inputs.stride(),
-            AUGMENT=a.enabled, REFLECT=a.padding_mode == "reflect", COLOR=a.color,
-            BLOCK_S=block_s, BLOCK_P=block_p, BLOCK_C=_pow2(self.c),
+            self.images,
+            self.labels,
+            self.rank_perm,
+            self.params,
+            self.mean,
+            self.std,
+            self.step,
+            self.inputs,
+            self.targets,
+            b,
+            self.h,
+            self.w,
+            self.c,
+            a.crop_padding,
+            a.cutout,
+            *self.inputs.stride(),
+            AUGMENT=a.enabled,
+            REFLECT=a.padding_mode == "reflect",
+            COLOR=a.color,
+            BLOCK_S=block_s,
+            BLOCK_P=block_p,
+            BLOCK_C=_pow2(self.c),
         )
         K.advance_step_kernel[(1,)](self.step, 0)
         return self.inputs, self.targets

@@ -66,8 +66,20 @@ def epoch_permutation_kernel(perm_ptr, n, key, HALF_BITS: tl.constexpr, BLOCK: t
 
 @triton.jit
 def augment_params_kernel(
-    params_ptr, step_ptr, seed_ptr, batch, pad, max_angle, bright, contrast, sat, flip_p,
-    cut_len, H, W, BLOCK: tl.constexpr,
+    params_ptr,
+    step_ptr,
+    seed_ptr,
+    batch,
+    pad,
+    max_angle,
+    bright,
+    contrast,
+    sat,
+    flip_p,
+    cut_len,
+    H,
+    W,
+    BLOCK: tl.constexpr,
 ):
     """Draw every sample's augmentation: one row of N_PARAMS fp32 per sample of the batch.
 
@@ -147,12 +159,31 @@ def _source_pixel(h, w, dy, dx, flip, cos_a, sin_a, H, W, pad, REFLECT: tl.const
 
 @triton.jit
 def gather_augment_kernel(
-    images_ptr, labels_ptr, perm_ptr, params_ptr, mean_ptr, std_ptr, step_ptr,
-    out_ptr, out_labels_ptr,
-    batch, H, W, C, pad, cut_len,
-    o_n, o_c, o_h, o_w,
-    AUGMENT: tl.constexpr, REFLECT: tl.constexpr, COLOR: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    images_ptr,
+    labels_ptr,
+    perm_ptr,
+    params_ptr,
+    mean_ptr,
+    std_ptr,
+    step_ptr,
+    out_ptr,
+    out_labels_ptr,
+    batch,
+    H,
+    W,
+    C,
+    pad,
+    cut_len,
+    o_n,
+    o_c,
+    o_h,
+    o_w,
+    AUGMENT: tl.constexpr,
+    REFLECT: tl.constexpr,
+    COLOR: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """BLOCK_S samples of the batch per program: out[j] = normalise(augment(images[perm[k]]))
     with k = step*batch + j, the sample's position in this epoch.
@@ -196,11 +227,11 @@ def gather_augment_kernel(
         for p0 in range(0, H * W, BLOCK_P):
             ps = p0 + rows % BLOCK_P
             pmask = smask & (ps < H * W)
-            sh, sw, ok = _source_pixel(ps // W, ps % W, dy, dx, flip, cos_a, sin_a, H, W, pad,
-                                       REFLECT)
+            sh, sw, ok = _source_pixel(
+                ps // W, ps % W, dy, dx, flip, cos_a, sin_a, H, W, pad, REFLECT
+            )
             m2 = (pmask & ok)[:, None] & cmask[None, :]
-            v = tl.load(img[:, None] + (sh * W + sw)[:, None] * C + cs[None, :], mask=m2,
-                        other=0)
+            v = tl.load(img[:, None] + (sh * W + sw)[:, None] * C + cs[None, :], mask=m2, other=0)
             v = tl.minimum(v.to(tl.float32) * (bright[:, None] / 255.0), 1.0)
             acc += _gray(v, cs, C)
         per_sample = tl.sum(tl.reshape(acc, (BLOCK_S, BLOCK_P)), axis=1) / (H * W)

@@ -18,9 +18,22 @@ BLOCK = 1 << 16 if runtime.INTERPRETED else 1024  # the interpreter pays per pro
 
 @triton.jit
 def strided_copy_4d_kernel(
-    src_ptr, dst_ptr, numel, C, H, W,
-    s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w,
-    DST_NHWC: tl.constexpr, BLOCK: tl.constexpr,
+    src_ptr,
+    dst_ptr,
+    numel,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    d_n,
+    d_c,
+    d_h,
+    d_w,
+    DST_NHWC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """dst[n,c,h,w] = src[n,c,h,w] for BLOCK flat destination indices.
 

@@ -55,8 +55,12 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save(folder: str | os.PathLike, name: str, model_state: dict[str, torch.Tensor],
-         state: dict[str, Any]) -> Path:
+def save(
+    folder: str | os.PathLike,
+    name: str,
+    model_state: dict[str, torch.Tensor],
+    state: dict[str, Any],
+) -> Path:
     """Write checkpoint ``name`` into ``folder``; returns the weights' path."""
     from safetensors.torch import save_file
 
@@ -69,8 +73,9 @@ def save(folder: str | os.PathLike, name: str, model_state: dict[str, torch.Tens
     w_path = folder / f"{name}.safetensors"
     _atomic_write(w_path, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
     _atomic_write(folder / f"{name}.state.safetensors", lambda p: save_file(extra, str(p)))
-    _atomic_write(folder / f"{name}.json",
-                  lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
+    _atomic_write(
+        folder / f"{name}.json", lambda p: p.write_text(json.dumps(meta, indent=1, default=str))
+    )
     return w_path
 
 

@@ -37,8 +37,17 @@ class DeviceMeter:
         return loss, int(self.correct.cpu()) / max(samples, 1)
 
 
-FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "skipped_steps",
-          "images_per_s", "epoch_s"]
+FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "skipped_steps",
+    "images_per_s",
+    "epoch_s",
+]
 
 
 class History:

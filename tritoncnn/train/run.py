@@ -121,8 +121,9 @@ def build_schedule(cfg_sch: dict[str, Any], optimizer, epochs: int, steps_per_ep
     total = epochs * steps_per_epoch
     if name == "cosine":
         warmup = int(round(kw.pop("warmup_epochs", 0) * steps_per_epoch))
-        sched = SCHEDULES[name](optimizer, warmup_steps=min(warmup, total - 1), total_steps=total,
-                                **kw)
+        sched = SCHEDULES[name](
+            optimizer, warmup_steps=min(warmup, total - 1), total_steps=total, **kw
+        )
     elif name == "onecycle":
         kw["max_lr"] = kw.get("max_lr") or optimizer.param_groups[0]["lr"]
         sched = SCHEDULES[name](optimizer, total_steps=total, **kw)
@@ -166,8 +167,9 @@ def _main(cfg: dict[str, Any], run_dir: str | Path, dist) -> dict[str, Any]:
     extra = {k: v for k, v in ds_cfg.items() if k not in _DATASET_KEYS}
     x, y = data.load(ds_cfg["name"], ds_cfg["root"], "train", **extra)
     if x.shape[-1] != ds_cfg["channels"]:
-        raise ConfigError(f"dataset.channels={ds_cfg['channels']} but the files hold "
-                          f"{x.shape[-1]}-channel images")
+        raise ConfigError(
+            f"dataset.channels={ds_cfg['channels']} but the files hold {x.shape[-1]}-channel images"
+        )
     test = data.load(ds_cfg["name"], ds_cfg["root"], "test", **extra)
     (xt, yt), val = split_train_val(x, y, ds_cfg["val_fraction"], seed)
     norm = (ds_cfg["mean"], ds_cfg["std"])
@@ -176,13 +178,26 @@ def _main(cfg: dict[str, Any], run_dir: str | Path, dist) -> dict[str, Any]:
     # data parallel: each rank gathers its shard; a training step needs full batches on all
     shard = {"rank": dist.rank, "world_size": dist.world_size} if dist else {}
     drop_last = tr.get("drop_last", False) or (dist is not None and dist.world_size > 1)
-    train_loader = GPULoader(xt, yt, bs, *norm, shuffle=True, drop_last=drop_last,
-                             augmentation=Augmentation(**aug_cfg), dtype=dtype, seed=seed, **shard)
+    train_loader = GPULoader(
+        xt,
+        yt,
+        bs,
+        *norm,
+        shuffle=True,
+        drop_last=drop_last,
+        augmentation=Augmentation(**aug_cfg),
+        dtype=dtype,
+        seed=seed,
+        **shard,
+    )
     if dist is not None and len(train_loader) == 0:
-        raise ConfigError(f"trainer.batch_size={bs} x {shard.get('world_size', 1)} rank(s) is "
-                          f"more than the {len(yt)} training images; lower trainer.batch_size")
-    val_loader = (GPULoader(*val, eval_bs, *norm, shuffle=False, dtype=dtype, **shard)
-                  if val else None)
+        raise ConfigError(
+            f"trainer.batch_size={bs} x {shard.get('world_size', 1)} rank(s) is "
+            f"more than the {len(yt)} training images; lower trainer.batch_size"
+        )
+    val_loader = (
+        GPULoader(*val, eval_bs, *norm, shuffle=False, dtype=dtype, **shard) if val else None
+    )
     test_loader = GPULoader(*test, eval_bs, *norm, shuffle=False, dtype=dtype, **shard)
 
     from hydra.utils import instantiate
@@ -198,22 +213,41 @@ def _main(cfg: dict[str, Any], run_dir: str | Path, dist) -> dict[str, Any]:
         scaler = GradScaler(**cfg["precision"].get("loss_scale", {}))
     es = tr.get("early_stopping") or {}
     trainer = Trainer(
-        model, optimizer, train_loader, val_loader, test_loader, run_dir,
-        TrainerConfig(epochs=tr["epochs"], limit_train_batches=tr.get("limit_train_batches"),
-                      patience=es.get("patience"), min_delta=es.get("min_delta", 0.0),
-                      schedule_unit=unit, progress=tr.get("progress", True), seed=seed,
-                      cuda_graph=tr.get("cuda_graph", True), config=cfg),
+        model,
+        optimizer,
+        train_loader,
+        val_loader,
+        test_loader,
+        run_dir,
+        TrainerConfig(
+            epochs=tr["epochs"],
+            limit_train_batches=tr.get("limit_train_batches"),
+            patience=es.get("patience"),
+            min_delta=es.get("min_delta", 0.0),
+            schedule_unit=unit,
+            progress=tr.get("progress", True),
+            seed=seed,
+            cuda_graph=tr.get("cuda_graph", True),
+            config=cfg,
+        ),
         loss_fn=CrossEntropyLoss(label_smoothing=cfg.get("label_smoothing", 0.0)),
-        scaler=scaler, schedule=schedule, dist=dist,
+        scaler=scaler,
+        schedule=schedule,
+        dist=dist,
     )
     if tr.get("resume"):
         trainer.resume(tr["resume"])
         log.info("resumed from %s at epoch %d", tr["resume"], trainer.epoch)
     summary = trainer.fit()
-    summary.update(wall_seconds=time.perf_counter() - wall0, model=cfg["model"]["name"],
-                   dataset=ds_cfg["name"], precision=str(dtype).replace("torch.", ""),
-                   device=str(runtime.DEVICE), world_size=dist.world_size if dist else 1,
-                   rank=dist.rank if dist else 0)
+    summary.update(
+        wall_seconds=time.perf_counter() - wall0,
+        model=cfg["model"]["name"],
+        dataset=ds_cfg["name"],
+        precision=str(dtype).replace("torch.", ""),
+        device=str(runtime.DEVICE),
+        world_size=dist.world_size if dist else 1,
+        rank=dist.rank if dist else 0,
+    )
     if trainer.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
