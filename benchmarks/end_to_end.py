@@ -79,6 +79,7 @@ FIELDS = [
     "epoch_median_s",
     "images_per_s",
     "test_acc",
+    "test_acc_last",
     "best_val_acc",
     "best_epoch",
     "peak_mem_mb",
@@ -273,6 +274,7 @@ def measure(
         "epoch_median_s": statistics.median(times[1:] or times) if times else None,
         "images_per_s": images / train_s if train_s else None,
         "test_acc": summary["test_acc"],
+        "test_acc_last": summary.get("test_acc_last"),
         "best_val_acc": summary["best_val_acc"],
         "best_epoch": summary["best_epoch"],
         "peak_mem_mb": peak,
@@ -301,10 +303,16 @@ def accuracy_check(rows: list[dict], tol: float) -> bool:
         diff = r["test_acc"] - ref["test_acc"]
         passed = diff >= -tol
         ok &= passed
+        last = ""
+        if r.get("test_acc_last") is not None and ref.get("test_acc_last") is not None:
+            last = (
+                f"; last-epoch weights {r['test_acc_last']:.4f} vs {ref['test_acc_last']:.4f} "
+                f"({(r['test_acc_last'] - ref['test_acc_last']) * 100:+.2f})"
+            )
         print(
             f"accuracy check: {r['run']} test {r['test_acc']:.4f} vs {ref['run']} "
             f"{ref['test_acc']:.4f}: {diff * 100:+.2f} points -> "
-            f"{'PASS' if passed else 'FAIL'} (tolerance {tol * 100:.1f}); wall "
+            f"{'PASS' if passed else 'FAIL'} (tolerance {tol * 100:.1f}){last}; wall "
             f"{r['total_s']:.1f} s vs {ref['total_s']:.1f} s, train {r['train_s']:.1f} s vs "
             f"{ref['train_s']:.1f} s"
         )

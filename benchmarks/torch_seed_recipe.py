@@ -220,6 +220,7 @@ def train(
             bad += 1
         if patience is not None and bad > patience:
             break
+    _, test_acc_last = evaluate(*test)  # the last weights, as tritoncnn's summary reports
     if best_state is not None:
         net.load_state_dict(best_state)
     test_loss, test_acc = evaluate(*test)
@@ -227,6 +228,7 @@ def train(
         "best_val_acc": best_val,
         "best_epoch": best_epoch,
         "test_acc": test_acc,
+        "test_acc_last": test_acc_last,
         "test_loss": test_loss,
         "train_seconds": train_s,
         "steps": total_steps,

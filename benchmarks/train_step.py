@@ -77,13 +77,14 @@ def graph_step_class():
     return cuda_graph.CudaGraphStep, ""
 
 
-def ours_step(name: str, batch: int, dtype, graph: bool):
+def ours_step(name: str, batch: int, dtype, graph: bool, fuse: bool = True):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
-    captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does)."""
+    captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
+    ``fuse``: BN -> activation pairs in one kernel (models.build's default)."""
     from tritoncnn.data.loader import GPULoader
 
     torch.manual_seed(0)
-    model = models.build(name, num_classes=10, in_channels=3, image_size=32)
+    model = models.build(name, num_classes=10, in_channels=3, image_size=32, fuse=fuse)
     loss_fn = nn.CrossEntropyLoss()
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = GradScaler() if dtype == torch.float16 else None
@@ -155,6 +156,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-graph", action="store_true", help="tritoncnn eager launches only")
     ap.add_argument(
+        "--unfused", action="store_true", help="add a graph row without the BN->activation fusion"
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -169,13 +173,15 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
     }
-    ours = {"tritoncnn_fp16": False}
+    ours = {"tritoncnn_fp16": (False, True)}  # variant: (CUDA graph, fuse)
     if not args.no_graph:
         cls, why = graph_step_class()
         if cls is None:
             print(f"note: no CUDA-graph row ({why}); tritoncnn runs eager only", flush=True)
         else:
-            ours["tritoncnn_fp16_graph"] = True
+            ours["tritoncnn_fp16_graph"] = (True, True)
+            if args.unfused:
+                ours["tritoncnn_fp16_graph_unfused"] = (True, False)
     modes = ["eager_fp32", "eager_amp_cl"]
     if not args.no_compile:
         modes.append("compile")
@@ -192,7 +198,7 @@ def main() -> None:
             x = torch.randn(batch, 3, 32, 32, device="cuda")
             y = torch.randint(0, 10, (batch,), device="cuda")
             variants = {
-                v: partial(ours_step, name, batch, torch.float16, g) for v, g in ours.items()
+                v: partial(ours_step, name, batch, torch.float16, *gf) for v, gf in ours.items()
             }
             for mode in modes:  # a fresh twin per mode: each has its own optimizer state
                 variants[f"torch_{mode}"] = partial(torch_step, twin, x, y, mode)

@@ -276,6 +276,8 @@ def _batchnorm(ex: _Exporter, m, x, shape, path):
 
 def _act(code: int, alpha_attr: str | None = None) -> Emitter:
     def fn(ex: _Exporter, m, x, shape, path):
+        if getattr(m, "fused", False):  # the BatchNorm before it applied it (bn_activation)
+            return x, shape
         alpha = getattr(m, alpha_attr) if alpha_attr else 0.0
         return ex.activation(code, alpha, x, path), shape
 

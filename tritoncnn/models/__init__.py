@@ -41,10 +41,18 @@ def names() -> list[str]:
 
 
 def build(
-    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kw
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    fuse: bool = True,
+    **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
     ``width_mult``, ``widths``, ``filters``, ``dropout``); parameters start on the kernel device.
+
+    ``fuse``: each BatchNorm applies the activation after it in its own kernels
+    (``nn.fusion``; same function, same state_dict and twin, fewer launches and memory passes).
     """
     key = ALIASES.get(name, name)
     registry = _registry()
@@ -53,6 +61,10 @@ def build(
     if key in _USES_IMAGE_SIZE:
         kw["image_size"] = image_size
     model = registry[key](num_classes=num_classes, in_channels=in_channels, **kw)
+    if fuse:
+        from tritoncnn.nn.fusion import fuse_bn_activations
+
+        fuse_bn_activations(model)
     return model.to_device()
 
 

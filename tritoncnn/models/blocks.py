@@ -76,6 +76,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    # bn1's output goes straight into relu: nn.fusion may run them as one kernel
+    BN_ACTIVATION_PAIRS = (("bn1", "relu"),)
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None

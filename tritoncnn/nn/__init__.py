@@ -15,6 +15,8 @@ _LAZY = {
     "AdaptiveAvgPool2d": "tritoncnn.nn.pooling",
     "Dropout": "tritoncnn.nn.dropout",
     "CrossEntropyLoss": "tritoncnn.nn.loss",
+    "fuse_bn_activations": "tritoncnn.nn.fusion",
+    "unfuse_bn_activations": "tritoncnn.nn.fusion",
 }
 
 

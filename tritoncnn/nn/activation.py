@@ -9,20 +9,30 @@ from tritoncnn.nn.module import Module
 
 
 class _Activation(Module):
-    """act(x); keeps the input for the backward (the derivative is evaluated there)."""
+    """act(x); keeps the input for the backward (the derivative is evaluated there).
+
+    ``fused``: set by ``nn.fusion.fuse_bn_activations`` when the BatchNorm right before this
+    module applies the activation inside its own kernels (forward and backward); the module
+    then passes values and gradients through unchanged, launching nothing.
+    """
 
     ACT = ew.ACT_NONE
 
     def __init__(self, alpha: float = 0.0) -> None:
         super().__init__()
         self.alpha = float(alpha)
+        self.fused = False
         self._x: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return x
         self._x = x
         return ew.activation_forward(x, self.ACT, self.alpha)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return grad_out
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return ew.activation_backward(grad_out, self._x, self.ACT, self.alpha)

@@ -140,8 +140,7 @@ class Trainer:
     def use_graphs(self) -> bool:
         """Full batches run as captured CUDA graphs (``cfg.cuda_graph`` on a CUDA device; not
         with the loss's opt-in target check, a host sync per step)."""
-        return (bool(self.cfg.cuda_graph) and cuda_graph.enabled()
-                and not self.loss_fn.check_targets)
+        return bool(self.cfg.cuda_graph) and cuda_graph.enabled() and not self.loss_fn.check_targets
 
     def reset_graphs(self) -> None:
         """Forget the captured graphs (after something they read was re-allocated)."""
@@ -307,8 +306,11 @@ class Trainer:
         try:
             while self.epoch < self.cfg.epochs:
                 row = self._train_epoch()
-                val_loss, val_acc = (self.evaluate(self.val_loader) if self.val_loader
-                                     else (row["train_loss"], row["train_acc"]))
+                val_loss, val_acc = (
+                    self.evaluate(self.val_loader)
+                    if self.val_loader
+                    else (row["train_loss"], row["train_acc"])
+                )
                 # a non-finite validation loss means the weights themselves went bad
                 if not (math.isfinite(row["train_loss"]) and math.isfinite(val_loss)):
                     raise TrainingDivergedError(
@@ -323,8 +325,15 @@ class Trainer:
                 lr = self.optimizer.get_lrs()[0]
                 self._step_epoch_schedule(val_acc)
                 if self.is_main:  # data parallel: rank 0 writes metrics.csv
-                    self.history.append({"epoch": self.epoch, **row, "val_loss": val_loss,
-                                         "val_acc": val_acc, "lr": lr})
+                    self.history.append(
+                        {
+                            "epoch": self.epoch,
+                            **row,
+                            "val_loss": val_loss,
+                            "val_acc": val_acc,
+                            "lr": lr,
+                        }
+                    )
                 improved = val_acc > self.best_val + self.cfg.min_delta
                 if improved:
                     self.best_val, self.best_epoch, self.bad_epochs = val_acc, self.epoch, 0
@@ -334,15 +343,20 @@ class Trainer:
                 self.save("last")
                 self._log_main(
                     "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s%s",
-                    self.epoch, row["train_loss"], row["train_acc"], val_loss, val_acc,
+                    self.epoch,
+                    row["train_loss"],
+                    row["train_acc"],
+                    val_loss,
+                    val_acc,
                     row["images_per_s"],
                     f" | {row['skipped_steps']} skipped steps" if self.scaler else "",
                 )
                 if self._stop_requested:  # Ctrl-C during evaluation: stop at the epoch's end
                     raise KeyboardInterrupt
                 if self.cfg.patience is not None and self.bad_epochs > self.cfg.patience:
-                    self._log_main("early stopping: no val improvement in %d epochs",
-                                   self.bad_epochs)
+                    self._log_main(
+                        "early stopping: no val improvement in %d epochs", self.bad_epochs
+                    )
                     break
         except KeyboardInterrupt:
             if self._hard_interrupt:  # stopped inside a step: "last" keeps the previous state
@@ -401,8 +415,15 @@ class Trainer:
             self.schedule.step()
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint on the test split; the run's summary."""
-        test_loss = test_acc = None
+        """Evaluate the best checkpoint on the test split; the run's summary.
+
+        The last weights are evaluated on the test split too (``test_acc_last``): the test
+        accuracy at the best-validation epoch carries that selection's noise, the last one
+        doesn't, so comparisons between runs can use both.
+        """
+        test_loss = test_acc = test_acc_last = None
+        if self.test_loader is not None and self.epoch > 0:
+            _, test_acc_last = self.evaluate(self.test_loader)
         if self.best_epoch > 0 and self.is_main and (self.ckpt_dir / "best.json").exists():
             weights, _ = checkpoint.load(self.ckpt_dir / "best")
             self.model.load_state_dict(weights)
@@ -415,6 +436,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "test_acc": test_acc,
             "test_loss": test_loss,
+            "test_acc_last": test_acc_last,
             "epochs": self.epoch,
             "steps": self.global_step,
             "train_seconds": self.train_seconds,
@@ -423,8 +445,9 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def _dropout_states(self) -> dict[str, torch.Tensor]:
-        return {name: m._rng_state for name, m in self.model.named_modules()
-                if hasattr(m, "_rng_state")}
+        return {
+            name: m._rng_state for name, m in self.model.named_modules() if hasattr(m, "_rng_state")
+        }
 
     def save(self, name: str) -> None:
         if not self.is_main:  # data parallel: rank 0 writes; the state is global
@@ -463,8 +486,15 @@ class Trainer:
         for name, m in self.model.named_modules():
             if name in state["dropout_rng"]:
                 m._rng_state.copy_(state["dropout_rng"][name])  # once, not in the step
-        for key in ("epoch", "global_step", "best_val", "best_epoch", "bad_epochs",
-                    "train_seconds", "images_seen"):
+        for key in (
+            "epoch",
+            "global_step",
+            "best_val",
+            "best_epoch",
+            "bad_epochs",
+            "train_seconds",
+            "images_seen",
+        ):
             setattr(self, key, state[key])
         self.history = History(self.run_dir, state["history"])
         self._resume_pos = state.get("position")

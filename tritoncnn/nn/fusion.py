@@ -1,0 +1,65 @@
+"""Fusion pass: each BatchNorm applies the activation that follows it in its own kernels.
+
+BN -> activation is the commonest pair in a CNN (every conv block of the seed net, ResNet,
+MobileNetV2, VGG). Run separately, the activation costs one more kernel launch and one more
+read and write of the whole activation tensor in the forward, and again in the backward. Fused,
+the BN forward applies the activation to its fp32 result before the store, and the BN backward
+re-derives the activation's input from what BN already keeps (kernels/norm.py), so the pair
+costs what BN alone costs.
+
+The module tree is unchanged: the activation module stays in its place, flagged ``fused`` (it
+then passes values and gradients through), so ``state_dict`` keys, ``to_torch`` twins (BN and
+the activation as separate torch layers) and the model summary are the same as unfused.
+Numerically the fused pair is the unfused one in fp32; in fp16/bf16 it rounds once instead of
+twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tritoncnn.kernels.elementwise import ACT_NONE
+from tritoncnn.nn.activation import _Activation
+from tritoncnn.nn.batchnorm import _BatchNorm
+from tritoncnn.nn.container import Sequential
+from tritoncnn.nn.module import Module
+
+
+def _adjacent_pairs(module: Module) -> Iterator[tuple[Module, Module]]:
+    """(first, second) pairs where ``module`` feeds first's output straight into second:
+    consecutive children of a Sequential, or the attribute pairs a block declares in
+    ``BN_ACTIVATION_PAIRS`` (e.g. ResNet's ``(("bn1", "relu"),)``)."""
+    if isinstance(module, Sequential):
+        children = list(module.children())
+        yield from zip(children, children[1:], strict=False)
+    for first, second in getattr(module, "BN_ACTIVATION_PAIRS", ()):
+        yield getattr(module, first), getattr(module, second)
+
+
+def fuse_bn_activations(model: Module) -> int:
+    """Fuse every BatchNorm -> activation pair of ``model`` in place; returns how many."""
+    fused = 0
+    for module in model.modules():
+        for bn, act in _adjacent_pairs(module):
+            if (
+                isinstance(bn, _BatchNorm)
+                and isinstance(act, _Activation)
+                and bn.act == ACT_NONE
+                and not act.fused
+            ):
+                bn.act, bn.act_alpha = act.ACT, act.alpha
+                act.fused = True
+                fused += 1
+    return fused
+
+
+def unfuse_bn_activations(model: Module) -> int:
+    """Undo ``fuse_bn_activations`` (each activation runs its own kernels again)."""
+    undone = 0
+    for module in model.modules():
+        for bn, act in _adjacent_pairs(module):
+            if isinstance(bn, _BatchNorm) and isinstance(act, _Activation) and act.fused:
+                bn.act, bn.act_alpha = ACT_NONE, 0.0
+                act.fused = False
+                undone += 1
+    return undone
