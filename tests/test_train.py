@@ -58,6 +58,7 @@ def test_each_optimizer_trains(tmp_path, opt):
     hist = rows(tmp_path)
     assert len(hist) == 2 and float(hist[1]["train_loss"]) < float(hist[0]["train_loss"]) + 0.3
     assert s["test_acc"] is not None and 0 <= s["test_acc"] <= 1
+    assert s["test_acc_last"] is not None and 0 <= s["test_acc_last"] <= 1  # last weights
     for f in (
         "metrics.csv",
         "curves.png",
