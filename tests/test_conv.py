@@ -172,26 +172,20 @@ def test_every_bias_grad_config(config):
     assert_close(K.conv2d_bias_grad(go, config=config, split=2), dbr, what=f"split {config}")
 
 
-def test_cast_weight():
-    """One cast pass gives the weights the kernels would round per tile: same results."""
+def test_weights_in_activation_dtype():
+    """fp16 weights give what the kernels compute when they round fp32 weights per tile."""
     wt = _weight(7, 5, 3, 3)
     x = randn(2, 5, 6, 5, dtype=torch.float16, channels_last=True)
-    w16 = K.cast_weight(wt, torch.float16)
-    assert w16.dtype == torch.float16 and w16.stride() == wt.stride()
-    assert torch.equal(w16.cpu(), wt.cpu().half())
-    again = K.cast_weight(wt * 2, torch.float16, out=w16)
-    assert again is w16 and torch.equal(w16.cpu(), (wt * 2).cpu().half())
+    w16 = wt.half()  # keeps the channels_last strides
+    assert w16.stride() == wt.stride()
     args = ((1, 1), (1, 1), (1, 1), 1)
     cfg = None if runtime.INTERPRETED else K.CONFIGS[0]  # one tile: the same summation order
     y32 = K.conv2d_forward(x, wt, None, *args, config=cfg)
-    y16 = K.conv2d_forward(x, K.cast_weight(wt, torch.float16), None, *args, config=cfg)
+    y16 = K.conv2d_forward(x, w16, None, *args, config=cfg)
     assert torch.equal(y32.cpu(), y16.cpu())
     go = randn(*y32.shape, dtype=torch.float16, channels_last=True)
     dx32 = K.conv2d_dgrad(go, wt, x.shape, *args, config=cfg)
-    K.cast_weight(wt, torch.float16, out=w16)
     assert torch.equal(dx32.cpu(), K.conv2d_dgrad(go, w16, x.shape, *args, config=cfg).cpu())
-    with pytest.raises(ValueError, match="empty_like"):
-        K.cast_weight(wt, torch.float16, out=runtime.empty_like(wt))
 
 
 def test_gemm_candidates_rules():
@@ -367,7 +361,7 @@ def _check_gpu_shape(
     ho = (size + 2 * p - k) // s + 1
     go = randn(n, c_out, ho, ho, dtype=dtype, channels_last=True)
     yr, dxr, dwr, dbr = reference(x, wt, b, go, s, p, 1, groups, device=DEVICE)
-    wk = K.cast_weight(wt, dtype) if cast else wt
+    wk = wt.to(dtype) if cast else wt  # cast: weights already in the activation dtype
     args = ((s, s), (p, p), (1, 1), groups)
     tag = f"{c_in}->{c_out} {size}x{size} k{k} s{s} g{groups} {dtype} cast={cast} {config}"
     if "fwd" in only:
@@ -434,7 +428,7 @@ def _candidate_kernels(cfg, k, s, p, dtype, cast) -> tuple[str, ...]:
 @pytest.mark.parametrize("index", range(len(K.CONFIGS)))
 def test_gpu_every_config(index, dtype, cast):
     """Each tile the tuner can choose, forced, on every kernel whose candidates may hold it
-    (fp32 and fp16 activations; fp32 weights, or weights cast to fp16 by cast_weight)."""
+    (fp32 and fp16 activations; fp32 weights, or fp16 weights)."""
     cfg = K.CONFIGS[index]
     checked = 0
     for n, c_in, c_out, size, k, s, p, g, split_k in CONFIG_SHAPES:

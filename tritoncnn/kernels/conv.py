@@ -44,7 +44,6 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels import autotune
-from tritoncnn.kernels import elementwise as ew
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
@@ -772,7 +771,7 @@ def conv2d_forward(
     """act(conv2d(x, weight) + bias) as torch.nn.functional.conv2d, into a new NHWC tensor of
     x's dtype. ``padding`` is an int, an (h, w) pair, or (top, bottom, left, right) for the
     asymmetric padding of padding='same' with even kernels. ``weight`` may be fp32 or already
-    in x's dtype (``cast_weight``: half the operand traffic and shared memory). ``config``
+    in x's dtype (half the operand traffic and shared memory). ``config``
     forces a tile; None lets the autotuner choose (the heuristic in the interpreter)."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
@@ -1119,27 +1118,3 @@ def conv2d_bias_grad(
     )
     launch(grad_bias, choice)
     return grad_bias
-
-
-def cast_weight(
-    weight: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``weight`` converted to ``dtype`` (round to nearest) in one elementwise pass, into
-    ``out`` (same shape and strides, reused across steps) or a new tensor with weight's layout.
-
-    A layer that casts its fp32 weight once per forward and hands the result to
-    conv2d_forward / conv2d_dgrad halves their B-operand traffic and shared memory (the kernels
-    would otherwise convert every tile), which also admits larger tiles to the autotuner."""
-    if out is None:
-        out = runtime.empty_like(weight, dtype=dtype)
-    elif out.shape != weight.shape or out.stride() != weight.stride() or out.dtype != dtype:
-        raise ValueError(
-            f"cast_weight: out must have weight's shape/strides and dtype {dtype}, got "
-            f"{tuple(out.shape)}/{out.stride()}/{out.dtype}; allocate it with "
-            "runtime.empty_like(weight, dtype=dtype)"
-        )
-    numel = weight.numel()
-    ew.activation_fwd_kernel[(triton.cdiv(numel, ew.BLOCK),)](
-        weight, out, numel, 0.0, ACT=ACT_NONE, BLOCK=ew.BLOCK
-    )
-    return out
