@@ -656,6 +656,56 @@ def _check(x: torch.Tensor, *per_channel: torch.Tensor | None) -> None:
             raise ValueError(f"batch norm: per-channel tensor of shape {tuple(t.shape)}, C={c}")
 
 
+def _running_update_flags(
+    rows: int,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+) -> tuple[bool, bool, bool]:
+    """(update running stats, cumulative average, increment num_batches_tracked) of a
+    batch-statistics forward over ``rows`` values per channel; torch's errors for the rest."""
+    if rows < 2:  # as torch's F.batch_norm(training=True)
+        raise ValueError(f"Expected more than 1 value per channel when training, got {rows}")
+    update = running_mean is not None and running_var is not None
+    cumulative = update and momentum is None
+    if cumulative and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    return update, cumulative, update and num_batches_tracked is not None
+
+
+def _apply_batch_stats(
+    x: torch.Tensor,
+    save_mean: torch.Tensor,
+    save_invstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    eps: float,
+    act: int,
+    alpha: float,
+    cfg: NormConfig,
+) -> torch.Tensor:
+    """y = act((x - mean) * invstd * weight + bias) with the batch statistics just computed;
+    increments ``num_batches_tracked`` when given (one launch)."""
+    m, c, hw, w, sx = _geometry(x)
+    y = runtime.empty_like(x)
+    dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
+    inc = num_batches_tracked is not None
+    # fmt: off
+    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
+        x, y, save_mean, save_invstd,
+        dummy if weight is None else weight, dummy if bias is None else bias,
+        num_batches_tracked if inc else dummy,
+        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+    # fmt: on
+    return y
+
+
 def batch_norm_forward_train(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -681,13 +731,9 @@ def batch_norm_forward_train(
     """
     _check(x, weight, bias, running_mean, running_var)
     m, c, hw, w, sx = _geometry(x)
-    if m < 2:  # as torch's F.batch_norm(training=True)
-        raise ValueError(f"Expected more than 1 value per channel when training, got {m}")
-    update = running_mean is not None and running_var is not None
-    cumulative = update and momentum is None
-    if cumulative and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    inc = update and num_batches_tracked is not None
+    update, cumulative, inc = _running_update_flags(
+        m, running_mean, running_var, num_batches_tracked, momentum
+    )
     cfg = config or pick_config(c)
     rows, n_parts = _split_rows(m, c, cfg)
     c_blocks = triton.cdiv(c, cfg.block_c)
@@ -709,16 +755,9 @@ def batch_norm_forward_train(
         m, c, sx[3], rows, n_parts, 0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_P=BLOCK_P, **tile,
     )
-    y = runtime.empty_like(x)
-    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
-        x, y, save_mean, save_invstd,
-        dummy if weight is None else weight, dummy if bias is None else bias,
-        num_batches_tracked if inc else dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
-        STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, **tile,
-    )
     # fmt: on
+    nbt = num_batches_tracked if inc else None
+    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, cfg)
     return y, save_mean, save_invstd
 
 
@@ -766,17 +805,13 @@ def batch_norm_forward_train_synced(
     (each over as many rows as x has). Returns (y, save_mean, save_invstd) and updates the
     running stats as batch_norm_forward_train does for the global batch."""
     _check(x, weight, bias, running_mean, running_var)
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     world = moments.shape[0]
     if tuple(moments.shape) != (world, 2, c) or not moments.is_contiguous():
         raise ValueError(f"moments must be a contiguous [world, 2, {c}] tensor")
-    if world * m < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {world * m}")
-    update = running_mean is not None and running_var is not None
-    cumulative = update and momentum is None
-    if cumulative and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    inc = update and num_batches_tracked is not None
+    update, cumulative, inc = _running_update_flags(
+        world * m, running_mean, running_var, num_batches_tracked, momentum
+    )
     cfg = config or pick_config(c)
     c_blocks = triton.cdiv(c, cfg.block_c)
     save_mean = runtime.empty((c,))
@@ -791,17 +826,9 @@ def batch_norm_forward_train_synced(
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_C=cfg.block_c,
         num_warps=cfg.num_warps,
     )
-    y = runtime.empty_like(x)
-    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), c_blocks)](
-        x, y, save_mean, save_invstd,
-        dummy if weight is None else weight, dummy if bias is None else bias,
-        num_batches_tracked if inc else dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
-        STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
-        num_warps=cfg.num_warps,
-    )
     # fmt: on
+    nbt = num_batches_tracked if inc else None
+    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, cfg)
     return y, save_mean, save_invstd
 
 
