@@ -6,7 +6,8 @@ For each model and batch size: ms/step, images/s, achieved TFLOP/s and peak GPU 
     ``--no-graph`` skips it). Our step starts from the GPU-resident loader's gather
     (``GPULoader.next_batch``: uint8 -> normalised fp16 batch) as the trainer's does;
   - torch eager fp32, torch eager AMP + channels_last,
-  - torch.compile of the whole step (default), and with --max-autotune
+  - torch.compile of the whole step (default), with --reduce-overhead
+    torch.compile(mode="reduce-overhead") (its CUDA graphs), and with --max-autotune
     torch.compile(mode="max-autotune"),
 all with SGD(momentum); torch's batch is already a float tensor on the GPU. Writes
 ``train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar chart to ``--out``
@@ -18,7 +19,8 @@ and run (the previous one freed, the counter reset): parameters, optimizer state
 workspaces, the CUDA graph's pool, plus the few MiB of the shared input batch.
 
     python benchmarks/train_step.py [--models baseline resnet18 mobilenetv2] [--batches 128 512]
-                                    [--max-autotune] [--no-compile] [--no-graph] [--out DIR]
+                                    [--reduce-overhead] [--max-autotune] [--no-compile]
+                                    [--no-graph] [--unfused] [--out DIR]
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def torch_step(twin, x, y, mode: str):
 
     if mode == "compile":
         return torch.compile(step)
+    if mode == "compile_reduce_overhead":
+        return torch.compile(step, mode="reduce-overhead")
     if mode == "compile_max_autotune":
         return torch.compile(step, mode="max-autotune")
     return step
@@ -152,6 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["baseline", "resnet18", "mobilenetv2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[128, 512])
+    ap.add_argument("--reduce-overhead", action="store_true")
     ap.add_argument("--max-autotune", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-graph", action="store_true", help="tritoncnn eager launches only")
@@ -185,6 +190,8 @@ def main() -> None:
     modes = ["eager_fp32", "eager_amp_cl"]
     if not args.no_compile:
         modes.append("compile")
+    if args.reduce_overhead:
+        modes.append("compile_reduce_overhead")
     if args.max_autotune:
         modes.append("compile_max_autotune")
     rows = []

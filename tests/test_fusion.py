@@ -48,9 +48,9 @@ def _run(model, x, g, train):
 @pytest.mark.parametrize("name,kw,s,pairs", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_fused_model_equals_unfused(name, kw, s, pairs, train, monkeypatch):
-    plain = models.build(name, num_classes=7, image_size=s, fuse=False, **kw)
+    plain = models.build(name, num_classes=7, image_size=s, fuse=False, input_grad=True, **kw)
     randomize_(plain)
-    fused = models.build(name, num_classes=7, image_size=s, **kw)  # fuses by default
+    fused = models.build(name, num_classes=7, image_size=s, input_grad=True, **kw)  # fused
     fused.load_state_dict(plain.state_dict())
     assert list(fused.state_dict()) == list(plain.state_dict())
     assert sum(m.fused for m in fused.modules() if hasattr(m, "fused")) == pairs

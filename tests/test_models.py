@@ -180,6 +180,7 @@ def check_against_twin(
     assert list(model.state_dict()) == list(twin.state_dict())
     assert n_params(model) == n_params(twin)
 
+    models.stem_layer(model).input_grad = True  # built without it (the training default)
     recorder = KinkRecorder(model)
     model.train(train)
     y = model(x)

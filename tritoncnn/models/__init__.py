@@ -1,9 +1,9 @@
 """The model zoo: ``build(name, ...)`` and ``names()``.
 
 Every model is a ``tritoncnn.nn`` module (``model(x)`` maps N,C,H,W to N,classes logits;
-``model.backward(g)`` returns the input gradient and fills each parameter's ``.grad``) whose
-state_dict keys are its torch twin's (``tritoncnn.export.to_torch``); the ResNets and
-MobileNetV2 use torchvision's names.
+``model.backward(g)`` fills each parameter's ``.grad`` and returns the input gradient, or None
+when built with ``input_grad=False``, the default) whose state_dict keys are its torch twin's
+(``tritoncnn.export.to_torch``); the ResNets and MobileNetV2 use torchvision's names.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def build(
     in_channels: int = 3,
     image_size: int = 32,
     fuse: bool = True,
+    input_grad: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -53,6 +54,10 @@ def build(
 
     ``fuse``: each BatchNorm applies the activation after it in its own kernels
     (``nn.fusion``; same function, same state_dict and twin, fewer launches and memory passes).
+    ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
+    by default, as in torch, where a data batch does not require grad: the stem's input
+    gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
+    of a small net's step.
     """
     key = ALIASES.get(name, name)
     registry = _registry()
@@ -65,7 +70,20 @@ def build(
         from tritoncnn.nn.fusion import fuse_bn_activations
 
         fuse_bn_activations(model)
+    stem_layer(model).input_grad = input_grad
     return model.to_device()
 
 
-__all__ = ["build", "names"]
+def stem_layer(model: Module) -> Module:
+    """The layer that reads the model's input: the zoo registers it first (tests check that
+    it is the first Conv2d / Linear the forward calls)."""
+    from tritoncnn.nn.conv import Conv2d
+    from tritoncnn.nn.linear import Linear
+
+    for m in model.modules():
+        if isinstance(m, Conv2d | Linear):
+            return m
+    raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer")
+
+
+__all__ = ["build", "names", "stem_layer"]

@@ -39,8 +39,17 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
-        for m in reversed(self._modules.values()):
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
+        """The children's backwards in reverse; None when the first child skipped its input
+        gradient (``input_grad = False``, a stem layer)."""
+        children = list(reversed(self._modules.values()))
+        for i, m in enumerate(children):
+            if grad_out is None:
+                raise RuntimeError(
+                    f"{type(children[i - 1]).__name__} returned no input gradient but "
+                    f"{type(m).__name__} runs before it: only a model's first layer may set "
+                    "input_grad = False"
+                )
             grad_out = m.backward(grad_out)
         return grad_out
 

@@ -29,6 +29,10 @@ class Conv2d(Module):
     ``bias`` (O,) is fp32 and kept out of weight decay. ``padding`` takes ints, pairs or
     torch's 'valid' / 'same' strings ('same' only with stride 1, as in torch; even kernels pad
     the extra row/column at the bottom/right, as torch does). Only padding_mode='zeros'.
+
+    ``input_grad``: when False the backward skips the input gradient (the dgrad GEMM) and
+    returns None, as torch skips it for an input that does not require grad. ``models.build``
+    turns it off on the stem, whose input is the data batch.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class Conv2d(Module):
             self.bias = Parameter(b.to(runtime.DEVICE), no_weight_decay=True)
         else:
             self.bias = None
+        self.input_grad = True
         self._x: torch.Tensor | None = None
 
     def _explicit_padding(self) -> tuple[int, int, int, int]:
@@ -134,21 +139,24 @@ class Conv2d(Module):
             x, self.weight.data, b, self.stride, self._pad4, self.dilation, self.groups
         )
 
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
         x = self._x
         if x is None:
             raise RuntimeError("Conv2d.backward called before forward")
         w = self.weight
         pt, _, pl, _ = self._pad4
-        # The input gradient takes the forward input's layout (an NCHW input stays NCHW).
-        out = runtime.empty_like(x, dtype=grad_out.dtype)
+        grad_in = None
         if self._is_depthwise():
             args = (self.stride, (pt, pl), self.dilation)
-            grad_in = DW.depthwise_conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+            if self.input_grad:
+                out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
+                grad_in = DW.depthwise_conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
             w.grad = DW.depthwise_conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         else:
             args = (self.stride, self._pad4, self.dilation, self.groups)
-            grad_in = K.conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+            if self.input_grad:
+                out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
+                grad_in = K.conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
             w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         if self.bias is not None:
             self.bias.grad = K.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)

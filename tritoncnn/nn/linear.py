@@ -16,7 +16,9 @@ class Linear(Module):
 
     Inputs are N x in_features in fp32, fp16 or bf16; the output follows the input's dtype (fp32
     weights are cast to it inside the kernel). The backward returns the input gradient in the
-    input's dtype and accumulates fp32 weight and bias gradients into ``.grad``.
+    input's dtype and accumulates fp32 weight and bias gradients into ``.grad``;
+    ``input_grad = False`` skips the input gradient (the backward returns None), as for
+    Conv2d.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Linear(Module):
         # device is accepted for torch parity; parameters always live on runtime.DEVICE.
         self.weight = Parameter(torch.empty(out_features, in_features))
         self.bias = Parameter(torch.empty(out_features), no_weight_decay=True) if bias else None
+        self.input_grad = True
         self._x: torch.Tensor | None = None
         self.reset_parameters()
 
@@ -66,7 +69,7 @@ class Linear(Module):
         bias = self.bias.data if self.bias is not None else None
         return mm.linear_forward(x, self.weight.data, bias)
 
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
         x = self._x
         if x is None:
             raise RuntimeError("Linear.backward called before forward")
@@ -75,7 +78,9 @@ class Linear(Module):
                 f"Linear.backward: grad_out shape {tuple(grad_out.shape)} != "
                 f"{(x.shape[0], self.out_features)}"
             )
-        grad_in = mm.linear_dgrad(grad_out, self.weight.data, out_dtype=x.dtype)
+        grad_in = None
+        if self.input_grad:
+            grad_in = mm.linear_dgrad(grad_out, self.weight.data, out_dtype=x.dtype)
         # p.grad convention: the kernels write a fresh fp32 tensor, or add into the existing one.
         self.weight.grad = mm.linear_wgrad(x, grad_out, self.weight.grad)
         if self.bias is not None:
