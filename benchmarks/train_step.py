@@ -138,7 +138,15 @@ def torch_step(twin, x, y, mode: str):
     if mode == "compile":
         return torch.compile(step)
     if mode == "compile_reduce_overhead":
-        return torch.compile(step, mode="reduce-overhead")
+        compiled = torch.compile(step, mode="reduce-overhead")
+
+        def graphed_step():
+            # each call is a new iteration: without the mark, cudagraph trees treat the
+            # optimizer's reads of the last replay's outputs as use-after-overwrite
+            torch.compiler.cudagraph_mark_step_begin()
+            compiled()
+
+        return graphed_step
     if mode == "compile_max_autotune":
         return torch.compile(step, mode="max-autotune")
     return step

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import DEVICE, randn
 
-from tritoncnn import nn
+from tritoncnn import nn, runtime
 from tritoncnn.kernels import dropout as kd
 from tritoncnn.nn import dropout as nd
 
@@ -92,6 +92,54 @@ def test_dropout_fresh_mask_each_step_same_mask_for_same_seed():
     assert torch.equal(b(x), ya2)  # b follows the same sequence
     a.manual_seed(1234)
     assert torch.equal(a(x), ya1)  # reseeding restarts the sequence
+
+
+def _assert_tickets_rearmed():
+    """The forward's folded seed advance left the shared tickets at zero."""
+    assert not runtime.tickets(runtime.TICKET_SLOTS).any()
+
+
+def _check_folded_advance(x, p, seed, steps):
+    """``steps`` training forwards (the advance folded into the dropout launch) draw the masks
+    of the public two-launch sequence "advance_seed_, then dropout_forward", step by step,
+    the backward replays each, and the final states agree."""
+    m = nn.Dropout(p)
+    m.manual_seed(seed)
+    ref = kd.new_seed_state(seed)
+    g = _nonzero(*x.shape, dtype=x.dtype, seed=3)
+    ys = []
+    for _ in range(steps):
+        y = m(x)
+        kd.advance_seed_(ref)
+        assert torch.equal(y, kd.dropout_forward(x, p, ref))
+        assert torch.equal(m._rng_state, ref)  # advanced once, by the last program
+        assert torch.equal(m.backward(g), kd.dropout_backward(g, p, ref))
+        ys.append(y)
+    _assert_tickets_rearmed()
+    return ys
+
+
+def test_dropout_folded_advance_matches_advance_then_draw():
+    p = 0.5
+    # several programs (BLOCK elements each, a tail): all must draw with the same, old step
+    x = _nonzero(3 * kd.BLOCK + 5)
+    y1, y2 = _check_folded_advance(x, p, seed=99, steps=2)
+    assert not torch.equal(y1 != 0, y2 != 0)  # two consecutive forwards: fresh masks
+    # the functional form: advance_seed=k equals advance_seed_(state, k) then a forward
+    a, b = kd.new_seed_state(5), kd.new_seed_state(5)
+    ya = kd.dropout_forward(x, p, a, advance_seed=3)
+    kd.advance_seed_(b, 3)
+    assert torch.equal(ya, kd.dropout_forward(x, p, b)) and torch.equal(a, b)
+    # p == 0 draws nothing but still advances when asked to
+    assert kd.dropout_forward(x, 0.0, a, advance_seed=2) is x and int(a[1]) == 5
+    _assert_tickets_rearmed()
+
+
+def test_dropout_empty_input_still_advances():
+    m = nn.Dropout(0.5)
+    y = m(_nonzero(0))
+    assert y.numel() == 0 and int(m._rng_state[1]) == 1
+    _assert_tickets_rearmed()
 
 
 def test_dropout_backward_matches_latest_forward():
@@ -189,4 +237,18 @@ def test_dropout_seed_advances_on_device_in_graph():
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
     for mk in masks:
         _assert_fraction(~mk, 0.5)
+    assert DEVICE.type == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(128, 512), (512, 4096)])  # 16 and 512 programs
+def test_dropout_folded_advance_repeatable_gpu(shape):
+    """On the GPU the last ticket goes to a different program each time: 50 consecutive
+    forwards must each equal the two-launch sequence bit for bit (a program that read the
+    already advanced step would draw another mask for its block), and reseeding replays them."""
+    x = _nonzero(*shape, dtype=torch.float16)
+    first = _check_folded_advance(x, 0.5, seed=11, steps=50)
+    again = _check_folded_advance(x, 0.5, seed=11, steps=50)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
     assert DEVICE.type == "cuda"

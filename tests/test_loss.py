@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import DEVICE, assert_close, f64, randn
 
-from tritoncnn import nn
+from tritoncnn import nn, runtime
 from tritoncnn.kernels import loss as kl
 
 
@@ -102,6 +102,11 @@ def test_cross_entropy_sum_reduction():
     _check(logits, _targets(7, 10), 0.1, torch.float16, reduction="sum")
 
 
+def _assert_tickets_rearmed():
+    """The forward's last program re-armed the shared ticket it took."""
+    assert not runtime.tickets(runtime.TICKET_SLOTS).any()
+
+
 def test_cross_entropy_deterministic():
     logits = randn(7, 37)
     t = _targets(7, 37)
@@ -109,6 +114,32 @@ def test_cross_entropy_deterministic():
     a, da = m(logits, t), m.backward()
     b, db = m(logits, t), m.backward()
     assert torch.equal(a, b) and torch.equal(da, db)
+    _assert_tickets_rearmed()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_many_partials(monkeypatch, reduction):
+    """More partials than the last program adds per step (BLOCK_P shrunk to 4; 10 programs,
+    the last step partly full), with ignored rows and a bad target counted across programs."""
+    monkeypatch.setattr(kl, "BLOCK_P", 4)
+    n, k = 9 * kl.MAX_BLOCK_N + 5, 10
+    assert kl._blocks(n, k)[0] == kl.MAX_BLOCK_N
+    logits = randn(n, k)
+    t = _targets(n, k, ignore=[0, 100, n - 1])
+    _check(logits, t, 0.1, torch.float32, reduction=reduction)
+    t[n - 2] = k
+    loss, ctx = kl.cross_entropy_forward(logits, t, reduction=reduction)
+    assert torch.isnan(loss) and ctx.n_bad.item() == 1
+    _assert_tickets_rearmed()
+
+
+def test_cross_entropy_empty_batch():
+    """N == 0 still runs one program, which writes the loss: NaN mean, zero sum."""
+    logits, t = randn(0, 10), _targets(0, 10)
+    assert torch.isnan(kl.cross_entropy_forward(logits, t)[0])
+    loss, ctx = kl.cross_entropy_forward(logits, t, reduction="sum")
+    assert loss.item() == 0.0 and ctx.n_bad.item() == 0
+    _assert_tickets_rearmed()
 
 
 def test_cross_entropy_bad_target():
@@ -219,3 +250,25 @@ def test_cross_entropy_every_block_config_gpu(block_k, n):
 def test_cross_entropy_large_logits_gpu():
     logits = randn(512, 100, dtype=torch.float16, seed=1) * 1e4
     _check(logits, _targets(512, 100), 0.1, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(512, 100), (70_000, 10)])  # 16 and 1094 (> BLOCK_P) programs
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_forward_repeatable_gpu(n, k, reduction):
+    """On the GPU the last ticket goes to a different program each time; it adds the partials
+    in a fixed order, so 50 repeats agree bit for bit (loss, scale, bad count, lse, argmax
+    count), and every launch re-arms the ticket."""
+    logits = randn(n, k, dtype=torch.float16, seed=k) * 4
+    t = _targets(n, k, ignore=slice(0, 3))
+    outs = []
+    for _ in range(50):
+        c = _counter()
+        loss, ctx = kl.cross_entropy_forward(logits, t, 0.1, reduction=reduction, correct=c)
+        outs.append((loss, ctx.inv_denom, ctx.n_bad, ctx.lse, c))
+    for out in outs[1:]:
+        for a, b in zip(outs[0], out, strict=True):
+            assert torch.equal(a, b)
+    ref_loss, _ = _reference(logits, t, 0.1, reduction=reduction)
+    assert_close(outs[0][0], ref_loss, torch.float32, what="loss")
+    _assert_tickets_rearmed()

@@ -84,6 +84,31 @@ def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
     return _poison(torch.empty_like(t, dtype=dtype))
 
 
+_TICKETS: torch.Tensor | None = None
+TICKET_SLOTS = 4096
+
+
+def tickets(n: int) -> torch.Tensor:
+    """n int32 zeros for "the last program to finish does the rest" reductions (an atomic
+    ticket per group of programs). Every kernel that takes them re-arms its tickets to zero
+    before it returns, so one buffer serves every launch: launches on one stream never overlap.
+
+    Allocated once and never freed (CUDA graphs keep its address), by a host-to-device copy
+    (no kernel), before any graph capture: the trainer's eager warm-up steps reach every caller.
+    """
+    global _TICKETS
+    if n > TICKET_SLOTS:
+        raise ValueError(f"runtime.tickets: {n} tickets asked, at most {TICKET_SLOTS}")
+    if _TICKETS is None:
+        if DEVICE.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "runtime.tickets: first use inside a CUDA-graph capture; run the step once "
+                "eagerly before capturing it"
+            )
+        _TICKETS = torch.zeros(TICKET_SLOTS, dtype=torch.int32).to(DEVICE)
+    return _TICKETS[:n]
+
+
 def nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Element strides of a 4-d N,C,H,W tensor in the order (n, h, w, c) kernels index by."""
     sn, sc, sh, sw = t.stride()

@@ -3,10 +3,18 @@
 RNG state: a device int64 tensor ``state = [key, step]`` (see ``new_seed_state``). Element
 ``e`` of a dense buffer is kept iff ``uniform(Philox_key(counter(e), step)) >= p``; kept values
 are scaled by 1/(1-p) (inverted dropout, as torch). Nothing random happens on the host per
-step: the kernels read ``key`` and ``step`` from device memory, and ``advance_seed_`` (a
-one-thread kernel) bumps ``step`` on the device, so a CUDA graph replays with a fresh mask each
-time. The backward reads the same state and so rebuilds exactly the forward's mask, which is
-never stored.
+step: the kernels read ``key`` and ``step`` from device memory, and a training forward bumps
+``step`` on the device itself, so a CUDA graph replays with a fresh mask each time. The
+backward reads the same state and so rebuilds exactly the forward's mask, which is never
+stored.
+
+Launches: a forward with ``advance_seed=k`` (what ``nn.Dropout`` does, k = 1) is one
+``dropout_kernel``: every program reads ``step``, draws its mask with ``step + k`` (the mask
+that ``advance_seed_(state, k)`` followed by a plain forward used to draw), and the last
+program to finish (an atomic ticket, ``kernels/tickets.py``) stores ``step + k`` once every
+program has read the old value. A backward is one ``dropout_kernel`` that leaves the state
+alone. ``advance_seed_`` (a one-thread ``advance_seed_kernel``) stays for callers that only
+want to bump the state.
 
 Layout: tensors are flat dense buffers (contiguous or channels_last); the mask is a function of
 the memory position, so the gradient must have the forward input's strides. One program
@@ -25,6 +33,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.tickets import last_to_finish
 
 BLOCK = 4096  # elements per program (4 Philox words x 1024 counters); part of the RNG mapping
 
@@ -40,7 +49,10 @@ def _scale_kept(src_ptr, dst_ptr, offs, numel, bits, p, scale):
 
 
 @triton.jit
-def dropout_kernel(src_ptr, dst_ptr, state_ptr, numel, p, scale, BLOCK: tl.constexpr):
+def dropout_kernel(
+    src_ptr, dst_ptr, state_ptr, tickets_ptr, numel, p, scale, steps,
+    ADVANCE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
     """dst = src * scale on kept elements, 0 on dropped ones, for BLOCK consecutive elements.
 
     Used for both directions: forward (src = x) and backward (src = grad_out); the mask depends
@@ -48,13 +60,19 @@ def dropout_kernel(src_ptr, dst_ptr, state_ptr, numel, p, scale, BLOCK: tl.const
 
     src_ptr, dst_ptr: dense buffers of ``numel`` elements in one layout (may alias: in place).
     state_ptr: int64 [key, step] RNG state on the device (Philox key, and step -> counter).
+    tickets_ptr: int32 [1] zero ticket (``runtime.tickets(1)``), used only if ADVANCE; left 0.
     p: drop probability (fp32); an element is kept iff its uniform in [0, 1) is >= p.
     scale: 1/(1-p), or 0 when p == 1.
+    steps: if ADVANCE, the mask is drawn with step + steps and the last program to finish
+        stores step + steps into state[1] (every program has read the old step by then, so
+        all draw the same mask); ignored otherwise (mask of step, state unchanged).
     """
     Q: tl.constexpr = BLOCK // 4
     pid = tl.program_id(0).to(tl.int64)
     key = tl.load(state_ptr)
     step = tl.load(state_ptr + 1)
+    if ADVANCE:
+        step = step + steps
     counter = pid * Q + tl.arange(0, Q)
     zero = counter.to(tl.uint32) * 0
     c0 = counter.to(tl.uint32)
@@ -67,11 +85,18 @@ def dropout_kernel(src_ptr, dst_ptr, state_ptr, numel, p, scale, BLOCK: tl.const
     _scale_kept(src_ptr, dst_ptr, offs + Q, numel, r1, p, scale)
     _scale_kept(src_ptr, dst_ptr, offs + 2 * Q, numel, r2, p, scale)
     _scale_kept(src_ptr, dst_ptr, offs + 3 * Q, numel, r3, p, scale)
+    if ADVANCE:
+        # The step is written only after every program has loaded it (the ticket), so the
+        # whole launch draws one mask, and the next launch (the backward) reads step + steps.
+        if last_to_finish(tickets_ptr, 0, tl.num_programs(0)):
+            tl.store(state_ptr + 1, step)
+            tl.store(tickets_ptr, 0)
 
 
 @triton.jit
 def advance_seed_kernel(state_ptr, steps):
-    """state[1] += steps (one program): the next forward draws a fresh mask.
+    """state[1] += steps (one program), for a caller that bumps the state on its own (a
+    training forward folds this into ``dropout_kernel``).
 
     state_ptr: int64 [key, step] RNG state; steps: how far to advance.
     """
@@ -120,7 +145,9 @@ def _check_dense(t: torch.Tensor) -> None:
         raise ValueError("dropout needs a dense (contiguous or channels_last) tensor")
 
 
-def _launch(src: torch.Tensor, p: float, state: torch.Tensor, out: torch.Tensor | None):
+def _launch(
+    src: torch.Tensor, p: float, state: torch.Tensor, out: torch.Tensor | None, steps: int = 0
+) -> torch.Tensor:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     _check_dense(src)
@@ -131,22 +158,35 @@ def _launch(src: torch.Tensor, p: float, state: torch.Tensor, out: torch.Tensor 
         raise ValueError("dropout: `out` must match the input's shape, strides and dtype")
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     n = src.numel()
-    dropout_kernel[(triton.cdiv(n, BLOCK),)](src, out, state, n, float(p), scale, BLOCK=BLOCK)
+    # At least one program, so an empty input still advances the state when asked to.
+    grid = (max(triton.cdiv(n, BLOCK), 1),)
+    dropout_kernel[grid](
+        src, out, state, runtime.tickets(1), n, float(p), scale, int(steps),
+        ADVANCE=steps != 0, BLOCK=BLOCK,
+    )  # fmt: skip
     return out
 
 
 def dropout_forward(
-    x: torch.Tensor, p: float, state: torch.Tensor, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    p: float,
+    state: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    advance_seed: int = 0,
 ) -> torch.Tensor:
     """Inverted dropout of ``x`` with the mask of ``state``'s current (key, step).
 
     Returns ``x`` itself when p == 0. ``out`` (e.g. ``x`` for in-place) must share x's shape,
-    strides and dtype; by default a new tensor with x's layout is returned. The caller advances
-    ``state`` (``advance_seed_``) before each forward that needs a fresh mask.
+    strides and dtype; by default a new tensor with x's layout is returned. A forward that needs
+    a fresh mask passes ``advance_seed=1``: the same launch first bumps ``state``'s step, exactly
+    as ``advance_seed_(state, 1)`` followed by a forward would (same mask, same final state).
     """
     if p == 0.0:
+        if advance_seed:
+            advance_seed_(state, advance_seed)
         return x
-    return _launch(x, p, state, out)
+    return _launch(x, p, state, out, advance_seed)
 
 
 def dropout_backward(

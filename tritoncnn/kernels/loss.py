@@ -4,14 +4,15 @@ Layout: logits are a 2-d (N, K) tensor of any float dtype, read through their el
 (row stride ``s_n``, class stride ``s_k``), so a transposed or sliced view works without a
 copy; targets are an int64 (N,) tensor read through its stride. All math is fp32.
 
-Forward (two stages, deterministic, no atomics on the loss):
+Forward (one launch, deterministic, no atomics on the loss): ``ce_forward_kernel``, one
+program per block of ``BLOCK_N`` rows, walks the classes in chunks of ``BLOCK_K`` with an
+online (max-subtracted) log-sum-exp, writes each row's ``lse`` (kept for the backward) and one
+partial loss sum, valid-row count and bad-target count per program. The last program to finish
+(an atomic ticket, ``kernels/tickets.py``) then sums the partials in a fixed order, whichever
+program it is, and writes the 0-dim loss, ``1/denominator`` (the backward's scale: 1/valid
+rows for 'mean', 1 for 'sum') and the number of out-of-range targets.
 
-1. ``ce_forward_kernel``: one program per block of ``BLOCK_N`` rows walks the classes in chunks
-   of ``BLOCK_K`` with an online (max-subtracted) log-sum-exp, writes each row's ``lse`` (kept
-   for the backward) and one partial loss sum, valid-row count and bad-target count per program.
-2. ``ce_finish_kernel``: one program sums the partials in a fixed order and writes the 0-dim
-   loss, ``1/denominator`` (the backward's scale: 1/valid rows for 'mean', 1 for 'sum') and the
-   number of out-of-range targets.
+Backward (one launch): ``ce_backward_kernel``, one program per (row block, class block) tile.
 
 Label smoothing follows torch exactly: loss_i = (1-eps) * (lse_i - x_i[t_i]) + eps * (lse_i -
 mean_k x_ik). Rows whose target equals ``ignore_index`` contribute 0 and are left out of the
@@ -31,13 +32,14 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.tickets import last_to_finish
 
 # Row tiles: BLOCK_K = next power of two >= K, clamped to [16, MAX_BLOCK_K] (wider rows loop
 # over chunks); BLOCK_N rows per program so a tile holds ~TILE_ELEMS fp32 values.
 MAX_BLOCK_K = 1024
 TILE_ELEMS = 4096
 MAX_BLOCK_N = 64
-BLOCK_P = 1024  # partials summed per step of the finishing kernel
+BLOCK_P = 1024  # partials summed per step by the forward's last program
 # Every BLOCK_K the helpers can pick (the GPU tier runs each one).
 BLOCK_K_CHOICES = tuple(2**i for i in range(4, MAX_BLOCK_K.bit_length()))
 
@@ -57,12 +59,52 @@ def _argmax_update(x, kk, K, best, best_idx):
 
 
 @triton.jit
-def ce_forward_kernel(
-    logits_ptr, target_ptr, lse_ptr, part_loss_ptr, part_count_ptr, correct_ptr,
-    N, K, s_n, s_k, s_t, smoothing, ignore_index, P,
-    COUNT_CORRECT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _finish_loss(
+    part_loss_ptr, part_count_ptr, P, loss_ptr, inv_denom_ptr, n_bad_ptr,
+    MEAN: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """Per-row log-sum-exp and per-program partial losses for rows [pid*BLOCK_N, +BLOCK_N).
+    """Reduce the P partials of ce_forward_kernel in a fixed order (run by its last program),
+    the same sum whichever program that is, so the loss is bitwise repeatable.
+
+    part_loss_ptr: (P,) fp32 partial loss sums; part_count_ptr: (2, P) int32 valid / bad counts.
+    loss_ptr: 0-dim fp32 out, the loss (sum / valid rows when MEAN, NaN if no row is valid;
+        plain sum otherwise).
+    inv_denom_ptr: 0-dim fp32 out, 1/valid rows (MEAN) or 1 (sum): the backward's scale.
+    n_bad_ptr: 0-dim int32 out, the number of out-of-range targets.
+    """
+    offs = tl.arange(0, BLOCK_P)
+    acc = tl.zeros([BLOCK_P], tl.float32)
+    cnt = tl.zeros([BLOCK_P], tl.int32)
+    bad = tl.zeros([BLOCK_P], tl.int32)
+    for p0 in range(0, P, BLOCK_P):
+        msk = p0 + offs < P
+        # .cg: other programs wrote these; read them from L2, never from a stale L1 line
+        acc += tl.load(part_loss_ptr + p0 + offs, mask=msk, other=0.0, cache_modifier=".cg")
+        cnt += tl.load(part_count_ptr + p0 + offs, mask=msk, other=0, cache_modifier=".cg")
+        bad += tl.load(part_count_ptr + P + p0 + offs, mask=msk, other=0, cache_modifier=".cg")
+    total = tl.sum(acc, axis=0)
+    count = tl.sum(cnt, axis=0)
+    if MEAN:
+        denom = tl.maximum(count, 1).to(tl.float32)
+        loss = tl.where(count > 0, total / denom, float("nan"))
+    else:
+        denom = 1.0
+        loss = total
+    tl.store(loss_ptr, loss)
+    tl.store(inv_denom_ptr, 1.0 / denom)
+    tl.store(n_bad_ptr, tl.sum(bad, axis=0))
+
+
+@triton.jit
+def ce_forward_kernel(
+    logits_ptr, target_ptr, lse_ptr, part_loss_ptr, part_count_ptr, correct_ptr, tickets_ptr,
+    loss_ptr, inv_denom_ptr, n_bad_ptr,
+    N, K, s_n, s_k, s_t, smoothing, ignore_index, P,
+    COUNT_CORRECT: tl.constexpr, MEAN: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Per-row log-sum-exp and per-program partial losses for rows [pid*BLOCK_N, +BLOCK_N);
+    the last of the P programs to finish reduces the partials into the loss (``_finish_loss``).
 
     logits_ptr: (N, K) logits, element strides (s_n, s_k), any float dtype.
     target_ptr: (N,) int64 class indices, element stride s_t.
@@ -71,8 +113,10 @@ def ce_forward_kernel(
     part_count_ptr: (2, P) int32 out: [0, pid] rows not ignored, [1, pid] out-of-range targets.
     correct_ptr: int32/int64 counter; if COUNT_CORRECT, the number of rows whose argmax equals
         the target is atomically added (integer sums are exact, so the result is deterministic).
+    tickets_ptr: int32 [1] zero ticket (``runtime.tickets(1)``); left 0.
+    loss_ptr, inv_denom_ptr, n_bad_ptr: 0-dim outputs of the last program (see _finish_loss).
     smoothing: label smoothing eps in [0, 1]. ignore_index: target value meaning "skip row".
-    P: number of programs (stride of the count partials).
+    P: number of programs (stride of the count partials). MEAN: 'mean' (else 'sum') reduction.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -118,40 +162,10 @@ def ce_forward_kernel(
         hits = tl.sum((row_ok & (best_idx.to(tl.int64) == t)).to(tl.int32), axis=0)
         tl.atomic_add(correct_ptr, hits.to(correct_ptr.dtype.element_ty))
 
-
-@triton.jit
-def ce_finish_kernel(
-    part_loss_ptr, part_count_ptr, P, loss_ptr, inv_denom_ptr, n_bad_ptr,
-    MEAN: tl.constexpr, BLOCK_P: tl.constexpr,
-):  # fmt: skip
-    """Single program: reduce the P partials of ce_forward_kernel in a fixed order.
-
-    part_loss_ptr: (P,) fp32 partial loss sums; part_count_ptr: (2, P) int32 valid / bad counts.
-    loss_ptr: 0-dim fp32 out, the loss (sum / valid rows when MEAN, NaN if no row is valid;
-        plain sum otherwise).
-    inv_denom_ptr: 0-dim fp32 out, 1/valid rows (MEAN) or 1 (sum): the backward's scale.
-    n_bad_ptr: 0-dim int32 out, the number of out-of-range targets.
-    """
-    offs = tl.arange(0, BLOCK_P)
-    acc = tl.zeros([BLOCK_P], tl.float32)
-    cnt = tl.zeros([BLOCK_P], tl.int32)
-    bad = tl.zeros([BLOCK_P], tl.int32)
-    for p0 in range(0, P, BLOCK_P):
-        msk = p0 + offs < P
-        acc += tl.load(part_loss_ptr + p0 + offs, mask=msk, other=0.0)
-        cnt += tl.load(part_count_ptr + p0 + offs, mask=msk, other=0)
-        bad += tl.load(part_count_ptr + P + p0 + offs, mask=msk, other=0)
-    total = tl.sum(acc, axis=0)
-    count = tl.sum(cnt, axis=0)
-    if MEAN:
-        denom = tl.maximum(count, 1).to(tl.float32)
-        loss = tl.where(count > 0, total / denom, float("nan"))
-    else:
-        denom = 1.0
-        loss = total
-    tl.store(loss_ptr, loss)
-    tl.store(inv_denom_ptr, 1.0 / denom)
-    tl.store(n_bad_ptr, tl.sum(bad, axis=0))
+    if last_to_finish(tickets_ptr, 0, P):
+        _finish_loss(part_loss_ptr, part_count_ptr, P, loss_ptr, inv_denom_ptr, n_bad_ptr,
+                     MEAN, BLOCK_P)  # fmt: skip
+        tl.store(tickets_ptr, 0)
 
 
 @triton.jit
@@ -255,7 +269,7 @@ def cross_entropy_forward(
         _check_counter(correct)
     n, k = logits.shape
     block_n, block_k = _blocks(n, k)
-    p = triton.cdiv(n, block_n)
+    p = max(triton.cdiv(n, block_n), 1)  # one program even for N == 0: it writes the loss
     lse = runtime.empty((n,))
     part_loss = runtime.empty((p,))
     part_count = runtime.empty((2, p), torch.int32)
@@ -264,13 +278,12 @@ def cross_entropy_forward(
     n_bad = runtime.empty((), torch.int32)
     ce_forward_kernel[(p,)](
         logits, target, lse, part_loss, part_count, correct if correct is not None else lse,
+        runtime.tickets(1), loss, inv_denom, n_bad,
         n, k, logits.stride(0), logits.stride(1), target.stride(0),
         float(label_smoothing), int(ignore_index), p,
-        COUNT_CORRECT=correct is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        COUNT_CORRECT=correct is not None, MEAN=reduction == "mean",
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=BLOCK_P,
     )  # fmt: skip
-    ce_finish_kernel[(1,)](
-        part_loss, part_count, p, loss, inv_denom, n_bad, MEAN=reduction == "mean", BLOCK_P=BLOCK_P
-    )
     ctx = CrossEntropyContext(lse, inv_denom, n_bad, float(label_smoothing), int(ignore_index))
     return loss, ctx
 

@@ -6,19 +6,20 @@ innermost (contiguous, for NHWC memory) axis. A 4-d N,C,H,W tensor has ``M = N*H
 and write every tensor through its element strides, so channels_last, torch-contiguous NCHW and
 (N, C) inputs all work without a copy. Row ``r`` decodes to ``n = r // (H*W)``, ``h``, ``w``.
 
-Every reduction is deterministic and two-stage (no atomics): stage 1 reduces a slab of rows
-for a block of channels into fp32 partials, stage 2 combines the partials in a fixed order.
-Training statistics are taken of x - x[row 0] (a per-channel pivot) and merge per-tile
-(count, mean, M2) triples with Chan's parallel formula, so the variance has no catastrophic
-cancellation even for inputs like ``1000 + randn``.
+Every reduction is deterministic and two-stage: stage 1 reduces a slab of rows for a block of
+channels into fp32 partials; the last program of a channel block to finish (an atomic ticket,
+``runtime.tickets``) runs stage 2, which combines the partials in a fixed order, so the result
+does not depend on which program came last. Training statistics are taken of x - x[row 0] (a
+per-channel pivot) and merge per-tile (count, mean, M2) triples with Chan's parallel formula,
+so the variance has no catastrophic cancellation even for inputs like ``1000 + randn``.
 
-Training forward (3 launches): ``bn_stats_partial_kernel`` -> ``bn_stats_finalize_kernel``
-(writes save_mean / save_invstd, updates the running stats in place exactly as torch) ->
-``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
+Training forward (2 launches): ``bn_stats_kernel`` (partials; the last program per channel
+block writes save_mean / save_invstd and updates the running stats in place exactly as torch)
+-> ``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
 num_batches_tracked on the device). Eval forward is one ``bn_apply_kernel`` on running stats.
 
-Backward (3 launches): ``bn_bwd_partial_kernel`` (sums of g and g * xhat) ->
-``bn_bwd_finalize_kernel`` (grad_weight / grad_bias, written or accumulated) ->
+Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat; the last program per
+channel block writes grad_weight / grad_bias and the means the input grad needs) ->
 ``bn_bwd_input_kernel`` (grad_in). A fused forward activation is differentiated by
 recomputing its input from x, so nothing but x and the fp32 statistics is kept.
 """
@@ -34,6 +35,7 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
+from tritoncnn.kernels.tickets import last_to_finish
 
 
 class NormConfig(NamedTuple):
@@ -104,10 +106,88 @@ def _affine(
 
 
 @triton.jit
-def bn_stats_partial_kernel(
+def _finalize_stats(
     x_ptr,
     pmean_ptr,
     pm2_ptr,
+    save_mean_ptr,
+    save_invstd_ptr,
+    rmean_ptr,
+    rvar_ptr,
+    nbt_ptr,
+    offs_c,
+    mask_c,
+    M,
+    C,
+    s_c,
+    ROWS,
+    n_parts,
+    momentum,
+    eps,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    STORE_M2: tl.constexpr,
+):
+    """Stage 2 for channels offs_c: merge the n_parts partials in order, BLOCK_P at a time
+    (partial p covers min(ROWS, M - p*ROWS) rows), with Chan's formula; store the batch mean
+    and invstd (or M2 when STORE_M2); update the running stats when UPDATE_RUNNING."""
+    mean = tl.zeros((BLOCK_C,), tl.float32)
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        mask_p = parts < n_parts
+        mask = mask_p[:, None] & mask_c[None, :]
+        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+        # .cg: other programs wrote these; read them from L2, never from a stale L1 line
+        pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        cnt = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
+        nb = tl.sum(cnt, axis=0)
+        tile_mean = tl.sum(cnt[:, None] * pmean, axis=0) / nb
+        d = pmean - tile_mean[None, :]
+        tile_m2 = tl.sum(tl.where(mask, pm2 + cnt[:, None] * d * d, 0.0), axis=0)
+        na = p0 * ROWS * 1.0  # rows merged so far: every earlier partial is full
+        n = na + nb
+        delta = tile_mean - mean
+        mean = mean + delta * (nb / n)
+        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
+
+    mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
+    var = m2 / M
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
+    if STORE_M2:
+        tl.store(save_invstd_ptr + offs_c, m2, mask=mask_c)
+    else:
+        tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
+
+    if UPDATE_RUNNING:
+        if CUMULATIVE:
+            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
+        else:
+            f = momentum
+        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        unbiased = m2 / (M - 1)
+        rm = (1.0 - f) * rm + f * mean
+        rv = (1.0 - f) * rv + f * unbiased
+        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def bn_stats_kernel(
+    x_ptr,
+    pmean_ptr,
+    pm2_ptr,
+    tickets_ptr,
+    save_mean_ptr,
+    save_invstd_ptr,
+    rmean_ptr,
+    rvar_ptr,
+    nbt_ptr,
     M,
     C,
     HW,
@@ -117,20 +197,37 @@ def bn_stats_partial_kernel(
     s_w,
     s_c,
     ROWS,
+    n_parts,
+    momentum,
+    eps,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    STORE_M2: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
-    """Stage 1 of the training statistics: (mean, M2) of one slab of rows, per channel.
+    """Training statistics: (mean, M2) of one slab of rows per channel; the channel block's
+    last program merges them all into the batch mean / invstd and updates the running stats.
 
     Layout: x is an M x C row matrix (see module docstring) read through strides s_n, s_h,
     s_w (row decode) and s_c (channels). Program (pid_m, pid_c) reduces rows
     [pid_m*ROWS, min((pid_m+1)*ROWS, M)) for channels [pid_c*BLOCK_C, +BLOCK_C) tile by tile:
     each BLOCK_M x BLOCK_C tile's exact mean and M2 are merged into the running pair with
-    Chan's formula, all in fp32, on x - x[row 0] (the pivot).
+    Chan's formula, all in fp32, on x - x[row 0] (the pivot), and stored as partial pid_m.
+    The program that takes the last of the n_parts tickets of its channel block runs stage 2
+    (``_finalize_stats``) for those channels and re-arms the ticket.
 
     x_ptr: input, any float dtype.
-    pmean_ptr, pm2_ptr: fp32 [cdiv(M, ROWS), C] partial means of x - pivot and sums of squared
-    deviations.
+    pmean_ptr, pm2_ptr: fp32 [n_parts, C] scratch: partial means of x - pivot and sums of
+    squared deviations. tickets_ptr: int32 [cdiv(C, BLOCK_C)] zeros (left zero).
+    save_mean_ptr, save_invstd_ptr: fp32 [C] outputs: batch mean and 1/sqrt(biased var + eps)
+    (M2 instead of invstd when STORE_M2: this rank's moments, for synchronised batch norm).
+    rmean_ptr, rvar_ptr: running mean / var [C], updated in place when UPDATE_RUNNING:
+    r = (1 - f) * r + f * stat, with the unbiased variance M2 / (M - 1) for rvar.
+    nbt_ptr: int64 num_batches_tracked, read (not written: bn_apply_kernel increments it after
+    this launch) when CUMULATIVE, for f = 1 / (num_batches_tracked + 1).
+    momentum: f when not CUMULATIVE. eps: added to the biased variance.
     M, C: rows and channels. HW, W: H*W and W of the row decode. ROWS: rows per program
     (a multiple of BLOCK_M).
     """
@@ -171,91 +268,15 @@ def bn_stats_partial_kernel(
     tl.store(pmean_ptr + out, mean, mask=mask_c)
     tl.store(pm2_ptr + out, m2, mask=mask_c)
 
-
-@triton.jit
-def bn_stats_finalize_kernel(
-    x_ptr,
-    pmean_ptr,
-    pm2_ptr,
-    save_mean_ptr,
-    save_invstd_ptr,
-    rmean_ptr,
-    rvar_ptr,
-    nbt_ptr,
-    M,
-    C,
-    s_c,
-    ROWS,
-    n_parts,
-    momentum,
-    eps,
-    UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    STORE_M2: tl.constexpr = False,
-):
-    """Stage 2: combine the partials of stage 1 into batch mean / invstd; update running stats.
-
-    One program owns channels [pid*BLOCK_C, +BLOCK_C) and merges the n_parts partials in order,
-    BLOCK_P at a time (partial p covers min(ROWS, M - p*ROWS) rows), with Chan's formula.
-
-    x_ptr, s_c: the input and its channel stride, to read the pivot x[row 0] back.
-    pmean_ptr, pm2_ptr: fp32 [n_parts, C] from bn_stats_partial_kernel.
-    save_mean_ptr, save_invstd_ptr: fp32 [C] outputs: batch mean and 1/sqrt(biased var + eps).
-    rmean_ptr, rvar_ptr: running mean / var [C], updated in place when UPDATE_RUNNING:
-    r = (1 - f) * r + f * stat, with the unbiased variance M2 / (M - 1) for rvar.
-    nbt_ptr: int64 num_batches_tracked, read (not written: bn_apply_kernel increments it after
-    every program here has read it) when CUMULATIVE, for f = 1 / (num_batches_tracked + 1).
-    momentum: f when not CUMULATIVE. eps: added to the biased variance.
-    STORE_M2: write the sum of squared deviations M2 instead of invstd (this rank's moments,
-    for synchronised batch norm; see bn_stats_merge_ranks_kernel).
-    """
-    pid = tl.program_id(0)
-    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-
-    mean = tl.zeros((BLOCK_C,), tl.float32)
-    m2 = tl.zeros((BLOCK_C,), tl.float32)
-    for p0 in range(0, n_parts, BLOCK_P):
-        parts = p0 + tl.arange(0, BLOCK_P)
-        mask_p = parts < n_parts
-        mask = mask_p[:, None] & mask_c[None, :]
-        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
-        pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0)
-        pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0)
-        cnt = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
-        nb = tl.sum(cnt, axis=0)
-        tile_mean = tl.sum(cnt[:, None] * pmean, axis=0) / nb
-        d = pmean - tile_mean[None, :]
-        tile_m2 = tl.sum(tl.where(mask, pm2 + cnt[:, None] * d * d, 0.0), axis=0)
-        na = p0 * ROWS * 1.0  # rows merged so far: every earlier partial is full
-        n = na + nb
-        delta = tile_mean - mean
-        mean = mean + delta * (nb / n)
-        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
-
-    mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
-    var = m2 / M
-    invstd = 1.0 / tl.sqrt_rn(var + eps)
-    tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
-    if STORE_M2:
-        tl.store(save_invstd_ptr + offs_c, m2, mask=mask_c)
-    else:
-        tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
-
-    if UPDATE_RUNNING:
-        if CUMULATIVE:
-            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
-        else:
-            f = momentum
-        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        unbiased = m2 / (M - 1)
-        rm = (1.0 - f) * rm + f * mean
-        rv = (1.0 - f) * rv + f * unbiased
-        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
-        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+    if last_to_finish(tickets_ptr, pid_c, n_parts):
+        # fmt: off
+        _finalize_stats(
+            x_ptr, pmean_ptr, pm2_ptr, save_mean_ptr, save_invstd_ptr, rmean_ptr, rvar_ptr,
+            nbt_ptr, offs_c, mask_c, M, C, s_c, ROWS, n_parts, momentum, eps,
+            UPDATE_RUNNING, CUMULATIVE, BLOCK_P, BLOCK_C, STORE_M2,
+        )
+        # fmt: on
+        tl.store(tickets_ptr + pid_c, 0)
 
 
 @triton.jit
@@ -281,7 +302,7 @@ def bn_stats_merge_ranks_kernel(
     rank has the same count). One program owns channels [pid*BLOCK_C, +BLOCK_C): the global
     mean is the mean of the rank means; M2 = sum_r (M2_r + M_RANK * (mean_r - mean)^2), which
     stays centred (no large sums of squares). Outputs and running-stat update as
-    bn_stats_finalize_kernel with M = world * M_RANK rows.
+    _finalize_stats with M = world * M_RANK rows.
     """
     pid = tl.program_id(0)
     offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -381,7 +402,7 @@ def bn_apply_kernel(
 
 
 @triton.jit
-def bn_bwd_partial_kernel(
+def bn_bwd_reduce_kernel(
     g_ptr,
     x_ptr,
     mean_ptr,
@@ -390,6 +411,10 @@ def bn_bwd_partial_kernel(
     b_ptr,
     psum_g_ptr,
     psum_gx_ptr,
+    tickets_ptr,
+    means_ptr,
+    gw_ptr,
+    gb_ptr,
     M,
     C,
     HW,
@@ -403,20 +428,29 @@ def bn_bwd_partial_kernel(
     sx_w,
     sx_c,
     ROWS,
+    n_parts,
     eps,
     alpha,
     STAT_IS_VAR: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACT: tl.constexpr,
+    WRITE_GRAD_W: tl.constexpr,
+    WRITE_GRAD_B: tl.constexpr,
+    ACCUMULATE_W: tl.constexpr,
+    ACCUMULATE_B: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
-    """Stage 1 of the backward: per-channel sums of g and g * xhat over one slab of rows.
+    """Backward reductions: per-channel sums of g and g * xhat over one slab of rows; the
+    channel block's last program adds all slabs and writes the parameter gradients.
 
     Layout: g and x are M x C row matrices read through their own strides (sg_*, sx_*).
     Program (pid_m, pid_c) sums rows [pid_m*ROWS, +ROWS) for channels [pid_c*BLOCK_C,
-    +BLOCK_C) into BLOCK_M x BLOCK_C fp32 accumulators, reduced once at the end.
+    +BLOCK_C) into BLOCK_M x BLOCK_C fp32 accumulators, reduced once into partial pid_m. The
+    program that takes the last of the n_parts tickets of its channel block adds the partials
+    in order, BLOCK_P at a time, and re-arms the ticket.
 
     g_ptr: gradient of the layer output. x_ptr: forward input.
     mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) used forward;
@@ -424,7 +458,12 @@ def bn_bwd_partial_kernel(
     w_ptr, b_ptr: weight and bias (read only if HAS_WEIGHT / HAS_BIAS), used only to recompute
     the fused activation's input z = (x - mean) * invstd * w + b when ACT is set (g is then
     g * act'(z)).
-    psum_g_ptr, psum_gx_ptr: fp32 [cdiv(M, ROWS), C] partial sums of g and g * xhat.
+    psum_g_ptr, psum_gx_ptr: fp32 [n_parts, C] scratch partial sums of g and g * xhat.
+    tickets_ptr: int32 [cdiv(C, BLOCK_C)] zeros (left zero).
+    means_ptr: fp32 [2, C] output: sum(g) / M and sum(g * xhat) / M (for bn_bwd_input_kernel).
+    gw_ptr, gb_ptr: fp32 [C] grad_weight = sum(g * xhat) and grad_bias = sum(g), stored when
+    WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
+    ACCUMULATE_B is set, else overwritten.
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -460,61 +499,31 @@ def bn_bwd_partial_kernel(
     tl.store(psum_g_ptr + out, tl.sum(acc_g, axis=0), mask=mask_c)
     tl.store(psum_gx_ptr + out, tl.sum(acc_gx, axis=0), mask=mask_c)
 
-
-@triton.jit
-def bn_bwd_finalize_kernel(
-    psum_g_ptr,
-    psum_gx_ptr,
-    means_ptr,
-    gw_ptr,
-    gb_ptr,
-    M,
-    C,
-    n_parts,
-    WRITE_GRAD_W: tl.constexpr,
-    WRITE_GRAD_B: tl.constexpr,
-    ACCUMULATE_W: tl.constexpr,
-    ACCUMULATE_B: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """Stage 2 of the backward: sum the partials in order; parameter and input-grad terms.
-
-    One program owns channels [pid*BLOCK_C, +BLOCK_C) and adds the n_parts partial rows
-    BLOCK_P at a time into BLOCK_P x BLOCK_C fp32 accumulators.
-
-    psum_g_ptr, psum_gx_ptr: fp32 [n_parts, C] from bn_bwd_partial_kernel.
-    means_ptr: fp32 [2, C] output: sum(g) / M and sum(g * xhat) / M (for bn_bwd_input_kernel).
-    gw_ptr, gb_ptr: fp32 [C] grad_weight = sum(g * xhat) and grad_bias = sum(g), stored when
-    WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
-    ACCUMULATE_B is set, else overwritten.
-    """
-    pid = tl.program_id(0)
-    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    acc_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    acc_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for p0 in range(0, n_parts, BLOCK_P):
-        parts = p0 + tl.arange(0, BLOCK_P)
-        mask = (parts < n_parts)[:, None] & mask_c[None, :]
-        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
-        acc_g += tl.load(psum_g_ptr + offs, mask=mask, other=0.0)
-        acc_gx += tl.load(psum_gx_ptr + offs, mask=mask, other=0.0)
-    sum_g = tl.sum(acc_g, axis=0)
-    sum_gx = tl.sum(acc_gx, axis=0)
-
-    tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
-    tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
-    if WRITE_GRAD_W:
-        gw = sum_gx
-        if ACCUMULATE_W:
-            gw += tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0)
-        tl.store(gw_ptr + offs_c, gw, mask=mask_c)
-    if WRITE_GRAD_B:
-        gb = sum_g
-        if ACCUMULATE_B:
-            gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
-        tl.store(gb_ptr + offs_c, gb, mask=mask_c)
+    if last_to_finish(tickets_ptr, pid_c, n_parts):
+        tot_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        tot_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        for p0 in range(0, n_parts, BLOCK_P):
+            parts = p0 + tl.arange(0, BLOCK_P)
+            pmask = (parts < n_parts)[:, None] & mask_c[None, :]
+            offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+            # .cg: other programs wrote these; read them from L2, never from a stale L1 line
+            tot_g += tl.load(psum_g_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
+            tot_gx += tl.load(psum_gx_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
+        sum_g = tl.sum(tot_g, axis=0)
+        sum_gx = tl.sum(tot_gx, axis=0)
+        tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
+        tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
+        if WRITE_GRAD_W:
+            gw = sum_gx
+            if ACCUMULATE_W:
+                gw += tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0)
+            tl.store(gw_ptr + offs_c, gw, mask=mask_c)
+        if WRITE_GRAD_B:
+            gb = sum_g
+            if ACCUMULATE_B:
+                gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
+            tl.store(gb_ptr + offs_c, gb, mask=mask_c)
+        tl.store(tickets_ptr + pid_c, 0)
 
 
 @triton.jit
@@ -562,7 +571,7 @@ def bn_bwd_input_kernel(
     Layout: g, x and dx are M x C row matrices with their own strides (sg_*, sx_*, sd_*).
     mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) of the forward.
     w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
-    means_ptr: fp32 [2, C] mean(g) and mean(g * xhat) from bn_bwd_finalize_kernel (read only
+    means_ptr: fp32 [2, C] mean(g) and mean(g * xhat) from bn_bwd_reduce_kernel (read only
     when BATCH_STATS).
     """
     pid_m = tl.program_id(0)
@@ -741,19 +750,18 @@ def batch_norm_forward_train(
 
     pmean = runtime.empty((n_parts, c))
     pm2 = runtime.empty((n_parts, c))
-    # fmt: off
-    bn_stats_partial_kernel[(n_parts, c_blocks)](
-        x, pmean, pm2, m, c, hw, w, *sx, rows, BLOCK_M=cfg.block_m, **tile,
-    )
     save_mean = runtime.empty((c,))
     save_invstd = runtime.empty((c,))
     dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
-    bn_stats_finalize_kernel[(c_blocks,)](
-        x, pmean, pm2, save_mean, save_invstd,
+    # fmt: off
+    bn_stats_kernel[(n_parts, c_blocks)](
+        x, pmean, pm2, runtime.tickets(c_blocks), save_mean, save_invstd,
         running_mean if update else dummy, running_var if update else dummy,
         num_batches_tracked if cumulative else dummy,
-        m, c, sx[3], rows, n_parts, 0.0 if momentum is None else float(momentum), float(eps),
-        UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_P=BLOCK_P, **tile,
+        m, c, hw, w, *sx, rows, n_parts,
+        0.0 if momentum is None else float(momentum), float(eps),
+        UPDATE_RUNNING=update, CUMULATIVE=cumulative, STORE_M2=False,
+        BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **tile,
     )
     # fmt: on
     nbt = num_batches_tracked if inc else None
@@ -763,7 +771,7 @@ def batch_norm_forward_train(
 
 def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) -> torch.Tensor:
     """fp32 [2, C]: this rank's per-channel batch mean and M2 (sum of squared deviations), the
-    first half of a synchronised batch-norm forward (two launches)."""
+    first half of a synchronised batch-norm forward (one launch)."""
     _check(x)
     m, c, hw, w, sx = _geometry(x)
     cfg = config or pick_config(c)
@@ -774,13 +782,11 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
     pm2 = runtime.empty((n_parts, c))
     moments = runtime.empty((2, c))
     # fmt: off
-    bn_stats_partial_kernel[(n_parts, c_blocks)](
-        x, pmean, pm2, m, c, hw, w, *sx, rows, BLOCK_M=cfg.block_m, **tile,
-    )
-    bn_stats_finalize_kernel[(c_blocks,)](
-        x, pmean, pm2, moments[0], moments[1], moments, moments, moments,
-        m, c, sx[3], rows, n_parts, 0.0, 0.0,
-        UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_P=BLOCK_P, STORE_M2=True, **tile,
+    bn_stats_kernel[(n_parts, c_blocks)](
+        x, pmean, pm2, runtime.tickets(c_blocks), moments[0], moments[1],
+        moments, moments, moments, m, c, hw, w, *sx, rows, n_parts, 0.0, 0.0,
+        UPDATE_RUNNING=False, CUMULATIVE=False, STORE_M2=True,
+        BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **tile,
     )
     # fmt: on
     return moments
@@ -915,13 +921,6 @@ def _backward(
         rows, n_parts = _split_rows(m, c, cfg)
         psum_g = runtime.empty((n_parts, c))
         psum_gx = runtime.empty((n_parts, c))
-        # fmt: off
-        bn_bwd_partial_kernel[(n_parts, c_blocks)](
-            grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
-            m, c, hw, w, *sg, *sx, rows, float(eps), float(alpha),
-            BLOCK_M=cfg.block_m, **flags, **tile,
-        )
-        # fmt: on
         means = runtime.empty((2, c))
         acc_w, acc_b = grad_weight is not None, grad_bias is not None
         if want_gw and not acc_w:
@@ -929,12 +928,13 @@ def _backward(
         if want_gb and not acc_b:
             grad_bias = runtime.empty((c,))
         # fmt: off
-        bn_bwd_finalize_kernel[(c_blocks,)](
-            psum_g, psum_gx, means,
+        bn_bwd_reduce_kernel[(n_parts, c_blocks)](
+            grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
+            runtime.tickets(c_blocks), means,
             grad_weight if want_gw else means, grad_bias if want_gb else means,
-            m, c, n_parts,
+            m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
             WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
-            BLOCK_P=BLOCK_P, **tile,
+            BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **flags, **tile,
         )
         # fmt: on
         if average_means is not None and batch_stats:

@@ -35,8 +35,9 @@ class Dropout(Module):
     """torch.nn.Dropout: in training, zero each element with probability ``p`` and scale the
     rest by 1/(1-p); in eval mode (or p == 0) the input is returned as is.
 
-    Every training forward advances the device RNG step (a one-thread kernel, no host sync), so
-    each call draws a fresh mask; ``backward`` regenerates the mask of the latest forward.
+    Every training forward advances the device RNG step inside its one dropout launch (no host
+    sync, no extra kernel), so each call draws a fresh mask; ``backward`` regenerates the mask
+    of the latest forward.
     """
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
@@ -58,8 +59,8 @@ class Dropout(Module):
         self._fwd = (x.shape, x.stride(), x.dtype, applied)
         if not applied:
             return x
-        kd.advance_seed_(self._rng_state)
-        return kd.dropout_forward(x, self.p, self._rng_state, out=x if self.inplace else None)
+        out = x if self.inplace else None
+        return kd.dropout_forward(x, self.p, self._rng_state, out=out, advance_seed=1)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
         if self._fwd is None:

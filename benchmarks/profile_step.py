@@ -1,0 +1,110 @@
+"""Where a tritoncnn training step's GPU time goes: every kernel of one step, with its time.
+
+Builds the step of ``benchmarks/train_step.py`` (fp16, gather + forward + loss + backward +
+unscale + SGD + scaler, fused BN -> activation), runs it eagerly under ``torch.profiler``
+(each kernel's device time is the same as inside the CUDA graph; eager launch gaps are not
+counted) and, for comparison, times the graphed step. Prints per-kernel rows (launches per
+step, microseconds per step, share of the kernels' total) and the sum of kernel time against
+the graphed step's wall time: the difference is what a graph still pays between kernels.
+Writes ``profile_step_<gpu>.csv`` to ``--out`` (default ``$OUT``, else benchmarks/results).
+
+    python benchmarks/profile_step.py [--models baseline resnet18] [--batches 128] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train_step  # noqa: E402
+
+from tritoncnn import runtime  # noqa: E402
+
+
+def kernel_times(step, steps: int) -> dict[str, list[float]]:
+    """{kernel name: [launches, device microseconds]} summed over ``steps`` eager steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None)
+        if us is None:  # older torch
+            us = ev.cuda_time_total
+        if us <= 0:
+            continue
+        totals[ev.key][0] += ev.count
+        totals[ev.key][1] += us
+    return totals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["baseline"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[128])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
+    args = ap.parse_args()
+    if runtime.INTERPRETED:
+        sys.exit("benchmarks/profile_step.py needs a CUDA GPU")
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    for name in args.models:
+        for batch in args.batches:
+            step = train_step.ours_step(name, batch, torch.float16, graph=False)
+            totals = kernel_times(step, args.steps)
+            graphed = train_step.ours_step(name, batch, torch.float16, graph=True)
+            graph_ms = train_step.bench(graphed)
+            kernel_us = sum(us for _, us in totals.values()) / args.steps
+            launches = sum(n for n, _ in totals.values()) / args.steps
+            print(
+                f"\n{name} b{batch}: {launches:.0f} launches, kernels {kernel_us:.1f} us/step, "
+                f"graphed step {graph_ms * 1e3:.1f} us ({graph_ms * 1e3 - kernel_us:.1f} us "
+                "outside kernels)"
+            )
+            for key, (n, us) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+                row = {
+                    "gpu": gpu,
+                    "torch": torch.__version__,
+                    "model": name,
+                    "batch": batch,
+                    "kernel": key,
+                    "launches_per_step": n / args.steps,
+                    "us_per_step": us / args.steps,
+                    "share": us / args.steps / kernel_us,
+                    "graph_step_us": graph_ms * 1e3,
+                }
+                rows.append(row)
+                print(
+                    f"  {key[:48]:<48} {row['launches_per_step']:5.1f}x "
+                    f"{row['us_per_step']:9.1f} us  {100 * row['share']:5.1f}%"
+                )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile_step_{gpu.replace(' ', '_')}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
