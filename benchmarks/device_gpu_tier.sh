@@ -9,5 +9,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -m gpu -n 12 -q -p no:cacheprovider -p no:benchmark --durations=15 "${@:-tests}" 2>&1 | tee "$OUT/gpu_tests.log"
+# The whole tier takes longer than one 10-minute device call (2026-12-04: ~96% done at 550 s),
+# so it runs in two parts: `bash benchmarks/device_gpu_tier.sh kernels` (the conv, depthwise and
+# autotune sweeps over every tile) and `... rest` (everything else); explicit test paths also
+# work, and no argument runs everything.
+KERNEL_SWEEPS="tests/test_conv.py tests/test_depthwise.py tests/test_autotune.py"
+case "${1:-all}" in
+    kernels) set -- $KERNEL_SWEEPS ;;
+    rest) set -- $(ls tests/test_*.py | grep -v -e test_conv.py -e test_depthwise.py -e test_autotune.py) ;;
+    all) set -- tests ;;
+esac
+python3 -m pytest -m gpu -n 12 -q -p no:cacheprovider -p no:benchmark --durations=15 "$@" 2>&1 | tee "$OUT/gpu_tests.log"
 echo "gpu tier exit: ${PIPESTATUS[0]}"

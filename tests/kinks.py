@@ -13,6 +13,10 @@ measures only rounding and can be held to a tight tolerance.
 
 ``KinkRecorder(model)`` records, in call order, the decision inputs of our kinked layers
 (the input of each activation / max pool, and the output of ``BasicBlock``'s fused add+ReLU).
+An activation fused into the BatchNorm before it (``nn.fusion``) decides on the BN's fp32
+result z inside the BN kernel, so for it the recorder rebuilds that z from what the BN keeps
+(``_saved``) with the kernel's expression: its pass-through input, the fp16 rounding of
+act(z), could sit on the kink (6.0 for z in [5.998, 6)) while the kernel's z did not.
 ``replay_kinks(twin, decisions)`` installs forward hooks on the twin that rebuild each kinked
 layer's output from its own (float64) input and our decision; every recorded decision must be
 consumed exactly once (``assert_consumed``).
@@ -33,23 +37,29 @@ class KinkRecorder:
     forward recorded, keyed by the twin's module name, and starts a new recording."""
 
     def __init__(self, model) -> None:
+        from tritoncnn.nn.fusion import fused_pairs
+
         self._queues: dict[str, list[tuple[str, torch.Tensor]]] = defaultdict(list)
         self._wrapped = []
+        bn_of = {id(act): bn for bn, act in fused_pairs(model)}
         for name, m in model.named_modules():
             kind = type(m).__name__
-            if kind in KINKED:
-                self._wrap(m, name, kind, record_input=True)
+            if kind in KINKED and id(m) in bn_of:
+                bn = bn_of[id(m)]
+                self._wrap(m, name, kind, lambda x, y, bn=bn: _pre_activation(bn))
+            elif kind in KINKED:
+                self._wrap(m, name, kind, lambda x, y: x)
             elif kind == "BasicBlock":
                 # the twin applies the block's ReLU module to out + identity; ours fuses it
-                self._wrap(m, f"{name}.relu" if name else "relu", "ReLU", record_input=False)
+                self._wrap(m, f"{name}.relu" if name else "relu", "ReLU", lambda x, y: y)
 
-    def _wrap(self, m, twin_name: str, kind: str, record_input: bool) -> None:
+    def _wrap(self, m, twin_name: str, kind: str, decided_on) -> None:
         original = m.forward
         queue = self._queues
 
         def forward(x, *args, **kwargs):
             y = original(x, *args, **kwargs)
-            queue[twin_name].append((kind, (x if record_input else y).detach().clone(), m))
+            queue[twin_name].append((kind, decided_on(x, y).detach().clone(), m))
             return y
 
         m.forward = forward
@@ -64,6 +74,17 @@ class KinkRecorder:
         for m in self._wrapped:
             del m.forward  # the instance attribute; the class method shows again
         self._wrapped.clear()
+
+
+def _pre_activation(bn) -> torch.Tensor:
+    """z = (x - mean) * (invstd * weight) + bias in fp32, as ``bn_apply_kernel`` computes it
+    before a fused activation, from the BN's last forward (batch or running statistics)."""
+    x, batch_stats, mean, stat = bn._saved
+    invstd = stat if batch_stats else 1.0 / torch.sqrt(stat.float() + bn.eps)
+    scale = invstd * (bn.weight.data if bn.weight is not None else 1.0)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    z = (x.float() - mean.float().view(shape)) * scale.view(shape)
+    return z + bn.bias.data.view(shape) if bn.bias is not None else z
 
 
 def _rebuild(kind: str, x: torch.Tensor, rec: torch.Tensor, ours, like: torch.Tensor):

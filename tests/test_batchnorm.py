@@ -252,8 +252,10 @@ def test_row_split(monkeypatch, programs):
     monkeypatch.setattr(norm, "_target_programs", lambda: programs)
     # a listed (GPU) tile: the interpreter's own tiles are too large to split 1500 rows this way
     monkeypatch.setattr(norm, "pick_config", lambda c: norm.NORM_CONFIGS[0])
-    rows, parts = norm._split_rows(1500, 3, norm.pick_config(3))
-    assert (rows > norm.pick_config(3).block_m) if programs == 1 else (parts > norm.BLOCK_P)
+    monkeypatch.setattr(norm, "STAGE2_TILE", 256)  # 16 partials per stage-2 iteration
+    cfg = norm.pick_config(3)
+    rows, parts = norm._split_rows(1500, 3, cfg)
+    assert (rows > cfg.block_m) if programs == 1 else (parts > norm.stage2_block(cfg))
     ours, ref = _pair(nn.BatchNorm1d, torch.nn.BatchNorm1d, 3)
     _check_step(ours, ref, _input((1500, 3), FP32, False, shift=5.0, scale=2.0), FP32)
     _assert_tickets_rearmed()

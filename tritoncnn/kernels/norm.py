@@ -55,8 +55,16 @@ NORM_CONFIGS: tuple[NormConfig, ...] = (
     NormConfig(block_m=16, block_c=128, num_warps=4),
 )
 
-# Partials combined per iteration of the stage-2 kernels.
-BLOCK_P = 16
+# Stage 2 runs in one program per channel block, after everything else (a serial tail): it
+# takes STAGE2_TILE // BLOCK_C partials per iteration, a tile as large as stage 1's, so the
+# hundreds of partials of a narrow layer (4 stage-1 programs per SM) take a handful of
+# iterations rather than dozens (with 16 at a time a forward launch over 8 MB took 28 us).
+STAGE2_TILE = 2048
+
+
+def stage2_block(cfg: NormConfig) -> int:
+    """Partials stage 2 combines per iteration (BLOCK_P) for tile ``cfg``."""
+    return max(16, STAGE2_TILE // cfg.block_c)
 
 
 # --- kernels ---------------------------------------------------------------------------------
@@ -761,7 +769,7 @@ def batch_norm_forward_train(
         m, c, hw, w, *sx, rows, n_parts,
         0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, STORE_M2=False,
-        BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **tile,
     )
     # fmt: on
     nbt = num_batches_tracked if inc else None
@@ -786,7 +794,7 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
         x, pmean, pm2, runtime.tickets(c_blocks), moments[0], moments[1],
         moments, moments, moments, m, c, hw, w, *sx, rows, n_parts, 0.0, 0.0,
         UPDATE_RUNNING=False, CUMULATIVE=False, STORE_M2=True,
-        BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **tile,
     )
     # fmt: on
     return moments
@@ -934,7 +942,7 @@ def _backward(
             grad_weight if want_gw else means, grad_bias if want_gb else means,
             m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
             WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
-            BLOCK_M=cfg.block_m, BLOCK_P=BLOCK_P, **flags, **tile,
+            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **flags, **tile,
         )
         # fmt: on
         if average_means is not None and batch_stats:

@@ -53,13 +53,18 @@ def fuse_bn_activations(model: Module) -> int:
     return fused
 
 
-def unfuse_bn_activations(model: Module) -> int:
-    """Undo ``fuse_bn_activations`` (each activation runs its own kernels again)."""
-    undone = 0
+def fused_pairs(model: Module) -> Iterator[tuple[Module, Module]]:
+    """The (BatchNorm, activation) pairs of ``model`` that run fused."""
     for module in model.modules():
         for bn, act in _adjacent_pairs(module):
             if isinstance(bn, _BatchNorm) and isinstance(act, _Activation) and act.fused:
-                bn.act, bn.act_alpha = ACT_NONE, 0.0
-                act.fused = False
-                undone += 1
-    return undone
+                yield bn, act
+
+
+def unfuse_bn_activations(model: Module) -> int:
+    """Undo ``fuse_bn_activations`` (each activation runs its own kernels again)."""
+    pairs = list(fused_pairs(model))
+    for bn, act in pairs:
+        bn.act, bn.act_alpha = ACT_NONE, 0.0
+        act.fused = False
+    return len(pairs)
