@@ -53,6 +53,12 @@ def bf16_supported() -> bool:
     return torch.cuda.get_device_capability(DEVICE)[0] >= 8
 
 
+# Elements per 2-d tile that the row-slab pickers (norm, pool) aim for in the interpreter: there a
+# program costs ~100 numpy calls whatever its size, and numpy on 32K elements still costs about
+# what the call does.
+INTERPRETER_TILE = 32768
+
+
 def interpreter_block(n: int, cap: int, floor: int = 16) -> int:
     """A tile extent for the interpreter: the interpreter pays per program and per loop step,
     not per element, so it wants few, large tiles (the power of two >= n, within [floor, cap])."""

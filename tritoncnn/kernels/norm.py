@@ -647,7 +647,7 @@ def pick_config(channels: int) -> NormConfig:
     """The narrowest listed channel block that covers ``channels`` (the widest beyond that)."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         block_c = runtime.interpreter_block(channels, 128)
-        return NormConfig(max(16, 8192 // block_c), block_c, 4)
+        return NormConfig(max(16, runtime.INTERPRETER_TILE // block_c), block_c, 4)
     for cfg in NORM_CONFIGS:
         if cfg.block_c >= channels:
             return cfg

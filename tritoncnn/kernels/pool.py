@@ -479,7 +479,7 @@ def _pick_config(c: int, configs, config):
         return tuple(config)
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         block_c = runtime.interpreter_block(c, 128, floor=configs[0][1])
-        return (max(configs[0][0], 8192 // block_c), block_c, 4)
+        return (max(configs[0][0], runtime.INTERPRETER_TILE // block_c), block_c, 4)
     for cfg in configs:
         if cfg[1] >= c:
             return cfg
