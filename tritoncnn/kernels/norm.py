@@ -114,6 +114,26 @@ def _affine(
 
 
 @triton.jit
+def _update_running(
+    rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, unbiased, momentum,
+    CUMULATIVE: tl.constexpr,
+):  # fmt: skip
+    """Running stats in place, as torch: r = (1 - f) * r + f * stat, with the batch mean and
+    the unbiased variance; f = momentum, or 1 / (num_batches_tracked + 1) when CUMULATIVE
+    (nbt_ptr is read here; bn_apply_kernel increments it in a later launch)."""
+    if CUMULATIVE:
+        f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
+    else:
+        f = momentum
+    rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    rm = (1.0 - f) * rm + f * mean
+    rv = (1.0 - f) * rv + f * unbiased
+    tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+    tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
 def _finalize_stats(
     x_ptr,
     pmean_ptr,
@@ -172,17 +192,10 @@ def _finalize_stats(
         tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
 
     if UPDATE_RUNNING:
-        if CUMULATIVE:
-            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
-        else:
-            f = momentum
-        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        unbiased = m2 / (M - 1)
-        rm = (1.0 - f) * rm + f * mean
-        rv = (1.0 - f) * rv + f * unbiased
-        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
-        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+        # fmt: off
+        _update_running(rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, m2 / (M - 1),
+                        momentum, CUMULATIVE)
+        # fmt: on
 
 
 @triton.jit
@@ -329,16 +342,10 @@ def bn_stats_merge_ranks_kernel(
     tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
     tl.store(save_invstd_ptr + offs_c, invstd, mask=mask_c)
     if UPDATE_RUNNING:
-        if CUMULATIVE:
-            f = 1.0 / (tl.load(nbt_ptr) + 1).to(tl.float32)
-        else:
-            f = momentum
-        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rm = (1.0 - f) * rm + f * mean
-        rv = (1.0 - f) * rv + f * (m2 / (count - 1.0))
-        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
-        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+        # fmt: off
+        _update_running(rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, m2 / (count - 1.0),
+                        momentum, CUMULATIVE)
+        # fmt: on
 
 
 @triton.jit
