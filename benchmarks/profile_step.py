@@ -53,6 +53,22 @@ def kernel_times(step, steps: int) -> dict[str, list[float]]:
     return totals
 
 
+def kernel_trace(step) -> list[tuple[str, float]]:
+    """[(kernel name, device microseconds)] of one eager step, in launch order: which layer a
+    kernel belongs to follows from its place in the step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [ev for ev in prof.events() if ev.device_type == DeviceType.CUDA]
+    kernels.sort(key=lambda ev: ev.time_range.start)
+    return [(ev.name, ev.time_range.elapsed_us()) for ev in kernels]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["baseline"])
@@ -61,15 +77,26 @@ def main() -> None:
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="also write every kernel of one step in launch order (profile_trace_<gpu>.csv)",
+    )
     args = ap.parse_args()
     if runtime.INTERPRETED:
         sys.exit("benchmarks/profile_step.py needs a CUDA GPU")
     gpu = torch.cuda.get_device_name()
-    rows = []
+    rows, trace_rows = [], []
     for name in args.models:
         for batch in args.batches:
             step = train_step.ours_step(name, batch, torch.float16, graph=False)
             totals = kernel_times(step, args.steps)
+            if args.trace:
+                for i, (kernel, us) in enumerate(kernel_trace(step)):
+                    trace_rows.append(
+                        {"gpu": gpu, "model": name, "batch": batch, "index": i,
+                         "kernel": kernel, "us": us}
+                    )  # fmt: skip
             graphed = train_step.ours_step(name, batch, torch.float16, graph=True)
             graph_ms = train_step.bench(graphed)
             kernel_us = sum(us for _, us in totals.values()) / args.steps
@@ -98,7 +125,12 @@ def main() -> None:
                 )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"profile_step_{gpu.replace(' ', '_')}.csv"
+    write_csv(out / f"profile_step_{gpu.replace(' ', '_')}.csv", rows)
+    if trace_rows:
+        write_csv(out / f"profile_trace_{gpu.replace(' ', '_')}.csv", trace_rows)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

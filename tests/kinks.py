@@ -14,9 +14,12 @@ measures only rounding and can be held to a tight tolerance.
 ``KinkRecorder(model)`` records, in call order, the decision inputs of our kinked layers
 (the input of each activation / max pool, and the output of ``BasicBlock``'s fused add+ReLU).
 An activation fused into the BatchNorm before it (``nn.fusion``) decides on the BN's fp32
-result z inside the BN kernel, so for it the recorder rebuilds that z from what the BN keeps
-(``_saved``) with the kernel's expression: its pass-through input, the fp16 rounding of
-act(z), could sit on the kink (6.0 for z in [5.998, 6)) while the kernel's z did not.
+result z inside the BN kernel. Its pass-through input act(z) shows that decision exactly in
+fp32, but a 16-bit rounding of act(z) can sit on a kink the kernel's z was not on (6.0 for z in
+[5.998, 6)). There, and only there (output exactly 0 or 6 in 16 bits), the recorder rebuilds z
+from what the BN keeps (``_saved``) with the kernel's expression. Rebuilding z everywhere would
+not do: torch's rounding of that expression differs from the kernel's (which contracts into
+FMAs), so in fp32 an element within an ulp of 0 could flip.
 ``replay_kinks(twin, decisions)`` installs forward hooks on the twin that rebuild each kinked
 layer's output from its own (float64) input and our decision; every recorded decision must be
 consumed exactly once (``assert_consumed``).
@@ -46,7 +49,7 @@ class KinkRecorder:
             kind = type(m).__name__
             if kind in KINKED and id(m) in bn_of:
                 bn = bn_of[id(m)]
-                self._wrap(m, name, kind, lambda x, y, bn=bn: _pre_activation(bn))
+                self._wrap(m, name, kind, lambda x, y, bn=bn: _fused_decision(bn, x))
             elif kind in KINKED:
                 self._wrap(m, name, kind, lambda x, y: x)
             elif kind == "BasicBlock":
@@ -74,6 +77,15 @@ class KinkRecorder:
         for m in self._wrapped:
             del m.forward  # the instance attribute; the class method shows again
         self._wrapped.clear()
+
+
+def _fused_decision(bn, out: torch.Tensor) -> torch.Tensor:
+    """What a fused BN -> activation decided on: its output ``out`` = act(z) where that is
+    unambiguous (always in fp32), the rebuilt z where a 16-bit rounding landed on a kink."""
+    if out.dtype == torch.float32:
+        return out
+    at_kink = (out == 0) | (out == 6)
+    return torch.where(at_kink, _pre_activation(bn), out.float())
 
 
 def _pre_activation(bn) -> torch.Tensor:

@@ -254,11 +254,36 @@ def test_row_split(monkeypatch, programs):
     monkeypatch.setattr(norm, "pick_config", lambda c: norm.NORM_CONFIGS[0])
     monkeypatch.setattr(norm, "STAGE2_TILE", 256)  # 16 partials per stage-2 iteration
     cfg = norm.pick_config(3)
-    rows, parts = norm._split_rows(1500, 3, cfg)
+    rows, parts = norm._split_rows(3000, 3, cfg)
     assert (rows > cfg.block_m) if programs == 1 else (parts > norm.stage2_block(cfg))
+    assert 3000 % rows and rows % cfg.block_m == 0
     ours, ref = _pair(nn.BatchNorm1d, torch.nn.BatchNorm1d, 3)
-    _check_step(ours, ref, _input((1500, 3), FP32, False, shift=5.0, scale=2.0), FP32)
+    _check_step(ours, ref, _input((3000, 3), FP32, False, shift=5.0, scale=2.0), FP32)
     _assert_tickets_rearmed()
+
+
+def test_split_rows_keeps_partials_few(monkeypatch):
+    """A small tensor on a large GPU: every stage-1 program still reduces MIN_STAGE1_TILES
+    tiles, so stage 2 (serial) has few partials to walk."""
+    monkeypatch.setattr(norm, "_target_programs", lambda: 528)
+    cfg = norm.NORM_CONFIGS[-1]
+    rows, parts = norm._split_rows(8192, 128, cfg)
+    assert rows == norm.MIN_STAGE1_TILES * cfg.block_m
+    assert parts == 8192 // rows
+
+
+def test_pick_config_pads_wide_channels_little(monkeypatch):
+    """GPU tiles: the narrowest block covering C, and past 128 channels a block that pads C by
+    at most 1/8."""
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    assert norm.pick_config(20).block_c == 32
+    assert norm.pick_config(128).block_c == 128
+    for c, block in ((144, 32), (192, 64), (384, 128), (576, 128), (960, 128), (1000, 128)):
+        assert norm.pick_config(c).block_c == block, c
+    for c in range(129, 2000):
+        cfg = norm.pick_config(c)
+        assert cfg in norm.NORM_CONFIGS
+        assert 8 * (-c % cfg.block_c) <= c
 
 
 def _assert_tickets_rearmed():

@@ -11,8 +11,8 @@ Weights are C,1,KH,KW fp32 (any strides), math is fp32, outputs take the activat
 - dgrad: the same tiling over *input* pixels, gathering the output pixels whose window covers
   each one ((h + pad - kh*dil) divisible by stride and in range): no atomics, no zero-inserted
   copies, every element written.
-- wgrad: deterministic two-stage reduction over N*HO*WO: per-program partial sums for all taps
-  of a channel block into an fp32 scratch buffer, then a small kernel sums the partials in a
+- wgrad: deterministic two-stage reduction over N*HO*WO: per-program partial sums for one tap
+  and a channel block into an fp32 scratch buffer, then a small kernel sums the partials in a
   fixed order and writes (or, with ACCUMULATE, adds into) the weight gradient.
 """
 
@@ -37,8 +37,8 @@ class DepthwiseConfig(NamedTuple):
 
 
 class WgradConfig(NamedTuple):
-    """Tile of the wgrad partial kernel: BLOCK_C channels, and ``tile`` elements in the
-    BLOCK_P x taps x BLOCK_C accumulator (BLOCK_P follows from it and the tap count)."""
+    """Tile of the wgrad partial kernel: BLOCK_C channels, and ``tile`` elements in its
+    BLOCK_P x BLOCK_C accumulator (BLOCK_P = tile // BLOCK_C pixels)."""
 
     block_c: int
     tile: int
@@ -64,8 +64,8 @@ WGRAD_CONFIGS: tuple[WgradConfig, ...] = (
 
 # Below this many programs a layer can't fill an H100 (132 SMs x several programs each).
 _MIN_PROGRAMS = 512
-# Stage-1 wgrad programs aimed for; fixed (not read from the device) so that the summation order,
-# hence the result bit for bit, is the same on every machine.
+# Stage-1 wgrad programs aimed for per tap; fixed (not read from the device) so that the
+# summation order, hence the result bit for bit, is the same on every machine.
 _WGRAD_TARGET_PROGRAMS = 1024
 # Stage-2 tile: BLOCK_K partial rows x BLOCK_J (tap, channel) entries.
 _REDUCE_BLOCK_K = 32
@@ -213,35 +213,39 @@ def depthwise_wgrad_partial_kernel(
     sg_n, sg_h, sg_w, sg_c,
     pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-    TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
-    x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for every tap t = kh*KW + kw.
+    x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
 
-    Program (k, j) (axes 0, 1) owns output pixels [k*ITERS*BLOCK_P, (k+1)*ITERS*BLOCK_P) of
-    the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C). All taps are carried at
-    once in a BLOCK_P x TAPS x BLOCK_C fp32 accumulator, so each go tile is read once; the
-    pixel axis is reduced only at the end, in a fixed order (deterministic).
+    Program (k*KH*KW + t, j) (axes 0, 1) owns tap t, output pixels [k*ITERS*BLOCK_P,
+    (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C),
+    accumulating a BLOCK_P x BLOCK_C fp32 tile that is reduced over pixels once, at the end
+    (a fixed order: deterministic). The tap is the fastest program index, so the KH*KW
+    programs of one pixel chunk run side by side and their shared go tile and overlapping x
+    windows come from L2. (Carrying every tap in one program needed a pixels x taps x
+    channels accumulator, taps padded to a power of two: 9 taps left 7 of 16 lanes idle and
+    only a few pixels fit a tile.)
 
     x_ptr (N,C,H,W), go_ptr (N,C,HO,WO): read through element strides (NHWC in the normal
-    case). part_ptr: contiguous fp32 scratch [num_programs_axis0, KH*KW, C].
+    case). part_ptr: contiguous fp32 scratch [chunks, KH*KW, C].
     C, H, W: channels and input size. HO, WO: output size. P: N*HO*WO. ITERS: pixel tiles per
     program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
     dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
-    TAPS: KH*KW rounded up to a power of two. BLOCK_P, BLOCK_C: tile size.
+    BLOCK_P, BLOCK_C: tile size.
     """
-    pid_p = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    t = tl.arange(0, TAPS)
-    t_ok = t < KH * KW
+    pid = tl.program_id(0)
+    chunk = pid // (KH * KW)
+    t = pid - chunk * (KH * KW)
     kh_d = (t // KW) * dil_h
     kw_d = (t % KW) * dil_w
-    x_c = (c * sx_c)[None, None, :]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    x_c = (c * sx_c)[None, :]
     g_c = (c * sg_c)[None, :]
-    acc = tl.zeros((BLOCK_P, TAPS, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for it in range(ITERS):
-        p = (pid_p * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_mask = p < P
         ow = p % WO
         oh = (p // WO) % HO
@@ -250,23 +254,17 @@ def depthwise_wgrad_partial_kernel(
         gv = tl.load(
             go_ptr + g_off[:, None] + g_c, mask=p_mask[:, None] & c_mask[None, :], other=0.0
         ).to(tl.float32)
-        ih = (oh * STRIDE_H - pad_h)[:, None] + kh_d[None, :]  # BLOCK_P x TAPS
-        iw = (ow * STRIDE_W - pad_w)[:, None] + kw_d[None, :]
-        ok = p_mask[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = n64[:, None] * sx_n + ih * sx_h + iw * sx_w
+        ih = oh * STRIDE_H - pad_h + kh_d
+        iw = ow * STRIDE_W - pad_w + kw_d
+        ok = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_off = n64 * sx_n + ih * sx_h + iw * sx_w
         xv = tl.load(
-            x_ptr + x_off[:, :, None] + x_c,
-            mask=ok[:, :, None] & c_mask[None, None, :],
-            other=0.0,
+            x_ptr + x_off[:, None] + x_c, mask=ok[:, None] & c_mask[None, :], other=0.0
         ).to(tl.float32)
-        acc += xv * gv[:, None, :]
-    part = tl.sum(acc, axis=0)  # TAPS x BLOCK_C
-    row = pid_p.to(tl.int64) * (KH * KW) * C
-    tl.store(
-        part_ptr + row + t[:, None] * C + c[None, :],
-        part,
-        mask=t_ok[:, None] & c_mask[None, :],
-    )
+        acc += xv * gv
+    part = tl.sum(acc, axis=0)  # BLOCK_C
+    row = (chunk.to(tl.int64) * (KH * KW) + t) * C
+    tl.store(part_ptr + row + c, part, mask=c_mask)
 
 
 @triton.jit
@@ -477,25 +475,24 @@ def depthwise_conv2d_wgrad(
         grad_weight = runtime.empty_nhwc(c, 1, kh, kw, torch.float32)
 
     cfg = config or pick_wgrad_config(c)
-    taps = triton.next_power_of_2(kh * kw)
-    # at least 2 pixels: big kernels (7x7 and up) slightly overshoot the tile instead
-    block_p = max(2, cfg.tile // (taps * cfg.block_c))
+    block_p = cfg.tile // cfg.block_c
     pixels = n * ho * wo
     c_blocks = triton.cdiv(c, cfg.block_c)
-    # Split the pixels so that ~_WGRAD_TARGET_PROGRAMS programs run, each over whole tiles.
+    # Split the pixels so that ~_WGRAD_TARGET_PROGRAMS programs run per tap, each over whole
+    # tiles.
     target = 4 if runtime.INTERPRETED else _WGRAD_TARGET_PROGRAMS  # the interpreter is serial
     chunks_wanted = max(1, target // c_blocks)
     iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
     chunks = triton.cdiv(pixels, iters * block_p)
     partials = runtime.empty((chunks, kh * kw, c), torch.float32)
-    depthwise_wgrad_partial_kernel[(chunks, c_blocks)](
+    depthwise_wgrad_partial_kernel[(chunks * kh * kw, c_blocks)](
         x, grad_out, partials,
         c, h, w, ho, wo, pixels, iters,
         *runtime.nhwc_strides(x),
         *runtime.nhwc_strides(grad_out),
         ph, pw, dh, dw,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
-        TAPS=taps, BLOCK_P=block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_P=block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )  # fmt: skip
     entries = kh * kw * c
     depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](

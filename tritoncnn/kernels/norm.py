@@ -10,8 +10,9 @@ Every reduction is deterministic and two-stage: stage 1 reduces a slab of rows f
 channels into fp32 partials; the last program of a channel block to finish (an atomic ticket,
 ``runtime.tickets``) runs stage 2, which combines the partials in a fixed order, so the result
 does not depend on which program came last. Training statistics are taken of x - x[row 0] (a
-per-channel pivot) and merge per-tile (count, mean, M2) triples with Chan's parallel formula,
-so the variance has no catastrophic cancellation even for inputs like ``1000 + randn``.
+per-channel pivot), accumulated with Welford's update per tile element and merged as (count,
+mean, M2) triples with Chan's parallel formula, so the variance has no catastrophic
+cancellation even for inputs like ``1000 + randn``.
 
 Training forward (2 launches): ``bn_stats_kernel`` (partials; the last program per channel
 block writes save_mean / save_invstd and updates the running stats in place exactly as torch)
@@ -134,6 +135,18 @@ def _update_running(
 
 
 @triton.jit
+def _merge_lanes(lane_cnt, lane_mean, lane_m2):
+    """(mean, M2) per column of lanes (rows) that each hold a (count, mean, M2) triple, by
+    Chan's formula for all lanes at once: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)**2).
+    lane_cnt: [L] counts (a lane may be empty); lane_mean, lane_m2: [L, BLOCK_C]."""
+    n = tl.sum(lane_cnt, axis=0)
+    mean = tl.sum(lane_cnt[:, None] * lane_mean, axis=0) / n
+    spread = lane_mean - mean[None, :]
+    m2 = tl.sum(lane_m2 + lane_cnt[:, None] * spread * spread, axis=0)
+    return mean, m2
+
+
+@triton.jit
 def _finalize_stats(
     x_ptr,
     pmean_ptr,
@@ -158,11 +171,15 @@ def _finalize_stats(
     BLOCK_C: tl.constexpr,
     STORE_M2: tl.constexpr,
 ):
-    """Stage 2 for channels offs_c: merge the n_parts partials in order, BLOCK_P at a time
-    (partial p covers min(ROWS, M - p*ROWS) rows), with Chan's formula; store the batch mean
-    and invstd (or M2 when STORE_M2); update the running stats when UPDATE_RUNNING."""
-    mean = tl.zeros((BLOCK_C,), tl.float32)
-    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    """Stage 2 for channels offs_c: merge the n_parts partials (partial p covers
+    min(ROWS, M - p*ROWS) rows) with Chan's formula in a fixed order: lane i of a BLOCK_P x
+    BLOCK_C tile merges partials i, i + BLOCK_P, ... elementwise (no reduction inside the
+    loop: this runs in one program after all others, so each iteration is pure latency),
+    then the lanes are merged; store the batch mean and invstd (or M2 when STORE_M2); update
+    the running stats when UPDATE_RUNNING."""
+    lane_cnt = tl.zeros((BLOCK_P,), tl.float32)
+    lane_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    lane_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for p0 in range(0, n_parts, BLOCK_P):
         parts = p0 + tl.arange(0, BLOCK_P)
         mask_p = parts < n_parts
@@ -171,16 +188,14 @@ def _finalize_stats(
         # .cg: other programs wrote these; read them from L2, never from a stale L1 line
         pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
         pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        cnt = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
-        nb = tl.sum(cnt, axis=0)
-        tile_mean = tl.sum(cnt[:, None] * pmean, axis=0) / nb
-        d = pmean - tile_mean[None, :]
-        tile_m2 = tl.sum(tl.where(mask, pm2 + cnt[:, None] * d * d, 0.0), axis=0)
-        na = p0 * ROWS * 1.0  # rows merged so far: every earlier partial is full
-        n = na + nb
-        delta = tile_mean - mean
-        mean = mean + delta * (nb / n)
-        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
+        nb = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
+        na = lane_cnt
+        lane_cnt += nb
+        share = tl.where(mask_p, nb / tl.maximum(lane_cnt, 1.0), 0.0)  # nb / n
+        delta = tl.where(mask, pmean - lane_mean, 0.0)
+        lane_mean += delta * share[:, None]
+        lane_m2 += pm2 + delta * delta * (na * share)[:, None]
+    mean, m2 = _merge_lanes(lane_cnt, lane_mean, lane_m2)
 
     mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
     var = m2 / M
@@ -233,9 +248,10 @@ def bn_stats_kernel(
 
     Layout: x is an M x C row matrix (see module docstring) read through strides s_n, s_h,
     s_w (row decode) and s_c (channels). Program (pid_m, pid_c) reduces rows
-    [pid_m*ROWS, min((pid_m+1)*ROWS, M)) for channels [pid_c*BLOCK_C, +BLOCK_C) tile by tile:
-    each BLOCK_M x BLOCK_C tile's exact mean and M2 are merged into the running pair with
-    Chan's formula, all in fp32, on x - x[row 0] (the pivot), and stored as partial pid_m.
+    [pid_m*ROWS, min((pid_m+1)*ROWS, M)) for channels [pid_c*BLOCK_C, +BLOCK_C), BLOCK_M rows
+    at a time: every tile element keeps its own Welford (count, mean, M2) of x - x[row 0] (the
+    pivot) in fp32; after the loop the BLOCK_M row lanes are merged with Chan's formula and
+    stored as partial pid_m.
     The program that takes the last of the n_parts tickets of its channel block runs stage 2
     (``_finalize_stats``) for those channels and re-arms the ticket.
 
@@ -264,26 +280,25 @@ def bn_stats_kernel(
     # program): for inputs like 1000 + randn the shifted values are O(std), so the sums keep
     # their precision and the mean is K + (small mean), rounded once.
     pivot = tl.load(x_ptr + col, mask=mask_c, other=0.0).to(tl.float32)
-    mean = tl.zeros((BLOCK_C,), tl.float32)
-    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    # Welford per lane: each element of the BLOCK_M x BLOCK_C tile keeps the running (mean,
+    # M2) of the rows it visits, elementwise, so the loop has no cross-warp reduction (one
+    # per tile made this kernel several times slower than bn_apply_kernel over the same
+    # data); the lanes are merged with Chan's formula once, after the loop.
+    lane_cnt = tl.zeros((BLOCK_M,), tl.float32)
+    lane_mean = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    lane_m2 = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
     for start in range(0, n_rows, BLOCK_M):
         rows = row0 + start + tl.arange(0, BLOCK_M)
         mask_m = rows < row0 + n_rows
         mask = mask_m[:, None] & mask_c[None, :]
         offs = _row_offsets(rows, HW, W, s_n, s_h, s_w)[:, None] + col[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, x - pivot[None, :], 0.0)
-        # Exact statistics of this tile, then Chan's merge: both terms are centred, so no
-        # large sum of squares ever meets a large squared mean.
-        nb = tl.minimum(BLOCK_M, n_rows - start).to(tl.float32)
-        na = start * 1.0  # rows merged so far (fp32)
-        tile_mean = tl.sum(x, axis=0) / nb
-        d = tl.where(mask, x - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(d * d, axis=0)
-        n = na + nb
-        delta = tile_mean - mean
-        mean = mean + delta * (nb / n)
-        m2 = m2 + tile_m2 + delta * delta * (na * nb / n)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - pivot[None, :]
+        lane_cnt += mask_m.to(tl.float32)
+        inv_cnt = tl.where(mask_m, 1.0 / tl.maximum(lane_cnt, 1.0), 0.0)
+        delta = tl.where(mask, x - lane_mean, 0.0)
+        lane_mean += delta * inv_cnt[:, None]
+        lane_m2 += delta * (x - lane_mean)
+    mean, m2 = _merge_lanes(lane_cnt, lane_mean, lane_m2)
 
     out = pid_m.to(tl.int64) * C + offs_c
     tl.store(pmean_ptr + out, mean, mask=mask_c)
@@ -651,21 +666,33 @@ def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int,
 
 
 def pick_config(channels: int) -> NormConfig:
-    """The narrowest listed channel block that covers ``channels`` (the widest beyond that)."""
+    """The narrowest listed channel block that covers ``channels``; beyond the widest, the
+    widest block that pads the channels by at most 1/8 (144 channels: 5 blocks of 32, not 2 of
+    128 with 112 of the 256 lanes masked off)."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         block_c = runtime.interpreter_block(channels, 128)
         return NormConfig(max(16, runtime.INTERPRETER_TILE // block_c), block_c, 4)
     for cfg in NORM_CONFIGS:
         if cfg.block_c >= channels:
             return cfg
-    return NORM_CONFIGS[-1]
+    for cfg in reversed(NORM_CONFIGS):
+        padded = triton.cdiv(channels, cfg.block_c) * cfg.block_c
+        if 8 * (padded - channels) <= channels:
+            return cfg
+    return NORM_CONFIGS[0]
+
+
+# Each stage-1 program reduces at least this many tiles, so a small tensor isn't split into
+# hundreds of one-tile partials that stage 2 then walks serially.
+MIN_STAGE1_TILES = 2
 
 
 def _split_rows(m: int, c: int, cfg: NormConfig) -> tuple[int, int]:
     """(rows per stage-1 program, number of partials): enough programs to fill the device."""
     c_blocks = triton.cdiv(c, cfg.block_c)
     want = max(1, triton.cdiv(_target_programs(), c_blocks))
-    rows = triton.cdiv(triton.cdiv(m, want), cfg.block_m) * cfg.block_m
+    tiles = max(triton.cdiv(triton.cdiv(m, want), cfg.block_m), MIN_STAGE1_TILES)
+    rows = tiles * cfg.block_m
     return rows, triton.cdiv(m, rows)
 
 
