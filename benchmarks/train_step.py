@@ -32,6 +32,7 @@ import datetime
 import gc
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -167,6 +168,7 @@ def main() -> None:
     ap.add_argument("--reduce-overhead", action="store_true")
     ap.add_argument("--max-autotune", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--ours-only", action="store_true", help="no torch rows")
     ap.add_argument("--no-graph", action="store_true", help="tritoncnn eager launches only")
     ap.add_argument(
         "--unfused", action="store_true", help="add a graph row without the BN->activation fusion"
@@ -185,6 +187,7 @@ def main() -> None:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
+        "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
     ours = {"tritoncnn_fp16": (False, True)}  # variant: (CUDA graph, fuse)
     if not args.no_graph:
@@ -195,8 +198,8 @@ def main() -> None:
             ours["tritoncnn_fp16_graph"] = (True, True)
             if args.unfused:
                 ours["tritoncnn_fp16_graph_unfused"] = (True, False)
-    modes = ["eager_fp32", "eager_amp_cl"]
-    if not args.no_compile:
+    modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
+    if not (args.no_compile or args.ours_only):
         modes.append("compile")
     if args.reduce_overhead:
         modes.append("compile_reduce_overhead")
@@ -220,7 +223,11 @@ def main() -> None:
             for variant, make in variants.items():
                 _free()
                 try:
+                    t0 = time.perf_counter()
                     fn = make()
+                    fn()  # compiles (and, with the autotuner on, tunes) everything
+                    torch.cuda.synchronize()
+                    setup_s = time.perf_counter() - t0
                     ms = bench(fn)
                 except Exception as e:  # noqa: BLE001 - record and go on with the next mode
                     print(f"{name} b{batch} {variant}: failed: {e!r}"[:300], flush=True)
@@ -240,12 +247,13 @@ def main() -> None:
                         "images_per_s": batch / ms * 1e3,
                         "tflops": fpi * batch / ms / 1e9,
                         "peak_mem_mib": peak,
+                        "setup_s": setup_s,
                     }
                 )
                 print(
                     f"{name:<12} b{batch:<4} {variant:<28} {ms:8.3f} ms  "
                     f"{batch / ms * 1e3:9.0f} img/s  {fpi * batch / ms / 1e9:7.2f} TFLOP/s  "
-                    f"peak {peak:8.1f} MiB",
+                    f"peak {peak:8.1f} MiB  setup {setup_s:6.1f} s",
                     flush=True,
                 )
     if not rows:

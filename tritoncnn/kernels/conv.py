@@ -74,7 +74,8 @@ class ConvConfig:
 
 
 # Every configuration the launch helpers can choose (the GPU tier runs each one). The first
-# eight are the heuristic's (pick_config); the rest only the autotuner picks. 8-warp tiles are
+# eight and the square 64 x 64 tiles are the heuristic's (pick_config); the rest only the
+# autotuner picks. 8-warp tiles are
 # for 1x1 GEMMs (IS_1X1) only: non-1x1 conv tiles with 8 warps have been miscompiled by Triton
 # (pytorch #173068), so ``gemm_candidates`` never offers them to a tap-looping kernel.
 CONFIGS: tuple[ConvConfig, ...] = (
@@ -118,7 +119,9 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
         return ConvConfig(bm, bn, ib(k, min(1024, 2**18 // max(bm, bn))), 4, 1)
     bn = 32 if n <= 32 else 64 if n <= 64 else 128
     few_rows = m <= 64 * 132  # 128-row tiles would leave some of an H100's 132 SMs idle
-    bm = 64 if bn == 32 or (bn == 128 and few_rows) else 128
+    # (a GEMM of at most 64 rows, e.g. the weight gradient of a 64-channel layer, takes 64:
+    # a 128-row tile would multiply 64 rows of masked zeros)
+    bm = 64 if bn == 32 or m <= 64 or (bn == 128 and few_rows) else 128
     bk = 64 if dtype != torch.float32 and k >= 64 else 32
     for cfg in CONFIGS:
         if (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K) == (bm, bn, bk):
