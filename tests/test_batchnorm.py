@@ -212,6 +212,21 @@ def test_large_mean_no_cancellation():
     _check_step(ours, ref, _input((3, c, 7, 5), FP32, True, shift=100.0), FP32)
 
 
+def test_outlier_pivot_no_cancellation():
+    """The statistics are taken of x - x[row 0]; when row 0 is an outlier (a zero padding
+    pixel in front of values near 1000) the shifted values are ~1000 again. Welford's update
+    keeps the variance at fp32 accuracy there; fp32 sums of squares of the shifted values
+    would be off by ~5e-3 (4096 rows: variance ~245 against squares of ~1e6)."""
+    c = 19
+    x = randn(4, c, 32, 32, dtype=torch.float64) + 1000.0
+    x[0, :, 0, 0] = 0.0
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    _, mean, invstd = norm.batch_norm_forward_train(x, None, None, None, None, None, 0.1, 1e-5)
+    xd = f64(x)
+    assert_close(mean, xd.mean((0, 2, 3)), FP32, what="mean")
+    assert_close(invstd, (xd.var((0, 2, 3), unbiased=False) + 1e-5).rsqrt(), FP32, what="invstd")
+
+
 @pytest.mark.parametrize("cfg", norm.NORM_CONFIGS)
 def test_every_config(cfg):
     """Each listed tile config, on strided (non-dense) views of x and grad_out."""
