@@ -224,6 +224,7 @@ def test_pick_config_only_returns_listed_configs(monkeypatch):
             for dtype in runtime.SUPPORTED_DTYPES:
                 assert K.pick_config(m, n, 27, dtype) in K.CONFIGS
                 assert K.pick_config(m, n, 4608, dtype) in K.CONFIGS
+                assert K.pick_config(m, n, 10**6, dtype) in K.CONFIGS
 
 
 @pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2)])
