@@ -54,8 +54,18 @@ CASES = {
     "1x1_s2": (2, 17, 7, 5, 19, (1, 1), (2, 2), (0, 0), (1, 1), 1),
     "3x3_s2_groups2_wide": (1, 34, 6, 5, 34, (3, 3), (2, 2), (1, 1), (1, 1), 2),
     "3x2_s3_dil2_untouched": (1, 4, 8, 9, 17, (3, 2), (3, 2), (0, 1), (2, 1), 1),
+    # channel counts of whole 16-byte vectors that Triton can't see (vector_align > 1)
+    "1x1_24_to_40": (2, 24, 5, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "3x3_24_to_24": (2, 24, 6, 5, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
-FP16_CASES = ["stem_3x3_s2", "3x3_dil2_wide", "1x1", "3x3_s2_groups2_wide"]
+FP16_CASES = [
+    "stem_3x3_s2",
+    "3x3_dil2_wide",
+    "1x1",
+    "3x3_s2_groups2_wide",
+    "1x1_24_to_40",
+    "3x3_24_to_24",
+]
 
 
 def _check_module(case, dtype, channels_last=True):
@@ -170,6 +180,22 @@ def test_every_bias_grad_config(config):
     dbr = f64(go).sum(dim=(0, 2, 3))
     assert_close(K.conv2d_bias_grad(go, config=config), dbr, what=f"bias grad {config}")
     assert_close(K.conv2d_bias_grad(go, config=config, split=2), dbr, what=f"split {config}")
+
+
+def test_vector_align():
+    """Channel runs of whole 16-byte vectors that start 16-byte aligned get a hint only when
+    Triton can't see it itself; anything else gets 1."""
+    fp16, fp32 = torch.float16, torch.float32
+    assert K.vector_align(randn(2, 24, 5, 7, dtype=fp16, channels_last=True), 24) == 8
+    assert K.vector_align(randn(2, 24, 5, 7, dtype=fp32, channels_last=True), 24) == 4
+    assert K.vector_align(randn(2, 32, 5, 7, dtype=fp16, channels_last=True), 32) == 1
+    assert K.vector_align(randn(2, 20, 5, 7, dtype=fp16, channels_last=True), 20) == 1
+    assert K.vector_align(randn(2, 48, 5, 7, dtype=fp16, channels_last=True), 24) == 8
+    assert K.vector_align(randn(2, 48, 5, 7, dtype=fp16, channels_last=True), 12) == 1
+    assert K.vector_align(randn(2, 24, 5, 7, dtype=fp16), 24) == 1  # NCHW: channels strided
+    flat = randn(1 + 2 * 24 * 5 * 7, dtype=fp16)
+    shifted = flat[1:].view(2, 5, 7, 24).permute(0, 3, 1, 2)  # NHWC view, 2 bytes off
+    assert K.vector_align(shifted, 24) == 1
 
 
 def test_weights_in_activation_dtype():

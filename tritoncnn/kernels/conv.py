@@ -239,6 +239,19 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
+def _below(idx, bound, ALIGN: tl.constexpr):
+    """idx < bound for a bound that is a multiple of ALIGN, written so that the compiler sees
+    the mask is constant over aligned runs of ALIGN elements: it only knows a runtime
+    integer's divisibility by 16, and a channel mask it cannot prove constant over a 16-byte
+    vector turns every load of the tile into 2-byte loads, outside the cp.async pipeline.
+    (The row offsets get ``tl.multiple_of`` in the kernel body itself: the hint is an
+    attribute of the op that computed them, and a helper's argument has no such op.)"""
+    if ALIGN > 1:
+        return (idx // ALIGN) * ALIGN < bound
+    return idx < bound
+
+
+@triton.jit
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
@@ -252,6 +265,7 @@ def conv2d_fwd_kernel(
     IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    X_ALIGN: tl.constexpr,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -269,6 +283,8 @@ def conv2d_fwd_kernel(
     FLAT_K: K runs over flattened (kh, kw, c) (small C_in_g); else tap-major, channel blocks.
     DOT_PRECISION: tl.dot input_precision for fp32 operands.
     EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
+    X_ALIGN: x's row offsets and C_in_g are multiples of this many elements (``vector_align``),
+    so its channel loads can be 16-byte vectors; 1 when unknown or already visible.
     """
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -292,9 +308,11 @@ def conv2d_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if IS_1X1:
         a_row = x_row + ho * sx_h + wo * sx_w
+        if X_ALIGN > 1:
+            a_row = tl.multiple_of(a_row, X_ALIGN)
         for k0 in range(0, C_in_g, BLOCK_K):
             kk = k0 + offs_k
-            mk = kk < C_in_g
+            mk = _below(kk, C_in_g, X_ALIGN)
             a = tl.load(
                 x_ptr + a_row[:, None] + kk[None, :] * sx_c,
                 mask=mask_m[:, None] & mk[None, :],
@@ -342,8 +360,10 @@ def conv2d_fwd_kernel(
             wi = wo * stride_w - pad_w + kw * dil_w
             row_ok = mask_m & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
             a_row = x_row + hi * sx_h + wi * sx_w
+            if X_ALIGN > 1:
+                a_row = tl.multiple_of(a_row, X_ALIGN)
             kk = cb * BLOCK_K + offs_k
-            mk = kk < C_in_g
+            mk = _below(kk, C_in_g, X_ALIGN)
             a = tl.load(
                 x_ptr + a_row[:, None] + kk[None, :] * sx_c,
                 mask=row_ok[:, None] & mk[None, :],
@@ -378,6 +398,7 @@ def conv2d_dgrad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DY_ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
     one stride phase x input channels of one group.
@@ -397,6 +418,7 @@ def conv2d_dgrad_kernel(
     FLAT_K: K runs over flattened (valid tap, o) (small C_out_g); else tap-major, o blocks.
     DOT_PRECISION: tl.dot input_precision for fp32 operands.
     EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
+    DY_ALIGN: as the forward's X_ALIGN, for dy's row offsets and C_out_g.
     """
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
@@ -441,9 +463,11 @@ def conv2d_dgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if IS_1X1:
         a_row = dy_row + i * sdy_h + j * sdy_w
+        if DY_ALIGN > 1:
+            a_row = tl.multiple_of(a_row, DY_ALIGN)
         for k0 in range(0, C_out_g, BLOCK_K):
             kk = k0 + offs_k
-            mk = kk < C_out_g
+            mk = _below(kk, C_out_g, DY_ALIGN)
             a = tl.load(
                 dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
                 mask=mask_m[:, None] & mk[None, :],
@@ -495,8 +519,10 @@ def conv2d_dgrad_kernel(
             wo = j + (pw + pad_w - kw * dil_w + stride_w * KW * dil_w) // stride_w - KW * dil_w
             row_ok = mask_m & (ho >= 0) & (ho < HO) & (wo >= 0) & (wo < WO)
             a_row = dy_row + ho * sdy_h + wo * sdy_w
+            if DY_ALIGN > 1:
+                a_row = tl.multiple_of(a_row, DY_ALIGN)
             kk = ob * BLOCK_K + offs_k
-            mk = kk < C_out_g
+            mk = _below(kk, C_out_g, DY_ALIGN)
             a = tl.load(
                 dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
                 mask=row_ok[:, None] & mk[None, :],
@@ -528,6 +554,7 @@ def conv2d_wgrad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
     one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
@@ -549,6 +576,8 @@ def conv2d_wgrad_kernel(
     KH, KW: kernel size. IS_1X1: 1x1 stride-1 pad-0 conv (no tap arithmetic).
     FLAT_N: columns are flattened (kh, kw, c). ACCUMULATE: add into dw instead of overwriting.
     DOT_PRECISION, EMULATE_BF16: as in the forward.
+    X_ALIGN, DY_ALIGN: as the forward's X_ALIGN, for x (C_in_g; never with FLAT_N) and dy
+    (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     """
     pid = tl.program_id(0)
     split = tl.program_id(2)
@@ -562,8 +591,8 @@ def conv2d_wgrad_kernel(
     pid_m, pid_n = _grouped_tile(pid, tl.cdiv(C_out_g, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < C_out_g
-    mask_n = offs_n < n_cols
+    mask_m = _below(offs_m, C_out_g, DY_ALIGN)
+    mask_n = _below(offs_n, n_cols, X_ALIGN)
     if FLAT_N:  # column j = (kh, kw, c): per-column taps
         c = offs_n % C_in_g
         kh = (offs_n // C_in_g) // KW
@@ -573,8 +602,16 @@ def conv2d_wgrad_kernel(
         kh = tap // KW
         kw = tap % KW
     co = g * C_out_g + offs_m
+    ci = g * C_in_g + c
+    # Hints (see _below): each contiguous run of channels starts at a multiple of the
+    # alignment. On these adds: a hint on an op that folds away (a multiply by a stride
+    # specialized to 1) is lost with it.
+    if DY_ALIGN > 1:
+        co = tl.multiple_of(co, DY_ALIGN)
+    if X_ALIGN > 1:
+        ci = tl.multiple_of(ci, X_ALIGN)
     dy_col = co.to(tl.int64) * sdy_c
-    x_col = (g * C_in_g + c).to(tl.int64) * sx_c
+    x_col = ci.to(tl.int64) * sx_c
 
     P = N * HO * WO
     k_lo = split * pix_per_split
@@ -590,7 +627,10 @@ def conv2d_wgrad_kernel(
         n64 = n_img.to(tl.int64)
         # x tile [BLOCK_K (p), BLOCK_N (column)] at the pixel each column's tap reads.
         if IS_1X1:
-            x_off = (n64 * sx_n + ho * sx_h + wo * sx_w)[:, None] + x_col[None, :]
+            x_row = n64 * sx_n + ho * sx_h + wo * sx_w
+            if X_ALIGN > 1:
+                x_row = tl.multiple_of(x_row, X_ALIGN)
+            x_off = x_row[:, None] + x_col[None, :]
             ok = mp[:, None] & mask_n[None, :]
         elif FLAT_N:
             hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
@@ -601,11 +641,17 @@ def conv2d_wgrad_kernel(
             hi = ho * stride_h - pad_h + kh * dil_h
             wi = wo * stride_w - pad_w + kw * dil_w
             row_ok = mp & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            x_off = (n64 * sx_n + hi * sx_h + wi * sx_w)[:, None] + x_col[None, :]
+            x_row = n64 * sx_n + hi * sx_h + wi * sx_w
+            if X_ALIGN > 1:
+                x_row = tl.multiple_of(x_row, X_ALIGN)
+            x_off = x_row[:, None] + x_col[None, :]
             ok = row_ok[:, None] & mask_n[None, :]
         # dy^T tile [BLOCK_M (o), BLOCK_K (p)].
+        dy_pix = n64 * sdy_n + ho * sdy_h + wo * sdy_w
+        if DY_ALIGN > 1:
+            dy_pix = tl.multiple_of(dy_pix, DY_ALIGN)
         a = tl.load(
-            dy_ptr + dy_col[:, None] + (n64 * sdy_n + ho * sdy_h + wo * sdy_w)[None, :],
+            dy_ptr + dy_col[:, None] + dy_pix[None, :],
             mask=mask_m[:, None] & mp[None, :],
             other=0.0,
         )
@@ -762,6 +808,19 @@ def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, d
     return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
 
 
+def vector_align(t: torch.Tensor, channels_per_group: int) -> int:
+    """X_ALIGN / DY_ALIGN for a kernel that loads runs of ``channels_per_group`` channels of
+    NHWC ``t``: the elements of a 16-byte vector when every such run starts 16-byte aligned
+    and the channel count is whole vectors, but Triton can't see it (the count or a row
+    stride is not a multiple of 16, e.g. MobileNetV2's 24 channels); else 1."""
+    vec = 16 // t.element_size()
+    s_n, s_h, s_w, s_c = runtime.nhwc_strides(t)
+    runs = (s_n, s_h, s_w, channels_per_group)
+    if s_c != 1 or t.data_ptr() % 16 or any(v % vec for v in runs):
+        return 1
+    return 1 if all(v % 16 == 0 for v in runs) else vec
+
+
 def conv2d_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -811,6 +870,7 @@ def conv2d_forward(
             DOT_PRECISION=runtime.dot_precision(x.dtype),
             EMULATE_BF16=_emulate_bf16(x.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            X_ALIGN=vector_align(x, c_in_g),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
@@ -883,6 +943,7 @@ def conv2d_dgrad(
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            DY_ALIGN=vector_align(grad_out, c_out_g),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
@@ -1005,6 +1066,8 @@ def conv2d_wgrad(
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+            X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
+            DY_ALIGN=vector_align(grad_out, c_out_g),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         if split > 1:
