@@ -26,6 +26,12 @@ accumulator is fp32, fp32 dots use ``runtime.dot_precision`` ("ieee" = exact by 
 Parameter gradients are fp32 and deterministic: split-K partial sums go to an fp32 buffer and a
 second kernel adds them in a fixed order (no atomics).
 
+Loads: NHWC channel runs are fetched as 16-byte vectors (cp.async) when Triton can prove them
+aligned; it only knows a runtime integer's divisibility by 16, so for counts of whole vectors
+that are not multiples of 16 (24, 40, ...) the launch helpers pass a checked alignment
+(``vector_align``) that the kernels turn into hints (``_below``). ``benchmarks/ptx_report.py``
+shows the compiled loads without a GPU.
+
 Tiles: on the GPU each launch helper lets ``kernels/autotune.py`` choose among the CONFIGS that
 suit the problem (``gemm_candidates``; wgrad also tunes its split-K factor, the bias gradient
 its tile and split), timed once per problem and cached on disk; ``config=`` forces one. The

@@ -1,0 +1,154 @@
+"""How a conv kernel moves memory, read from its compiled PTX: no GPU needed.
+
+Compiles ``conv2d_fwd_kernel``, ``conv2d_dgrad_kernel`` or ``conv2d_wgrad_kernel`` for one
+layer shape (NHWC fp16 activations, fp32 weights, the strides and alignment hints the launch
+helpers would pass) for an sm_90 target with Triton's own compiler and ptxas, and counts the
+global-memory and cp.async instructions by width. A 2-byte ``ld.global.b16`` in a GEMM's
+operand load means the tile is fetched element by element, outside the cp.async pipeline:
+the cause of MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
+
+    python benchmarks/ptx_report.py --op fwd --c-in 24 --c-out 144 --kernel 1
+    python benchmarks/ptx_report.py --op wgrad --c-in 24 --c-out 48 --kernel 3 --json
+
+This runs on the CPU machine: tritoncnn is imported as if a GPU were present (kernels must be
+compiled, not interpreted), so the script has to be its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+# Before tritoncnn (and triton) are imported: make runtime take the GPU path, so that
+# @triton.jit gives compilable kernels rather than the interpreter's (a parent process running
+# the interpreter, e.g. the test suite, passes TRITON_INTERPRET=1 down).
+os.environ.pop("TRITON_INTERPRET", None)
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_name = lambda *args: "ptx_report (no GPU)"
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from tritoncnn.kernels import conv as K  # noqa: E402
+
+POINTERS = {
+    "fwd": {"x_ptr": "*fp16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*fp16"},
+    "dgrad": {"dy_ptr": "*fp16", "w_ptr": "*fp32", "dx_ptr": "*fp16"},
+    "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
+}
+
+
+def _align(n: int, channels: int, hw: int) -> int:
+    """The launch helpers' alignment hint (``conv.vector_align``) for an NHWC fp16 tensor of
+    this shape, on a storage-less (meta) tensor."""
+    t = torch.empty(n, channels, hw, hw, dtype=torch.float16, device="meta")
+    return K.vector_align(t.contiguous(memory_format=torch.channels_last), channels)
+
+
+def _named(prefix: str, axes: str, strides) -> dict[str, int]:
+    """{"sx_n": .., "sx_h": ..}: a kernel's stride arguments by name."""
+    return {f"{prefix}_{a}": v for a, v in zip(axes, strides, strict=True)}
+
+
+def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.ConvConfig):
+    """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv."""
+    x = (hw * hw * c_in, hw * c_in, c_in, 1)  # NHWC strides (n, h, w, c)
+    y = (hw * hw * c_out, hw * c_out, c_out, 1)
+    w = (k * k * c_in, 1, k * c_in, c_in)  # channels_last weight (o, i, kh, kw)
+    geometry = dict(N=n, H=hw, W=hw, C_in_g=c_in, HO=hw, WO=hw, C_out_g=c_out)
+    conv = dict(stride_h=1, stride_w=1, pad_h=k // 2, pad_w=k // 2, dil_h=1, dil_w=1)
+    tile = dict(BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=K.GROUP_M)
+    common = dict(KH=k, KW=k, IS_1X1=k == 1, DOT_PRECISION="ieee", EMULATE_BF16=False, **tile)
+    flat = k > 1 and (c_out if op == "dgrad" else c_in) < K.FLAT_MAX_CHANNELS
+    if op == "fwd":
+        ints = dict(geometry, **conv, alpha=0.0)
+        ints.update(_named("sx", "nhwc", x))
+        ints.update(_named("sw", "oihw", w))
+        ints.update(_named("sy", "nhwc", y))
+        const = dict(common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=_align(n, c_in, hw))
+        return K.conv2d_fwd_kernel, ints, const
+    if op == "dgrad":
+        ints = dict(geometry, **conv, kh_step=1, kw_step=1)
+        ints.update(_named("sdy", "nhwc", y))
+        ints.update(_named("sw", "oihw", w))
+        ints.update(_named("sdx", "nhwc", x))
+        const = dict(common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw))
+        return K.conv2d_dgrad_kernel, ints, const
+    ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
+    ints.update(_named("sx", "nhwc", x))
+    ints.update(_named("sdy", "nhwc", y))
+    ints.update(_named("sdw", "oihw", w))
+    x_align = 1 if flat else _align(n, c_in, hw)
+    const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
+                 DY_ALIGN=_align(n, c_out, hw))  # fmt: skip
+    return K.conv2d_wgrad_kernel, ints, const
+
+
+def compile_ptx(kernel, pointers: dict, ints: dict, const: dict, cfg: K.ConvConfig) -> str:
+    """PTX of ``kernel`` for sm_90, specialised as a launch would be: pointers 16-byte aligned,
+    integers equal to 1 folded in, integers divisible by 16 marked so."""
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in const:
+            signature[name], constexprs[(i,)] = "constexpr", const[name]
+        elif name in pointers:
+            signature[name], attrs[(i,)] = pointers[name], [["tt.divisibility", 16]]
+        elif isinstance(ints[name], float):
+            signature[name] = "fp32"
+        elif ints[name] == 1:
+            signature[name], constexprs[(i,)] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def memory_instructions(ptx: str) -> dict[str, int]:
+    """{instruction with its width: count} for global loads/stores and cp.async copies."""
+    counts: dict[str, int] = {}
+    for match in re.finditer(r"\b(?:ld|st|cp\.async)\.[\w.:]*", ptx):
+        op = re.sub(r"\.L[12]::\w+", "", match.group(0))
+        if ".global" in op or op.startswith("cp.async.c"):
+            counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--op", choices=("fwd", "dgrad", "wgrad"), default="fwd")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--c-in", type=int, required=True)
+    ap.add_argument("--c-out", type=int, required=True)
+    ap.add_argument("--size", type=int, default=32, help="image height = width")
+    ap.add_argument("--kernel", type=int, default=1, help="square kernel, stride 1, 'same'")
+    ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
+    kernel, ints, const = kernel_args(
+        args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg
+    )
+    counts = memory_instructions(compile_ptx(kernel, POINTERS[args.op], ints, const, cfg))
+    hints = {k: v for k, v in const.items() if k.endswith("_ALIGN")}
+    if args.json:
+        print(json.dumps({"instructions": counts, "hints": hints}))
+        return
+    print(f"{kernel.__name__} {args.c_in}->{args.c_out} k{args.kernel} {cfg} hints {hints}")
+    for op, n in counts.items():
+        print(f"  {op:<32} {n}")
+
+
+if __name__ == "__main__":
+    main()
