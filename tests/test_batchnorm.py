@@ -266,7 +266,7 @@ def test_row_split(monkeypatch, programs):
     stage-2 step takes (BLOCK_P), with a last partial that is only partly full."""
     monkeypatch.setattr(norm, "_target_programs", lambda: programs)
     # a listed (GPU) tile: the interpreter's own tiles are too large to split 1500 rows this way
-    monkeypatch.setattr(norm, "pick_config", lambda c: norm.NORM_CONFIGS[0])
+    monkeypatch.setattr(norm, "pick_config", lambda c, elementwise=False: norm.NORM_CONFIGS[0])
     monkeypatch.setattr(norm, "STAGE2_TILE", 256)  # 16 partials per stage-2 iteration
     cfg = norm.pick_config(3)
     rows, parts = norm._split_rows(3000, 3, cfg)
@@ -288,8 +288,8 @@ def test_split_rows_keeps_partials_few(monkeypatch):
 
 
 def test_pick_config_pads_wide_channels_little(monkeypatch):
-    """GPU tiles: the narrowest block covering C, and past 128 channels a block that pads C by
-    at most 1/8."""
+    """GPU tiles: the narrowest block covering C; past 128 channels a block that pads C by at
+    most 1/8 for the reductions, the widest for the elementwise kernels."""
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     assert norm.pick_config(20).block_c == 32
     assert norm.pick_config(128).block_c == 128
@@ -299,6 +299,8 @@ def test_pick_config_pads_wide_channels_little(monkeypatch):
         cfg = norm.pick_config(c)
         assert cfg in norm.NORM_CONFIGS
         assert 8 * (-c % cfg.block_c) <= c
+        assert norm.pick_config(c, elementwise=True) is norm.NORM_CONFIGS[-1]
+    assert norm.pick_config(20, elementwise=True).block_c == 32
 
 
 def _assert_tickets_rearmed():
