@@ -27,10 +27,9 @@ Parameter gradients are fp32 and deterministic: split-K partial sums go to an fp
 second kernel adds them in a fixed order (no atomics).
 
 Loads: NHWC channel runs are fetched as 16-byte vectors (cp.async) when Triton can prove them
-aligned; it only knows a runtime integer's divisibility by 16, so for counts of whole vectors
-that are not multiples of 16 (24, 40, ...) the launch helpers pass a checked alignment
-(``vector_align``) that the kernels turn into hints (``_below``). ``benchmarks/ptx_report.py``
-shows the compiled loads without a GPU.
+aligned; for channel counts of whole vectors that are not multiples of 16 (24, 40, ...) the
+launch helpers pass a checked alignment (X_ALIGN / DY_ALIGN) that the kernels turn into hints
+(kernels/alignment.py). ``benchmarks/ptx_report.py`` shows the compiled loads without a GPU.
 
 Tiles: on the GPU each launch helper lets ``kernels/autotune.py`` choose among the CONFIGS that
 suit the problem (``gemm_candidates``; wgrad also tunes its split-K factor, the bias gradient
@@ -49,7 +48,8 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels import autotune
+from tritoncnn.kernels import alignment, autotune
+from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
@@ -245,19 +245,6 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _below(idx, bound, ALIGN: tl.constexpr):
-    """idx < bound for a bound that is a multiple of ALIGN, written so that the compiler sees
-    the mask is constant over aligned runs of ALIGN elements: it only knows a runtime
-    integer's divisibility by 16, and a channel mask it cannot prove constant over a 16-byte
-    vector turns every load of the tile into 2-byte loads, outside the cp.async pipeline.
-    (The row offsets get ``tl.multiple_of`` in the kernel body itself: the hint is an
-    attribute of the op that computed them, and a helper's argument has no such op.)"""
-    if ALIGN > 1:
-        return (idx // ALIGN) * ALIGN < bound
-    return idx < bound
-
-
-@triton.jit
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
@@ -318,7 +305,7 @@ def conv2d_fwd_kernel(
             a_row = tl.multiple_of(a_row, X_ALIGN)
         for k0 in range(0, C_in_g, BLOCK_K):
             kk = k0 + offs_k
-            mk = _below(kk, C_in_g, X_ALIGN)
+            mk = below(kk, C_in_g, X_ALIGN)
             a = tl.load(
                 x_ptr + a_row[:, None] + kk[None, :] * sx_c,
                 mask=mask_m[:, None] & mk[None, :],
@@ -369,7 +356,7 @@ def conv2d_fwd_kernel(
             if X_ALIGN > 1:
                 a_row = tl.multiple_of(a_row, X_ALIGN)
             kk = cb * BLOCK_K + offs_k
-            mk = _below(kk, C_in_g, X_ALIGN)
+            mk = below(kk, C_in_g, X_ALIGN)
             a = tl.load(
                 x_ptr + a_row[:, None] + kk[None, :] * sx_c,
                 mask=row_ok[:, None] & mk[None, :],
@@ -473,7 +460,7 @@ def conv2d_dgrad_kernel(
             a_row = tl.multiple_of(a_row, DY_ALIGN)
         for k0 in range(0, C_out_g, BLOCK_K):
             kk = k0 + offs_k
-            mk = _below(kk, C_out_g, DY_ALIGN)
+            mk = below(kk, C_out_g, DY_ALIGN)
             a = tl.load(
                 dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
                 mask=mask_m[:, None] & mk[None, :],
@@ -528,7 +515,7 @@ def conv2d_dgrad_kernel(
             if DY_ALIGN > 1:
                 a_row = tl.multiple_of(a_row, DY_ALIGN)
             kk = ob * BLOCK_K + offs_k
-            mk = _below(kk, C_out_g, DY_ALIGN)
+            mk = below(kk, C_out_g, DY_ALIGN)
             a = tl.load(
                 dy_ptr + a_row[:, None] + kk[None, :] * sdy_c,
                 mask=row_ok[:, None] & mk[None, :],
@@ -597,8 +584,8 @@ def conv2d_wgrad_kernel(
     pid_m, pid_n = _grouped_tile(pid, tl.cdiv(C_out_g, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = _below(offs_m, C_out_g, DY_ALIGN)
-    mask_n = _below(offs_n, n_cols, X_ALIGN)
+    mask_m = below(offs_m, C_out_g, DY_ALIGN)
+    mask_n = below(offs_n, n_cols, X_ALIGN)
     if FLAT_N:  # column j = (kh, kw, c): per-column taps
         c = offs_n % C_in_g
         kh = (offs_n // C_in_g) // KW
@@ -609,7 +596,7 @@ def conv2d_wgrad_kernel(
         kw = tap % KW
     co = g * C_out_g + offs_m
     ci = g * C_in_g + c
-    # Hints (see _below): each contiguous run of channels starts at a multiple of the
+    # Hints (see kernels/alignment.py): each contiguous run of channels starts at a multiple of the
     # alignment. On these adds: a hint on an op that folds away (a multiply by a stride
     # specialized to 1) is lost with it.
     if DY_ALIGN > 1:
@@ -815,16 +802,9 @@ def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, d
 
 
 def vector_align(t: torch.Tensor, channels_per_group: int) -> int:
-    """X_ALIGN / DY_ALIGN for a kernel that loads runs of ``channels_per_group`` channels of
-    NHWC ``t``: the elements of a 16-byte vector when every such run starts 16-byte aligned
-    and the channel count is whole vectors, but Triton can't see it (the count or a row
-    stride is not a multiple of 16, e.g. MobileNetV2's 24 channels); else 1."""
-    vec = 16 // t.element_size()
-    s_n, s_h, s_w, s_c = runtime.nhwc_strides(t)
-    runs = (s_n, s_h, s_w, channels_per_group)
-    if s_c != 1 or t.data_ptr() % 16 or any(v % vec for v in runs):
-        return 1
-    return 1 if all(v % 16 == 0 for v in runs) else vec
+    """X_ALIGN / DY_ALIGN (kernels/alignment.py) for runs of ``channels_per_group`` channels of
+    NHWC ``t``."""
+    return alignment.tensor_align(t, runtime.nhwc_strides(t), channels_per_group)
 
 
 def conv2d_forward(
