@@ -1,14 +1,16 @@
-"""How a conv kernel moves memory, read from its compiled PTX: no GPU needed.
+"""How a conv or batch-norm kernel moves memory, read from its compiled PTX: no GPU needed.
 
-Compiles ``conv2d_fwd_kernel``, ``conv2d_dgrad_kernel`` or ``conv2d_wgrad_kernel`` for one
-layer shape (NHWC fp16 activations, fp32 weights, the strides and alignment hints the launch
-helpers would pass) for an sm_90 target with Triton's own compiler and ptxas, and counts the
-global-memory and cp.async instructions by width. A 2-byte ``ld.global.b16`` in a GEMM's
-operand load means the tile is fetched element by element, outside the cp.async pipeline:
-the cause of MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
+Compiles a conv kernel (``--op fwd|dgrad|wgrad``) or a batch-norm kernel (``--op
+bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) for one layer shape (NHWC fp16 activations,
+fp32 parameters, the strides, tile and alignment hints the launch helpers would pass) for an
+sm_90 target with Triton's own compiler and ptxas, and counts the global-memory and cp.async
+instructions by width. 2-byte ``ld.global.b16`` loads of an activation tile mean it is fetched
+element by element (for a GEMM operand, outside the cp.async pipeline): the cause of
+MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
 
     python benchmarks/ptx_report.py --op fwd --c-in 24 --c-out 144 --kernel 1
     python benchmarks/ptx_report.py --op wgrad --c-in 24 --c-out 48 --kernel 3 --json
+    python benchmarks/ptx_report.py --op bn_apply --c-in 24
 
 This runs on the CPU machine: tritoncnn is imported as if a GPU were present (kernels must be
 compiled, not interpreted), so the script has to be its own process.
@@ -39,12 +41,23 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tritoncnn.kernels import conv as K  # noqa: E402
+from tritoncnn.kernels import norm  # noqa: E402
 
-POINTERS = {
+norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
+
+CONV_POINTERS = {
     "fwd": {"x_ptr": "*fp16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*fp16"},
     "dgrad": {"dy_ptr": "*fp16", "w_ptr": "*fp32", "dx_ptr": "*fp16"},
     "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
+BN_KERNELS = {
+    "bn_stats": norm.bn_stats_kernel,
+    "bn_apply": norm.bn_apply_kernel,
+    "bn_bwd_reduce": norm.bn_bwd_reduce_kernel,
+    "bn_bwd_input": norm.bn_bwd_input_kernel,
+}
+# activation tensors of the batch-norm kernels; every other pointer is fp32 (int for counters)
+BN_ACTIVATIONS = ("x_ptr", "y_ptr", "g_ptr", "dx_ptr")
 
 
 def _align(n: int, channels: int, hw: int) -> int:
@@ -93,7 +106,38 @@ def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.
     return K.conv2d_wgrad_kernel, ints, const
 
 
-def compile_ptx(kernel, pointers: dict, ints: dict, const: dict, cfg: K.ConvConfig) -> str:
+def bn_args(op: str, n: int, c: int, hw: int):
+    """(kernel, pointer types, runtime arguments, constexpr arguments, warps) of a training-mode
+    batch norm of an N x C x hw x hw NHWC tensor with a fused ReLU."""
+    kernel = BN_KERNELS[op]
+    elementwise = op in ("bn_apply", "bn_bwd_input")
+    cfg = norm.pick_config(c, elementwise=elementwise)
+    t = torch.empty(n, c, hw, hw, dtype=torch.float16, device="meta")
+    t = t.contiguous(memory_format=torch.channels_last)
+    strides = (hw * hw * c, hw * c, c, 1)
+    ints = dict(M=n * hw * hw, C=c, HW=hw * hw, W=hw, eps=1e-5, alpha=0.0, momentum=0.1)
+    for prefix in ("s", "sx", "sy", "sg", "sd"):
+        ints.update(_named(prefix, "nhwc", strides))
+    ints["ROWS"], ints["n_parts"] = norm._split_rows(n * hw * hw, c, cfg)
+    flags = {
+        "STAT_IS_VAR": False, "HAS_WEIGHT": True, "HAS_BIAS": True, "ACT": 1, "INC_NBT": False,
+        "UPDATE_RUNNING": True, "CUMULATIVE": False, "STORE_M2": False, "BATCH_STATS": True,
+        "WRITE_GRAD_W": True, "WRITE_GRAD_B": True, "ACCUMULATE_W": False, "ACCUMULATE_B": False,
+    }  # fmt: skip
+    tile = dict(BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, BLOCK_P=norm.stage2_block(cfg))
+    const = {k: v for k, v in {**flags, **tile}.items() if k in kernel.arg_names}
+    const["ALIGN"] = norm._align(c, t)
+    pointers = {}
+    for name in kernel.arg_names:
+        if name.endswith("_ptr"):
+            kind = "*i32" if name == "tickets_ptr" else "*i64" if name == "nbt_ptr" else "*fp32"
+            pointers[name] = "*fp16" if name in BN_ACTIVATIONS else kind
+    return kernel, pointers, ints, const, cfg.num_warps
+
+
+def compile_ptx(
+    kernel, pointers: dict, ints: dict, const: dict, num_warps: int, num_stages: int = 3
+) -> str:
     """PTX of ``kernel`` for sm_90, specialised as a launch would be: pointers 16-byte aligned,
     integers equal to 1 folded in, integers divisible by 16 marked so."""
     signature, constexprs, attrs = {}, {}, {}
@@ -111,7 +155,7 @@ def compile_ptx(kernel, pointers: dict, ints: dict, const: dict, cfg: K.ConvConf
             if ints[name] % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
 
 
@@ -127,25 +171,36 @@ def memory_instructions(ptx: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=("fwd", "dgrad", "wgrad"), default="fwd")
+    ap.add_argument("--op", choices=(*CONV_POINTERS, *BN_KERNELS), default="fwd")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--c-in", type=int, required=True)
-    ap.add_argument("--c-out", type=int, required=True)
+    ap.add_argument("--c-out", type=int, help="conv output channels")
     ap.add_argument("--size", type=int, default=32, help="image height = width")
     ap.add_argument("--kernel", type=int, default=1, help="square kernel, stride 1, 'same'")
     ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
-    kernel, ints, const = kernel_args(
-        args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg
-    )
-    counts = memory_instructions(compile_ptx(kernel, POINTERS[args.op], ints, const, cfg))
-    hints = {k: v for k, v in const.items() if k.endswith("_ALIGN")}
+    if args.op in BN_KERNELS:
+        kernel, pointers, ints, const, warps = bn_args(args.op, args.batch, args.c_in, args.size)
+        ptx = compile_ptx(kernel, pointers, ints, const, warps)
+        shape = f"{args.c_in} channels, tile {const['BLOCK_M']}x{const['BLOCK_C']}"
+    else:
+        if args.c_out is None:
+            ap.error("--c-out is required for a conv kernel")
+        cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
+        kernel, ints, const = kernel_args(
+            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg
+        )
+        ptx = compile_ptx(
+            kernel, CONV_POINTERS[args.op], ints, const, cfg.num_warps, cfg.num_stages
+        )
+        shape = f"{args.c_in}->{args.c_out} k{args.kernel} {cfg}"
+    counts = memory_instructions(ptx)
+    hints = {k: v for k, v in const.items() if k.endswith("ALIGN")}
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints}))
         return
-    print(f"{kernel.__name__} {args.c_in}->{args.c_out} k{args.kernel} {cfg} hints {hints}")
+    print(f"{kernel.__name__} {shape} hints {hints}")
     for op, n in counts.items():
         print(f"  {op:<32} {n}")
 

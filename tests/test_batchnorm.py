@@ -82,6 +82,9 @@ def _check_state(ours, ref, what=""):
         (5, torch.float16, None, True),
         (37, torch.float16, 0.1, True),
         (5, torch.float32, 0.3, False),  # torch-contiguous NCHW input, read through strides
+        # whole 16-byte vectors of channels that Triton can't see: ALIGN 8 (fp16) and 4 (fp32)
+        (24, torch.float16, 0.1, True),
+        (24, torch.float32, 0.1, True),
     ],
 )
 def test_batchnorm2d_train_two_steps(c, dtype, momentum, channels_last):
@@ -210,6 +213,17 @@ def test_large_mean_no_cancellation():
 
     ours, ref = _pair(nn.BatchNorm2d, torch.nn.BatchNorm2d, c)
     _check_step(ours, ref, _input((3, c, 7, 5), FP32, True, shift=100.0), FP32)
+
+
+def test_align_hint():
+    """ALIGN is a channel count's whole vectors when Triton can't see them, else 1."""
+    x16 = _input((3, 24, 7, 5), torch.float16, True)
+    assert norm._align(24, x16) == 8
+    assert norm._align(24, x16.float()) == 4  # (the copy keeps channels_last strides)
+    assert norm._align(24, _input((3, 24, 7, 5), torch.float16, False)) == 1  # NCHW
+    assert norm._align(32, _input((3, 32, 7, 5), torch.float16, True)) == 1  # visible
+    assert norm._align(24, _input((6, 24), torch.float16, False)) == 8  # (N, C)
+    assert norm._align(24, x16, _input((3, 24, 7, 5), torch.float16, False)) == 1  # disagree
 
 
 def test_outlier_pivot_no_cancellation():

@@ -1,4 +1,4 @@
-"""Compiled-code checks that need no GPU: the conv kernels' operand loads, in sm_90 PTX.
+"""Compiled-code checks that need no GPU: conv and batch-norm memory accesses, in sm_90 PTX.
 
 ``benchmarks/ptx_report.py`` compiles a kernel with Triton's real compiler (its own process:
 this one runs kernels in the interpreter) and counts memory instructions by width. A channel
@@ -17,8 +17,10 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ptx_report.py"
 
 
-def _report(op: str, c_in: int, c_out: int, kernel: int) -> dict:
-    args = ["--op", op, "--c-in", str(c_in), "--c-out", str(c_out), "--kernel", str(kernel)]
+def _report(op: str, c_in: int, c_out: int | None = None, kernel: int = 1) -> dict:
+    args = ["--op", op, "--c-in", str(c_in), "--kernel", str(kernel)]
+    if c_out is not None:
+        args += ["--c-out", str(c_out)]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--json"], capture_output=True, text=True, timeout=300
     )
@@ -46,3 +48,13 @@ def test_channel_loads_are_16_byte_copies(op, c_in, c_out, kernel):
         assert report["hints"]["X_ALIGN"] == 8
     if c_in % 16 == 0 and c_out % 16 == 0:
         assert set(report["hints"].values()) == {1}
+
+
+@pytest.mark.parametrize("op", ["bn_stats", "bn_apply", "bn_bwd_reduce", "bn_bwd_input"])
+def test_batch_norm_rows_are_16_byte_accesses(op):
+    """The batch-norm kernels read (and write) 24-channel NHWC rows in 16-byte vectors."""
+    report = _report(op, 24)
+    instructions = report["instructions"]
+    assert report["hints"]["ALIGN"] == 8
+    assert "ld.global.b16" not in instructions and "st.global.b16" not in instructions
+    assert instructions.get("ld.global.v4.b32", 0) > 0, instructions

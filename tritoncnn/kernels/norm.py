@@ -14,6 +14,9 @@ per-channel pivot), accumulated with Welford's update per tile element and merge
 mean, M2) triples with Chan's parallel formula, so the variance has no catastrophic
 cancellation even for inputs like ``1000 + randn``.
 
+Channel runs are read as 16-byte vectors; for channel counts of whole vectors that Triton can't
+see (24: not a multiple of 16) the launch helpers pass an ALIGN hint (kernels/alignment.py).
+
 Training forward (2 launches): ``bn_stats_kernel`` (partials; the last program per channel
 block writes save_mean / save_invstd and updates the running stats in place exactly as torch)
 -> ``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
@@ -35,6 +38,8 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels import alignment
+from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
 from tritoncnn.kernels.tickets import last_to_finish
 
@@ -72,14 +77,18 @@ def stage2_block(cfg: NormConfig) -> int:
 
 
 @triton.jit
-def _row_offsets(rows, HW, W, s_n, s_h, s_w):
-    """Element offsets (int64) of rows ``r = (n*H + h)*W + w`` of a tensor with strides s_*."""
+def _row_offsets(rows, HW, W, s_n, s_h, s_w, ALIGN: tl.constexpr):
+    """Element offsets (int64) of rows ``r = (n*H + h)*W + w`` of a tensor with strides s_*,
+    declared multiples of ALIGN (kernels/alignment.py) when ALIGN > 1."""
     rows = rows.to(tl.int64)
     n = rows // HW
     hw = rows - n * HW
     h = hw // W
     w = hw - h * W
-    return n * s_n + h * s_h + w * s_w
+    offs = n * s_n + h * s_h + w * s_w
+    if ALIGN > 1:
+        offs = tl.multiple_of(offs, ALIGN)
+    return offs
 
 
 @triton.jit
@@ -242,6 +251,7 @@ def bn_stats_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Training statistics: (mean, M2) of one slab of rows per channel; the channel block's
     last program merges them all into the batch mean / invstd and updates the running stats.
@@ -267,11 +277,12 @@ def bn_stats_kernel(
     momentum: f when not CUMULATIVE. eps: added to the biased variance.
     M, C: rows and channels. HW, W: H*W and W of the row decode. ROWS: rows per program
     (a multiple of BLOCK_M).
+    ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    mask_c = below(offs_c, C, ALIGN)
     col = offs_c.to(tl.int64) * s_c
     row0 = pid_m * ROWS
     n_rows = tl.minimum(ROWS, M - row0)
@@ -291,7 +302,7 @@ def bn_stats_kernel(
         rows = row0 + start + tl.arange(0, BLOCK_M)
         mask_m = rows < row0 + n_rows
         mask = mask_m[:, None] & mask_c[None, :]
-        offs = _row_offsets(rows, HW, W, s_n, s_h, s_w)[:, None] + col[None, :]
+        offs = _row_offsets(rows, HW, W, s_n, s_h, s_w, ALIGN)[:, None] + col[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - pivot[None, :]
         lane_cnt += mask_m.to(tl.float32)
         inv_cnt = tl.where(mask_m, 1.0 / tl.maximum(lane_cnt, 1.0), 0.0)
@@ -393,6 +404,7 @@ def bn_apply_kernel(
     ACT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """y = act((x - mean) * (invstd * weight) + bias) on one BLOCK_M x BLOCK_C tile.
 
@@ -405,6 +417,7 @@ def bn_apply_kernel(
     nbt_ptr: int64 num_batches_tracked, incremented by program (0, 0) when INC_NBT (the
     statistics kernel read it in an earlier launch, so this is race free).
     ACT, alpha: fused activation (elementwise.ACT codes) and its parameter.
+    ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -412,7 +425,7 @@ def bn_apply_kernel(
         if (pid_m == 0) & (pid_c == 0):
             tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    mask_c = below(offs_c, C, ALIGN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (rows < M)[:, None] & mask_c[None, :]
 
@@ -421,13 +434,13 @@ def bn_apply_kernel(
     scale = invstd * w
 
     c64 = offs_c.to(tl.int64)
-    x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+    x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w, ALIGN)[:, None] + (c64 * sx_c)[None, :]
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
     # (x - mean) first: folding mean into a shift (x * scale + shift) would cancel badly
     # for large-mean inputs. The backward recomputes z with exactly this expression.
     z = (x - mean[None, :]) * scale[None, :] + b[None, :]
     y = apply_activation(z, ACT, alpha)
-    y_offs = _row_offsets(rows, HW, W, sy_n, sy_h, sy_w)[:, None] + (c64 * sy_c)[None, :]
+    y_offs = _row_offsets(rows, HW, W, sy_n, sy_h, sy_w, ALIGN)[:, None] + (c64 * sy_c)[None, :]
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -472,6 +485,7 @@ def bn_bwd_reduce_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Backward reductions: per-channel sums of g and g * xhat over one slab of rows; the
     channel block's last program adds all slabs and writes the parameter gradients.
@@ -494,11 +508,12 @@ def bn_bwd_reduce_kernel(
     gw_ptr, gb_ptr: fp32 [C] grad_weight = sum(g * xhat) and grad_bias = sum(g), stored when
     WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
     ACCUMULATE_B is set, else overwritten.
+    ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    mask_c = below(offs_c, C, ALIGN)
     c64 = offs_c.to(tl.int64)
     row0 = pid_m * ROWS
     n_rows = tl.minimum(ROWS, M - row0)
@@ -513,8 +528,8 @@ def bn_bwd_reduce_kernel(
     for start in range(0, n_rows, BLOCK_M):
         rows = row0 + start + tl.arange(0, BLOCK_M)
         mask = (rows < row0 + n_rows)[:, None] & mask_c[None, :]
-        g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w)[:, None] + (c64 * sg_c)[None, :]
-        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+        g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w, ALIGN)[:, None] + (c64 * sg_c)[None, :]
+        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w, ALIGN)[:, None] + (c64 * sx_c)[None, :]
         g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
         diff = x - mean[None, :]
@@ -591,6 +606,7 @@ def bn_bwd_input_kernel(
     ACT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Input gradient on one BLOCK_M x BLOCK_C tile.
 
@@ -603,11 +619,12 @@ def bn_bwd_input_kernel(
     w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
     means_ptr: fp32 [2, C] mean(g) and mean(g * xhat) from bn_bwd_reduce_kernel (read only
     when BATCH_STATS).
+    ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    mask_c = below(offs_c, C, ALIGN)
     c64 = offs_c.to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (rows < M)[:, None] & mask_c[None, :]
@@ -616,10 +633,10 @@ def bn_bwd_input_kernel(
     w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
     scale = invstd * w
 
-    g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w)[:, None] + (c64 * sg_c)[None, :]
+    g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w, ALIGN)[:, None] + (c64 * sg_c)[None, :]
     g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     if BATCH_STATS or ACT != 0:
-        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w)[:, None] + (c64 * sx_c)[None, :]
+        x_offs = _row_offsets(rows, HW, W, sx_n, sx_h, sx_w, ALIGN)[:, None] + (c64 * sx_c)[None, :]
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
         diff = x - mean[None, :]
         if ACT != 0:
@@ -632,7 +649,7 @@ def bn_bwd_input_kernel(
         dx = scale[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
     else:
         dx = g * scale[None, :]
-    d_offs = _row_offsets(rows, HW, W, sd_n, sd_h, sd_w)[:, None] + (c64 * sd_c)[None, :]
+    d_offs = _row_offsets(rows, HW, W, sd_n, sd_h, sd_w, ALIGN)[:, None] + (c64 * sd_c)[None, :]
     tl.store(dx_ptr + d_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -663,6 +680,12 @@ def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int,
         n, c, h, w = t.shape
         return n * h * w, c, h * w, w, runtime.nhwc_strides(t)
     raise ValueError(f"batch norm expects a 2-d, 3-d or 4-d input, got {t.dim()}-d")
+
+
+def _align(c: int, *tensors: torch.Tensor) -> int:
+    """ALIGN (kernels/alignment.py) of a launch over ``tensors``, each an M x C row matrix."""
+    aligns = (alignment.tensor_align(t, _geometry(t)[4], c) for t in tensors)
+    return alignment.common_align(*aligns)
 
 
 def pick_config(channels: int, elementwise: bool = False) -> NormConfig:
@@ -755,7 +778,7 @@ def _apply_batch_stats(
         num_batches_tracked if inc else dummy,
         m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
         STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, ALIGN=_align(c, x, y),
         num_warps=cfg.num_warps,
     )
     # fmt: on
@@ -808,7 +831,7 @@ def batch_norm_forward_train(
         m, c, hw, w, *sx, rows, n_parts,
         0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, STORE_M2=False,
-        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, x), **tile,
     )
     # fmt: on
     nbt = num_batches_tracked if inc else None
@@ -834,7 +857,7 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
         x, pmean, pm2, runtime.tickets(c_blocks), moments[0], moments[1],
         moments, moments, moments, m, c, hw, w, *sx, rows, n_parts, 0.0, 0.0,
         UPDATE_RUNNING=False, CUMULATIVE=False, STORE_M2=True,
-        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, x), **tile,
     )
     # fmt: on
     return moments
@@ -913,7 +936,7 @@ def batch_norm_forward_eval(
         dummy if weight is None else weight, dummy if bias is None else bias, dummy,
         m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
         STAT_IS_VAR=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, ALIGN=_align(c, x, y),
         num_warps=cfg.num_warps,
     )
     # fmt: on
@@ -983,7 +1006,8 @@ def _backward(
             grad_weight if want_gw else means, grad_bias if want_gb else means,
             m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
             WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
-            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), **flags, **tile,
+            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, grad_out, x),
+            **flags, **tile,
         )
         # fmt: on
         if average_means is not None and batch_stats:
@@ -995,7 +1019,7 @@ def _backward(
         grad_out, x, grad_in, mean, stat, w_arg, b_arg, means,
         m, c, hw, w, *sg, *sx, *_geometry(grad_in)[4], float(eps), float(alpha),
         BATCH_STATS=batch_stats, BLOCK_M=ew.block_m, BLOCK_C=ew.block_c,
-        num_warps=ew.num_warps, **flags,
+        ALIGN=_align(c, grad_out, x, grad_in), num_warps=ew.num_warps, **flags,
     )
     # fmt: on
     return grad_in, (grad_weight if want_gw else None), (grad_bias if want_gb else None)
