@@ -19,14 +19,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 
-# Hydra's wheels (no registry on the GPU machine)
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "error: installing .whl/*.whl failed"; exit 1; }
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/device_env.sh
 python3 - <<'EOF' || exit 1
 import importlib.util
 need = ["hydra", "omegaconf", "numpy", "PIL", "tqdm", "safetensors", "matplotlib", "triton"]

@@ -16,13 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT/small" "$OUT/large"
 export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "error: installing .whl/*.whl failed"; exit 1; }
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/device_env.sh
 {
     timeout 60 python3 benchmarks/profile_step.py --models baseline --batches 128 --out "$OUT/small"
     timeout 130 python3 benchmarks/profile_step.py --trace --models resnet18 mobilenetv2 \
