@@ -94,7 +94,9 @@ def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.
         ints.update(_named("sdy", "nhwc", y))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sdx", "nhwc", x))
-        const = dict(common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw))
+        const = dict(
+            common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw)
+        )
         return K.conv2d_dgrad_kernel, ints, const
     ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
     ints.update(_named("sx", "nhwc", x))

@@ -50,6 +50,16 @@ def test_channel_loads_are_16_byte_copies(op, c_in, c_out, kernel):
         assert set(report["hints"].values()) == {1}
 
 
+def test_dgrad_into_24_channels_is_16_byte_accesses():
+    """dgrad of a 24 -> 144 1x1 conv: the fp32 weight rows (24 channels) are 16-byte copies and
+    dx's 24-channel rows are stored in 16-byte vectors."""
+    report = _report("dgrad", 24, 144, 1)
+    instructions = report["instructions"]
+    assert report["hints"]["CI_ALIGN"] == 8
+    assert "cp.async.ca.shared.global" not in instructions, instructions  # 4-byte copies
+    assert "st.global.b16" not in instructions and "st.global.v4.b32" in instructions
+
+
 @pytest.mark.parametrize("op", ["bn_stats", "bn_apply", "bn_bwd_reduce", "bn_bwd_input"])
 def test_batch_norm_rows_are_16_byte_accesses(op):
     """The batch-norm kernels read (and write) 24-channel NHWC rows in 16-byte vectors."""

@@ -391,7 +391,7 @@ def conv2d_dgrad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DY_ALIGN: tl.constexpr,
+    DY_ALIGN: tl.constexpr, CI_ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
     one stride phase x input channels of one group.
@@ -412,6 +412,8 @@ def conv2d_dgrad_kernel(
     DOT_PRECISION: tl.dot input_precision for fp32 operands.
     EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
     DY_ALIGN: as the forward's X_ALIGN, for dy's row offsets and C_out_g.
+    CI_ALIGN: the same for the input-channel runs: C_in_g, dx's row offsets and the weight's
+    (o, kh, kw) strides are multiples of it (the B tile's rows and dx's stores).
     """
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
@@ -430,7 +432,7 @@ def conv2d_dgrad_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
-    mask_n = offs_n < C_in_g
+    mask_n = below(offs_n, C_in_g, CI_ALIGN)
     n_img = offs_m // tl.maximum(HP * WP, 1)
     rem = offs_m % tl.maximum(HP * WP, 1)
     i = rem // tl.maximum(WP, 1)
@@ -438,6 +440,9 @@ def conv2d_dgrad_kernel(
     dy_row = n_img.to(tl.int64) * sdy_n + (g * C_out_g).to(tl.int64) * sdy_c
     ci = g * C_in_g + offs_n
     w_col = offs_n * sw_i + (g * C_out_g).to(tl.int64) * sw_o  # weight I is per group
+    if CI_ALIGN > 1:  # (see kernels/alignment.py: each run of channels starts aligned)
+        ci = tl.multiple_of(ci, CI_ALIGN)
+        w_col = tl.multiple_of(w_col, CI_ALIGN)
 
     # First valid tap of this phase along each axis (KH / KW when none is): a few scalar steps.
     # Offsetting by stride*KH*dil keeps every numerator non-negative, so // and % agree between
@@ -466,8 +471,11 @@ def conv2d_dgrad_kernel(
                 mask=mask_m[:, None] & mk[None, :],
                 other=0.0,
             )
+            w_row = kk * sw_o
+            if CI_ALIGN > 1:
+                w_row = tl.multiple_of(w_row, CI_ALIGN)
             b = tl.load(
-                w_ptr + w_col[None, :] + kk[:, None] * sw_o,
+                w_ptr + w_col[None, :] + w_row[:, None],
                 mask=mk[:, None] & mask_n[None, :],
                 other=0.0,
             )
@@ -521,8 +529,11 @@ def conv2d_dgrad_kernel(
                 mask=row_ok[:, None] & mk[None, :],
                 other=0.0,
             )
+            w_row = (kh * sw_h + kw * sw_w) + kk * sw_o
+            if CI_ALIGN > 1:
+                w_row = tl.multiple_of(w_row, CI_ALIGN)
             b = tl.load(
-                w_ptr + w_col[None, :] + (kh * sw_h + kw * sw_w) + kk[:, None] * sw_o,
+                w_ptr + w_col[None, :] + w_row[:, None],
                 mask=mk[:, None] & mask_n[None, :],
                 other=0.0,
             )
@@ -531,6 +542,8 @@ def conv2d_dgrad_kernel(
     h = ph + i * stride_h
     w = pw + j * stride_w
     dx_row = n_img.to(tl.int64) * sdx_n + h * sdx_h + w * sdx_w
+    if CI_ALIGN > 1:
+        dx_row = tl.multiple_of(dx_row, CI_ALIGN)
     dx_ptrs = dx_ptr + dx_row[:, None] + ci.to(tl.int64)[None, :] * sdx_c
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -884,6 +897,15 @@ def _scratch_runner(launch, scratch: torch.Tensor):
     return lambda cand: launch(scratch, cand)
 
 
+def _input_channel_align(dx: torch.Tensor, weight: torch.Tensor) -> int:
+    """CI_ALIGN of conv2d_dgrad_kernel: dx's alignment (``vector_align``), if the weight's
+    input-channel runs (any dtype) are aligned to the same element count, else 1."""
+    align = vector_align(dx, weight.shape[1])
+    s_o, s_i, s_h, s_w = weight.stride()
+    misaligned = s_i != 1 or weight.data_ptr() % 16 or any(v % align for v in (s_o, s_h, s_w))
+    return 1 if align > 1 and misaligned else align
+
+
 def conv2d_dgrad(
     grad_out: torch.Tensor,
     weight: torch.Tensor,
@@ -929,7 +951,7 @@ def conv2d_dgrad(
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-            DY_ALIGN=vector_align(grad_out, c_out_g),
+            DY_ALIGN=vector_align(grad_out, c_out_g), CI_ALIGN=_input_channel_align(dst, weight),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
