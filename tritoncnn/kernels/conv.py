@@ -81,9 +81,9 @@ class ConvConfig:
 
 # Every configuration the launch helpers can choose (the GPU tier runs each one). The first
 # eight and the square 64 x 64 tiles are the heuristic's (pick_config); the rest only the
-# autotuner picks. 8-warp tiles are
-# for 1x1 GEMMs (IS_1X1) only: non-1x1 conv tiles with 8 warps have been miscompiled by Triton
-# (pytorch #173068), so ``gemm_candidates`` never offers them to a tap-looping kernel.
+# autotuner picks. 8-warp tiles are for 1x1 GEMMs (IS_1X1) only: non-1x1 conv tiles with 8
+# warps have been miscompiled by Triton (pytorch #173068), so ``gemm_candidates`` never offers
+# them to a tap-looping kernel.
 CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(128, 128, 32, 4, 3),
     ConvConfig(128, 128, 64, 4, 3),
