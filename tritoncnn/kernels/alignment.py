@@ -1,11 +1,12 @@
 """16-byte vector loads of channel runs whose alignment Triton cannot see for itself.
 
-Kernels here read NHWC tensors as runs of channels: contiguous, and vectorised into 16-byte
-loads (cp.async copies for GEMM operands) when the compiler can prove each run starts 16-byte
-aligned and its mask is constant over whole vectors. Triton specialises a runtime integer
-argument only on divisibility by 16, so a channel count or row stride that is a multiple of 8
-but not of 16 (MobileNetV2's 24 channels: 48-byte rows) makes it assume nothing, and every
-element becomes its own 2-byte access: ~10x slower 1x1 convs on an H200.
+The conv and batch-norm kernels read NHWC tensors as runs of channels: contiguous, and
+vectorised into 16-byte loads (cp.async copies for GEMM operands) when the compiler can prove
+each run starts 16-byte aligned and its mask is constant over whole vectors. Triton
+specialises a runtime integer argument only on divisibility by 16, so a channel count or row
+stride that is a multiple of 8 but not of 16 (MobileNetV2's 24 channels: 48-byte rows) makes
+it assume nothing, and every element becomes its own 2-byte access: ~10x slower 1x1 convs on
+an H200.
 
 The host checks the facts (``vector_align``) and passes an ALIGN constexpr; a kernel then
 (1) marks its row offsets with ``tl.multiple_of(offsets, ALIGN)`` in its own body: the hint is

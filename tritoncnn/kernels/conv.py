@@ -609,9 +609,9 @@ def conv2d_wgrad_kernel(
         kw = tap % KW
     co = g * C_out_g + offs_m
     ci = g * C_in_g + c
-    # Hints (see kernels/alignment.py): each contiguous run of channels starts at a multiple of the
-    # alignment. On these adds: a hint on an op that folds away (a multiply by a stride
-    # specialized to 1) is lost with it.
+    # Hints (kernels/alignment.py): each contiguous run of channels starts at a multiple of
+    # the alignment. They go on these adds, not on dy_col / x_col below: those multiply by a
+    # stride that is specialised to 1 and folds away, and a hint is lost with its op.
     if DY_ALIGN > 1:
         co = tl.multiple_of(co, DY_ALIGN)
     if X_ALIGN > 1:
