@@ -1,0 +1,140 @@
+"""Every tile of one conv shape: which CONFIGS entry wins, and how far the heuristic's is off.
+
+For each shape (``in:out:kernel:stride:size``, stride-1 convs padded 'same'), times our fwd,
+dgrad and wgrad over every candidate tile (``conv.gemm_candidates``; wgrad at the heuristic
+split), with the fp32 master weight and with an fp16 copy, against cuDNN in the same run.
+Prints one line per (shape, op, weight dtype): the heuristic tile's time, the best tile and
+its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
+
+    python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tritoncnn import runtime  # noqa: E402
+from tritoncnn.kernels import conv as conv_k  # noqa: E402
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    cin, cout, k, s, hw = (int(v) for v in text.split(":"))
+    return cin, cout, k, s, hw
+
+
+def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("fp32", "fp16")):
+    cin, cout, k, s, hw = shape
+    pad = k // 2
+    pair = (s, s), (pad, pad), (1, 1)
+    dtype = torch.float16
+    x = torch.randn(batch, cin, hw, hw, device="cuda", dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w32 = (torch.randn(cout, cin, k, k, device="cuda") * 0.1).contiguous(
+        memory_format=torch.channels_last
+    )
+    ho = (hw + 2 * pad - k) // s + 1
+    gy = torch.randn(batch, cout, ho, ho, device="cuda", dtype=dtype)
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    m, is_1x1 = batch * ho * ho, k == 1 and s == 1
+    gemm = {  # op -> (M, N, K) of its GEMM
+        "fwd": (m, cout, cin * k * k),
+        "dgrad": (batch * hw * hw // (s * s), cin, cout * k * k),
+        # (wgrad: per tap, unless a small C_in is flattened with the taps)
+        "wgrad": (cout, cin * k * k if cin < conv_k.FLAT_MAX_CHANNELS else cin, m),
+    }
+    cv = torch.ops.aten.convolution_backward
+    for w_name, w in (("fp32", w32), ("fp16", w32.to(dtype))):
+        ops = {
+            "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
+            "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+        }
+        cudnn = {
+            "fwd": lambda: torch.nn.functional.conv2d(x, w32.to(dtype), None, s, pad),
+            "dgrad": lambda: cv(
+                gy, x, w32.to(dtype), None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
+                (True, False, False),
+            ),
+            "wgrad": lambda: cv(
+                gy, x, w32.to(dtype), None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
+                (False, True, False),
+            ),
+        }  # fmt: skip
+        for op, run in ops.items():
+            if op not in op_names or w_name not in weights:
+                continue
+            if op == "wgrad" and w_name == "fp16":
+                continue  # wgrad never reads the weight
+            mm, nn_, kk = gemm[op]
+            b_bytes = w.element_size() if op != "wgrad" else 2
+            heuristic = conv_k.pick_config(mm, nn_, kk, dtype)
+            cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
+            t_cudnn = bench(cudnn[op])
+            for cfg in dict.fromkeys([heuristic, *cands]):
+                yield {
+                    "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
+                    "op": op,
+                    "weight": w_name,
+                    "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
+                    f"s{cfg.num_stages}",
+                    "heuristic": cfg == heuristic,
+                    "us": 1e3 * bench(lambda cfg=cfg, run=run: run(cfg)),
+                    "cudnn_us": 1e3 * t_cudnn,
+                }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--shapes", nargs="+", type=parse_shape, required=True)
+    ap.add_argument("--ops", nargs="+", default=["fwd", "dgrad", "wgrad"])
+    ap.add_argument("--weights", nargs="+", default=["fp32", "fp16"], help="weight dtypes")
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
+    args = ap.parse_args()
+    if runtime.INTERPRETED:
+        sys.exit("benchmarks/conv_tiles.py needs a CUDA GPU")
+    rows = []
+    for shape in args.shapes:
+        part = list(shape_rows(shape, args.batch, args.ops, args.weights))
+        rows += part
+        if not part:
+            continue
+        for key in dict.fromkeys((r["op"], r["weight"]) for r in part):
+            group = [r for r in part if (r["op"], r["weight"]) == key]
+            heur = next(r for r in group if r["heuristic"])
+            best = min(group, key=lambda r: r["us"])
+            print(
+                f"{heur['shape']:<28} {key[0]:<5} w={key[1]}  heuristic {heur['tile']:<18} "
+                f"{heur['us']:8.1f} us  best {best['tile']:<18} {best['us']:8.1f} us  "
+                f"cuDNN {heur['cudnn_us']:8.1f} us"
+            )
+    gpu = torch.cuda.get_device_name()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"conv_tiles_{gpu.replace(' ', '_')}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["gpu", "torch", *rows[0].keys()])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({"gpu": gpu, "torch": torch.__version__, **r})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
