@@ -80,14 +80,20 @@ def graph_step_class():
     return cuda_graph.CudaGraphStep, ""
 
 
-def ours_step(name: str, batch: int, dtype, graph: bool, fuse: bool = True):
+def ours_step(
+    name: str, batch: int, dtype, graph: bool, fuse: bool = True, cast_weights: bool = True
+):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
-    ``fuse``: BN -> activation pairs in one kernel (models.build's default)."""
+    ``fuse``: BN -> activation pairs in one kernel (models.build's default). ``cast_weights``
+    False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights)."""
     from tritoncnn.data.loader import GPULoader
 
     torch.manual_seed(0)
     model = models.build(name, num_classes=10, in_channels=3, image_size=32, fuse=fuse)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.cast_weights = cast_weights
     loss_fn = nn.CrossEntropyLoss()
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = GradScaler() if dtype == torch.float16 else None
@@ -174,6 +180,11 @@ def main() -> None:
         "--unfused", action="store_true", help="add a graph row without the BN->activation fusion"
     )
     ap.add_argument(
+        "--fp32-conv-weights",
+        action="store_true",
+        help="add a graph row whose conv GEMMs read the fp32 master weights",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -189,15 +200,17 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
-    ours = {"tritoncnn_fp16": (False, True)}  # variant: (CUDA graph, fuse)
+    ours = {"tritoncnn_fp16": (False, True, True)}  # variant: (CUDA graph, fuse, cast_weights)
     if not args.no_graph:
         cls, why = graph_step_class()
         if cls is None:
             print(f"note: no CUDA-graph row ({why}); tritoncnn runs eager only", flush=True)
         else:
-            ours["tritoncnn_fp16_graph"] = (True, True)
+            ours["tritoncnn_fp16_graph"] = (True, True, True)
             if args.unfused:
-                ours["tritoncnn_fp16_graph_unfused"] = (True, False)
+                ours["tritoncnn_fp16_graph_unfused"] = (True, False, True)
+            if args.fp32_conv_weights:
+                ours["tritoncnn_fp16_graph_fp32w"] = (True, True, False)
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")

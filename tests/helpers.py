@@ -40,3 +40,13 @@ def randn(*shape, dtype=torch.float32, channels_last=False, seed=None) -> torch.
     if channels_last and t.dim() == 4:  # 2-d tensors have no channels_last form
         t = t.contiguous(memory_format=torch.channels_last)
     return t
+
+
+def rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 ``t`` rounded to 16-bit ``dtype`` as our kernels round it: Tensor.to (nearest
+    even), except that Triton's interpreter truncates fp32 -> bf16 (it ignores
+    fp_downcast_rounding), so on the CPU tier bf16 keeps the high 16 bits."""
+    if runtime.INTERPRETED and dtype == torch.bfloat16:
+        bits = t.float().contiguous().view(torch.int32) & -65536  # 0xFFFF0000
+        return bits.view(torch.float32).reshape(t.shape).to(dtype)
+    return t.to(dtype)

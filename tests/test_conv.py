@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import triton
-from helpers import DEVICE, assert_close, f64, randn
+from helpers import DEVICE, assert_close, f64, randn, rounded
 
 from tritoncnn import nn, runtime
 from tritoncnn.kernels import autotune
@@ -97,6 +97,35 @@ def test_conv2d_fp16(name):
 
 def test_conv2d_bf16():
     _check_module(CASES["1x1_s2"], torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemm_weight_copy(dtype):
+    """16-bit activations: the GEMMs read the layer's rounded weight copy. Results equal the
+    kernels reading the fp32 master (they round it the same way), and a weight changed in
+    place (the optimizer's update) reaches the next forward and its backward."""
+    n, c_in, h, w, c_out, k, s, p, d, g = CASES["1x1_24_to_40"]
+    conv = nn.Conv2d(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
+    go = randn(n, c_out, h, w, dtype=dtype, channels_last=True)
+    for _ in range(2):
+        y, dx = conv(x), conv.backward(go)
+        copy = conv._w_cast
+        assert copy.dtype == dtype and torch.equal(
+            copy.float(), rounded(conv.weight.data, dtype).float()
+        )
+        args = (conv.stride, conv._pad4, conv.dilation, conv.groups)
+        w32 = conv.weight.data
+        assert torch.equal(y, K.conv2d_forward(x, w32, conv.bias.data, *args))
+        assert torch.equal(dx, K.conv2d_dgrad(go, w32, x.shape, *args))
+        conv.weight.data.mul_(-0.5).add_(0.01)
+    assert conv._w_cast is copy  # one buffer, refreshed in place
+
+
+def test_fp32_activations_read_the_master_weight():
+    conv = nn.Conv2d(5, 3, 3, padding=1)
+    conv(randn(2, 5, 4, 4, channels_last=True))
+    assert conv._w_cast is None and conv._w_gemm is conv.weight.data
 
 
 def test_nchw_input_accepted():

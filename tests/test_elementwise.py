@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import DEVICE, assert_close, f64, randn
+from helpers import DEVICE, assert_close, f64, randn, rounded
 
 from tritoncnn import nn
 from tritoncnn.kernels import elementwise as ew
@@ -70,6 +70,21 @@ def test_fill():
     assert (t == 2.5).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cast_rounds_like_torch(dtype):
+    """cast_ rounds fp32 to 16 bits as Tensor.to does (nearest even; see ``rounded`` for the
+    interpreter's bf16), including values that overflow fp16 and halfway cases; every element
+    of the poisoned output is written."""
+    x = randn(4, 7, 3, 5, channels_last=True) * 3
+    x[0, :4, 0, 0] = torch.tensor([70000.0, -1e-9, 1 + 2**-11, 1 + 3 * 2**-11])
+    out = torch.full_like(x, float("nan"), dtype=dtype)
+    ew.cast_(out, x)
+    assert out.stride() == x.stride()
+    assert torch.equal(out.float(), rounded(x, dtype).float())
+    with pytest.raises(ValueError, match="shapes differ"):
+        ew.cast_(out, randn(4, 7, 3, 4, channels_last=True))
+
+
 def test_layout_round_trip():
     x = randn(2, 5, 3, 7)
     cl = to_channels_last(x)
@@ -96,3 +111,11 @@ def test_flatten_round_trip():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_activation_gpu(ours_cls, torch_cls, kw, dtype):
     _check_activation(ours_cls, torch_cls, kw, (128, 64, 32, 32), dtype, channels_last=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cast_gpu(dtype):
+    x = randn(512, 144, 3, 3, channels_last=True) * 100
+    out = torch.full_like(x, float("nan"), dtype=dtype)
+    assert torch.equal(ew.cast_(out, x).float(), x.to(dtype).float())

@@ -127,6 +127,15 @@ def fill_kernel(out_ptr, numel, value, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def cast_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    """out[i] = x[i] rounded to out's dtype (round to nearest even, as ``Tensor.to``)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # --- launch helpers --------------------------------------------------------------------------
 
 
@@ -182,4 +191,13 @@ def fill_(out: torch.Tensor, value: float) -> torch.Tensor:
     """Set every element of a dense tensor to ``value``."""
     _check_dense(out)
     fill_kernel[_grid(out.numel())](out, out.numel(), value, BLOCK=BLOCK)
+    return out
+
+
+def cast_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out = x in out's dtype, in place (same shape and layout)."""
+    if out.shape != x.shape:
+        raise ValueError(f"cast_: shapes differ {tuple(out.shape)} vs {tuple(x.shape)}")
+    _check_dense(out, x)
+    cast_kernel[_grid(x.numel())](x, out, x.numel(), BLOCK=BLOCK)
     return out

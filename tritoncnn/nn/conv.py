@@ -10,6 +10,7 @@ import torch
 from tritoncnn import runtime
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
+from tritoncnn.kernels import elementwise as EW
 from tritoncnn.nn.module import Module, Parameter
 
 
@@ -33,7 +34,17 @@ class Conv2d(Module):
     ``input_grad``: when False the backward skips the input gradient (the dgrad GEMM) and
     returns None, as torch skips it for an input that does not require grad. ``models.build``
     turns it off on the stem, whose input is the data batch.
+
+    With 16-bit activations the GEMM kernels read a copy of the weight in the activation dtype,
+    rounded from the master weight by one small cast kernel at each forward into a buffer the
+    layer keeps (``cast_weights``; the rounding is the one the kernels would do themselves).
+    An fp32 weight operand with 24-channel rows made MobileNetV2's 24 <-> 144 1x1 convs ~5x
+    slower on an H200 (fwd 653 -> 127 us, dgrad 523 -> 91 us at batch 512:
+    benchmarks/conv_tiles.py), and the copy halves the weight traffic of every tile.
     """
+
+    # class-wide switch, for benchmarks: False makes the kernels read the fp32 master weight
+    cast_weights = True
 
     def __init__(
         self,
@@ -96,6 +107,8 @@ class Conv2d(Module):
             self.bias = None
         self.input_grad = True
         self._x: torch.Tensor | None = None
+        self._w_cast: torch.Tensor | None = None  # the GEMM operand copy (see the docstring)
+        self._w_gemm: torch.Tensor | None = None  # the weight the last forward's GEMM read
 
     def _explicit_padding(self) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) zero padding."""
@@ -135,9 +148,28 @@ class Conv2d(Module):
             return DW.depthwise_conv2d_forward(
                 x, self.weight.data, b, self.stride, (pt, pl), self.dilation
             )
+        self._w_gemm = self._gemm_weight(x.dtype)
         return K.conv2d_forward(
-            x, self.weight.data, b, self.stride, self._pad4, self.dilation, self.groups
+            x, self._w_gemm, b, self.stride, self._pad4, self.dilation, self.groups
         )
+
+    def _gemm_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight the conv GEMMs read for activations of ``dtype``: the fp32 master, or
+        for 16-bit activations its copy in that dtype, refreshed now (same buffer each step,
+        so a captured CUDA graph replays into it)."""
+        w = self.weight.data
+        dense = w.is_contiguous() or w.is_contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32 or not self.cast_weights or not dense:
+            return w
+        cast = self._w_cast
+        if (
+            cast is None
+            or cast.dtype != dtype
+            or cast.shape != w.shape
+            or cast.stride() != w.stride()
+        ):
+            cast = self._w_cast = runtime.empty_like(w, dtype=dtype)
+        return EW.cast_(cast, w)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
         x = self._x
@@ -156,7 +188,7 @@ class Conv2d(Module):
             args = (self.stride, self._pad4, self.dilation, self.groups)
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
-                grad_in = K.conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+                grad_in = K.conv2d_dgrad(grad_out, self._w_gemm, x.shape, *args, out=out)
             w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         if self.bias is not None:
             self.bias.grad = K.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)
