@@ -3,6 +3,8 @@
 For each shape (``in:out:kernel:stride:size``, stride-1 convs padded 'same'), times our fwd,
 dgrad and wgrad over every candidate tile (``conv.gemm_candidates``; wgrad at the heuristic
 split), with the fp32 master weight and with an fp16 copy, against cuDNN in the same run.
+``--ops wgrad_other`` times the wgrad with its other column layout (taps flattened with the
+channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``).
 Prints one line per (shape, op, weight dtype): the heuristic tile's time, the best tile and
 its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
@@ -55,13 +57,19 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "dgrad": (batch * hw * hw // (s * s), cin, cout * k * k),
         # (wgrad: per tap, unless a small C_in is flattened with the taps)
         "wgrad": (cout, cin * k * k if cin < conv_k.FLAT_MAX_CHANNELS else cin, m),
+        # the other column layout of the same wgrad (``conv2d_wgrad(flat_taps=...)``)
+        "wgrad_other": (cout, cin if cin < conv_k.FLAT_MAX_CHANNELS else cin * k * k, m),
     }
+    other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
     for w_name, w in (("fp32", w32), ("fp16", w32.to(dtype))):
         ops = {
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+            "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
+                x, gy, w.shape, *pair, 1, config=cfg, flat_taps=other_flat
+            ),
         }
         cudnn = {
             "fwd": lambda: torch.nn.functional.conv2d(x, w32.to(dtype), None, s, pad),
@@ -74,13 +82,16 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 (False, True, False),
             ),
         }  # fmt: skip
+        cudnn["wgrad_other"] = cudnn["wgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
-            if op == "wgrad" and w_name == "fp16":
+            if op == "wgrad_other" and is_1x1:
+                continue
+            if op.startswith("wgrad") and w_name == "fp16":
                 continue  # wgrad never reads the weight
             mm, nn_, kk = gemm[op]
-            b_bytes = w.element_size() if op != "wgrad" else 2
+            b_bytes = 2 if op.startswith("wgrad") else w.element_size()
             heuristic = conv_k.pick_config(mm, nn_, kk, dtype)
             cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
             t_cudnn = bench(cudnn[op])

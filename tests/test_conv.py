@@ -173,6 +173,23 @@ def test_split_k_wgrad_and_bias_grad():
     assert torch.equal(again, K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3))
 
 
+@pytest.mark.parametrize("flat_taps", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_wgrad_tap_layouts(flat_taps, dtype):
+    """The weight gradient with its columns flattened over (tap, channel) or one tap per
+    program, each forced on the channel counts the heuristic gives the other (16-channel
+    groups flattened; 3 channels per tap), with stride, dilation, groups and split-K."""
+    for c_in, groups in ((32, 2), (3, 1)):
+        x = randn(2, c_in, 9, 8, dtype=dtype, channels_last=True)
+        wt = _weight(6, c_in // groups, 3, 3)
+        go = randn(2, 6, 4, 3, dtype=dtype, channels_last=True)
+        _, _, dwr, _ = reference(x, wt, torch.zeros(6), go, 2, 1, 2, groups)
+        args = ((2, 2), (1, 1), (2, 2), groups)
+        for split in (1, 3):
+            dw = K.conv2d_wgrad(x, go, wt.shape, *args, split_k=split, flat_taps=flat_taps)
+            assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"c_in {c_in} split {split}")
+
+
 @pytest.mark.parametrize("act,alpha", [(ew.ACT_RELU6, 0.0), (ew.ACT_LEAKY_RELU, 0.2)])
 def test_fused_activation_epilogue(act, alpha):
     x = randn(2, 3, 5, 4, channels_last=True) * 3

@@ -1015,13 +1015,16 @@ def conv2d_wgrad(
     grad_weight: torch.Tensor | None = None,
     config: ConvConfig | int | None = None,
     split_k: int | None = None,
+    flat_taps: bool | None = None,
 ) -> torch.Tensor:
     """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
     channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
     ``split_k`` splits the pixel reduction into that many fp32 partial sums that a second
     kernel adds in order (deterministic). With neither ``config`` nor ``split_k`` given the
     autotuner chooses the tile, then the split factor for that tile (timed into a scratch
-    gradient: the real one may be accumulated into); otherwise the heuristic fills in."""
+    gradient: the real one may be accumulated into); otherwise the heuristic fills in.
+    ``flat_taps`` forces the GEMM's columns to (tap, channel) flattened (True) or one tap per
+    program (False); None: flattened for fewer than FLAT_MAX_CHANNELS input channels."""
     _check_act(x, "input")
     _check_act(grad_out, "grad_out")
     c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
@@ -1038,7 +1041,7 @@ def conv2d_wgrad(
     c_out_g = c_out // groups
     pixels = n * ho * wo
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
-    flat_n = (not is_1x1) and c_in_g < FLAT_MAX_CHANNELS
+    flat_n = (not is_1x1) and (c_in_g < FLAT_MAX_CHANNELS if flat_taps is None else flat_taps)
     n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
     grid_1 = groups if flat_n else groups * kh * kw  # (group, tap) of each program
     accumulate = grad_weight is not None
