@@ -297,6 +297,16 @@ def test_pick_config_only_returns_listed_configs(monkeypatch):
                 assert K.pick_config(m, n, 27, dtype) in K.CONFIGS
                 assert K.pick_config(m, n, 4608, dtype) in K.CONFIGS
                 assert K.pick_config(m, n, 10**6, dtype) in K.CONFIGS
+                assert K.pick_config(m, n, 10**6, dtype, split_k=True) in K.CONFIGS
+
+
+def test_pick_config_wgrad_rows(monkeypatch):
+    """A split-K GEMM (wgrad) takes 128-row tiles for 128+ output channels even though its
+    few row tiles alone would not fill the GPU; an unsplit GEMM of as few rows takes 64."""
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    assert K.pick_config(256, 256, 10**5, torch.float16, split_k=True).BLOCK_M == 128
+    assert K.pick_config(256, 256, 10**5, torch.float16).BLOCK_M == 64
+    assert K.pick_config(64, 64, 10**5, torch.float16, split_k=True).BLOCK_M == 64
 
 
 @pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2)])
@@ -540,3 +550,5 @@ def test_gpu_bias_grad_configs(config, dtype):
 def test_gpu_module_nchw_and_accumulate():
     _check_module((64, 3, 32, 32, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1), torch.float16, False)
     _check_module((64, 64, 16, 16, 96, (3, 3), (2, 2), (1, 1), (1, 1), 4), torch.float32)
+    # MobileNetV2's 24 -> 144 expand: the 16-bit weight copy with 24-channel rows
+    _check_module((64, 24, 32, 32, 144, (1, 1), (1, 1), (0, 0), (1, 1), 1), torch.float16)

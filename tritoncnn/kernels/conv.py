@@ -115,16 +115,20 @@ CONFIGS: tuple[ConvConfig, ...] = (
 SMEM_SHARE = 0.78
 
 
-def pick_config(m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
+def pick_config(m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False) -> ConvConfig:
     """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count), BLOCK_M shrinks when
-    there are too few row tiles to fill the GPU, BLOCK_K doubles for a long 16-bit K."""
+    there are too few row tiles to fill the GPU (unless ``split_k``: the wgrad's K splits fill
+    it), BLOCK_K doubles for a long 16-bit K."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         ib = runtime.interpreter_block
         bm, bn = ib(m, 2048), ib(n, 128)
         # keep each operand tile within 2**18 elements (Triton caps a block at 2**20)
         return ConvConfig(bm, bn, ib(k, min(1024, 2**18 // max(bm, bn))), 4, 1)
     bn = 32 if n <= 32 else 64 if n <= 64 else 128
-    few_rows = m <= 64 * 132  # 128-row tiles would leave some of an H100's 132 SMs idle
+    # 128-row tiles would leave some of an H100's 132 SMs idle. Not so for a split K: on an
+    # H200 the 128 x 128 tile ran ResNet-18's 3x3 wgrads of 128-512 channels 1.7x faster than
+    # 64 x 128 at batch 512 (benchmarks/results/conv_tiles_NVIDIA_H200.csv)
+    few_rows = m <= 64 * 132 and not split_k
     # (a GEMM of at most 64 rows, e.g. the weight gradient of a 64-channel layer, takes 64:
     # a 128-row tile would multiply 64 rows of masked zeros)
     bm = 64 if bn == 32 or m <= 64 or (bn == 128 and few_rows) else 128
@@ -772,9 +776,11 @@ def _padding4(padding) -> tuple[int, int, int, int]:
     raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right): {padding}")
 
 
-def _resolve_config(config, m: int, n: int, k: int, dtype: torch.dtype) -> ConvConfig:
+def _resolve_config(
+    config, m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False
+) -> ConvConfig:
     if config is None:
-        return pick_config(m, n, k, dtype)
+        return pick_config(m, n, k, dtype, split_k)
     if isinstance(config, int):
         return CONFIGS[config]
     return config
@@ -1086,7 +1092,7 @@ def conv2d_wgrad(
             _reduce_splits(dst, gw, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
 
     if config is not None or split_k is not None or runtime.INTERPRETED:
-        cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype)
+        cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
         launch(grad_weight, cfg, split_k if split_k is not None else heuristic_split(cfg))
         return grad_weight
 
@@ -1113,7 +1119,7 @@ def conv2d_wgrad(
         "conv2d_wgrad",
         problem,
         lambda: gemm_candidates(c_out_g, n_cols, pixels, act_bytes, act_bytes, is_1x1),
-        pick_config(c_out_g, n_cols, pixels, grad_out.dtype),
+        pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True),
         tile_runner,
     )
 
