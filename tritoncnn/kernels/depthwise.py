@@ -67,6 +67,9 @@ _MIN_PROGRAMS = 512
 # Stage-1 wgrad programs aimed for per tap; fixed (not read from the device) so that the
 # summation order, hence the result bit for bit, is the same on every machine.
 _WGRAD_TARGET_PROGRAMS = 1024
+# Pixel tiles each stage-1 wgrad program keeps in flight: tl.range(num_stages=...) pipelines
+# the loop's loads (a kernel's num_stages pipelines only loads that feed a tl.dot).
+WGRAD_STAGES = 3
 # Stage-2 tile: BLOCK_K partial rows x BLOCK_J (tap, channel) entries.
 _REDUCE_BLOCK_K = 32
 _REDUCE_BLOCK_J = 64
@@ -213,7 +216,7 @@ def depthwise_wgrad_partial_kernel(
     sg_n, sg_h, sg_w, sg_c,
     pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
     x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
@@ -232,7 +235,7 @@ def depthwise_wgrad_partial_kernel(
     C, H, W: channels and input size. HO, WO: output size. P: N*HO*WO. ITERS: pixel tiles per
     program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
     dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
-    BLOCK_P, BLOCK_C: tile size.
+    BLOCK_P, BLOCK_C: tile size. STAGES: pixel tiles in flight (pipelined loads; WGRAD_STAGES).
     """
     pid = tl.program_id(0)
     chunk = pid // (KH * KW)
@@ -244,7 +247,7 @@ def depthwise_wgrad_partial_kernel(
     x_c = (c * sx_c)[None, :]
     g_c = (c * sg_c)[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for it in range(ITERS):
+    for it in tl.range(ITERS, num_stages=STAGES):
         p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_mask = p < P
         ow = p % WO
@@ -492,7 +495,7 @@ def depthwise_conv2d_wgrad(
         *runtime.nhwc_strides(grad_out),
         ph, pw, dh, dw,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
-        BLOCK_P=block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_P=block_p, BLOCK_C=cfg.block_c, STAGES=WGRAD_STAGES, num_warps=cfg.num_warps,
     )  # fmt: skip
     entries = kh * kw * c
     depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](

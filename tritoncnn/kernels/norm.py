@@ -68,6 +68,15 @@ NORM_CONFIGS: tuple[NormConfig, ...] = (
 STAGE2_TILE = 2048
 
 
+# Row tiles each stage-1 reduction loop keeps in flight. A kernel's num_stages pipelines only
+# loads that feed a tl.dot; tl.range(num_stages=...) asks for the loads of any loop, so a
+# program waits on one DRAM round trip per LOOP_STAGES tiles rather than per tile.
+LOOP_STAGES = 3
+
+# Stage-1 programs per SM: with LOOP_STAGES tiles each, the bytes in flight per SM.
+PROGRAMS_PER_SM = 4
+
+
 def stage2_block(cfg: NormConfig) -> int:
     """Partials stage 2 combines per iteration (BLOCK_P) for tile ``cfg``."""
     return max(16, STAGE2_TILE // cfg.block_c)
@@ -252,6 +261,7 @@ def bn_stats_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
     ALIGN: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """Training statistics: (mean, M2) of one slab of rows per channel; the channel block's
     last program merges them all into the batch mean / invstd and updates the running stats.
@@ -278,6 +288,7 @@ def bn_stats_kernel(
     M, C: rows and channels. HW, W: H*W and W of the row decode. ROWS: rows per program
     (a multiple of BLOCK_M).
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
+    STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -298,7 +309,7 @@ def bn_stats_kernel(
     lane_cnt = tl.zeros((BLOCK_M,), tl.float32)
     lane_mean = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
     lane_m2 = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
-    for start in range(0, n_rows, BLOCK_M):
+    for start in tl.range(0, n_rows, BLOCK_M, num_stages=STAGES):
         rows = row0 + start + tl.arange(0, BLOCK_M)
         mask_m = rows < row0 + n_rows
         mask = mask_m[:, None] & mask_c[None, :]
@@ -486,6 +497,7 @@ def bn_bwd_reduce_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
     ALIGN: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """Backward reductions: per-channel sums of g and g * xhat over one slab of rows; the
     channel block's last program adds all slabs and writes the parameter gradients.
@@ -509,6 +521,7 @@ def bn_bwd_reduce_kernel(
     WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
     ACCUMULATE_B is set, else overwritten.
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
+    STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -525,7 +538,7 @@ def bn_bwd_reduce_kernel(
 
     acc_g = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
     acc_gx = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
-    for start in range(0, n_rows, BLOCK_M):
+    for start in tl.range(0, n_rows, BLOCK_M, num_stages=STAGES):
         rows = row0 + start + tl.arange(0, BLOCK_M)
         mask = (rows < row0 + n_rows)[:, None] & mask_c[None, :]
         g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w, ALIGN)[:, None] + (c64 * sg_c)[None, :]
@@ -665,7 +678,7 @@ def _target_programs() -> int:
         return 4
     if _SM_COUNT is None:
         _SM_COUNT = torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
-    return 4 * _SM_COUNT
+    return PROGRAMS_PER_SM * _SM_COUNT
 
 
 def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
@@ -831,7 +844,8 @@ def batch_norm_forward_train(
         m, c, hw, w, *sx, rows, n_parts,
         0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, STORE_M2=False,
-        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, x), **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
+        ALIGN=_align(c, x), **tile,
     )
     # fmt: on
     nbt = num_batches_tracked if inc else None
@@ -857,7 +871,8 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
         x, pmean, pm2, runtime.tickets(c_blocks), moments[0], moments[1],
         moments, moments, moments, m, c, hw, w, *sx, rows, n_parts, 0.0, 0.0,
         UPDATE_RUNNING=False, CUMULATIVE=False, STORE_M2=True,
-        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, x), **tile,
+        BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
+        ALIGN=_align(c, x), **tile,
     )
     # fmt: on
     return moments
@@ -1006,7 +1021,8 @@ def _backward(
             grad_weight if want_gw else means, grad_bias if want_gb else means,
             m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
             WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
-            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), ALIGN=_align(c, grad_out, x),
+            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
+            ALIGN=_align(c, grad_out, x),
             **flags, **tile,
         )
         # fmt: on

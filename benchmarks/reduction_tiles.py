@@ -1,0 +1,191 @@
+"""The row-reduction kernels of MobileNetV2 at their real shapes: loads in flight vs speed.
+
+Batch-norm statistics (``bn_stats_kernel``), the batch-norm backward (``bn_bwd_reduce_kernel``
++ ``bn_bwd_input_kernel``) and the depthwise weight gradient (``depthwise_wgrad_partial_kernel``
++ its stage 2) each loop over a slab of rows per program. This times them over every layer of
+MobileNetV2-CIFAR at ``--batch`` with each number of pipelined loop stages
+(``norm.LOOP_STAGES``, ``depthwise.WGRAD_STAGES``) and of stage-1 programs
+(``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_TARGET_PROGRAMS``), against torch (cuDNN batch
+norm, cuDNN depthwise wgrad) on the same tensors. Prints each variant's total over the network
+(each layer counted as often as the network has it) and writes every timing to
+``reduction_tiles_<gpu>.csv`` under ``--out``.
+
+    python benchmarks/reduction_tiles.py --batch 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tritoncnn import runtime  # noqa: E402
+from tritoncnn.kernels import depthwise, norm  # noqa: E402
+from tritoncnn.models.mobilenetv2 import SETTINGS  # noqa: E402
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def mobilenetv2_layers(size: int = 32) -> tuple[Counter, Counter]:
+    """(batch-norm (channels, size) counts, depthwise (channels, input size, stride) counts)
+    of MobileNetV2-CIFAR (stride-1 stem and first stride-2 stage) on size x size images."""
+    bn, dw = Counter(), Counter()
+    cin, hw = 32, size
+    bn[(32, hw)] += 1  # stem
+    first_s2 = True
+    for t, c, n, s in SETTINGS:
+        if s == 2 and first_s2:
+            s, first_s2 = 1, False
+        for j in range(n):
+            stride = s if j == 0 else 1
+            hidden = cin * t
+            if t != 1:
+                bn[(hidden, hw)] += 1  # expand
+            dw[(hidden, hw, stride)] += 1
+            hw //= stride
+            bn[(hidden, hw)] += 1  # depthwise
+            bn[(c, hw)] += 1  # project
+            cin = c
+    bn[(1280, hw)] += 1  # last 1x1
+    return bn, dw
+
+
+def nhwc(*shape: int, dtype=torch.float16) -> torch.Tensor:
+    x = torch.randn(*shape, device="cuda", dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def bn_rows(batch: int, stages: list[int], programs: list[int]):
+    layers, _ = mobilenetv2_layers()
+    for (c, hw), count in layers.items():
+        yield from bn_layer_rows(batch, c, hw, count, stages, programs)
+
+
+def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
+    x, gy = nhwc(batch, c, hw, hw), nhwc(batch, c, hw, hw)
+    w = torch.rand(c, device="cuda") + 0.5
+    b = torch.randn(c, device="cuda")
+    mean, invstd = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
+    xr = x.detach().requires_grad_()
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    yr = torch.nn.functional.batch_norm(xr, None, None, wr, br, training=True)
+    t_torch = {
+        "stats": bench(lambda: torch.batch_norm_stats(x, 1e-5)),
+        "backward": bench(lambda: torch.autograd.grad(yr, (xr, wr, br), gy, retain_graph=True)),
+    }
+    ours = {
+        "stats": lambda: norm.batch_norm_local_moments(x),
+        "backward": lambda: norm.batch_norm_backward(gy, x, w, b, mean, invstd, 1e-5),
+    }
+    one_pass = x.numel() * x.element_size() / 1e9  # GB
+    for st in stages:
+        for pps in programs:
+            norm.LOOP_STAGES, norm.PROGRAMS_PER_SM = st, pps
+            for op, fn in ours.items():
+                us = 1e3 * bench(fn)
+                yield {
+                    "kernel": f"bn_{op}",
+                    "layer": f"C{c} {hw}x{hw} N{batch}",
+                    "count": count,
+                    "stages": st,
+                    "programs": pps,
+                    "us": us,
+                    "torch_us": 1e3 * t_torch[op],
+                    # stats read x; the backward reads g and x twice and writes dx
+                    "GB/s": (1 if op == "stats" else 5) * one_pass / (us * 1e-6),
+                }
+
+
+def dw_rows(batch: int, stages: list[int], programs: list[int]):
+    _, layers = mobilenetv2_layers()
+    for (c, hw, stride), count in layers.items():
+        yield from dw_layer_rows(batch, c, hw, stride, count, stages, programs)
+
+
+def dw_layer_rows(batch: int, c: int, hw: int, stride: int, count: int, stages, programs):
+    ho = hw // stride
+    x, gy = nhwc(batch, c, hw, hw), nhwc(batch, c, ho, ho)
+    wr = torch.randn(c, 1, 3, 3, device="cuda", dtype=torch.float16)
+    t_torch = bench(
+        lambda: torch.ops.aten.convolution_backward(
+            gy, x, wr, None, (stride, stride), (1, 1), (1, 1), False, (0, 0), c,
+            (False, True, False),
+        )
+    )  # fmt: skip
+    for st in stages:
+        for target in programs:
+            depthwise.WGRAD_STAGES, depthwise._WGRAD_TARGET_PROGRAMS = st, target
+            us = 1e3 * bench(
+                lambda: depthwise.depthwise_conv2d_wgrad(x, gy, (c, 1, 3, 3), stride, 1, 1)
+            )
+            gb = (x.numel() + gy.numel()) * x.element_size() / 1e9
+            yield {
+                "kernel": "dw_wgrad",
+                "layer": f"C{c} {hw}x{hw} s{stride} N{batch}",
+                "count": count,
+                "stages": st,
+                "programs": target,
+                "us": us,
+                "torch_us": 1e3 * t_torch,
+                "GB/s": gb / (us * 1e-6),
+            }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4])
+    ap.add_argument("--bn-programs", nargs="+", type=int, default=[4, 8], help="per SM")
+    ap.add_argument("--dw-programs", nargs="+", type=int, default=[1024, 2048], help="per tap")
+    ap.add_argument("--kernels", nargs="+", default=["bn", "dw"])
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
+    args = ap.parse_args()
+    if runtime.INTERPRETED:
+        sys.exit("benchmarks/reduction_tiles.py needs a CUDA GPU")
+    rows = []
+    if "bn" in args.kernels:
+        rows += list(bn_rows(args.batch, args.stages, args.bn_programs))
+    if "dw" in args.kernels:
+        rows += list(dw_rows(args.batch, args.stages, args.dw_programs))
+    totals: dict[tuple, list[float]] = {}
+    for r in rows:
+        t = totals.setdefault((r["kernel"], r["stages"], r["programs"]), [0.0, 0.0])
+        t[0] += r["count"] * r["us"]
+        t[1] += r["count"] * r["torch_us"]
+    print(f"MobileNetV2-CIFAR, batch {args.batch}: totals over the network")
+    for (kernel, st, progs), (ours, ref) in totals.items():
+        print(
+            f"{kernel:<12} stages {st}  programs {progs:<5} {ours:9.1f} us   "
+            f"torch {ref:9.1f} us   ratio {ref / ours:5.2f}"
+        )
+    gpu = torch.cuda.get_device_name()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"reduction_tiles_{gpu.replace(' ', '_')}.csv"
+    import triton
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["gpu", "torch", "triton", *rows[0].keys()])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, **r}
+            )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
