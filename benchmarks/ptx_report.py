@@ -126,7 +126,10 @@ def bn_args(op: str, n: int, c: int, hw: int):
         "UPDATE_RUNNING": True, "CUMULATIVE": False, "STORE_M2": False, "BATCH_STATS": True,
         "WRITE_GRAD_W": True, "WRITE_GRAD_B": True, "ACCUMULATE_W": False, "ACCUMULATE_B": False,
     }  # fmt: skip
-    tile = dict(BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, BLOCK_P=norm.stage2_block(cfg))
+    tile = dict(
+        BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, BLOCK_P=norm.stage2_block(cfg),
+        STAGES=norm.LOOP_STAGES,
+    )
     const = {k: v for k, v in {**flags, **tile}.items() if k in kernel.arg_names}
     const["ALIGN"] = norm._align(c, t)
     pointers = {}
