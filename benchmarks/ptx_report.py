@@ -46,7 +46,14 @@ from tritoncnn.kernels import norm  # noqa: E402
 norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
 
 CONV_POINTERS = {
-    "fwd": {"x_ptr": "*fp16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*fp16"},
+    "fwd": {
+        "x_ptr": "*fp16",
+        "w_ptr": "*fp32",
+        "b_ptr": "*fp32",
+        "y_ptr": "*fp16",
+        "pmean_ptr": "*fp32",
+        "pm2_ptr": "*fp32",
+    },  # fmt: skip
     "dgrad": {"dy_ptr": "*fp16", "w_ptr": "*fp32", "dx_ptr": "*fp16"},
     "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
@@ -87,7 +94,9 @@ def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.
         ints.update(_named("sx", "nhwc", x))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sy", "nhwc", y))
-        const = dict(common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=_align(n, c_in, hw))
+        const = dict(
+            common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=_align(n, c_in, hw), MOMENTS=False
+        )
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":
         ints = dict(geometry, **conv, kh_step=1, kw_step=1)
@@ -127,7 +136,9 @@ def bn_args(op: str, n: int, c: int, hw: int):
         "WRITE_GRAD_W": True, "WRITE_GRAD_B": True, "ACCUMULATE_W": False, "ACCUMULATE_B": False,
     }  # fmt: skip
     tile = dict(
-        BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, BLOCK_P=norm.stage2_block(cfg),
+        BLOCK_M=cfg.block_m,
+        BLOCK_C=cfg.block_c,
+        BLOCK_P=norm.stage2_block(cfg),
         STAGES=norm.LOOP_STAGES,
     )
     const = {k: v for k, v in {**flags, **tile}.items() if k in kernel.arg_names}

@@ -81,16 +81,26 @@ def graph_step_class():
 
 
 def ours_step(
-    name: str, batch: int, dtype, graph: bool, fuse: bool = True, cast_weights: bool = True
+    name: str,
+    batch: int,
+    dtype,
+    graph: bool,
+    fuse: bool = True,
+    cast_weights: bool = True,
+    conv_bn_moments: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
     ``fuse``: BN -> activation pairs in one kernel (models.build's default). ``cast_weights``
-    False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights)."""
+    False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights).
+    ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's option)."""
     from tritoncnn.data.loader import GPULoader
 
     torch.manual_seed(0)
-    model = models.build(name, num_classes=10, in_channels=3, image_size=32, fuse=fuse)
+    model = models.build(
+        name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
+        conv_bn_moments=conv_bn_moments,
+    )  # fmt: skip
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             m.cast_weights = cast_weights
@@ -185,6 +195,11 @@ def main() -> None:
         help="add a graph row whose conv GEMMs read the fp32 master weights",
     )
     ap.add_argument(
+        "--conv-bn-moments",
+        action="store_true",
+        help="add a graph row whose BN statistics come from the conv epilogues",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -211,6 +226,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_unfused"] = (True, False, True)
             if args.fp32_conv_weights:
                 ours["tritoncnn_fp16_graph_fp32w"] = (True, True, False)
+            if args.conv_bn_moments:
+                ours["tritoncnn_fp16_graph_moments"] = (True, True, True, True)
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")

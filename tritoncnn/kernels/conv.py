@@ -51,6 +51,7 @@ from tritoncnn import runtime
 from tritoncnn.kernels import alignment, autotune
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
+from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
 # (Triton's matmul tutorial ordering).
@@ -250,7 +251,7 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 @triton.jit
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sx_n, sx_h, sx_w, sx_c,
     sw_o, sw_i, sw_h, sw_w,
@@ -262,7 +263,7 @@ def conv2d_fwd_kernel(
     IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    X_ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -273,6 +274,9 @@ def conv2d_fwd_kernel(
     w_ptr: fp32 weight, logical C_out,C_in_g,KH,KW, strides sw_* (o, i, kh, kw).
     b_ptr: fp32 bias (C_out,), read only when HAS_BIAS.
     y_ptr: output, logical N,C_out,HO,WO, strides sy_*; stored in its own dtype.
+    pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] per-tile batch-norm
+    moments of y as stored (norm.store_tile_moments: row block pid_m is partial pid_m), so
+    the training batch norm that reads y needs no statistics pass of its own.
     N, H, W: input batch and spatial size. C_in_g, C_out_g: channels per group.
     HO, WO: output spatial size. stride_*, pad_* (top/left), dil_*: the convolution geometry.
     alpha: ELU alpha / LeakyReLU slope for the fused activation ``ACT`` (elementwise.py codes).
@@ -380,7 +384,13 @@ def conv2d_fwd_kernel(
     acc = apply_activation(acc, ACT, alpha)
     y_row = n_img.to(tl.int64) * sy_n + ho * sy_h + wo * sy_w
     y_ptrs = y_ptr + y_row[:, None] + co.to(tl.int64)[None, :] * sy_c
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
+    if MOMENTS:
+        # fmt: off
+        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, pid_m, co, mask_n,
+                           C_out_g * tl.num_programs(1))
+        # fmt: on
 
 
 @triton.jit
@@ -843,6 +853,44 @@ def conv2d_forward(
     asymmetric padding of padding='same' with even kernels. ``weight`` may be fp32 or already
     in x's dtype (half the operand traffic and shared memory). ``config``
     forces a tile; None lets the autotuner choose (the heuristic in the interpreter)."""
+    y, _ = _forward(x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False)
+    return y
+
+
+def conv2d_forward_moments(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    config: ConvConfig | int | None = None,
+) -> tuple[torch.Tensor, TileMoments]:
+    """``conv2d_forward`` for a conv that feeds a training batch norm: also returns the
+    per-tile moments of the output that its epilogue stored (norm.TileMoments), for
+    ``norm.batch_norm_forward_train(moments=...)``."""
+    y, moments = _forward(
+        x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True
+    )
+    assert moments is not None
+    return y, moments
+
+
+def _forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    act: int,
+    alpha: float,
+    config: ConvConfig | int | None,
+    moments: bool,
+) -> tuple[torch.Tensor, TileMoments | None]:
+    """The forward launch; with ``moments``, also the output's per-tile moments."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight.shape
@@ -862,10 +910,13 @@ def conv2d_forward(
     m, k = n * ho * wo, kh * kw * c_in_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
 
-    def launch(out: torch.Tensor, cfg: ConvConfig) -> None:
+    def launch(out: torch.Tensor, cfg: ConvConfig) -> TileMoments | None:
+        # the moments' tile is the launch's BLOCK_M: a tuning candidate gets buffers of its own
+        tiles = tile_moments(m, c_out, cfg.BLOCK_M) if moments else None
+        parts = tiles.partials if tiles is not None else (out, out)
         grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
         conv2d_fwd_kernel[grid](
-            x, weight, weight if bias is None else bias, out,
+            x, weight, weight if bias is None else bias, out, parts[0], parts[1],
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(out),
             sh, sw, pt, pl, dh, dw,
@@ -875,9 +926,10 @@ def conv2d_forward(
             DOT_PRECISION=runtime.dot_precision(x.dtype),
             EMULATE_BF16=_emulate_bf16(x.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-            X_ALIGN=vector_align(x, c_in_g),
+            X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
+        return tiles
 
     if config is not None or runtime.INTERPRETED:
         cfg = _resolve_config(config, m, c_out_g, k, x.dtype)
@@ -887,6 +939,8 @@ def conv2d_forward(
             pad=(pt, pb, pl, pr), dil=(dh, dw), groups=groups, bias=bias is not None, act=act,
             x=autotune.tensor_flag(x), weight=autotune.tensor_flag(weight),
         )  # fmt: skip
+        if moments:  # the epilogue's reductions shift the best tile; older keys stay valid
+            problem["moments"] = True
         cfg = _tuned(
             "conv2d_fwd",
             problem,
@@ -894,8 +948,7 @@ def conv2d_forward(
             pick_config(m, c_out_g, k, x.dtype),
             lambda: _scratch_runner(launch, runtime.empty_like(y)),
         )
-    launch(y, cfg)
-    return y
+    return y, launch(y, cfg)
 
 
 def _scratch_runner(launch, scratch: torch.Tensor):

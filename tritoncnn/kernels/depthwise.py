@@ -26,6 +26,7 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
+from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
 
 
 class DepthwiseConfig(NamedTuple):
@@ -80,7 +81,7 @@ _REDUCE_BLOCK_J = 64
 
 @triton.jit
 def depthwise_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
     C, H, W, HO, WO, P,
     sx_n, sx_h, sx_w, sx_c,
     sw_c, sw_h, sw_w,
@@ -88,7 +89,7 @@ def depthwise_fwd_kernel(
     pad_h, pad_w, dil_h, dil_w, alpha,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MOMENTS: tl.constexpr = False,
 ):  # fmt: skip
     """y[n,c,oh,ow] = act(bias[c] + sum_{kh,kw} x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * w[c,0,kh,kw]).
 
@@ -104,6 +105,8 @@ def depthwise_fwd_kernel(
     activation's parameter (ELU alpha / LeakyReLU slope). KH, KW: kernel size. STRIDE_H,
     STRIDE_W: conv stride. HAS_BIAS: add bias. ACT: activation code of elementwise.py.
     BLOCK_P, BLOCK_C: tile size.
+    pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(P, BLOCK_P), C] per-tile batch-norm moments
+    of y as stored (norm.store_tile_moments; pixel block program_id(0) is that partial).
     """
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -136,11 +139,15 @@ def depthwise_fwd_kernel(
         acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACT, alpha)
     y_off = n.to(tl.int64) * sy_n + oh * sy_h + ow * sy_w
+    y = acc.to(y_ptr.dtype.element_ty)
     tl.store(
-        y_ptr + y_off[:, None] + (c * sy_c)[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=p_mask[:, None] & c_mask[None, :],
+        y_ptr + y_off[:, None] + (c * sy_c)[None, :], y, mask=p_mask[:, None] & c_mask[None, :]
     )
+    if MOMENTS:
+        # fmt: off
+        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), p_mask, tl.program_id(0), c,
+                           c_mask, C)
+        # fmt: on
 
 
 @triton.jit
@@ -375,6 +382,38 @@ def depthwise_conv2d_forward(
     """act(conv2d(x, weight, bias, groups=C)) as a new N,C,HO,WO channels_last tensor in x's
     dtype. ``weight`` is fp32 C,1,KH,KW and ``bias`` fp32 C (or None), any strides;
     stride/padding/dilation are (h, w) pairs (or ints)."""
+    return _forward(x, weight, bias, stride, padding, dilation, act, alpha, config, False)[0]
+
+
+def depthwise_conv2d_forward_moments(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    config: DepthwiseConfig | None = None,
+) -> tuple[torch.Tensor, TileMoments]:
+    """``depthwise_conv2d_forward`` for a conv that feeds a training batch norm: also returns
+    the per-tile moments of the output that its epilogue stored (norm.TileMoments)."""
+    y, moments = _forward(x, weight, bias, stride, padding, dilation, ACT_NONE, 0.0, config, True)
+    assert moments is not None
+    return y, moments
+
+
+def _forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    act: int,
+    alpha: float,
+    config: DepthwiseConfig | None,
+    moments: bool,
+) -> tuple[torch.Tensor, TileMoments | None]:
+    """The forward launch; with ``moments``, also the output's per-tile moments."""
     _check(x, "forward")
     n, c, h, w = x.shape
     kh, kw = _check_weight_shape(weight.shape, c)
@@ -388,8 +427,10 @@ def depthwise_conv2d_forward(
     pixels = n * ho * wo
     cfg = config or pick_config(c, pixels)
     grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
+    tiles = tile_moments(pixels, c, cfg.block_p) if moments else None
+    parts = tiles.partials if tiles is not None else (y, y)
     depthwise_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y,
+        x, weight, bias if bias is not None else weight, y, parts[0], parts[1],
         c, h, w, ho, wo, pixels,
         *runtime.nhwc_strides(x),
         weight.stride(0), weight.stride(2), weight.stride(3),
@@ -397,9 +438,9 @@ def depthwise_conv2d_forward(
         ph, pw, dh, dw, float(alpha),
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
         HAS_BIAS=bias is not None, ACT=act,
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, MOMENTS=moments, num_warps=cfg.num_warps,
     )  # fmt: skip
-    return y
+    return y, tiles
 
 
 def depthwise_conv2d_dgrad(

@@ -21,6 +21,9 @@ Training forward (2 launches): ``bn_stats_kernel`` (partials; the last program p
 block writes save_mean / save_invstd and updates the running stats in place exactly as torch)
 -> ``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
 num_batches_tracked on the device). Eval forward is one ``bn_apply_kernel`` on running stats.
+When the kernel that produced x stored per-tile (mean, M2) in its epilogue (``TileMoments``:
+conv.py, depthwise.py, linked by nn.fusion), ``bn_stats_from_tiles_kernel`` merges those
+partials instead of reading x: the statistics cost a few hundred KB of reads, not a pass.
 
 Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat; the last program per
 channel block writes grad_weight / grad_bias and the means the input grad needs) ->
@@ -50,6 +53,21 @@ class NormConfig(NamedTuple):
     block_m: int
     block_c: int
     num_warps: int
+
+
+class TileMoments(NamedTuple):
+    """Per-tile batch-norm moments a producer kernel stored in its epilogue: ``partials`` is
+    fp32 [2, n_parts, C] (mean, M2), tile p covering rows [p*rows, (p+1)*rows) of the output's
+    M x C row matrix (module docstring). ``batch_norm_forward_train(moments=...)`` merges them
+    instead of reading the output again."""
+
+    partials: torch.Tensor
+    rows: int
+
+
+def tile_moments(m: int, c: int, rows: int) -> TileMoments:
+    """Buffers for the moments of an M x C output produced in tiles of ``rows`` rows."""
+    return TileMoments(runtime.empty((2, triton.cdiv(m, rows), c)), rows)
 
 
 # Every configuration the launch helpers can pick (the GPU tier tests each one). Wider channel
@@ -165,6 +183,37 @@ def _merge_lanes(lane_cnt, lane_mean, lane_m2):
 
 
 @triton.jit
+def _merge_partials(
+    pmean_ptr, pm2_ptr, p_lo, p_hi, ROWS, M, C, offs_c, mask_c,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """(mean, M2) for channels offs_c of partials [p_lo, p_hi) of an [n_parts, C] pair of
+    buffers (partial p covers min(ROWS, M - p*ROWS) rows), merged with Chan's formula in a
+    fixed order: lane i of a BLOCK_P x BLOCK_C tile merges partials p_lo + i, p_lo + i +
+    BLOCK_P, ... elementwise (no reduction inside the loop, so each iteration is load latency
+    plus elementwise work), then the lanes are merged."""
+    lane_cnt = tl.zeros((BLOCK_P,), tl.float32)
+    lane_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    lane_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    for p0 in range(p_lo, p_hi, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        mask_p = parts < p_hi
+        mask = mask_p[:, None] & mask_c[None, :]
+        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+        # .cg: other programs wrote these; read them from L2, never from a stale L1 line
+        pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        nb = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
+        na = lane_cnt
+        lane_cnt += nb
+        share = tl.where(mask_p, nb / tl.maximum(lane_cnt, 1.0), 0.0)  # nb / n
+        delta = tl.where(mask, pmean - lane_mean, 0.0)
+        lane_mean += delta * share[:, None]
+        lane_m2 += pm2 + delta * delta * (na * share)[:, None]
+    return _merge_lanes(lane_cnt, lane_mean, lane_m2)
+
+
+@triton.jit
 def _finalize_stats(
     x_ptr,
     pmean_ptr,
@@ -188,34 +237,17 @@ def _finalize_stats(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     STORE_M2: tl.constexpr,
+    PIVOTED: tl.constexpr = True,
 ):
-    """Stage 2 for channels offs_c: merge the n_parts partials (partial p covers
-    min(ROWS, M - p*ROWS) rows) with Chan's formula in a fixed order: lane i of a BLOCK_P x
-    BLOCK_C tile merges partials i, i + BLOCK_P, ... elementwise (no reduction inside the
-    loop: this runs in one program after all others, so each iteration is pure latency),
-    then the lanes are merged; store the batch mean and invstd (or M2 when STORE_M2); update
-    the running stats when UPDATE_RUNNING."""
-    lane_cnt = tl.zeros((BLOCK_P,), tl.float32)
-    lane_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    lane_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for p0 in range(0, n_parts, BLOCK_P):
-        parts = p0 + tl.arange(0, BLOCK_P)
-        mask_p = parts < n_parts
-        mask = mask_p[:, None] & mask_c[None, :]
-        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
-        # .cg: other programs wrote these; read them from L2, never from a stale L1 line
-        pmean = tl.load(pmean_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        pm2 = tl.load(pm2_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        nb = tl.where(mask_p, tl.minimum(ROWS, M - parts * ROWS), 0).to(tl.float32)
-        na = lane_cnt
-        lane_cnt += nb
-        share = tl.where(mask_p, nb / tl.maximum(lane_cnt, 1.0), 0.0)  # nb / n
-        delta = tl.where(mask, pmean - lane_mean, 0.0)
-        lane_mean += delta * share[:, None]
-        lane_m2 += pm2 + delta * delta * (na * share)[:, None]
-    mean, m2 = _merge_lanes(lane_cnt, lane_mean, lane_m2)
-
-    mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
+    """Stage 2 for channels offs_c: merge all n_parts partials (``_merge_partials``); store
+    the batch mean and invstd (or M2 when STORE_M2); update the running stats when
+    UPDATE_RUNNING. PIVOTED: the partials are moments of x - x[row 0] (bn_stats_kernel), so
+    the pivot is added back to the mean; else they are moments of x itself."""
+    mean, m2 = _merge_partials(
+        pmean_ptr, pm2_ptr, 0, n_parts, ROWS, M, C, offs_c, mask_c, BLOCK_P, BLOCK_C
+    )
+    if PIVOTED:
+        mean += tl.load(x_ptr + offs_c.to(tl.int64) * s_c, mask=mask_c, other=0.0).to(tl.float32)
     var = m2 / M
     invstd = 1.0 / tl.sqrt_rn(var + eps)
     tl.store(save_mean_ptr + offs_c, mean, mask=mask_c)
@@ -229,6 +261,23 @@ def _finalize_stats(
         _update_running(rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, m2 / (M - 1),
                         momentum, CUMULATIVE)
         # fmt: on
+
+
+@triton.jit
+def store_tile_moments(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, C):
+    """Epilogue of a kernel whose output tile ``y`` (rows x columns, fp32 values as stored)
+    feeds a training batch norm: store the tile's per-column (mean, M2) over its valid rows
+    (``mask_rows``) as partial ``part`` of [n_parts, C] buffers, columns ``cols``. The tile is
+    in registers, so M2 is taken about the tile's own mean (two passes, no cancellation);
+    ``bn_stats_from_tiles_kernel`` merges the partials instead of reading the tensor again."""
+    valid = mask_rows[:, None]
+    count = tl.sum(mask_rows.to(tl.float32), axis=0)
+    mean = tl.sum(tl.where(valid, y, 0.0), axis=0) / count
+    dev = tl.where(valid, y - mean[None, :], 0.0)
+    m2 = tl.sum(dev * dev, axis=0)
+    out = part.to(tl.int64) * C + cols
+    tl.store(pmean_ptr + out, mean, mask=mask_cols)
+    tl.store(pm2_ptr + out, m2, mask=mask_cols)
 
 
 @triton.jit
@@ -383,6 +432,50 @@ def bn_stats_merge_ranks_kernel(
         _update_running(rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, m2 / (count - 1.0),
                         momentum, CUMULATIVE)
         # fmt: on
+
+
+@triton.jit
+def bn_stats_from_tiles_kernel(
+    pmean_ptr, pm2_ptr, qmean_ptr, qm2_ptr, tickets_ptr, save_mean_ptr, save_invstd_ptr,
+    rmean_ptr, rvar_ptr, nbt_ptr,
+    M, C, ROWS, n_parts, SLAB, n_slabs, momentum, eps,
+    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Training statistics from the per-tile moments a producer kernel's epilogue stored
+    (``store_tile_moments``), without reading the activation again.
+
+    Layout: pmean_ptr, pm2_ptr are fp32 [n_parts, C]: the (mean, M2) of tile p, which covers
+    rows [p*ROWS, min((p+1)*ROWS, M)) of the M x C activation. A tensor of a thousand tiles is
+    too many partials for one program to walk, so this is the two-stage reduction of
+    bn_stats_kernel over the partials: program (pid_s, pid_c) merges partials
+    [pid_s*SLAB, +SLAB) for channels [pid_c*BLOCK_C, +BLOCK_C) into qmean/qm2 [n_slabs, C]
+    row pid_s (a slab of SLAB*ROWS rows); the channel block's last program (a ticket of
+    tickets_ptr, left zero) merges the slabs in order, stores save_mean / save_invstd and
+    updates the running stats exactly as bn_stats_kernel does (same arguments).
+    """
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    p_lo = pid_s * SLAB
+    p_hi = tl.minimum(p_lo + SLAB, n_parts)
+    mean, m2 = _merge_partials(
+        pmean_ptr, pm2_ptr, p_lo, p_hi, ROWS, M, C, offs_c, mask_c, BLOCK_P, BLOCK_C
+    )
+    out = pid_s.to(tl.int64) * C + offs_c
+    tl.store(qmean_ptr + out, mean, mask=mask_c)
+    tl.store(qm2_ptr + out, m2, mask=mask_c)
+
+    if last_to_finish(tickets_ptr, pid_c, n_slabs):
+        # fmt: off
+        _finalize_stats(
+            pmean_ptr, qmean_ptr, qm2_ptr, save_mean_ptr, save_invstd_ptr, rmean_ptr, rvar_ptr,
+            nbt_ptr, offs_c, mask_c, M, C, 0, SLAB * ROWS, n_slabs, momentum, eps,
+            UPDATE_RUNNING, CUMULATIVE, BLOCK_P, BLOCK_C, False, PIVOTED=False,
+        )
+        # fmt: on
+        tl.store(tickets_ptr + pid_c, 0)
 
 
 @triton.jit
@@ -798,6 +891,56 @@ def _apply_batch_stats(
     return y
 
 
+# Tile partials each program of bn_stats_from_tiles_kernel merges, in loop iterations of
+# BLOCK_P partials: two, so a 4096-tile output (MobileNetV2's 32x32 layers at batch 512) takes
+# a few dozen programs per channel block and its last program merges a single tile of slabs.
+TILE_MERGE_ITERS = 2
+
+
+def _stats_from_tiles(
+    moments: TileMoments,
+    m: int,
+    c: int,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    update: bool,
+    cumulative: bool,
+    cfg: NormConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(save_mean, save_invstd) [C] from per-tile moments (bn_stats_from_tiles_kernel)."""
+    partials, rows = moments
+    n_parts = triton.cdiv(m, rows)
+    if partials.shape != (2, n_parts, c) or partials.dtype != torch.float32:
+        raise ValueError(
+            f"batch norm: tile moments of shape {tuple(partials.shape)} ({partials.dtype}) "
+            f"don't match a {m} x {c} input in tiles of {rows} rows"
+        )
+    block_p = stage2_block(cfg)
+    slab = TILE_MERGE_ITERS * block_p
+    n_slabs = triton.cdiv(n_parts, slab)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    slabs = runtime.empty((2, n_slabs, c))
+    save_mean = runtime.empty((c,))
+    save_invstd = runtime.empty((c,))
+    dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
+    # fmt: off
+    bn_stats_from_tiles_kernel[(n_slabs, c_blocks)](
+        partials[0], partials[1], slabs[0], slabs[1], runtime.tickets(c_blocks),
+        save_mean, save_invstd,
+        running_mean if update else dummy, running_var if update else dummy,
+        num_batches_tracked if cumulative else dummy,
+        m, c, rows, n_parts, slab, n_slabs,
+        0.0 if momentum is None else float(momentum), float(eps),
+        UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_P=block_p, BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+    # fmt: on
+    return save_mean, save_invstd
+
+
 def batch_norm_forward_train(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -810,6 +953,7 @@ def batch_norm_forward_train(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: NormConfig | None = None,
+    moments: TileMoments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch-statistics forward: returns (y, save_mean, save_invstd), the last two fp32 [C].
 
@@ -820,6 +964,8 @@ def batch_norm_forward_train(
     num_batches_tracked: int64 scalar incremented on the device when the running stats are
     updated (None: not tracked). act, alpha: fused activation (elementwise.ACT codes) applied
     to the normalised output. config: tile config (default: pick_config(C)).
+    moments: x's per-tile moments, stored by the kernel that produced x (``TileMoments``):
+    the statistics then come from them, and x is read once (by the apply) instead of twice.
     """
     _check(x, weight, bias, running_mean, running_var)
     m, c, hw, w, sx = _geometry(x)
@@ -827,6 +973,17 @@ def batch_norm_forward_train(
         m, running_mean, running_var, num_batches_tracked, momentum
     )
     cfg = config or pick_config(c)
+    if moments is not None:
+        save_mean, save_invstd = _stats_from_tiles(
+            moments, m, c, running_mean, running_var, num_batches_tracked, momentum, eps,
+            update, cumulative, cfg,
+        )  # fmt: skip
+        nbt = num_batches_tracked if inc else None
+        apply_cfg = config or pick_config(c, elementwise=True)
+        y = _apply_batch_stats(
+            x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg
+        )
+        return y, save_mean, save_invstd
     rows, n_parts = _split_rows(m, c, cfg)
     c_blocks = triton.cdiv(c, cfg.block_c)
     tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}

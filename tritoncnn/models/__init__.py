@@ -47,6 +47,7 @@ def build(
     image_size: int = 32,
     fuse: bool = True,
     input_grad: bool = False,
+    conv_bn_moments: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -54,6 +55,9 @@ def build(
 
     ``fuse``: each BatchNorm applies the activation after it in its own kernels
     (``nn.fusion``; same function, same state_dict and twin, fewer launches and memory passes).
+    ``conv_bn_moments``: with ``fuse``, each conv that feeds a BatchNorm also stores that
+    BatchNorm's training statistics in its epilogue (one read of the activation less per
+    layer; off until its GPU tier has run, see benchmarks/README.md).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -67,9 +71,11 @@ def build(
         kw["image_size"] = image_size
     model = registry[key](num_classes=num_classes, in_channels=in_channels, **kw)
     if fuse:
-        from tritoncnn.nn.fusion import fuse_bn_activations
+        from tritoncnn.nn.fusion import fuse_bn_activations, link_conv_bn_moments
 
         fuse_bn_activations(model)
+        if conv_bn_moments:
+            link_conv_bn_moments(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

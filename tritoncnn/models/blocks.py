@@ -78,6 +78,8 @@ class BasicBlock(nn.Module):
     expansion = 1
     # bn1's output goes straight into relu: nn.fusion may run them as one kernel
     BN_ACTIVATION_PAIRS = (("bn1", "relu"),)
+    # each conv's output goes only to its BN: nn.fusion may take BN statistics in the conv
+    CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None

@@ -17,6 +17,8 @@ _LAZY = {
     "CrossEntropyLoss": "tritoncnn.nn.loss",
     "fuse_bn_activations": "tritoncnn.nn.fusion",
     "unfuse_bn_activations": "tritoncnn.nn.fusion",
+    "link_conv_bn_moments": "tritoncnn.nn.fusion",
+    "unlink_conv_bn_moments": "tritoncnn.nn.fusion",
 }
 
 

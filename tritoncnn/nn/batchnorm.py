@@ -13,6 +13,8 @@ the ranks (torch.nn.SyncBatchNorm's math; every rank must have the same batch si
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tritoncnn import runtime
@@ -21,10 +23,40 @@ from tritoncnn.kernels.elementwise import ACT_NONE
 from tritoncnn.nn.module import Module, Parameter
 
 
+class TileMomentsLink:
+    """Hands the batch-norm moments a conv's epilogue stored to the BatchNorm that reads the
+    conv's output (set up by ``nn.fusion.link_conv_bn_moments``).
+
+    The conv asks ``wanted()`` (the BatchNorm takes batch statistics of one process), launches
+    its moments-storing forward and ``publish``es (output, moments); the BatchNorm ``take``s
+    them for its input only if that input is the very tensor published, so anything unusual
+    (the conv called alone, another tensor fed to the BatchNorm) falls back to the statistics
+    pass. A plain object, not a Module: it adds no state_dict keys and no child modules.
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        self.bn = bn
+        self._output: torch.Tensor | None = None
+        self._moments: norm.TileMoments | None = None
+
+    def wanted(self) -> bool:
+        return self.bn.uses_batch_stats() and self.bn._sync_world() == 1
+
+    def publish(self, output: torch.Tensor, moments: norm.TileMoments) -> None:
+        self._output, self._moments = output, moments
+
+    def take(self, x: torch.Tensor) -> norm.TileMoments | None:
+        moments = self._moments if self._output is x else None
+        self._output = self._moments = None  # hold no tensor past this step's use
+        return moments
+
+
 class _BatchNorm(Module):
     """Shared body; subclasses say which input ranks they accept."""
 
     RANKS: tuple[int, ...] = ()
+    # the conv right before this layer, when nn.fusion linked them (see TileMomentsLink)
+    moments_link: TileMomentsLink | None = None
 
     def __init__(
         self,
@@ -99,10 +131,16 @@ class _BatchNorm(Module):
         b = self.bias.data if self.bias is not None else None
         return w, b
 
+    def uses_batch_stats(self) -> bool:
+        """Whether forward normalises with the batch's statistics (else the running ones)."""
+        return self.training or not self.track_running_stats
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         w, b = self._params()
-        batch_stats = self.training or not self.track_running_stats
+        link = self.moments_link
+        moments = link.take(x) if link is not None else None
+        batch_stats = self.uses_batch_stats()
         if batch_stats:
             # torch refuses batch statistics of one value per channel (eval included)
             if x.numel() // x.shape[1] == 1:
@@ -112,7 +150,10 @@ class _BatchNorm(Module):
                 )
             update = self.training and self.track_running_stats
             self._synced = self._sync_world() > 1 and self.training
-            forward = self._forward_synced if self._synced else norm.batch_norm_forward_train
+            if self._synced:
+                forward = self._forward_synced
+            else:
+                forward = functools.partial(norm.batch_norm_forward_train, moments=moments)
             y, mean, invstd = forward(
                 x,
                 w,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import elementwise as EW
 from tritoncnn.nn.module import Module, Parameter
+
+if TYPE_CHECKING:
+    from tritoncnn.nn.batchnorm import TileMomentsLink
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -45,6 +49,9 @@ class Conv2d(Module):
 
     # class-wide switch, for benchmarks: False makes the kernels read the fp32 master weight
     cast_weights = True
+    # the BatchNorm right after this conv, when nn.fusion linked them: the forward then stores
+    # that BatchNorm's per-tile moments in its epilogue (batchnorm.TileMomentsLink)
+    moments_link: TileMomentsLink | None = None
 
     def __init__(
         self,
@@ -143,15 +150,23 @@ class Conv2d(Module):
         self._check_input(x)
         self._x = x
         b = self.bias.data if self.bias is not None else None
+        link = self.moments_link
+        # the BatchNorm after this conv takes batch statistics: store them in the epilogue
+        moments = link is not None and link.wanted()
         if self._is_depthwise():
             pt, _, pl, _ = self._pad4
-            return DW.depthwise_conv2d_forward(
-                x, self.weight.data, b, self.stride, (pt, pl), self.dilation
-            )
-        self._w_gemm = self._gemm_weight(x.dtype)
-        return K.conv2d_forward(
-            x, self._w_gemm, b, self.stride, self._pad4, self.dilation, self.groups
-        )
+            args = (x, self.weight.data, b, self.stride, (pt, pl), self.dilation)
+            if not moments:
+                return DW.depthwise_conv2d_forward(*args)
+            y, tiles = DW.depthwise_conv2d_forward_moments(*args)
+        else:
+            self._w_gemm = self._gemm_weight(x.dtype)
+            args = (x, self._w_gemm, b, self.stride, self._pad4, self.dilation, self.groups)
+            if not moments:
+                return K.conv2d_forward(*args)
+            y, tiles = K.conv2d_forward_moments(*args)
+        link.publish(y, tiles)
+        return y
 
     def _gemm_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight the conv GEMMs read for activations of ``dtype``: the fp32 master, or

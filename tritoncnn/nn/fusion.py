@@ -7,6 +7,11 @@ the BN forward applies the activation to its fp32 result before the store, and t
 re-derives the activation's input from what BN already keeps (kernels/norm.py), so the pair
 costs what BN alone costs.
 
+Conv -> BatchNorm is the other: in training the BatchNorm's statistics pass reads the whole
+conv output once more. Linked (``link_conv_bn_moments``), the conv's epilogue stores per-tile
+(mean, M2) of the tile it just computed, and the BatchNorm merges those few partials instead
+(kernels/norm.py, ``TileMoments``): one full read of the activation less per layer.
+
 The module tree is unchanged: the activation module stays in its place, flagged ``fused`` (it
 then passes values and gradients through), so ``state_dict`` keys, ``to_torch`` twins (BN and
 the activation as separate torch layers) and the model summary are the same as unfused.
@@ -20,19 +25,22 @@ from collections.abc import Iterator
 
 from tritoncnn.kernels.elementwise import ACT_NONE
 from tritoncnn.nn.activation import _Activation
-from tritoncnn.nn.batchnorm import _BatchNorm
+from tritoncnn.nn.batchnorm import BatchNorm2d, TileMomentsLink, _BatchNorm
 from tritoncnn.nn.container import Sequential
+from tritoncnn.nn.conv import Conv2d
 from tritoncnn.nn.module import Module
 
 
-def _adjacent_pairs(module: Module) -> Iterator[tuple[Module, Module]]:
+def _adjacent_pairs(
+    module: Module, declared: str = "BN_ACTIVATION_PAIRS"
+) -> Iterator[tuple[Module, Module]]:
     """(first, second) pairs where ``module`` feeds first's output straight into second:
-    consecutive children of a Sequential, or the attribute pairs a block declares in
-    ``BN_ACTIVATION_PAIRS`` (e.g. ResNet's ``(("bn1", "relu"),)``)."""
+    consecutive children of a Sequential, or the attribute pairs a block declares in its
+    ``declared`` attribute (e.g. ResNet's ``BN_ACTIVATION_PAIRS = (("bn1", "relu"),)``)."""
     if isinstance(module, Sequential):
         children = list(module.children())
         yield from zip(children, children[1:], strict=False)
-    for first, second in getattr(module, "BN_ACTIVATION_PAIRS", ()):
+    for first, second in getattr(module, declared, ()):
         yield getattr(module, first), getattr(module, second)
 
 
@@ -68,3 +76,31 @@ def unfuse_bn_activations(model: Module) -> int:
         bn.act, bn.act_alpha = ACT_NONE, 0.0
         act.fused = False
     return len(pairs)
+
+
+def _conv_bn_pairs(model: Module) -> Iterator[tuple[Conv2d, BatchNorm2d]]:
+    for module in model.modules():
+        for conv, bn in _adjacent_pairs(module, "CONV_BN_PAIRS"):
+            if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
+                yield conv, bn
+
+
+def link_conv_bn_moments(model: Module) -> int:
+    """Link every Conv2d -> BatchNorm2d pair of ``model`` (the conv's output feeds only that
+    BatchNorm) so training statistics come from the conv's epilogue; returns how many."""
+    linked = 0
+    for conv, bn in _conv_bn_pairs(model):
+        if conv.moments_link is None and bn.moments_link is None:
+            conv.moments_link = bn.moments_link = TileMomentsLink(bn)
+            linked += 1
+    return linked
+
+
+def unlink_conv_bn_moments(model: Module) -> int:
+    """Undo ``link_conv_bn_moments`` (each BatchNorm runs its own statistics pass again)."""
+    unlinked = 0
+    for conv, bn in _conv_bn_pairs(model):
+        if conv.moments_link is not None and conv.moments_link is bn.moments_link:
+            conv.moments_link = bn.moments_link = None
+            unlinked += 1
+    return unlinked
