@@ -4,7 +4,9 @@ For each shape (``in:out:kernel:stride:size``, stride-1 convs padded 'same'), ti
 dgrad and wgrad over every candidate tile (``conv.gemm_candidates``; wgrad at the heuristic
 split), with the fp32 master weight and with an fp16 copy, against cuDNN in the same run.
 ``--ops wgrad_other`` times the wgrad with its other column layout (taps flattened with the
-channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``).
+channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``); ``--ops wgrad_rows`` the
+wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 convs, every
+4-warp tile whose KW accumulators take at most 192 registers a thread).
 Prints one line per (shape, op, weight dtype): the heuristic tile's time, the best tile and
 its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
@@ -59,6 +61,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad": (cout, cin * k * k if cin < conv_k.FLAT_MAX_CHANNELS else cin, m),
         # the other column layout of the same wgrad (``conv2d_wgrad(flat_taps=...)``)
         "wgrad_other": (cout, cin if cin < conv_k.FLAT_MAX_CHANNELS else cin * k * k, m),
+        "wgrad_rows": (cout, cin, m),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -69,6 +72,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=other_flat
+            ),
+            "wgrad_rows": lambda cfg, w=w: conv_k.conv2d_wgrad(
+                x, gy, w.shape, *pair, 1, config=cfg, flat_taps=False, row_taps=True
             ),
         }
         cudnn = {
@@ -82,11 +88,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 (False, True, False),
             ),
         }  # fmt: skip
-        cudnn["wgrad_other"] = cudnn["wgrad"]
+        cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
-            if op == "wgrad_other" and is_1x1:
+            if op in ("wgrad_other", "wgrad_rows") and is_1x1 or op == "wgrad_rows" and k > 3:
                 continue
             if op.startswith("wgrad") and w_name == "fp16":
                 continue  # wgrad never reads the weight
@@ -94,8 +100,17 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             b_bytes = 2 if op.startswith("wgrad") else w.element_size()
             heuristic = conv_k.pick_config(mm, nn_, kk, dtype)
             cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
+            if op == "wgrad_rows":  # KW x tiles staged per K step, KW accumulators
+                cands = conv_k.gemm_candidates(mm, nn_, kk, 2, k * b_bytes, is_1x1)
+                cands = [c for c in cands if c.BLOCK_M * c.BLOCK_N * k <= 192 * 32 * c.num_warps]
+                heuristic = cands[0] if heuristic not in cands else heuristic
             t_cudnn = bench(cudnn[op])
             for cfg in dict.fromkeys([heuristic, *cands]):
+                try:
+                    us = 1e3 * bench(lambda cfg=cfg, run=run: run(cfg))
+                except Exception as err:  # a tile that doesn't compile for this op: report it
+                    print(f"{op} {cfg}: {type(err).__name__}: {str(err)[:200]}")
+                    continue
                 yield {
                     "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
                     "op": op,
@@ -103,7 +118,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
                     f"s{cfg.num_stages}",
                     "heuristic": cfg == heuristic,
-                    "us": 1e3 * bench(lambda cfg=cfg, run=run: run(cfg)),
+                    "us": us,
                     "cudnn_us": 1e3 * t_cudnn,
                 }
 
@@ -128,7 +143,7 @@ def main() -> None:
             continue
         for key in dict.fromkeys((r["op"], r["weight"]) for r in part):
             group = [r for r in part if (r["op"], r["weight"]) == key]
-            heur = next(r for r in group if r["heuristic"])
+            heur = next((r for r in group if r["heuristic"]), group[0])
             best = min(group, key=lambda r: r["us"])
             print(
                 f"{heur['shape']:<28} {key[0]:<5} w={key[1]}  heuristic {heur['tile']:<18} "

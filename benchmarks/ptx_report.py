@@ -4,7 +4,8 @@ Compiles a conv kernel (``--op fwd|dgrad|wgrad``) or a batch-norm kernel (``--op
 bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) for one layer shape (NHWC fp16 activations,
 fp32 parameters, the strides, tile and alignment hints the launch helpers would pass) for an
 sm_90 target with Triton's own compiler and ptxas, and counts the global-memory and cp.async
-instructions by width. 2-byte ``ld.global.b16`` loads of an activation tile mean it is fetched
+instructions by width, the wgmma (tensor-core) instructions, and the registers and spills
+ptxas reports. 2-byte ``ld.global.b16`` loads of an activation tile mean it is fetched
 element by element (for a GEMM operand, outside the cp.async pipeline): the cause of
 MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
 
@@ -79,8 +80,11 @@ def _named(prefix: str, axes: str, strides) -> dict[str, int]:
     return {f"{prefix}_{a}": v for a, v in zip(axes, strides, strict=True)}
 
 
-def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.ConvConfig):
-    """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv."""
+def kernel_args(
+    op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.ConvConfig, rows: bool = False
+):
+    """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv;
+    ``rows``: the wgrad's one program per filter row (ROW_TAPS)."""
     x = (hw * hw * c_in, hw * c_in, c_in, 1)  # NHWC strides (n, h, w, c)
     y = (hw * hw * c_out, hw * c_out, c_out, 1)
     w = (k * k * c_in, 1, k * c_in, c_in)  # channels_last weight (o, i, kh, kw)
@@ -113,7 +117,7 @@ def kernel_args(op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.
     ints.update(_named("sdw", "oihw", w))
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
-                 DY_ALIGN=_align(n, c_out, hw))  # fmt: skip
+                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
     return K.conv2d_wgrad_kernel, ints, const
 
 
@@ -185,6 +189,28 @@ def memory_instructions(ptx: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def ptxas_usage(ptx: str) -> dict[str, int]:
+    """Registers per thread and spill bytes (stores + loads) of the PTX, from Triton's own
+    ptxas for sm_90a: a kernel whose accumulators outgrow the register file spills."""
+    import subprocess
+    import tempfile
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        done = subprocess.run(
+            [str(ptxas), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(tmp) / "k.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    log = done.stdout + done.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
+    return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": sum(map(int, spills))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op", choices=(*CONV_POINTERS, *BN_KERNELS), default="fwd")
@@ -194,6 +220,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="image height = width")
     ap.add_argument("--kernel", type=int, default=1, help="square kernel, stride 1, 'same'")
     ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
+    ap.add_argument("--row-taps", action="store_true", help="wgrad: a program per filter row")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.op in BN_KERNELS:
@@ -205,7 +232,7 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
         kernel, ints, const = kernel_args(
-            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg
+            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg, args.row_taps
         )
         ptx = compile_ptx(
             kernel, CONV_POINTERS[args.op], ints, const, cfg.num_warps, cfg.num_stages
@@ -213,10 +240,12 @@ def main() -> None:
         shape = f"{args.c_in}->{args.c_out} k{args.kernel} {cfg}"
     counts = memory_instructions(ptx)
     hints = {k: v for k, v in const.items() if k.endswith("ALIGN")}
+    mma = len(re.findall(r"\bwgmma\.mma_async\b", ptx))  # Hopper tensor-core instructions
+    usage = ptxas_usage(ptx)
     if args.json:
-        print(json.dumps({"instructions": counts, "hints": hints}))
+        print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return
-    print(f"{kernel.__name__} {shape} hints {hints}")
+    print(f"{kernel.__name__} {shape} hints {hints} wgmma {mma} {usage}")
     for op, n in counts.items():
         print(f"  {op:<32} {n}")
 

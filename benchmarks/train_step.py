@@ -88,13 +88,19 @@ def ours_step(
     fuse: bool = True,
     cast_weights: bool = True,
     conv_bn_moments: bool = False,
+    wgrad_row_taps: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
     ``fuse``: BN -> activation pairs in one kernel (models.build's default). ``cast_weights``
     False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights).
-    ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's option)."""
+    ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's option).
+    ``wgrad_row_taps``: conv weight gradients with one program per filter row where the tile
+    allows (kernels.conv.WGRAD_ROW_TAPS, read at every launch: set for this variant's run)."""
     from tritoncnn.data.loader import GPULoader
+    from tritoncnn.kernels import conv as conv_k
+
+    conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
 
     torch.manual_seed(0)
     model = models.build(
@@ -200,6 +206,11 @@ def main() -> None:
         help="add a graph row whose BN statistics come from the conv epilogues",
     )
     ap.add_argument(
+        "--wgrad-row-taps",
+        action="store_true",
+        help="add a graph row whose 3x3 weight gradients run one program per filter row",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -215,7 +226,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
-    ours = {"tritoncnn_fp16": (False, True, True)}  # variant: (CUDA graph, fuse, cast_weights)
+    # variant: ours_step's (graph, fuse, cast_weights[, conv_bn_moments, wgrad_row_taps])
+    ours = {"tritoncnn_fp16": (False, True, True)}
     if not args.no_graph:
         cls, why = graph_step_class()
         if cls is None:
@@ -228,6 +240,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_fp32w"] = (True, True, False)
             if args.conv_bn_moments:
                 ours["tritoncnn_fp16_graph_moments"] = (True, True, True, True)
+            if args.wgrad_row_taps:
+                ours["tritoncnn_fp16_graph_rows"] = (True, True, True, False, True)
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")

@@ -190,6 +190,56 @@ def test_wgrad_tap_layouts(flat_taps, dtype):
             assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"c_in {c_in} split {split}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_wgrad_row_taps(dtype):
+    """One program per filter row (KW accumulators sharing each dy tile) against float64: a
+    3x3 strided, dilated, grouped conv and a 3x2 kernel with uneven padding, split-K,
+    written then added into; the same bits as one program per tap."""
+    x = randn(2, 12, 9, 8, dtype=dtype, channels_last=True)
+    for kshape, args in (
+        ((3, 3), ((2, 2), (1, 1), (2, 1), 2)),
+        ((3, 2), ((1, 1), (1, 0), (1, 1), 1)),
+    ):
+        groups = args[3]
+        wt = _weight(6, 12 // groups, *kshape)
+        ho = (9 + 2 * args[1][0] - args[2][0] * (kshape[0] - 1) - 1) // args[0][0] + 1
+        wo = (8 + 2 * args[1][1] - args[2][1] * (kshape[1] - 1) - 1) // args[0][1] + 1
+        go = randn(2, 6, ho, wo, dtype=dtype, channels_last=True)
+        dwr = reference(x, wt, None, go, *args)[2]
+        # 6 channels per group would flatten the taps by default: force one tap (row) per program
+        for split in (1, 3):
+            kw = dict(split_k=split, flat_taps=False)
+            dw = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=True, **kw)
+            assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"row taps {kshape} split {split}")
+            per_tap = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=False, **kw)
+            assert torch.equal(dw, per_tap), f"row taps differ from one tap per program {kshape}"
+            K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw, row_taps=True, **kw)
+            assert_close(dw, 2 * dwr, tol=WGRAD_TOL[dtype], what=f"row taps += {kshape}")
+
+
+def test_wgrad_row_taps_rule_and_errors():
+    """The row form only where it fits (2-3 taps across, KW accumulators within the register
+    budget, and only when switched on), and a clear error where it can't run."""
+    small, large = K.ConvConfig(64, 64, 64, 4, 3), K.ConvConfig(128, 128, 64, 4, 3)
+    saved = K.WGRAD_ROW_TAPS
+    try:
+        K.WGRAD_ROW_TAPS = True
+        assert K.use_row_taps(small, 3) and K.use_row_taps(small, 2)
+        assert not K.use_row_taps(large, 3)  # 3 x 128 fp32 registers per thread
+        assert not K.use_row_taps(small, 1) and not K.use_row_taps(small, 5)
+        K.WGRAD_ROW_TAPS = False
+        assert not K.use_row_taps(small, 3)
+    finally:
+        K.WGRAD_ROW_TAPS = saved
+    x = randn(1, 4, 5, 5, channels_last=True)
+    go = randn(1, 4, 5, 5, channels_last=True)
+    with pytest.raises(ValueError, match="row_taps=None"):
+        K.conv2d_wgrad(x, go, (4, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
+    go5 = randn(1, 4, 1, 1, channels_last=True)
+    with pytest.raises(ValueError, match="row_taps=None"):
+        K.conv2d_wgrad(x, go5, (4, 4, 5, 5), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
+
+
 @pytest.mark.parametrize("act,alpha", [(ew.ACT_RELU6, 0.0), (ew.ACT_LEAKY_RELU, 0.2)])
 def test_fused_activation_epilogue(act, alpha):
     x = randn(2, 3, 5, 4, channels_last=True) * 3
@@ -522,6 +572,34 @@ def test_gpu_every_config(index, dtype, cast):
             )
     if not checked:
         pytest.skip(f"{cfg} is never a candidate for {dtype} (cast={cast}): shared memory")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("index", range(len(K.CONFIGS)))
+def test_gpu_wgrad_row_taps(index, dtype):
+    """Each 4-warp tile forced into the row form (one program per filter row) on ResNet-18's
+    3x3 shapes, written and added, split and not: compiled for the GPU, not only interpreted."""
+    cfg = K.CONFIGS[index]
+    if cfg.num_warps != 4 or cfg.smem_bytes(2, 6) > K._smem_limit():
+        pytest.skip(f"{cfg} is never a row-tapped candidate")
+    for n, c_in, c_out, size, s in (
+        (128, 64, 64, 32, 1),
+        (64, 128, 256, 16, 2),
+        (128, 256, 256, 8, 1),
+    ):
+        x = randn(n, c_in, size, size, dtype=dtype, channels_last=True)
+        wt = _weight(c_out, c_in, 3, 3)
+        ho = (size - 1) // s + 1
+        go = randn(n, c_out, ho, ho, dtype=dtype, channels_last=True)
+        args = ((s, s), (1, 1), (1, 1), 1)
+        dwr = reference(x, wt, None, go, *args, device=DEVICE)[2]
+        for split in (1, 16):
+            dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=cfg, split_k=split, row_taps=True)
+            what = f"row taps {c_in}->{c_out} {size} {cfg} split {split}"
+            assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=what)
+            K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw, config=cfg, row_taps=True)
+            assert_close(dw, 2 * dwr, tol=WGRAD_TOL[dtype], what=what + " +=")
 
 
 @pytest.mark.gpu

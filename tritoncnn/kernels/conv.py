@@ -574,15 +574,18 @@ def conv2d_wgrad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, ROW_TAPS: tl.constexpr = False,
 ):  # fmt: skip
     """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
     one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
     With FLAT_N (small C_in_g) the columns run over flattened (kh, kw, c) instead, all taps in
     one tile, so the RGB stem doesn't spend a program per tap on 3 useful columns.
+    With ROW_TAPS (KW <= 3) a program computes the KW taps of one filter row (kh) in KW
+    accumulators: each dy tile it loads feeds KW dots instead of one, so dy is read KH times
+    rather than KH*KW times (the x tiles of neighbouring taps are one pixel apart).
 
-    Grid: (row tiles * column tiles in grouped order, groups * KH * KW (groups with FLAT_N),
-    splits). Split s reduces
+    Grid: (row tiles * column tiles in grouped order, groups * KH * KW (groups with FLAT_N,
+    groups * KH with ROW_TAPS), splits). Split s reduces
     output pixels [s*pix_per_split, (s+1)*pix_per_split) and writes (or, with ACCUMULATE, adds)
     its fp32 sum at dw_ptr + s*sdw_split; with several splits that is a partial buffer which
     ``splitk_reduce_kernel`` then sums in a fixed order.
@@ -598,12 +601,17 @@ def conv2d_wgrad_kernel(
     DOT_PRECISION, EMULATE_BF16: as in the forward.
     X_ALIGN, DY_ALIGN: as the forward's X_ALIGN, for x (C_in_g; never with FLAT_N) and dy
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
+    ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
     """
     pid = tl.program_id(0)
     split = tl.program_id(2)
     if FLAT_N:
         g = tl.program_id(1)
         n_cols = KH * KW * C_in_g
+    elif ROW_TAPS:  # the row's first tap; the loop adds kw + 1, kw + 2
+        g = tl.program_id(1) // KH
+        tap = (tl.program_id(1) % KH) * KW
+        n_cols = C_in_g
     else:
         g = tl.program_id(1) // (KH * KW)
         tap = tl.program_id(1) % (KH * KW)
@@ -637,6 +645,8 @@ def conv2d_wgrad_kernel(
     k_lo = split * pix_per_split
     k_hi = tl.minimum(P, k_lo + pix_per_split)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # ROW_TAPS: taps kw + 1, kw + 2
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         p = k0 + tl.arange(0, BLOCK_K)
         mp = p < k_hi
@@ -645,27 +655,6 @@ def conv2d_wgrad_kernel(
         ho = rem // WO
         wo = rem % WO
         n64 = n_img.to(tl.int64)
-        # x tile [BLOCK_K (p), BLOCK_N (column)] at the pixel each column's tap reads.
-        if IS_1X1:
-            x_row = n64 * sx_n + ho * sx_h + wo * sx_w
-            if X_ALIGN > 1:
-                x_row = tl.multiple_of(x_row, X_ALIGN)
-            x_off = x_row[:, None] + x_col[None, :]
-            ok = mp[:, None] & mask_n[None, :]
-        elif FLAT_N:
-            hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
-            wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
-            x_off = (n64 * sx_n)[:, None] + hi * sx_h + wi * sx_w + x_col[None, :]
-            ok = mp[:, None] & mask_n[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        else:
-            hi = ho * stride_h - pad_h + kh * dil_h
-            wi = wo * stride_w - pad_w + kw * dil_w
-            row_ok = mp & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            x_row = n64 * sx_n + hi * sx_h + wi * sx_w
-            if X_ALIGN > 1:
-                x_row = tl.multiple_of(x_row, X_ALIGN)
-            x_off = x_row[:, None] + x_col[None, :]
-            ok = row_ok[:, None] & mask_n[None, :]
         # dy^T tile [BLOCK_M (o), BLOCK_K (p)].
         dy_pix = n64 * sdy_n + ho * sdy_h + wo * sdy_w
         if DY_ALIGN > 1:
@@ -675,14 +664,78 @@ def conv2d_wgrad_kernel(
             mask=mask_m[:, None] & mp[None, :],
             other=0.0,
         )
-        b = tl.load(x_ptr + x_off, mask=ok, other=0.0)
+        # x tile [BLOCK_K (p), BLOCK_N (column)] at the pixel each column's tap reads.
+        if IS_1X1:
+            x_row = n64 * sx_n + ho * sx_h + wo * sx_w
+            if X_ALIGN > 1:
+                x_row = tl.multiple_of(x_row, X_ALIGN)
+            b = tl.load(
+                x_ptr + x_row[:, None] + x_col[None, :],
+                mask=mp[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+        elif FLAT_N:
+            hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+            wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+            x_off = (n64 * sx_n)[:, None] + hi * sx_h + wi * sx_w + x_col[None, :]
+            ok = mp[:, None] & mask_n[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            b = tl.load(x_ptr + x_off, mask=ok, other=0.0)
+        else:
+            b = _wgrad_x_tap(
+                x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw, H, W, sx_n, sx_h, sx_w,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN,
+            )  # fmt: skip
         acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+        if ROW_TAPS:
+            if KW > 1:
+                b1 = _wgrad_x_tap(
+                    x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw + 1, H, W, sx_n, sx_h, sx_w,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN,
+                )  # fmt: skip
+                acc1 = _dot(a, b1, acc1, DOT_PRECISION, EMULATE_BF16)
+            if KW > 2:
+                b2 = _wgrad_x_tap(
+                    x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw + 2, H, W, sx_n, sx_h, sx_w,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN,
+                )  # fmt: skip
+                acc2 = _dot(a, b2, acc2, DOT_PRECISION, EMULATE_BF16)
 
-    dw_col = c * sdw_i + kh * sdw_h + kw * sdw_w
-    dw_ptrs = (
-        dw_ptr + split.to(tl.int64) * sdw_split + co.to(tl.int64)[:, None] * sdw_o + dw_col[None, :]
-    )
+    dw_rows = dw_ptr + split.to(tl.int64) * sdw_split + co.to(tl.int64)[:, None] * sdw_o
     mask = mask_m[:, None] & mask_n[None, :]
+    _store_dw_tile(dw_rows, acc, c, kh, kw, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
+    if ROW_TAPS:
+        if KW > 1:
+            _store_dw_tile(dw_rows, acc1, c, kh, kw + 1, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
+        if KW > 2:
+            _store_dw_tile(dw_rows, acc2, c, kh, kw + 2, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
+
+
+@triton.jit
+def _wgrad_x_tap(
+    x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw, H, W, sx_n, sx_h, sx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN: tl.constexpr,
+):  # fmt: skip
+    """The wgrad's x tile [BLOCK_K pixels, BLOCK_N channels] that tap (kh, kw) reads for the
+    output pixels (n64, ho, wo) (masked by mp) and the channel columns x_col (mask_n);
+    zeros where the tap falls in the padding."""
+    hi = ho * stride_h - pad_h + kh * dil_h
+    wi = wo * stride_w - pad_w + kw * dil_w
+    row_ok = mp & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+    x_row = n64 * sx_n + hi * sx_h + wi * sx_w
+    if X_ALIGN > 1:
+        x_row = tl.multiple_of(x_row, X_ALIGN)
+    return tl.load(
+        x_ptr + x_row[:, None] + x_col[None, :],
+        mask=row_ok[:, None] & mask_n[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _store_dw_tile(dw_rows, acc, c, kh, kw, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE: tl.constexpr):
+    """Write (or with ACCUMULATE add) one wgrad accumulator at tap (kh, kw): dw_rows points at
+    each tile row's output channel, c holds the columns' input channels (or per-column taps)."""
+    dw_ptrs = dw_rows + (c * sdw_i + kh * sdw_h + kw * sdw_w)[None, :]
     if ACCUMULATE:
         acc += tl.load(dw_ptrs, mask=mask, other=0.0)
     tl.store(dw_ptrs, acc, mask=mask)
@@ -1034,6 +1087,28 @@ def conv2d_dgrad(
     return out
 
 
+# ROW_TAPS wgrad programs keep one accumulator per tap of a filter row: up to 3 of them.
+ROW_TAPS_MAX_KW = 3
+# ... and use the row form when the KW accumulators take at most this many fp32 registers per
+# thread. ptxas (benchmarks/ptx_report.py --row-taps) fits every 4-warp tile up to 64 x 128 or
+# 128 x 64 of a 3x3 conv (192 accumulator registers, 240-255 in all) without spilling; three
+# 128 x 128 accumulators (384) spill 6.7 KB, so that tile keeps one tap per program.
+ROW_TAPS_MAX_ACC_REGS = 192
+# Whether conv2d_wgrad(row_taps=None) uses the row form where it fits. Off until the GPU tier
+# and benchmarks/conv_tiles.py (--ops wgrad_rows) have run it: the row form reads each dy tile
+# once per filter row instead of once per tap (ResNet-18's 64-channel 3x3 wgrads, whose 64 x 64
+# tiles re-read dy 9 times, ran at ~1/3 of cuDNN's speed on an H200).
+WGRAD_ROW_TAPS = False
+
+
+def use_row_taps(cfg: ConvConfig, kw: int) -> bool:
+    """Whether a tap-looping wgrad with this tile computes a filter row per program: when
+    WGRAD_ROW_TAPS is on, for kernels 2-3 taps across whose accumulators fit
+    ROW_TAPS_MAX_ACC_REGS."""
+    regs = cfg.BLOCK_M * cfg.BLOCK_N * kw // (32 * cfg.num_warps)
+    return WGRAD_ROW_TAPS and 1 < kw <= ROW_TAPS_MAX_KW and regs <= ROW_TAPS_MAX_ACC_REGS
+
+
 def _pick_split(
     tiles: int, pixels: int, block: int, min_pixels: int = 1024, per_sm: int = 2
 ) -> int:
@@ -1075,6 +1150,7 @@ def conv2d_wgrad(
     config: ConvConfig | int | None = None,
     split_k: int | None = None,
     flat_taps: bool | None = None,
+    row_taps: bool | None = None,
 ) -> torch.Tensor:
     """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
     channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
@@ -1083,7 +1159,9 @@ def conv2d_wgrad(
     autotuner chooses the tile, then the split factor for that tile (timed into a scratch
     gradient: the real one may be accumulated into); otherwise the heuristic fills in.
     ``flat_taps`` forces the GEMM's columns to (tap, channel) flattened (True) or one tap per
-    program (False); None: flattened for fewer than FLAT_MAX_CHANNELS input channels."""
+    program (False); None: flattened for fewer than FLAT_MAX_CHANNELS input channels.
+    ``row_taps`` forces one program per filter row (True, ROW_TAPS) or per tap (False); None:
+    ``use_row_taps`` decides for each tile."""
     _check_act(x, "input")
     _check_act(grad_out, "grad_out")
     c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
@@ -1102,7 +1180,22 @@ def conv2d_wgrad(
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
     flat_n = (not is_1x1) and (c_in_g < FLAT_MAX_CHANNELS if flat_taps is None else flat_taps)
     n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
-    grid_1 = groups if flat_n else groups * kh * kw  # (group, tap) of each program
+    tap_loop = not (flat_n or is_1x1)  # a program per tap, or per row with ROW_TAPS
+    if row_taps and not (tap_loop and kw <= ROW_TAPS_MAX_KW):
+        raise ValueError(
+            f"conv2d_wgrad: row_taps=True needs a tap-looping conv with at most "
+            f"{ROW_TAPS_MAX_KW} columns of taps (kernel {kh}x{kw}, flat_taps={flat_n}, "
+            f"1x1={is_1x1}); pass row_taps=None"
+        )
+
+    def rows_of(cfg: ConvConfig) -> bool:
+        if row_taps is not None:
+            return row_taps
+        return tap_loop and use_row_taps(cfg, kw)
+
+    def grid_1(cfg: ConvConfig) -> int:  # (group, tap) or (group, filter row) of each program
+        return groups if flat_n else groups * kh * (1 if rows_of(cfg) else kw)
+
     accumulate = grad_weight is not None
     if grad_weight is None:
         grad_weight = runtime.empty_nhwc(c_out, c_in_g, kh, kw, torch.float32)
@@ -1113,7 +1206,7 @@ def conv2d_wgrad(
     def heuristic_split(cfg: ConvConfig) -> int:
         # 4 programs per SM: on an H200 the autotuner's best split for ResNet-18's 3x3 wgrads
         # at batch 512 was 2-4x the 2-per-SM count, 11-16% faster than it
-        return _pick_split(tiles(cfg) * grid_1, pixels, cfg.BLOCK_K, per_sm=4)
+        return _pick_split(tiles(cfg) * grid_1(cfg), pixels, cfg.BLOCK_K, per_sm=4)
 
     def launch(gw: torch.Tensor, cfg: ConvConfig, split: int) -> None:
         per_split = triton.cdiv(triton.cdiv(pixels, split), cfg.BLOCK_K) * cfg.BLOCK_K
@@ -1125,7 +1218,7 @@ def conv2d_wgrad(
             dst = runtime.empty((split, numel), torch.float32)
             dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
             split_stride, dst_acc = numel, False
-        conv2d_wgrad_kernel[(tiles(cfg), grid_1, split)](
+        conv2d_wgrad_kernel[(tiles(cfg), grid_1(cfg), split)](
             x, grad_out, dst,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
@@ -1137,7 +1230,7 @@ def conv2d_wgrad(
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
-            DY_ALIGN=vector_align(grad_out, c_out_g),
+            DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         if split > 1:
@@ -1171,7 +1264,12 @@ def conv2d_wgrad(
     cfg = _tuned(
         "conv2d_wgrad",
         problem,
-        lambda: gemm_candidates(c_out_g, n_cols, pixels, act_bytes, act_bytes, is_1x1),
+        lambda: [
+            c
+            for c in gemm_candidates(c_out_g, n_cols, pixels, act_bytes, act_bytes, is_1x1)
+            # a row-tapped tile stages KW x tiles per K step
+            if not rows_of(c) or c.smem_bytes(act_bytes, kw * act_bytes) <= _smem_limit()
+        ],
         pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True),
         tile_runner,
     )
