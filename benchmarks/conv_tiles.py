@@ -6,7 +6,9 @@ split), with the fp32 master weight and with an fp16 copy, against cuDNN in the 
 ``--ops wgrad_other`` times the wgrad with its other column layout (taps flattened with the
 channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``); ``--ops wgrad_rows`` the
 wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 convs, every
-4-warp tile whose KW accumulators take at most 192 registers a thread).
+4-warp tile whose KW accumulators take at most 192 registers a thread); ``--ops wgrad_8w`` the
+tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
+loops in other conv kernels). Each timing row carries its error against cuDNN's result.
 Prints one line per (shape, op, weight dtype): the heuristic tile's time, the best tile and
 its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
@@ -33,6 +35,10 @@ def bench(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int, int]:
@@ -62,6 +68,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         # the other column layout of the same wgrad (``conv2d_wgrad(flat_taps=...)``)
         "wgrad_other": (cout, cin if cin < conv_k.FLAT_MAX_CHANNELS else cin * k * k, m),
         "wgrad_rows": (cout, cin, m),
+        "wgrad_8w": (cout, cin, m),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -76,6 +83,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "wgrad_rows": lambda cfg, w=w: conv_k.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=False, row_taps=True
             ),
+            "wgrad_8w": lambda cfg, w=w: conv_k.conv2d_wgrad(
+                x, gy, w.shape, *pair, 1, config=cfg, flat_taps=False, row_taps=False
+            ),
         }
         cudnn = {
             "fwd": lambda: torch.nn.functional.conv2d(x, w32.to(dtype), None, s, pad),
@@ -88,11 +98,15 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 (False, True, False),
             ),
         }  # fmt: skip
-        cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad"]
+        cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
-            if op in ("wgrad_other", "wgrad_rows") and is_1x1 or op == "wgrad_rows" and k > 3:
+            if (
+                op in ("wgrad_other", "wgrad_rows", "wgrad_8w")
+                and is_1x1
+                or (op == "wgrad_rows" and k > 3)
+            ):
                 continue
             if op.startswith("wgrad") and w_name == "fp16":
                 continue  # wgrad never reads the weight
@@ -104,12 +118,21 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cands = conv_k.gemm_candidates(mm, nn_, kk, 2, k * b_bytes, is_1x1)
                 cands = [c for c in cands if c.BLOCK_M * c.BLOCK_N * k <= 192 * 32 * c.num_warps]
                 heuristic = cands[0] if heuristic not in cands else heuristic
+            if op == "wgrad_8w":  # tap-looping 8-warp tiles: never candidates (Triton #1254)
+                cands = [c for c in conv_k.CONFIGS if c.num_warps == 8]
+                cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
+                heuristic = cands[0]
             t_cudnn = bench(cudnn[op])
+            reference = cudnn[op]()  # convolution_backward: (grad_input, grad_weight, None)
+            if isinstance(reference, tuple):
+                reference = reference[1] if op.startswith("wgrad") else reference[0]
+            reference = reference.float()
             for cfg in dict.fromkeys([heuristic, *cands]):
                 try:
                     us = 1e3 * bench(lambda cfg=cfg, run=run: run(cfg))
-                except Exception as err:  # a tile that doesn't compile for this op: report it
-                    print(f"{op} {cfg}: {type(err).__name__}: {str(err)[:200]}")
+                    err = relative_error(run(cfg), reference)
+                except Exception as e:  # a tile that doesn't compile for this op: report it
+                    print(f"{op} {cfg}: {type(e).__name__}: {str(e)[:200]}")
                     continue
                 yield {
                     "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
@@ -120,6 +143,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,
+                    # max |ours - cuDNN| / max |cuDNN|: ~1e-3 from fp16 rounding; a
+                    # miscompiled tile (Triton #1254) gives O(1)
+                    "max_rel_err": err,
                 }
 
 
@@ -148,7 +174,8 @@ def main() -> None:
             print(
                 f"{heur['shape']:<28} {key[0]:<5} w={key[1]}  heuristic {heur['tile']:<18} "
                 f"{heur['us']:8.1f} us  best {best['tile']:<18} {best['us']:8.1f} us  "
-                f"cuDNN {heur['cudnn_us']:8.1f} us"
+                f"cuDNN {heur['cudnn_us']:8.1f} us  worst error "
+                f"{max(r['max_rel_err'] for r in group):.1e}"
             )
     gpu = torch.cuda.get_device_name()
     out = Path(args.out)
