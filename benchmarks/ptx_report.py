@@ -4,10 +4,10 @@ Compiles a conv kernel (``--op fwd|dgrad|wgrad``) or a batch-norm kernel (``--op
 bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) for one layer shape (NHWC fp16 activations,
 fp32 parameters, the strides, tile and alignment hints the launch helpers would pass) for an
 sm_90 target with Triton's own compiler and ptxas, and counts the global-memory and cp.async
-instructions by width, the wgmma (tensor-core) instructions, and the registers and spills
-ptxas reports. 2-byte ``ld.global.b16`` loads of an activation tile mean it is fetched
-element by element (for a GEMM operand, outside the cp.async pipeline): the cause of
-MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
+instructions by width, the wgmma (tensor-core) instructions and how many stay in flight, and
+the registers and spills ptxas reports. 2-byte ``ld.global.b16`` loads of an activation tile
+mean it is fetched element by element (for a GEMM operand, outside the cp.async pipeline):
+the cause of MobileNetV2's 24-channel 1x1 convs running ~10x slower than their neighbours.
 
     python benchmarks/ptx_report.py --op fwd --c-in 24 --c-out 144 --kernel 1
     python benchmarks/ptx_report.py --op wgrad --c-in 24 --c-out 48 --kernel 3 --json
@@ -221,6 +221,12 @@ def main() -> None:
     ap.add_argument("--kernel", type=int, default=1, help="square kernel, stride 1, 'same'")
     ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
     ap.add_argument("--row-taps", action="store_true", help="wgrad: a program per filter row")
+    ap.add_argument(
+        "--weight",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fwd/dgrad weight dtype (fp16: the layer's 16-bit copy, nn.Conv2d's default)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.op in BN_KERNELS:
@@ -234,14 +240,18 @@ def main() -> None:
         kernel, ints, const = kernel_args(
             args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg, args.row_taps
         )
-        ptx = compile_ptx(
-            kernel, CONV_POINTERS[args.op], ints, const, cfg.num_warps, cfg.num_stages
-        )
+        pointers = dict(CONV_POINTERS[args.op])
+        if "w_ptr" in pointers:
+            pointers["w_ptr"] = f"*{args.weight}"
+        ptx = compile_ptx(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
         shape = f"{args.c_in}->{args.c_out} k{args.kernel} {cfg}"
     counts = memory_instructions(ptx)
     hints = {k: v for k, v in const.items() if k.endswith("ALIGN")}
     mma = len(re.findall(r"\bwgmma\.mma_async\b", ptx))  # Hopper tensor-core instructions
-    usage = ptxas_usage(ptx)
+    # Deepest wgmma.wait_group: 0 everywhere means each MMA is waited for before the next
+    # iteration (synchronous: e.g. an operand converted in registers); 1+ keeps MMAs in flight.
+    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    usage = {**ptxas_usage(ptx), "wgmma_in_flight": max(waits, default=0)}
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return
