@@ -89,6 +89,7 @@ def ours_step(
     cast_weights: bool = True,
     conv_bn_moments: bool = False,
     wgrad_row_taps: bool = False,
+    bn_into_depthwise: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -96,7 +97,8 @@ def ours_step(
     False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights).
     ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's option).
     ``wgrad_row_taps``: conv weight gradients with one program per filter row where the tile
-    allows (kernels.conv.WGRAD_ROW_TAPS, read at every launch: set for this variant's run)."""
+    allows (kernels.conv.WGRAD_ROW_TAPS, read at every launch: set for this variant's run).
+    ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
 
@@ -105,7 +107,7 @@ def ours_step(
     torch.manual_seed(0)
     model = models.build(
         name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
-        conv_bn_moments=conv_bn_moments,
+        conv_bn_moments=conv_bn_moments, bn_into_depthwise=bn_into_depthwise,
     )  # fmt: skip
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -206,6 +208,12 @@ def main() -> None:
         help="add a graph row whose BN statistics come from the conv epilogues",
     )
     ap.add_argument(
+        "--bn-into-depthwise",
+        action="store_true",
+        help="add a graph row (with --conv-bn-moments on) whose BatchNorms before depthwise "
+        "convs are applied in the convs' loads",
+    )
+    ap.add_argument(
         "--wgrad-row-taps",
         action="store_true",
         help="add a graph row whose 3x3 weight gradients run one program per filter row",
@@ -226,7 +234,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
-    # variant: ours_step's (graph, fuse, cast_weights[, conv_bn_moments, wgrad_row_taps])
+    # variant: ours_step's (graph, fuse, cast_weights[, conv_bn_moments, wgrad_row_taps,
+    # bn_into_depthwise])
     ours = {"tritoncnn_fp16": (False, True, True)}
     if not args.no_graph:
         cls, why = graph_step_class()
@@ -240,6 +249,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_fp32w"] = (True, True, False)
             if args.conv_bn_moments:
                 ours["tritoncnn_fp16_graph_moments"] = (True, True, True, True)
+            if args.bn_into_depthwise:
+                ours["tritoncnn_fp16_graph_deferred"] = (True, True, True, True, False, True)
             if args.wgrad_row_taps:
                 ours["tritoncnn_fp16_graph_rows"] = (True, True, True, False, True)
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

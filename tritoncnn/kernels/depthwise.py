@@ -26,7 +26,14 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
+from tritoncnn.kernels.norm import (
+    PendingNorm,
+    TileMoments,
+    apply_pending_norm,
+    load_pending_norm,
+    store_tile_moments,
+    tile_moments,
+)
 
 
 class DepthwiseConfig(NamedTuple):
@@ -82,14 +89,17 @@ _REDUCE_BLOCK_J = 64
 @triton.jit
 def depthwise_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     C, H, W, HO, WO, P,
     sx_n, sx_h, sx_w, sx_c,
     sw_c, sw_h, sw_w,
     sy_n, sy_h, sy_w, sy_c,
-    pad_h, pad_w, dil_h, dil_w, alpha,
+    pad_h, pad_w, dil_h, dil_w, alpha, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MOMENTS: tl.constexpr = False,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y[n,c,oh,ow] = act(bias[c] + sum_{kh,kw} x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * w[c,0,kh,kw]).
 
@@ -107,11 +117,21 @@ def depthwise_fwd_kernel(
     BLOCK_P, BLOCK_C: tile size.
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(P, BLOCK_P), C] per-tile batch-norm moments
     of y as stored (norm.store_tile_moments; pixel block program_id(0) is that partial).
+    IN_NORM: x is a batch norm's input whose apply was left to this kernel (norm.PendingNorm):
+    each loaded tap becomes act_in((x - mean) * invstd * w_in + b_in) rounded to x's dtype,
+    exactly what bn_apply_kernel would have stored, and padding stays zero. nmean_ptr,
+    ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C] statistics and parameters (weight / bias read
+    only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = p < P
     c_mask = c < C
+    if IN_NORM:
+        # fmt: off
+        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
+                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
+        # fmt: on
     ow = p % WO
     oh = (p // WO) % HO
     n = p // (WO * HO)
@@ -133,6 +153,10 @@ def depthwise_fwd_kernel(
                 mask=ok[:, None] & c_mask[None, :],
                 other=0.0,
             ).to(tl.float32)
+            if IN_NORM:  # normalised on load; the zero padding is the normalised tensor's
+                xv = apply_pending_norm(xv, n_mean, n_scale, n_b, IN_ACT, n_alpha,
+                                        x_ptr.dtype.element_ty)  # fmt: skip
+                xv = tl.where(ok[:, None], xv, 0.0)
             wv = tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
             acc += xv * wv.to(tl.float32)[None, :]
     if HAS_BIAS:
@@ -218,12 +242,15 @@ def depthwise_dgrad_kernel(
 @triton.jit
 def depthwise_wgrad_partial_kernel(
     x_ptr, go_ptr, part_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     C, H, W, HO, WO, P, ITERS,
     sx_n, sx_h, sx_w, sx_c,
     sg_n, sg_h, sg_w, sg_c,
-    pad_h, pad_w, dil_h, dil_w,
+    pad_h, pad_w, dil_h, dil_w, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
     x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
@@ -243,6 +270,8 @@ def depthwise_wgrad_partial_kernel(
     program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
     dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
     BLOCK_P, BLOCK_C: tile size. STAGES: pixel tiles in flight (pipelined loads; WGRAD_STAGES).
+    IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
+    is normalised as it is loaded, as in depthwise_fwd_kernel.
     """
     pid = tl.program_id(0)
     chunk = pid // (KH * KW)
@@ -251,6 +280,11 @@ def depthwise_wgrad_partial_kernel(
     kw_d = (t % KW) * dil_w
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
+    if IN_NORM:
+        # fmt: off
+        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
+                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
+        # fmt: on
     x_c = (c * sx_c)[None, :]
     g_c = (c * sg_c)[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -271,6 +305,10 @@ def depthwise_wgrad_partial_kernel(
         xv = tl.load(
             x_ptr + x_off[:, None] + x_c, mask=ok[:, None] & c_mask[None, :], other=0.0
         ).to(tl.float32)
+        if IN_NORM:
+            xv = apply_pending_norm(xv, n_mean, n_scale, n_b, IN_ACT, n_alpha,
+                                    x_ptr.dtype.element_ty)  # fmt: skip
+            xv = tl.where(ok[:, None], xv, 0.0)
         acc += xv * gv
     part = tl.sum(acc, axis=0)  # BLOCK_C
     row = (chunk.to(tl.int64) * (KH * KW) + t) * C
@@ -378,11 +416,14 @@ def depthwise_conv2d_forward(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: DepthwiseConfig | None = None,
+    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """act(conv2d(x, weight, bias, groups=C)) as a new N,C,HO,WO channels_last tensor in x's
     dtype. ``weight`` is fp32 C,1,KH,KW and ``bias`` fp32 C (or None), any strides;
-    stride/padding/dilation are (h, w) pairs (or ints)."""
-    return _forward(x, weight, bias, stride, padding, dilation, act, alpha, config, False)[0]
+    stride/padding/dilation are (h, w) pairs (or ints). ``pending``: x is a batch norm's input
+    whose apply (and activation) this conv does as it loads x (norm.PendingNorm)."""
+    args = (x, weight, bias, stride, padding, dilation, act, alpha, config, False, pending)
+    return _forward(*args)[0]
 
 
 def depthwise_conv2d_forward_moments(
@@ -393,12 +434,31 @@ def depthwise_conv2d_forward_moments(
     padding,
     dilation,
     config: DepthwiseConfig | None = None,
+    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``depthwise_conv2d_forward`` for a conv that feeds a training batch norm: also returns
     the per-tile moments of the output that its epilogue stored (norm.TileMoments)."""
-    y, moments = _forward(x, weight, bias, stride, padding, dilation, ACT_NONE, 0.0, config, True)
+    args = (x, weight, bias, stride, padding, dilation, ACT_NONE, 0.0, config, True, pending)
+    y, moments = _forward(*args)
     assert moments is not None
     return y, moments
+
+
+def _pending_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor):
+    """(pointers, alpha, constexprs) of a kernel's IN_NORM arguments for ``pending``."""
+    if pending is None:
+        return (dummy,) * 4, 0.0, {}
+    for name in ("mean", "invstd", "weight", "bias"):
+        t = getattr(pending, name)
+        if t is not None and (t.shape != (c,) or t.dtype != torch.float32):
+            raise ValueError(
+                f"depthwise: pending batch-norm {name} must be fp32 ({c},), got "
+                f"{tuple(t.shape)} {t.dtype}"
+            )
+    w, b = pending.weight, pending.bias
+    ptrs = (pending.mean, pending.invstd, dummy if w is None else w, dummy if b is None else b)
+    flags = dict(IN_NORM=True, IN_HAS_W=w is not None, IN_HAS_B=b is not None, IN_ACT=pending.act)
+    return ptrs, float(pending.alpha), flags
 
 
 def _forward(
@@ -412,6 +472,7 @@ def _forward(
     alpha: float,
     config: DepthwiseConfig | None,
     moments: bool,
+    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
     """The forward launch; with ``moments``, also the output's per-tile moments."""
     _check(x, "forward")
@@ -429,16 +490,18 @@ def _forward(
     grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
     tiles = tile_moments(pixels, c, cfg.block_p) if moments else None
     parts = tiles.partials if tiles is not None else (y, y)
+    in_ptrs, in_alpha, in_flags = _pending_args(pending, c, weight)
     depthwise_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y, parts[0], parts[1],
+        x, weight, bias if bias is not None else weight, y, parts[0], parts[1], *in_ptrs,
         c, h, w, ho, wo, pixels,
         *runtime.nhwc_strides(x),
         weight.stride(0), weight.stride(2), weight.stride(3),
         *runtime.nhwc_strides(y),
-        ph, pw, dh, dw, float(alpha),
+        ph, pw, dh, dw, float(alpha), in_alpha,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
         HAS_BIAS=bias is not None, ACT=act,
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, MOMENTS=moments, num_warps=cfg.num_warps,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, MOMENTS=moments, **in_flags,
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     return y, tiles
 
@@ -497,10 +560,12 @@ def depthwise_conv2d_wgrad(
     dilation,
     grad_weight: torch.Tensor | None = None,
     config: WgradConfig | None = None,
+    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """Weight gradient of a depthwise conv, fp32 C,1,KH,KW (``weight_shape``). Written into a
     new channels_last tensor when ``grad_weight`` is None, else added into ``grad_weight``
-    (fp32, any strides) and that tensor returned. Deterministic (fixed summation order)."""
+    (fp32, any strides) and that tensor returned. Deterministic (fixed summation order).
+    ``pending``: the forward's (x is normalised as it is loaded, norm.PendingNorm)."""
     _check(x, "wgrad")
     _check(grad_out, "wgrad")
     n, c, h, w = x.shape
@@ -529,14 +594,16 @@ def depthwise_conv2d_wgrad(
     iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
     chunks = triton.cdiv(pixels, iters * block_p)
     partials = runtime.empty((chunks, kh * kw, c), torch.float32)
+    in_ptrs, in_alpha, in_flags = _pending_args(pending, c, partials)
     depthwise_wgrad_partial_kernel[(chunks * kh * kw, c_blocks)](
-        x, grad_out, partials,
+        x, grad_out, partials, *in_ptrs,
         c, h, w, ho, wo, pixels, iters,
         *runtime.nhwc_strides(x),
         *runtime.nhwc_strides(grad_out),
-        ph, pw, dh, dw,
+        ph, pw, dh, dw, in_alpha,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
-        BLOCK_P=block_p, BLOCK_C=cfg.block_c, STAGES=WGRAD_STAGES, num_warps=cfg.num_warps,
+        BLOCK_P=block_p, BLOCK_C=cfg.block_c, STAGES=WGRAD_STAGES, **in_flags,
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     entries = kh * kw * c
     depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](

@@ -24,6 +24,10 @@ num_batches_tracked on the device). Eval forward is one ``bn_apply_kernel`` on r
 When the kernel that produced x stored per-tile (mean, M2) in its epilogue (``TileMoments``:
 conv.py, depthwise.py, linked by nn.fusion), ``bn_stats_from_tiles_kernel`` merges those
 partials instead of reading x: the statistics cost a few hundred KB of reads, not a pass.
+When the layer after is a depthwise conv, the apply can be left to it
+(``batch_norm_train_statistics`` + ``PendingNorm``: the conv normalises each value it loads
+with ``apply_pending_norm``, bn_apply_kernel's expression and rounding), so the normalised
+tensor is never stored.
 
 Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat; the last program per
 channel block writes grad_weight / grad_bias and the means the input grad needs) ->
@@ -68,6 +72,20 @@ class TileMoments(NamedTuple):
 def tile_moments(m: int, c: int, rows: int) -> TileMoments:
     """Buffers for the moments of an M x C output produced in tiles of ``rows`` rows."""
     return TileMoments(runtime.empty((2, triton.cdiv(m, rows), c)), rows)
+
+
+class PendingNorm(NamedTuple):
+    """A training batch norm (+ fused activation) left for the consumer of its input to apply
+    as it loads: a = act((x - mean) * (invstd * weight) + bias), rounded to x's dtype, which is
+    what ``bn_apply_kernel`` would have stored (``load_pending_norm`` / ``apply_pending_norm``;
+    nn.fusion.defer_bn_into_depthwise). weight / bias None: 1 / 0."""
+
+    mean: torch.Tensor
+    invstd: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    act: int
+    alpha: float
 
 
 # Every configuration the launch helpers can pick (the GPU tier tests each one). Wider channel
@@ -278,6 +296,32 @@ def store_tile_moments(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, 
     out = part.to(tl.int64) * C + cols
     tl.store(pmean_ptr + out, mean, mask=mask_cols)
     tl.store(pm2_ptr + out, m2, mask=mask_cols)
+
+
+@triton.jit
+def load_pending_norm(
+    mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """(mean, scale = invstd * weight, bias) per channel of a ``PendingNorm``, in fp32."""
+    mean, invstd = _channel_stats(mean_ptr, invstd_ptr, offs_c, mask_c, 0.0, False)
+    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    return mean, invstd * w, b
+
+
+@triton.jit
+def apply_pending_norm(x, mean, scale, b, ACT: tl.constexpr, alpha, DTYPE: tl.constexpr):
+    """The values bn_apply_kernel would have stored for the [rows, channels] tile x (fp32):
+    its expression, its activation, its rounding to DTYPE (the activation dtype), as fp32."""
+    z = (x - mean[None, :]) * scale[None, :] + b[None, :]
+    return apply_activation(z, ACT, alpha).to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def count_batch_kernel(nbt_ptr):
+    """num_batches_tracked += 1, for a training forward that leaves the apply (whose
+    INC_NBT does it otherwise) to the next kernel: ``batch_norm_train_statistics``."""
+    tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
 
 
 @triton.jit
@@ -968,6 +1012,49 @@ def batch_norm_forward_train(
     the statistics then come from them, and x is read once (by the apply) instead of twice.
     """
     _check(x, weight, bias, running_mean, running_var)
+    save_mean, save_invstd, inc = _train_statistics(
+        x, running_mean, running_var, num_batches_tracked, momentum, eps, config, moments
+    )
+    nbt = num_batches_tracked if inc else None
+    apply_cfg = config or pick_config(x.shape[1], elementwise=True)
+    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg)
+    return y, save_mean, save_invstd
+
+
+def batch_norm_train_statistics(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    config: NormConfig | None = None,
+    moments: TileMoments | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_norm_forward_train`` without the apply: (save_mean, save_invstd), the running
+    statistics and num_batches_tracked updated the same way. For a consumer that normalises
+    x as it loads it (``PendingNorm``)."""
+    _check(x, None, None, running_mean, running_var)
+    save_mean, save_invstd, inc = _train_statistics(
+        x, running_mean, running_var, num_batches_tracked, momentum, eps, config, moments
+    )
+    if inc:
+        count_batch_kernel[(1,)](num_batches_tracked)
+    return save_mean, save_invstd
+
+
+def _train_statistics(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    num_batches_tracked: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    config: NormConfig | None,
+    moments: TileMoments | None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(save_mean, save_invstd, whether num_batches_tracked is still to be incremented): the
+    statistics pass, or the merge of ``moments``; running statistics updated in place."""
     m, c, hw, w, sx = _geometry(x)
     update, cumulative, inc = _running_update_flags(
         m, running_mean, running_var, num_batches_tracked, momentum
@@ -978,12 +1065,7 @@ def batch_norm_forward_train(
             moments, m, c, running_mean, running_var, num_batches_tracked, momentum, eps,
             update, cumulative, cfg,
         )  # fmt: skip
-        nbt = num_batches_tracked if inc else None
-        apply_cfg = config or pick_config(c, elementwise=True)
-        y = _apply_batch_stats(
-            x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg
-        )
-        return y, save_mean, save_invstd
+        return save_mean, save_invstd, inc
     rows, n_parts = _split_rows(m, c, cfg)
     c_blocks = triton.cdiv(c, cfg.block_c)
     tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}
@@ -1005,10 +1087,7 @@ def batch_norm_forward_train(
         ALIGN=_align(c, x), **tile,
     )
     # fmt: on
-    nbt = num_batches_tracked if inc else None
-    apply_cfg = config or pick_config(c, elementwise=True)
-    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg)
-    return y, save_mean, save_invstd
+    return save_mean, save_invstd, inc
 
 
 def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) -> torch.Tensor:

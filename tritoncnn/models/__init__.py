@@ -48,6 +48,7 @@ def build(
     fuse: bool = True,
     input_grad: bool = False,
     conv_bn_moments: bool = False,
+    bn_into_depthwise: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -58,6 +59,9 @@ def build(
     ``conv_bn_moments``: with ``fuse``, each conv that feeds a BatchNorm also stores that
     BatchNorm's training statistics in its epilogue (one read of the activation less per
     layer; off until its GPU tier has run, see benchmarks/README.md).
+    ``bn_into_depthwise``: with ``fuse``, each BatchNorm (+ activation) whose output feeds a
+    depthwise conv (MobileNetV2's expand layers) leaves its training apply to that conv's
+    loads (one write and one read of the activation less; off until GPU-measured too).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -71,11 +75,13 @@ def build(
         kw["image_size"] = image_size
     model = registry[key](num_classes=num_classes, in_channels=in_channels, **kw)
     if fuse:
-        from tritoncnn.nn.fusion import fuse_bn_activations, link_conv_bn_moments
+        from tritoncnn.nn import fusion
 
-        fuse_bn_activations(model)
+        fusion.fuse_bn_activations(model)
         if conv_bn_moments:
-            link_conv_bn_moments(model)
+            fusion.link_conv_bn_moments(model)
+        if bn_into_depthwise:
+            fusion.defer_bn_into_depthwise(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

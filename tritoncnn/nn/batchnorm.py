@@ -51,12 +51,49 @@ class TileMomentsLink:
         return moments
 
 
+class PendingNormLink:
+    """Hands a BatchNorm's apply (and fused activation) to the depthwise conv that reads its
+    output (set up by ``nn.fusion.defer_bn_into_depthwise``).
+
+    In a batch-statistics forward the BatchNorm only takes the statistics, ``publish``es
+    (its input, norm.PendingNorm) and returns its input unchanged; the conv ``take``s them for
+    its input and normalises as it loads (kernels/depthwise.py, IN_NORM). A conv handed any
+    other tensor while an apply is pending raises: that tensor would be missing the batch
+    norm. Eval with running statistics applies as usual.
+    """
+
+    def __init__(self, bn: _BatchNorm, conv) -> None:
+        self.bn, self.conv = bn, conv
+        self._input: torch.Tensor | None = None
+        self._pending: norm.PendingNorm | None = None
+
+    def wanted(self) -> bool:
+        return self.bn.uses_batch_stats() and self.bn._sync_world() == 1
+
+    def publish(self, x: torch.Tensor, pending: norm.PendingNorm) -> None:
+        self._input, self._pending = x, pending
+
+    def take(self, x: torch.Tensor) -> norm.PendingNorm | None:
+        pending, published = self._pending, self._input
+        self._input = self._pending = None  # hold no tensor past this step's use
+        if pending is not None and published is not x:
+            raise RuntimeError(
+                f"{type(self.conv).__name__} got a tensor other than the output of the "
+                "BatchNorm whose apply it was to do (nn.fusion.defer_bn_into_depthwise): "
+                "call undefer_bn_into_depthwise(model) before feeding layers separately"
+            )
+        return pending
+
+
 class _BatchNorm(Module):
     """Shared body; subclasses say which input ranks they accept."""
 
     RANKS: tuple[int, ...] = ()
     # the conv right before this layer, when nn.fusion linked them (see TileMomentsLink)
     moments_link: TileMomentsLink | None = None
+    # the depthwise conv right after it (and its activation), when nn.fusion deferred this
+    # layer's apply into that conv's loads (see PendingNormLink)
+    pending_link: PendingNormLink | None = None
 
     def __init__(
         self,
@@ -150,6 +187,21 @@ class _BatchNorm(Module):
                 )
             update = self.training and self.track_running_stats
             self._synced = self._sync_world() > 1 and self.training
+            deferred = self.pending_link is not None and self.pending_link.wanted()
+            if deferred:
+                mean, invstd = norm.batch_norm_train_statistics(
+                    x,
+                    self.running_mean if update else None,
+                    self.running_var if update else None,
+                    self.num_batches_tracked if update else None,
+                    self.momentum,
+                    self.eps,
+                    moments=moments,
+                )
+                pending = norm.PendingNorm(mean, invstd, w, b, self.act, self.act_alpha)
+                self.pending_link.publish(x, pending)
+                self._saved = (x, True, mean, invstd)
+                return x  # the depthwise conv after this layer applies it as it loads
             if self._synced:
                 forward = self._forward_synced
             else:

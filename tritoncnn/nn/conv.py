@@ -15,7 +15,7 @@ from tritoncnn.kernels import elementwise as EW
 from tritoncnn.nn.module import Module, Parameter
 
 if TYPE_CHECKING:
-    from tritoncnn.nn.batchnorm import TileMomentsLink
+    from tritoncnn.nn.batchnorm import PendingNormLink, TileMomentsLink
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -52,6 +52,9 @@ class Conv2d(Module):
     # the BatchNorm right after this conv, when nn.fusion linked them: the forward then stores
     # that BatchNorm's per-tile moments in its epilogue (batchnorm.TileMomentsLink)
     moments_link: TileMomentsLink | None = None
+    # the BatchNorm right before this (depthwise) conv, when nn.fusion deferred that layer's
+    # apply into this conv's loads (batchnorm.PendingNormLink)
+    pending_link: PendingNormLink | None = None
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class Conv2d(Module):
             self.bias = None
         self.input_grad = True
         self._x: torch.Tensor | None = None
+        self._pending = None  # the PendingNorm the last forward applied to _x as it loaded it
         self._w_cast: torch.Tensor | None = None  # the GEMM operand copy (see the docstring)
         self._w_gemm: torch.Tensor | None = None  # the weight the last forward's GEMM read
 
@@ -153,13 +157,18 @@ class Conv2d(Module):
         link = self.moments_link
         # the BatchNorm after this conv takes batch statistics: store them in the epilogue
         moments = link is not None and link.wanted()
+        # the BatchNorm before it left its apply to this conv's loads
+        pending = self.pending_link.take(x) if self.pending_link is not None else None
+        self._pending = pending
         if self._is_depthwise():
             pt, _, pl, _ = self._pad4
             args = (x, self.weight.data, b, self.stride, (pt, pl), self.dilation)
             if not moments:
-                return DW.depthwise_conv2d_forward(*args)
-            y, tiles = DW.depthwise_conv2d_forward_moments(*args)
+                return DW.depthwise_conv2d_forward(*args, pending=pending)
+            y, tiles = DW.depthwise_conv2d_forward_moments(*args, pending=pending)
         else:
+            if pending is not None:
+                raise RuntimeError("Conv2d: a pending batch-norm apply needs a depthwise conv")
             self._w_gemm = self._gemm_weight(x.dtype)
             args = (x, self._w_gemm, b, self.stride, self._pad4, self.dilation, self.groups)
             if not moments:
@@ -198,7 +207,9 @@ class Conv2d(Module):
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
                 grad_in = DW.depthwise_conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
-            w.grad = DW.depthwise_conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
+            w.grad = DW.depthwise_conv2d_wgrad(
+                x, grad_out, w.shape, *args, grad_weight=w.grad, pending=self._pending
+            )
         else:
             args = (self.stride, self._pad4, self.dilation, self.groups)
             if self.input_grad:

@@ -12,6 +12,12 @@ conv output once more. Linked (``link_conv_bn_moments``), the conv's epilogue st
 (mean, M2) of the tile it just computed, and the BatchNorm merges those few partials instead
 (kernels/norm.py, ``TileMoments``): one full read of the activation less per layer.
 
+BatchNorm -> (activation ->) depthwise conv, MobileNetV2's expand layers: deferred
+(``defer_bn_into_depthwise``), the BatchNorm's training forward takes only the statistics and
+returns its input; the depthwise conv normalises (and activates) each value as it loads it, in
+its forward and its weight gradient (norm.PendingNorm), so the normalised tensor is never
+written or read: one write and one read of the activation less per layer.
+
 The module tree is unchanged: the activation module stays in its place, flagged ``fused`` (it
 then passes values and gradients through), so ``state_dict`` keys, ``to_torch`` twins (BN and
 the activation as separate torch layers) and the model summary are the same as unfused.
@@ -25,7 +31,7 @@ from collections.abc import Iterator
 
 from tritoncnn.kernels.elementwise import ACT_NONE
 from tritoncnn.nn.activation import _Activation
-from tritoncnn.nn.batchnorm import BatchNorm2d, TileMomentsLink, _BatchNorm
+from tritoncnn.nn.batchnorm import BatchNorm2d, PendingNormLink, TileMomentsLink, _BatchNorm
 from tritoncnn.nn.container import Sequential
 from tritoncnn.nn.conv import Conv2d
 from tritoncnn.nn.module import Module
@@ -70,7 +76,9 @@ def fused_pairs(model: Module) -> Iterator[tuple[Module, Module]]:
 
 
 def unfuse_bn_activations(model: Module) -> int:
-    """Undo ``fuse_bn_activations`` (each activation runs its own kernels again)."""
+    """Undo ``fuse_bn_activations`` (each activation runs its own kernels again; a BatchNorm
+    apply deferred into the conv after the activation is undone too)."""
+    undefer_bn_into_depthwise(model)
     pairs = list(fused_pairs(model))
     for bn, act in pairs:
         bn.act, bn.act_alpha = ACT_NONE, 0.0
@@ -104,3 +112,54 @@ def unlink_conv_bn_moments(model: Module) -> int:
             conv.moments_link = bn.moments_link = None
             unlinked += 1
     return unlinked
+
+
+def _call_chain(seq: Sequential) -> list[Module]:
+    """The layers a Sequential calls in order, nested Sequentials flattened."""
+    out: list[Module] = []
+    for child in seq.children():
+        out += _call_chain(child) if isinstance(child, Sequential) else [child]
+    return out
+
+
+def _bn_depthwise_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
+    """(BatchNorm2d, depthwise Conv2d) where the conv reads the BatchNorm's output directly
+    or through an activation fused into it: neighbours in a Sequential's call order (across
+    nested Sequentials, e.g. MobileNetV2's expand block -> depthwise block)."""
+    for module in model.modules():
+        if not isinstance(module, Sequential):
+            continue
+        chain = _call_chain(module)
+        for i, bn in enumerate(chain[:-1]):
+            if not isinstance(bn, BatchNorm2d):
+                continue
+            nxt = chain[i + 1]
+            if isinstance(nxt, _Activation):
+                if not (nxt.fused and bn.act == nxt.ACT) or i + 2 >= len(chain):
+                    continue
+                nxt = chain[i + 2]
+            if isinstance(nxt, Conv2d) and nxt._is_depthwise():
+                yield bn, nxt
+
+
+def defer_bn_into_depthwise(model: Module) -> int:
+    """Let every BatchNorm2d whose output (after its fused activation) feeds only a depthwise
+    conv leave its training apply to that conv's loads; returns how many. Run after
+    ``fuse_bn_activations`` (an unfused activation in between blocks the pair)."""
+    deferred = 0
+    for bn, conv in _bn_depthwise_pairs(model):
+        if bn.pending_link is None and conv.pending_link is None:
+            bn.pending_link = conv.pending_link = PendingNormLink(bn, conv)
+            deferred += 1
+    return deferred
+
+
+def undefer_bn_into_depthwise(model: Module) -> int:
+    """Undo ``defer_bn_into_depthwise`` (each BatchNorm applies itself again)."""
+    undone = 0
+    for module in model.modules():
+        link = getattr(module, "pending_link", None)
+        if isinstance(module, _BatchNorm) and link is not None:
+            module.pending_link = link.conv.pending_link = None
+            undone += 1
+    return undone
