@@ -86,7 +86,7 @@ def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
     }
     ours = {
         "stats": lambda: norm.batch_norm_local_moments(x),
-        "backward": lambda: norm.batch_norm_backward(gy, x, w, b, mean, invstd, 1e-5),
+        "backward": lambda: norm.batch_norm_backward(gy, x, w, mean, invstd, bias=b),
     }
     one_pass = x.numel() * x.element_size() / 1e9  # GB
     for st in stages:
