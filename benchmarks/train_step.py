@@ -87,17 +87,18 @@ def ours_step(
     graph: bool,
     fuse: bool = True,
     cast_weights: bool = True,
-    conv_bn_moments: bool = False,
-    wgrad_row_taps: bool = False,
+    conv_bn_moments: bool = True,
+    wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
     ``fuse``: BN -> activation pairs in one kernel (models.build's default). ``cast_weights``
     False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights).
-    ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's option).
+    ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's default).
     ``wgrad_row_taps``: conv weight gradients with one program per filter row where the tile
-    allows (kernels.conv.WGRAD_ROW_TAPS, read at every launch: set for this variant's run).
+    allows (kernels.conv.WGRAD_ROW_TAPS, the default, read at every launch: set for this
+    variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
@@ -203,20 +204,21 @@ def main() -> None:
         help="add a graph row whose conv GEMMs read the fp32 master weights",
     )
     ap.add_argument(
-        "--conv-bn-moments",
+        "--without-moments",
         action="store_true",
-        help="add a graph row whose BN statistics come from the conv epilogues",
+        help="add a graph row whose BatchNorms run their own statistics pass (not the conv "
+        "epilogues')",
     )
     ap.add_argument(
         "--bn-into-depthwise",
         action="store_true",
-        help="add a graph row (with --conv-bn-moments on) whose BatchNorms before depthwise "
-        "convs are applied in the convs' loads",
+        help="add a graph row whose BatchNorms before depthwise convs are applied in the "
+        "convs' loads",
     )
     ap.add_argument(
-        "--wgrad-row-taps",
+        "--without-row-taps",
         action="store_true",
-        help="add a graph row whose 3x3 weight gradients run one program per filter row",
+        help="add a graph row whose 3x3 weight gradients run one program per tap (not per row)",
     )
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
@@ -234,25 +236,25 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
-    # variant: ours_step's (graph, fuse, cast_weights[, conv_bn_moments, wgrad_row_taps,
-    # bn_into_depthwise])
-    ours = {"tritoncnn_fp16": (False, True, True)}
+    # variant: ours_step's keyword arguments (the defaults where not given)
+    ours = {"tritoncnn_fp16": {"graph": False}}
     if not args.no_graph:
         cls, why = graph_step_class()
         if cls is None:
             print(f"note: no CUDA-graph row ({why}); tritoncnn runs eager only", flush=True)
         else:
-            ours["tritoncnn_fp16_graph"] = (True, True, True)
+            graph = {"graph": True}
+            ours["tritoncnn_fp16_graph"] = graph
             if args.unfused:
-                ours["tritoncnn_fp16_graph_unfused"] = (True, False, True)
+                ours["tritoncnn_fp16_graph_unfused"] = {**graph, "fuse": False}
             if args.fp32_conv_weights:
-                ours["tritoncnn_fp16_graph_fp32w"] = (True, True, False)
-            if args.conv_bn_moments:
-                ours["tritoncnn_fp16_graph_moments"] = (True, True, True, True)
+                ours["tritoncnn_fp16_graph_fp32w"] = {**graph, "cast_weights": False}
+            if args.without_moments:
+                ours["tritoncnn_fp16_graph_no_moments"] = {**graph, "conv_bn_moments": False}
             if args.bn_into_depthwise:
-                ours["tritoncnn_fp16_graph_deferred"] = (True, True, True, True, False, True)
-            if args.wgrad_row_taps:
-                ours["tritoncnn_fp16_graph_rows"] = (True, True, True, False, True)
+                ours["tritoncnn_fp16_graph_deferred"] = {**graph, "bn_into_depthwise": True}
+            if args.without_row_taps:
+                ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")
@@ -271,7 +273,7 @@ def main() -> None:
             x = torch.randn(batch, 3, 32, 32, device="cuda")
             y = torch.randint(0, 10, (batch,), device="cuda")
             variants = {
-                v: partial(ours_step, name, batch, torch.float16, *gf) for v, gf in ours.items()
+                v: partial(ours_step, name, batch, torch.float16, **kw) for v, kw in ours.items()
             }
             for mode in modes:  # a fresh twin per mode: each has its own optimizer state
                 variants[f"torch_{mode}"] = partial(torch_step, twin, x, y, mode)

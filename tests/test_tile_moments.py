@@ -165,10 +165,10 @@ MODELS = [
 
 @pytest.mark.parametrize("name,kw,pairs", MODELS, ids=[m[0] for m in MODELS])
 def test_build_links_every_conv_bn_pair(name, kw, pairs):
-    model = models.build(name, num_classes=5, image_size=8, conv_bn_moments=True, **kw)
+    model = models.build(name, num_classes=5, image_size=8, **kw)  # on by default
     links = {id(m.moments_link) for m in model.modules() if isinstance(m, BatchNorm2d)}
     assert len(links) == pairs and id(None) not in links
-    plain = models.build(name, num_classes=5, image_size=8, **kw)  # not asked for
+    plain = models.build(name, num_classes=5, image_size=8, conv_bn_moments=False, **kw)
     assert all(m.moments_link is None for m in plain.modules() if isinstance(m, BatchNorm2d))
 
 

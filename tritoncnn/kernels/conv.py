@@ -1094,11 +1094,11 @@ ROW_TAPS_MAX_KW = 3
 # 128 x 64 of a 3x3 conv (192 accumulator registers, 240-255 in all) without spilling; three
 # 128 x 128 accumulators (384) spill 6.7 KB, so that tile keeps one tap per program.
 ROW_TAPS_MAX_ACC_REGS = 192
-# Whether conv2d_wgrad(row_taps=None) uses the row form where it fits. Off until the GPU tier
-# and benchmarks/conv_tiles.py (--ops wgrad_rows) have run it: the row form reads each dy tile
-# once per filter row instead of once per tap (ResNet-18's 64-channel 3x3 wgrads, whose 64 x 64
-# tiles re-read dy 9 times, ran at ~1/3 of cuDNN's speed on an H200).
-WGRAD_ROW_TAPS = False
+# Whether conv2d_wgrad(row_taps=None) uses the row form where it fits: it reads each dy tile
+# once per filter row instead of once per tap. On an H100 (benchmarks/results, 2026-12-05)
+# ResNet-18's 64-channel 3x3 wgrad went from 308 to 183 us (cuDNN 100) and its b512 graphed
+# step from 10.73 to 10.23 ms; MobileNetV2 (depthwise 3x3 has its own kernel) is unchanged.
+WGRAD_ROW_TAPS = True
 
 
 def use_row_taps(cfg: ConvConfig, kw: int) -> bool:
