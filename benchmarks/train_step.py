@@ -90,6 +90,7 @@ def ours_step(
     conv_bn_moments: bool = True,
     wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
+    bn_grad_sums: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -99,7 +100,8 @@ def ours_step(
     ``wgrad_row_taps``: conv weight gradients with one program per filter row where the tile
     allows (kernels.conv.WGRAD_ROW_TAPS, the default, read at every launch: set for this
     variant's run).
-    ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads."""
+    ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
+    ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
 
@@ -109,6 +111,7 @@ def ours_step(
     model = models.build(
         name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
         conv_bn_moments=conv_bn_moments, bn_into_depthwise=bn_into_depthwise,
+        bn_grad_sums=bn_grad_sums,
     )  # fmt: skip
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -216,6 +219,12 @@ def main() -> None:
         "convs' loads",
     )
     ap.add_argument(
+        "--bn-grad-sums",
+        action="store_true",
+        help="add a graph row whose BatchNorms before convs take their backward sums from "
+        "the convs' dgrad epilogues (and one with --bn-into-depthwise too)",
+    )
+    ap.add_argument(
         "--without-row-taps",
         action="store_true",
         help="add a graph row whose 3x3 weight gradients run one program per tap (not per row)",
@@ -253,6 +262,10 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_no_moments"] = {**graph, "conv_bn_moments": False}
             if args.bn_into_depthwise:
                 ours["tritoncnn_fp16_graph_deferred"] = {**graph, "bn_into_depthwise": True}
+            if args.bn_grad_sums:
+                ours["tritoncnn_fp16_graph_grad_sums"] = {**graph, "bn_grad_sums": True}
+                both = {**graph, "bn_grad_sums": True, "bn_into_depthwise": True}
+                ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
             if args.without_row_taps:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -606,7 +606,8 @@ def test_gpu_wgrad_row_taps(index, dtype):
                 # each product sum, so one 131072-pixel chain drifts to 1.5e-4 in every tile
                 # and both forms (measured 2026-12-05); splits keep each chain short.
                 assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=what)
-            K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw, config=cfg, row_taps=True)
+            again = dict(grad_weight=dw, config=cfg, split_k=split, row_taps=True)
+            K.conv2d_wgrad(x, go, wt.shape, *args, **again)
             assert_close(dw, 2 * taps, tol=1e-6, what=what + " +=")
 
 

@@ -51,7 +51,16 @@ from tritoncnn import runtime
 from tritoncnn.kernels import alignment, autotune
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
+from tritoncnn.kernels.norm import (
+    GradSums,
+    PendingNorm,
+    TileMoments,
+    grad_sums,
+    grad_sums_args,
+    store_grad_sums,
+    store_tile_moments,
+    tile_moments,
+)
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
 # (Triton's matmul tutorial ordering).
@@ -396,16 +405,20 @@ def conv2d_fwd_kernel(
 @triton.jit
 def conv2d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
+    xn_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, psum_g_ptr, psum_gx_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sdy_n, sdy_h, sdy_w, sdy_c,
     sw_o, sw_i, sw_h, sw_w,
     sdx_n, sdx_h, sdx_w, sdx_c,
+    sxn_n, sxn_h, sxn_w, sxn_c,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    kh_step, kw_step,
+    kh_step, kw_step, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DY_ALIGN: tl.constexpr, CI_ALIGN: tl.constexpr,
+    GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
     one stride phase x input channels of one group.
@@ -428,6 +441,12 @@ def conv2d_dgrad_kernel(
     DY_ALIGN: as the forward's X_ALIGN, for dy's row offsets and C_out_g.
     CI_ALIGN: the same for the input-channel runs: C_in_g, dx's row offsets and the weight's
     (o, kh, kw) strides are multiples of it (the B tile's rows and dx's stores).
+    GRAD_SUMS: x is a training batch norm's output (after its fused activation IN_ACT,
+    n_alpha) and dx that batch norm's output gradient: the epilogue also stores the tile's
+    backward sums (norm.store_grad_sums) as partial phase * cdiv(M0, BLOCK_M) + row tile of
+    the fp32 [n_parts, C_in] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*) is the
+    batch norm's input, logical N,C_in,H,W; nmean_ptr, ninvstd_ptr its fp32 batch statistics,
+    nw_ptr, nb_ptr its affine parameters (read when IN_HAS_W / IN_HAS_B).
     """
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
@@ -559,7 +578,19 @@ def conv2d_dgrad_kernel(
     if CI_ALIGN > 1:
         dx_row = tl.multiple_of(dx_row, CI_ALIGN)
     dx_ptrs = dx_ptr + dx_row[:, None] + ci.to(tl.int64)[None, :] * sdx_c
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    dx = acc.to(dx_ptr.dtype.element_ty)
+    mask = mask_m[:, None] & mask_n[None, :]
+    tl.store(dx_ptrs, dx, mask=mask)
+    if GRAD_SUMS:
+        xn_row = n_img.to(tl.int64) * sxn_n + h * sxn_h + w * sxn_w
+        xn_ptrs = xn_ptr + xn_row[:, None] + ci.to(tl.int64)[None, :] * sxn_c
+        xn = tl.load(xn_ptrs, mask=mask, other=0.0).to(tl.float32)
+        # fmt: off
+        store_grad_sums(psum_g_ptr, psum_gx_ptr, dx.to(tl.float32), xn, mask,
+                        phase * tl.cdiv(M0, BLOCK_M) + pid_m, ci, mask_n,
+                        C_in_g * (tl.num_programs(1) // n_phase), nmean_ptr, ninvstd_ptr,
+                        nw_ptr, nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT, BLOCK_N)
+        # fmt: on
 
 
 @triton.jit
@@ -1033,6 +1064,47 @@ def conv2d_dgrad(
     grad_out's dtype. Written into ``out`` (any strides) when given, else a new NHWC tensor.
     Only the top/left padding matters here (the output size comes from grad_out). ``weight``
     may be fp32 or in grad_out's dtype; ``config`` as in conv2d_forward."""
+    args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
+    return _dgrad(*args, None, None)[0]
+
+
+def conv2d_dgrad_grad_sums(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    bn_input: torch.Tensor,
+    bn: PendingNorm,
+    config: ConvConfig | int | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, GradSums]:
+    """``conv2d_dgrad`` for a conv whose input is a training batch norm's output: ``bn`` holds
+    that batch norm's batch statistics, affine parameters and fused activation, ``bn_input``
+    its input. Also returns the batch norm's backward sums that the epilogue stored
+    (norm.GradSums), for ``norm.batch_norm_backward(sums=...)``."""
+    args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
+    grad_in, sums = _dgrad(*args, bn_input, bn)
+    assert sums is not None
+    return grad_in, sums
+
+
+def _dgrad(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride: IntPair,
+    padding,
+    dilation: IntPair,
+    groups: int,
+    config: ConvConfig | int | None,
+    out: torch.Tensor | None,
+    bn_input: torch.Tensor | None,
+    bn: PendingNorm | None,
+) -> tuple[torch.Tensor, GradSums | None]:
+    """The dgrad launch; with ``bn``, also the batch norm's per-tile backward sums."""
     _check_act(grad_out, "grad_out")
     n, c_in, h, w = (int(s) for s in input_shape)
     c_out, c_in_g, kh, kw = weight.shape
@@ -1050,22 +1122,32 @@ def conv2d_dgrad(
     c_out_g = c_out // groups
     m0, k = n * triton.cdiv(h, sh) * triton.cdiv(w, sw), kh * kw * c_out_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
+    xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
+        bn, bn_input, (n, c_in, h, w), out, "conv2d_dgrad:"
+    )
 
-    def launch(dst: torch.Tensor, cfg: ConvConfig) -> None:
-        grid = (triton.cdiv(m0, cfg.BLOCK_M) * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
+    def launch(dst: torch.Tensor, cfg: ConvConfig) -> GradSums | None:
+        # partials per (stride phase, row tile): a tuning candidate gets buffers of its own
+        row_tiles = triton.cdiv(m0, cfg.BLOCK_M)
+        sums = grad_sums(sh * sw * row_tiles, c_in) if bn is not None else None
+        parts = (sums.partials[0], sums.partials[1]) if sums is not None else (dst, dst)
+        grid = (row_tiles * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
         conv2d_dgrad_kernel[grid](
-            grad_out, weight, dst,
+            grad_out, weight, dst, xn, *norm_ptrs, *parts,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(grad_out), *weight.stride(), *runtime.nhwc_strides(dst),
+            *runtime.nhwc_strides(xn),
             sh, sw, pt, pl, dh, dw,
-            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
+            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), norm_alpha,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             DY_ALIGN=vector_align(grad_out, c_out_g), CI_ALIGN=_input_channel_align(dst, weight),
+            GRAD_SUMS=bn is not None, **norm_flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
+        return sums
 
     if config is not None or runtime.INTERPRETED:
         cfg = _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
@@ -1075,6 +1157,8 @@ def conv2d_dgrad(
             pad=(pt, pl), dil=(dh, dw), groups=groups, grad_out=autotune.tensor_flag(grad_out),
             weight=autotune.tensor_flag(weight), out=autotune.tensor_flag(out),
         )  # fmt: skip
+        if bn is not None:  # the epilogue's reductions shift the best tile; older keys stay valid
+            problem["grad_sums"] = True
         a_bytes, b_bytes = grad_out.element_size(), weight.element_size()
         cfg = _tuned(
             "conv2d_dgrad",
@@ -1083,8 +1167,7 @@ def conv2d_dgrad(
             pick_config(m0, c_in_g, k, grad_out.dtype),
             lambda: _scratch_runner(launch, runtime.empty_like(out)),
         )
-    launch(out, cfg)
-    return out
+    return out, launch(out, cfg)
 
 
 # ROW_TAPS wgrad programs keep one accumulator per tap of a filter row: up to 3 of them.

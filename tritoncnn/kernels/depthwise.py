@@ -27,10 +27,15 @@ import triton.language as tl
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
+    GradSums,
     PendingNorm,
     TileMoments,
     apply_pending_norm,
+    grad_sums,
+    grad_sums_args,
     load_pending_norm,
+    pending_norm_args,
+    store_grad_sums,
     store_tile_moments,
     tile_moments,
 )
@@ -177,13 +182,17 @@ def depthwise_fwd_kernel(
 @triton.jit
 def depthwise_dgrad_kernel(
     go_ptr, w_ptr, gi_ptr,
+    xn_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, psum_g_ptr, psum_gx_ptr,
     C, H, W, HO, WO, P,
     sg_n, sg_h, sg_w, sg_c,
     sw_c, sw_h, sw_w,
     si_n, si_h, si_w, si_c,
-    pad_h, pad_w, dil_h, dil_w,
+    sxn_n, sxn_h, sxn_w, sxn_c,
+    pad_h, pad_w, dil_h, dil_w, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """gi[n,c,h,w] = sum over taps (kh,kw) and output pixels (oh,ow) with
     oh*s - p + kh*d == h and ow*s - p + kw*d == w of go[n,c,oh,ow] * w[c,0,kh,kw].
@@ -201,6 +210,12 @@ def depthwise_dgrad_kernel(
     sg_*, si_*: element strides of go and gi in (n, h, w, c) order. sw_*: weight strides of
     dims 0, 2, 3. pad_h, pad_w, dil_h, dil_w: padding and dilation of the forward conv.
     KH, KW, STRIDE_H, STRIDE_W: kernel size and stride. BLOCK_P, BLOCK_C: tile size.
+    GRAD_SUMS: the input is a training batch norm's output (after its fused activation
+    IN_ACT, n_alpha) and gi that batch norm's output gradient: the epilogue also stores the
+    tile's backward sums (norm.store_grad_sums) as partial program_id(0) of the fp32
+    [cdiv(P, BLOCK_P), C] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*, n,h,w,c) is
+    the batch norm's input; nmean_ptr, ninvstd_ptr its fp32 batch statistics, nw_ptr, nb_ptr
+    its affine parameters (read when IN_HAS_W / IN_HAS_B).
     """
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -232,11 +247,17 @@ def depthwise_dgrad_kernel(
             wv = tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
             acc += gv * wv.to(tl.float32)[None, :]
     i_off = n.to(tl.int64) * si_n + h * si_h + w_ * si_w
-    tl.store(
-        gi_ptr + i_off[:, None] + (c * si_c)[None, :],
-        acc.to(gi_ptr.dtype.element_ty),
-        mask=p_mask[:, None] & c_mask[None, :],
-    )
+    gi = acc.to(gi_ptr.dtype.element_ty)
+    mask = p_mask[:, None] & c_mask[None, :]
+    tl.store(gi_ptr + i_off[:, None] + (c * si_c)[None, :], gi, mask=mask)
+    if GRAD_SUMS:
+        xn_off = n.to(tl.int64) * sxn_n + h * sxn_h + w_ * sxn_w
+        xn = tl.load(xn_ptr + xn_off[:, None] + (c * sxn_c)[None, :], mask=mask, other=0.0)
+        # fmt: off
+        store_grad_sums(psum_g_ptr, psum_gx_ptr, gi.to(tl.float32), xn.to(tl.float32), mask,
+                        tl.program_id(0), c, c_mask, C, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+                        n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT, BLOCK_C)
+        # fmt: on
 
 
 @triton.jit
@@ -446,19 +467,8 @@ def depthwise_conv2d_forward_moments(
 
 def _pending_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor):
     """(pointers, alpha, constexprs) of a kernel's IN_NORM arguments for ``pending``."""
-    if pending is None:
-        return (dummy,) * 4, 0.0, {}
-    for name in ("mean", "invstd", "weight", "bias"):
-        t = getattr(pending, name)
-        if t is not None and (t.shape != (c,) or t.dtype != torch.float32):
-            raise ValueError(
-                f"depthwise: pending batch-norm {name} must be fp32 ({c},), got "
-                f"{tuple(t.shape)} {t.dtype}"
-            )
-    w, b = pending.weight, pending.bias
-    ptrs = (pending.mean, pending.invstd, dummy if w is None else w, dummy if b is None else b)
-    flags = dict(IN_NORM=True, IN_HAS_W=w is not None, IN_HAS_B=b is not None, IN_ACT=pending.act)
-    return ptrs, float(pending.alpha), flags
+    ptrs, alpha, flags = pending_norm_args(pending, c, dummy, "depthwise: pending")
+    return ptrs, alpha, ({**flags, "IN_NORM": True} if pending is not None else flags)
 
 
 def _forward(
@@ -520,6 +530,44 @@ def depthwise_conv2d_dgrad(
     in grad_out's dtype, or written into ``out`` (any strides, e.g. ``runtime.empty_like`` of
     an NCHW input, so the gradient keeps the input's layout). ``weight`` is the fp32
     C,1,KH,KW forward weight, any strides."""
+    args = (grad_out, weight, input_shape, stride, padding, dilation, config, out)
+    return _dgrad(*args, None, None)[0]
+
+
+def depthwise_conv2d_dgrad_grad_sums(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride,
+    padding,
+    dilation,
+    bn_input: torch.Tensor,
+    bn: PendingNorm,
+    config: DepthwiseConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, GradSums]:
+    """``depthwise_conv2d_dgrad`` for a conv whose input is a training batch norm's output
+    (``bn``: its statistics, parameters and fused activation; ``bn_input``: its input); also
+    returns the batch norm's backward sums the epilogue stored (norm.GradSums)."""
+    args = (grad_out, weight, input_shape, stride, padding, dilation, config, out)
+    grad_in, sums = _dgrad(*args, bn_input, bn)
+    assert sums is not None
+    return grad_in, sums
+
+
+def _dgrad(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape,
+    stride,
+    padding,
+    dilation,
+    config: DepthwiseConfig | None,
+    out: torch.Tensor | None,
+    bn_input: torch.Tensor | None,
+    bn: PendingNorm | None,
+) -> tuple[torch.Tensor, GradSums | None]:
+    """The dgrad launch; with ``bn``, also the batch norm's per-tile backward sums."""
     _check(grad_out, "dgrad")
     n, c, h, w = (int(s) for s in input_shape)
     kh, kw = _check_weight_shape(weight.shape, c)
@@ -538,17 +586,24 @@ def depthwise_conv2d_dgrad(
     pixels = n * h * w
     cfg = config or pick_config(c, pixels)
     grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
+    sums = grad_sums(grid[0], c) if bn is not None else None
+    parts = (sums.partials[0], sums.partials[1]) if sums is not None else (grad_in, grad_in)
+    xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
+        bn, bn_input, (n, c, h, w), grad_in, "depthwise dgrad:"
+    )
     depthwise_dgrad_kernel[grid](
-        grad_out, weight, grad_in,
+        grad_out, weight, grad_in, xn, *norm_ptrs, *parts,
         c, h, w, ho, wo, pixels,
         *runtime.nhwc_strides(grad_out),
         weight.stride(0), weight.stride(2), weight.stride(3),
         *runtime.nhwc_strides(grad_in),
-        ph, pw, dh, dw,
+        *runtime.nhwc_strides(xn),
+        ph, pw, dh, dw, norm_alpha,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c,
+        GRAD_SUMS=bn is not None, **norm_flags, num_warps=cfg.num_warps,
     )  # fmt: skip
-    return grad_in
+    return grad_in, sums
 
 
 def depthwise_conv2d_wgrad(

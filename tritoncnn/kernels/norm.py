@@ -32,7 +32,10 @@ tensor is never stored.
 Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat; the last program per
 channel block writes grad_weight / grad_bias and the means the input grad needs) ->
 ``bn_bwd_input_kernel`` (grad_in). A fused forward activation is differentiated by
-recomputing its input from x, so nothing but x and the fp32 statistics is kept.
+recomputing its input from x, so nothing but x and the fp32 statistics is kept. When the
+kernel that computed g (the dgrad of the conv that reads this layer's output) stored per-tile
+sums in its epilogue (``GradSums``: conv.py, depthwise.py, linked by nn.fusion),
+``bn_bwd_sums_from_tiles_kernel`` adds those partials instead of reading g and x again.
 """
 
 from __future__ import annotations
@@ -86,6 +89,55 @@ class PendingNorm(NamedTuple):
     bias: torch.Tensor | None
     act: int
     alpha: float
+
+
+class GradSums(NamedTuple):
+    """Per-tile backward sums of a training batch norm that the kernel computing its output
+    gradient stored in its epilogue (``store_grad_sums``): ``partials`` is fp32
+    [2, n_parts, C], sum(g') and sum(g' * xhat) over disjoint sets of rows (g' is the
+    gradient through the fused activation). ``batch_norm_backward(sums=...)`` adds them
+    instead of reading g and x in a reduction pass."""
+
+    partials: torch.Tensor
+
+
+def grad_sums(n_parts: int, c: int) -> GradSums:
+    """Buffers for ``n_parts`` partial backward sums of a batch norm over ``c`` channels."""
+    return GradSums(runtime.empty((2, n_parts, c)))
+
+
+def pending_norm_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor, what: str):
+    """A kernel's arguments for the batch norm of its input (``PendingNorm``: applied as it
+    loads, or recomputed for ``store_grad_sums``): the (mean, invstd, weight, bias) pointers
+    (``dummy`` for those absent), alpha, and the IN_HAS_W, IN_HAS_B, IN_ACT constexprs."""
+    if pending is None:
+        return (dummy,) * 4, 0.0, {}
+    for name in ("mean", "invstd", "weight", "bias"):
+        t = getattr(pending, name)
+        if t is not None and (t.shape != (c,) or t.dtype != torch.float32):
+            raise ValueError(
+                f"{what} batch-norm {name} must be fp32 ({c},), got {tuple(t.shape)} {t.dtype}"
+            )
+    w, b = pending.weight, pending.bias
+    ptrs = (pending.mean, pending.invstd, dummy if w is None else w, dummy if b is None else b)
+    flags = dict(IN_HAS_W=w is not None, IN_HAS_B=b is not None, IN_ACT=pending.act)
+    return ptrs, float(pending.alpha), flags
+
+
+def grad_sums_args(
+    bn: PendingNorm | None, bn_input: torch.Tensor | None, shape, dummy: torch.Tensor, what: str
+):
+    """A dgrad kernel's arguments for ``store_grad_sums``: the batch norm's input (``dummy``
+    without ``bn``; else it must have the conv input's ``shape``), then pending_norm_args'."""
+    if bn is None:
+        return (dummy, *pending_norm_args(None, 0, dummy, what))
+    if bn_input is None or tuple(bn_input.shape) != tuple(shape):
+        got = None if bn_input is None else tuple(bn_input.shape)
+        raise ValueError(
+            f"{what} the batch norm's input must have the conv input's shape {tuple(shape)}, "
+            f"got {got}"
+        )
+    return (bn_input, *pending_norm_args(bn, shape[1], dummy, what))
 
 
 # Every configuration the launch helpers can pick (the GPU tier tests each one). Wider channel
@@ -593,6 +645,120 @@ def bn_apply_kernel(
 
 
 @triton.jit
+def _sum_partials(
+    psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Per-channel totals of partials [p_lo, p_hi) of two fp32 [n_parts, C] buffers, added
+    in a fixed order (BLOCK_P rows at a time, then down the tile)."""
+    tot_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    tot_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    for p0 in range(p_lo, p_hi, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        pmask = (parts < p_hi)[:, None] & mask_c[None, :]
+        offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
+        # .cg: other programs wrote these; read them from L2, never from a stale L1 line
+        tot_g += tl.load(psum_g_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
+        tot_gx += tl.load(psum_gx_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
+    return tl.sum(tot_g, axis=0), tl.sum(tot_gx, axis=0)
+
+
+@triton.jit
+def _finish_grad_sums(
+    psum_g_ptr, psum_gx_ptr, p_lo, p_hi, means_ptr, gw_ptr, gb_ptr, offs_c, mask_c, M, C,
+    WRITE_GRAD_W: tl.constexpr, WRITE_GRAD_B: tl.constexpr,
+    ACCUMULATE_W: tl.constexpr, ACCUMULATE_B: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Stage 2 of the backward reductions: add partials [p_lo, p_hi) of sum(g) and
+    sum(g * xhat), store their means (for bn_bwd_input_kernel) and the parameter gradients
+    (grad_weight = sum(g * xhat), grad_bias = sum(g); added to the old values if ACCUMULATE_*)."""
+    # fmt: off
+    sum_g, sum_gx = _sum_partials(psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
+                                  BLOCK_P, BLOCK_C)
+    # fmt: on
+    tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
+    tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
+    if WRITE_GRAD_W:
+        gw = sum_gx
+        if ACCUMULATE_W:
+            gw += tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0)
+        tl.store(gw_ptr + offs_c, gw, mask=mask_c)
+    if WRITE_GRAD_B:
+        gb = sum_g
+        if ACCUMULATE_B:
+            gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
+        tl.store(gb_ptr + offs_c, gb, mask=mask_c)
+
+
+@triton.jit
+def store_grad_sums(
+    psum_g_ptr, psum_gx_ptr, g, x, valid, part, cols, mask_cols, C,
+    mean_ptr, invstd_ptr, w_ptr, b_ptr, alpha,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Epilogue of a kernel whose output tile ``g`` (rows x columns, fp32 values as stored) is
+    the gradient of a training batch norm's output (``GradSums``): store the tile's
+    per-column sum(g') and sum(g' * xhat) over the ``valid`` [rows, columns] entries as
+    partial ``part`` of two fp32 [n_parts, C] buffers, columns ``cols``.
+
+    x: the batch norm's input at the same positions (fp32). g' = g * act'(z) with z and xhat
+    recomputed from x exactly as bn_bwd_reduce_kernel does; mean_ptr, invstd_ptr (fp32 [C]
+    batch statistics), w_ptr, b_ptr (read only with HAS_WEIGHT / HAS_BIAS), ACT, alpha: the
+    batch norm's. ``bn_bwd_sums_from_tiles_kernel`` adds the partials, so the backward needs
+    no reduction pass over g and x."""
+    mean, invstd = _channel_stats(mean_ptr, invstd_ptr, cols, mask_cols, 0.0, False)
+    diff = x - mean[None, :]
+    if ACT != 0:
+        w, b = _affine(w_ptr, b_ptr, cols, mask_cols, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+        z = diff * (invstd * w)[None, :] + b[None, :]
+        g = activation_grad(g, z, ACT, alpha)
+    g = tl.where(valid, g, 0.0)
+    xhat = tl.where(valid, diff * invstd[None, :], 0.0)
+    out = part.to(tl.int64) * C + cols
+    tl.store(psum_g_ptr + out, tl.sum(g, axis=0), mask=mask_cols)
+    tl.store(psum_gx_ptr + out, tl.sum(g * xhat, axis=0), mask=mask_cols)
+
+
+@triton.jit
+def bn_bwd_sums_from_tiles_kernel(
+    pg_ptr, pgx_ptr, qg_ptr, qgx_ptr, tickets_ptr, means_ptr, gw_ptr, gb_ptr,
+    M, C, n_parts, SLAB, n_slabs,
+    WRITE_GRAD_W: tl.constexpr, WRITE_GRAD_B: tl.constexpr,
+    ACCUMULATE_W: tl.constexpr, ACCUMULATE_B: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The backward reductions from the per-tile sums a consumer's dgrad epilogue stored
+    (``store_grad_sums``), without reading g and x again.
+
+    Layout: pg_ptr, pgx_ptr are fp32 [n_parts, C] partial sums of g' and g' * xhat. Program
+    (pid_s, pid_c) adds partials [pid_s*SLAB, +SLAB) for channels [pid_c*BLOCK_C, +BLOCK_C)
+    into qg/qgx [n_slabs, C] row pid_s; the channel block's last program (a ticket of
+    tickets_ptr, left zero) adds the slabs in order and writes means_ptr, gw_ptr, gb_ptr as
+    bn_bwd_reduce_kernel does (same arguments). M: rows of the batch norm's input.
+    """
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    p_lo = pid_s * SLAB
+    p_hi = tl.minimum(p_lo + SLAB, n_parts)
+    sum_g, sum_gx = _sum_partials(pg_ptr, pgx_ptr, p_lo, p_hi, C, offs_c, mask_c, BLOCK_P, BLOCK_C)
+    out = pid_s.to(tl.int64) * C + offs_c
+    tl.store(qg_ptr + out, sum_g, mask=mask_c)
+    tl.store(qgx_ptr + out, sum_gx, mask=mask_c)
+
+    if last_to_finish(tickets_ptr, pid_c, n_slabs):
+        # fmt: off
+        _finish_grad_sums(qg_ptr, qgx_ptr, 0, n_slabs, means_ptr, gw_ptr, gb_ptr, offs_c,
+                          mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
+                          ACCUMULATE_B, BLOCK_P, BLOCK_C)
+        # fmt: on
+        tl.store(tickets_ptr + pid_c, 0)
+
+
+@triton.jit
 def bn_bwd_reduce_kernel(
     g_ptr,
     x_ptr,
@@ -695,29 +861,11 @@ def bn_bwd_reduce_kernel(
     tl.store(psum_gx_ptr + out, tl.sum(acc_gx, axis=0), mask=mask_c)
 
     if last_to_finish(tickets_ptr, pid_c, n_parts):
-        tot_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-        tot_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            parts = p0 + tl.arange(0, BLOCK_P)
-            pmask = (parts < n_parts)[:, None] & mask_c[None, :]
-            offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
-            # .cg: other programs wrote these; read them from L2, never from a stale L1 line
-            tot_g += tl.load(psum_g_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
-            tot_gx += tl.load(psum_gx_ptr + offs, mask=pmask, other=0.0, cache_modifier=".cg")
-        sum_g = tl.sum(tot_g, axis=0)
-        sum_gx = tl.sum(tot_gx, axis=0)
-        tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
-        tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
-        if WRITE_GRAD_W:
-            gw = sum_gx
-            if ACCUMULATE_W:
-                gw += tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0)
-            tl.store(gw_ptr + offs_c, gw, mask=mask_c)
-        if WRITE_GRAD_B:
-            gb = sum_g
-            if ACCUMULATE_B:
-                gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
-            tl.store(gb_ptr + offs_c, gb, mask=mask_c)
+        # fmt: off
+        _finish_grad_sums(psum_g_ptr, psum_gx_ptr, 0, n_parts, means_ptr, gw_ptr, gb_ptr,
+                          offs_c, mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
+                          ACCUMULATE_B, BLOCK_P, BLOCK_C)
+        # fmt: on
         tl.store(tickets_ptr + pid_c, 0)
 
 
@@ -1210,10 +1358,12 @@ def _backward(
     alpha: float,
     config: NormConfig | None,
     average_means: Callable[[torch.Tensor], object] | None = None,
+    sums: GradSums | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Shared body of both backwards; ``stat`` is invstd (batch_stats) or the running var.
     average_means: synchronised batch norm's in-place mean over the ranks of the [2, C]
-    mean(g), mean(g * xhat) (equal row counts per rank), applied before the input grad."""
+    mean(g), mean(g * xhat) (equal row counts per rank), applied before the input grad.
+    sums: g's per-tile backward sums (batch statistics only), replacing the reduction pass."""
     _check(x, weight, bias, mean, stat)
     if grad_out.shape != x.shape:
         raise ValueError(
@@ -1239,29 +1389,39 @@ def _backward(
     want_gw = weight is not None
     want_gb = has_bias
 
+    if sums is not None and not batch_stats:
+        raise ValueError("batch norm backward: per-tile sums are for batch statistics only")
     means = dummy  # mean(g), mean(g * xhat): only the batch-statistics input grad reads them
     if batch_stats or want_gw or want_gb:
-        rows, n_parts = _split_rows(m, c, cfg)
-        psum_g = runtime.empty((n_parts, c))
-        psum_gx = runtime.empty((n_parts, c))
         means = runtime.empty((2, c))
         acc_w, acc_b = grad_weight is not None, grad_bias is not None
         if want_gw and not acc_w:
             grad_weight = runtime.empty((c,))
         if want_gb and not acc_b:
             grad_bias = runtime.empty((c,))
-        # fmt: off
-        bn_bwd_reduce_kernel[(n_parts, c_blocks)](
-            grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
-            runtime.tickets(c_blocks), means,
-            grad_weight if want_gw else means, grad_bias if want_gb else means,
-            m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
-            WRITE_GRAD_W=want_gw, WRITE_GRAD_B=want_gb, ACCUMULATE_W=acc_w, ACCUMULATE_B=acc_b,
-            BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
-            ALIGN=_align(c, grad_out, x),
-            **flags, **tile,
-        )
-        # fmt: on
+        outputs = (means, grad_weight if want_gw else means, grad_bias if want_gb else means)
+        writes = {
+            "WRITE_GRAD_W": want_gw,
+            "WRITE_GRAD_B": want_gb,
+            "ACCUMULATE_W": acc_w,
+            "ACCUMULATE_B": acc_b,
+            "BLOCK_P": stage2_block(cfg),
+        }
+        if sums is not None:
+            _grad_sums_from_tiles(sums, m, c, outputs, writes, cfg)
+        else:
+            rows, n_parts = _split_rows(m, c, cfg)
+            psum_g = runtime.empty((n_parts, c))
+            psum_gx = runtime.empty((n_parts, c))
+            # fmt: off
+            bn_bwd_reduce_kernel[(n_parts, c_blocks)](
+                grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
+                runtime.tickets(c_blocks), *outputs,
+                m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
+                BLOCK_M=cfg.block_m, STAGES=LOOP_STAGES, ALIGN=_align(c, grad_out, x),
+                **writes, **flags, **tile,
+            )
+            # fmt: on
         if average_means is not None and batch_stats:
             average_means(means)
     grad_in = runtime.empty_like(x)
@@ -1275,6 +1435,31 @@ def _backward(
     )
     # fmt: on
     return grad_in, (grad_weight if want_gw else None), (grad_bias if want_gb else None)
+
+
+def _grad_sums_from_tiles(
+    sums: GradSums, m: int, c: int, outputs: tuple, writes: dict, cfg: NormConfig
+) -> None:
+    """means, grad_weight, grad_bias (``outputs``) from per-tile backward sums
+    (bn_bwd_sums_from_tiles_kernel); ``writes``: the kernel's WRITE_/ACCUMULATE_ flags."""
+    partials = sums.partials
+    if partials.dim() != 3 or partials.shape[::2] != (2, c) or partials.dtype != torch.float32:
+        raise ValueError(
+            f"batch norm backward: tile sums of shape {tuple(partials.shape)} "
+            f"({partials.dtype}) don't match {c} channels (expected fp32 [2, n_parts, {c}])"
+        )
+    n_parts = partials.shape[1]
+    slab = TILE_MERGE_ITERS * writes["BLOCK_P"]
+    n_slabs = triton.cdiv(n_parts, slab)
+    c_blocks = triton.cdiv(c, cfg.block_c)
+    slabs = runtime.empty((2, n_slabs, c))
+    # fmt: off
+    bn_bwd_sums_from_tiles_kernel[(n_slabs, c_blocks)](
+        partials[0], partials[1], slabs[0], slabs[1], runtime.tickets(c_blocks), *outputs,
+        m, c, n_parts, slab, n_slabs,
+        BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, **writes,
+    )
+    # fmt: on
 
 
 def batch_norm_backward(
@@ -1292,6 +1477,7 @@ def batch_norm_backward(
     alpha: float = 0.0,
     config: NormConfig | None = None,
     average_means: Callable[[torch.Tensor], object] | None = None,
+    sums: GradSums | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Backward of batch_norm_forward_train: returns (grad_in, grad_weight, grad_bias).
 
@@ -1303,10 +1489,13 @@ def batch_norm_backward(
     average_means: set for synchronised batch norm (the statistics were the global batch's):
     averages the per-channel gradient means over the ranks; grad_weight / grad_bias stay this
     rank's sums (the gradient all-reduce averages them like every other parameter's).
+    sums: grad_out's per-tile sums, stored by the kernel that computed grad_out
+    (``GradSums``): the reductions then come from them, and g and x are read once (by the
+    input gradient) instead of twice.
     """
     return _backward(
         grad_out, x, weight, bias, has_bias, save_mean, save_invstd, 0.0, True,
-        grad_weight, grad_bias, act, alpha, config, average_means,
+        grad_weight, grad_bias, act, alpha, config, average_means, sums,
     )  # fmt: skip
 
 

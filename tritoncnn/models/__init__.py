@@ -49,6 +49,7 @@ def build(
     input_grad: bool = False,
     conv_bn_moments: bool = True,
     bn_into_depthwise: bool = False,
+    bn_grad_sums: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -63,6 +64,11 @@ def build(
     depthwise conv (MobileNetV2's expand layers) leaves its training apply to that conv's
     loads (one write and one read of the activation less, and 21% less peak memory, but on an
     H100 MobileNetV2's step took 5% longer: off by default, see benchmarks/README.md).
+    ``bn_grad_sums``: with ``fuse``, each BatchNorm (+ activation) whose output feeds only a
+    conv takes its backward sums from that conv's dgrad epilogue (its reduction pass, which
+    read the gradient and the input, is gone, but the epilogue reads the input again). b512
+    graphed step: ResNet-18 -0.5% and MobileNetV2 -0.8% on an H100, -0.3% and +1.2% on an
+    H200, so off by default (benchmarks/README.md).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -83,6 +89,8 @@ def build(
             fusion.link_conv_bn_moments(model)
         if bn_into_depthwise:
             fusion.defer_bn_into_depthwise(model)
+        if bn_grad_sums:
+            fusion.link_bn_grad_sums(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

@@ -80,6 +80,8 @@ class BasicBlock(nn.Module):
     BN_ACTIVATION_PAIRS = (("bn1", "relu"),)
     # each conv's output goes only to its BN: nn.fusion may take BN statistics in the conv
     CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
+    # bn1's output goes through relu only into conv2: conv2's dgrad may take bn1's backward sums
+    BN_CONV_CHAINS = (("bn1", "relu", "conv2"),)
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None

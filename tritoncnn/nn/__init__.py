@@ -19,6 +19,8 @@ _LAZY = {
     "unfuse_bn_activations": "tritoncnn.nn.fusion",
     "link_conv_bn_moments": "tritoncnn.nn.fusion",
     "unlink_conv_bn_moments": "tritoncnn.nn.fusion",
+    "link_bn_grad_sums": "tritoncnn.nn.fusion",
+    "unlink_bn_grad_sums": "tritoncnn.nn.fusion",
 }
 
 

@@ -85,6 +85,49 @@ class PendingNormLink:
         return pending
 
 
+class GradSumsLink:
+    """Hands a training BatchNorm the backward sums that the dgrad of the conv reading its
+    output stored in its epilogue (set up by ``nn.fusion.link_bn_grad_sums``).
+
+    The BatchNorm's batch-statistics forward ``record``s (its output, its input, a
+    norm.PendingNorm of its statistics, parameters and activation); the conv's backward
+    ``request``s them for its own input, launches the sums-storing dgrad only if that input is
+    the very tensor recorded, and ``publish``es (input gradient, sums); the BatchNorm's
+    backward ``take``s the sums only for that very gradient tensor. Anything else (eval, a
+    synchronised batch norm, layers called separately, a gradient summed from several
+    consumers) falls back to the batch norm's own reduction pass.
+    """
+
+    def __init__(self, bn: _BatchNorm, conv) -> None:
+        self.bn, self.conv = bn, conv
+        self._output: torch.Tensor | None = None
+        self._input: torch.Tensor | None = None
+        self._norm: norm.PendingNorm | None = None
+        self._grad: torch.Tensor | None = None
+        self._sums: norm.GradSums | None = None
+
+    def record(self, output, x, bn: norm.PendingNorm | None) -> None:
+        """The BatchNorm's forward: its output and input and, for batch statistics of one
+        process, their PendingNorm (None otherwise: no sums this step)."""
+        self._output, self._input, self._norm = output, x, bn
+        self._grad = self._sums = None
+
+    def request(self, conv_input: torch.Tensor) -> tuple[torch.Tensor, norm.PendingNorm] | None:
+        """(the BatchNorm's input, its PendingNorm) when ``conv_input`` is its recorded output."""
+        if self._norm is None or self._output is not conv_input:
+            return None
+        return self._input, self._norm
+
+    def publish(self, grad: torch.Tensor, sums: norm.GradSums) -> None:
+        self._grad, self._sums = grad, sums
+        self._output = self._input = self._norm = None  # hold no tensor past this step's use
+
+    def take(self, grad_out: torch.Tensor) -> norm.GradSums | None:
+        sums = self._sums if self._grad is grad_out else None
+        self._grad = self._sums = None
+        return sums
+
+
 class _BatchNorm(Module):
     """Shared body; subclasses say which input ranks they accept."""
 
@@ -94,6 +137,9 @@ class _BatchNorm(Module):
     # the depthwise conv right after it (and its activation), when nn.fusion deferred this
     # layer's apply into that conv's loads (see PendingNormLink)
     pending_link: PendingNormLink | None = None
+    # the conv right after it (and its activation), when nn.fusion linked them so that conv's
+    # dgrad stores this layer's backward sums (see GradSumsLink)
+    grad_sums_link: GradSumsLink | None = None
 
     def __init__(
         self,
@@ -201,6 +247,7 @@ class _BatchNorm(Module):
                 pending = norm.PendingNorm(mean, invstd, w, b, self.act, self.act_alpha)
                 self.pending_link.publish(x, pending)
                 self._saved = (x, True, mean, invstd)
+                self._record_for_grad_sums(x, x, (mean, invstd))
                 return x  # the depthwise conv after this layer applies it as it loads
             if self._synced:
                 forward = self._forward_synced
@@ -219,6 +266,9 @@ class _BatchNorm(Module):
                 alpha=self.act_alpha,
             )
             self._saved = (x, True, mean, invstd)
+            # the dgrad after this layer may take its backward sums (not with global-batch
+            # statistics: GradSumsLink)
+            stats = None if self._synced else (mean, invstd)
         else:
             y = norm.batch_norm_forward_eval(
                 x,
@@ -231,7 +281,17 @@ class _BatchNorm(Module):
                 alpha=self.act_alpha,
             )
             self._saved = (x, False, self.running_mean, self.running_var)
+            stats = None
+        self._record_for_grad_sums(y, x, stats)
         return y
+
+    def _record_for_grad_sums(self, y, x, stats: tuple | None) -> None:
+        """Tell the GradSumsLink this forward's output, input and (batch statistics only)
+        (mean, invstd)."""
+        if self.grad_sums_link is not None:
+            w, b = self._params()
+            bn = None if stats is None else norm.PendingNorm(*stats, w, b, self.act, self.act_alpha)
+            self.grad_sums_link.record(y, x, bn)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
         if self._saved is None:
@@ -241,10 +301,14 @@ class _BatchNorm(Module):
         gw = self.weight.grad if self.weight is not None else None
         gb = self.bias.grad if self.bias is not None else None
         common = {"bias": b, "has_bias": b is not None, "act": self.act, "alpha": self.act_alpha}
+        link = self.grad_sums_link
+        sums = link.take(grad_out) if link is not None else None
         if batch_stats:
             if self._synced:
                 common["average_means"] = self.sync_group.average_
-            grad_in, gw, gb = norm.batch_norm_backward(grad_out, x, w, mean, stat, gw, gb, **common)
+            grad_in, gw, gb = norm.batch_norm_backward(
+                grad_out, x, w, mean, stat, gw, gb, sums=sums, **common
+            )
         else:
             grad_in, gw, gb = norm.batch_norm_backward_eval(
                 grad_out, x, w, mean, stat, self.eps, gw, gb, **common

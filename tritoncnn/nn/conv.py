@@ -15,7 +15,7 @@ from tritoncnn.kernels import elementwise as EW
 from tritoncnn.nn.module import Module, Parameter
 
 if TYPE_CHECKING:
-    from tritoncnn.nn.batchnorm import PendingNormLink, TileMomentsLink
+    from tritoncnn.nn.batchnorm import GradSumsLink, PendingNormLink, TileMomentsLink
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -55,6 +55,9 @@ class Conv2d(Module):
     # the BatchNorm right before this (depthwise) conv, when nn.fusion deferred that layer's
     # apply into this conv's loads (batchnorm.PendingNormLink)
     pending_link: PendingNormLink | None = None
+    # the BatchNorm right before this conv (and its activation), when nn.fusion linked them:
+    # the dgrad then stores that BatchNorm's backward sums in its epilogue (GradSumsLink)
+    grad_sums_link: GradSumsLink | None = None
 
     def __init__(
         self,
@@ -201,12 +204,19 @@ class Conv2d(Module):
             raise RuntimeError("Conv2d.backward called before forward")
         w = self.weight
         pt, _, pl, _ = self._pad4
-        grad_in = None
+        grad_in = sums = None
+        link = self.grad_sums_link
+        # the BatchNorm before this conv wants its backward sums from the dgrad's epilogue
+        bn = link.request(x) if link is not None and self.input_grad else None
         if self._is_depthwise():
             args = (self.stride, (pt, pl), self.dilation)
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
-                grad_in = DW.depthwise_conv2d_dgrad(grad_out, w.data, x.shape, *args, out=out)
+                dgrad_args = (grad_out, w.data, x.shape, *args)
+                if bn is None:
+                    grad_in = DW.depthwise_conv2d_dgrad(*dgrad_args, out=out)
+                else:
+                    grad_in, sums = DW.depthwise_conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out)
             w.grad = DW.depthwise_conv2d_wgrad(
                 x, grad_out, w.shape, *args, grad_weight=w.grad, pending=self._pending
             )
@@ -214,8 +224,14 @@ class Conv2d(Module):
             args = (self.stride, self._pad4, self.dilation, self.groups)
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
-                grad_in = K.conv2d_dgrad(grad_out, self._w_gemm, x.shape, *args, out=out)
+                dgrad_args = (grad_out, self._w_gemm, x.shape, *args)
+                if bn is None:
+                    grad_in = K.conv2d_dgrad(*dgrad_args, out=out)
+                else:
+                    grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out)
             w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
+        if sums is not None:
+            link.publish(grad_in, sums)
         if self.bias is not None:
             self.bias.grad = K.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)
         return grad_in

@@ -18,6 +18,11 @@ returns its input; the depthwise conv normalises (and activates) each value as i
 its forward and its weight gradient (norm.PendingNorm), so the normalised tensor is never
 written or read: one write and one read of the activation less per layer.
 
+BatchNorm -> (activation ->) any conv, in the backward: linked (``link_bn_grad_sums``), the
+conv's dgrad, which computes the BatchNorm's output gradient tile by tile, also stores each
+tile's sum(g') and sum(g' * xhat) (norm.GradSums), and the BatchNorm's backward adds those
+partials instead of reading g and x in a reduction pass: one read of both less per layer.
+
 The module tree is unchanged: the activation module stays in its place, flagged ``fused`` (it
 then passes values and gradients through), so ``state_dict`` keys, ``to_torch`` twins (BN and
 the activation as separate torch layers) and the model summary are the same as unfused.
@@ -31,7 +36,13 @@ from collections.abc import Iterator
 
 from tritoncnn.kernels.elementwise import ACT_NONE
 from tritoncnn.nn.activation import _Activation
-from tritoncnn.nn.batchnorm import BatchNorm2d, PendingNormLink, TileMomentsLink, _BatchNorm
+from tritoncnn.nn.batchnorm import (
+    BatchNorm2d,
+    GradSumsLink,
+    PendingNormLink,
+    TileMomentsLink,
+    _BatchNorm,
+)
 from tritoncnn.nn.container import Sequential
 from tritoncnn.nn.conv import Conv2d
 from tritoncnn.nn.module import Module
@@ -77,8 +88,10 @@ def fused_pairs(model: Module) -> Iterator[tuple[Module, Module]]:
 
 def unfuse_bn_activations(model: Module) -> int:
     """Undo ``fuse_bn_activations`` (each activation runs its own kernels again; a BatchNorm
-    apply deferred into the conv after the activation is undone too)."""
+    apply deferred into the conv after the activation, or backward sums linked across it,
+    are undone too)."""
     undefer_bn_into_depthwise(model)
+    unlink_bn_grad_sums(model)
     pairs = list(fused_pairs(model))
     for bn, act in pairs:
         bn.act, bn.act_alpha = ACT_NONE, 0.0
@@ -122,44 +135,86 @@ def _call_chain(seq: Sequential) -> list[Module]:
     return out
 
 
-def _bn_depthwise_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
-    """(BatchNorm2d, depthwise Conv2d) where the conv reads the BatchNorm's output directly
-    or through an activation fused into it: neighbours in a Sequential's call order (across
-    nested Sequentials, e.g. MobileNetV2's expand block -> depthwise block)."""
+def _call_chains(module: Module) -> Iterator[list[Module]]:
+    """Layers ``module`` calls one after another, each feeding only the next: a Sequential's
+    call order, and the chains a block declares in ``BN_CONV_CHAINS`` (e.g. ResNet's
+    ``(("bn1", "relu", "conv2"),)``)."""
+    if isinstance(module, Sequential):
+        yield _call_chain(module)
+    for names in getattr(module, "BN_CONV_CHAINS", ()):
+        yield [getattr(module, name) for name in names]
+
+
+def _bn_conv_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
+    """(BatchNorm2d, Conv2d) where the conv reads the BatchNorm's output directly or through
+    an activation fused into it, and nothing else reads it: neighbours in a call chain
+    (across nested Sequentials, e.g. MobileNetV2's expand block -> depthwise block)."""
     for module in model.modules():
-        if not isinstance(module, Sequential):
-            continue
-        chain = _call_chain(module)
-        for i, bn in enumerate(chain[:-1]):
-            if not isinstance(bn, BatchNorm2d):
-                continue
-            nxt = chain[i + 1]
-            if isinstance(nxt, _Activation):
-                if not (nxt.fused and bn.act == nxt.ACT) or i + 2 >= len(chain):
+        for chain in _call_chains(module):
+            for i, bn in enumerate(chain[:-1]):
+                if not isinstance(bn, BatchNorm2d):
                     continue
-                nxt = chain[i + 2]
-            if isinstance(nxt, Conv2d) and nxt._is_depthwise():
-                yield bn, nxt
+                nxt = chain[i + 1]
+                if isinstance(nxt, _Activation):
+                    if not (nxt.fused and bn.act == nxt.ACT) or i + 2 >= len(chain):
+                        continue
+                    nxt = chain[i + 2]
+                if isinstance(nxt, Conv2d):
+                    yield bn, nxt
+
+
+def _bn_depthwise_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
+    """The ``_bn_conv_pairs`` whose conv is depthwise."""
+    for bn, conv in _bn_conv_pairs(model):
+        if conv._is_depthwise():
+            yield bn, conv
+
+
+def _link_pairs(pairs: Iterator[tuple[Module, Module]], attr: str, make) -> int:
+    """Give each (BatchNorm, conv) pair with neither side linked yet one ``make(bn, conv)``
+    as attribute ``attr`` of both; returns how many."""
+    linked = 0
+    for bn, conv in pairs:
+        if getattr(bn, attr) is None and getattr(conv, attr) is None:
+            link = make(bn, conv)
+            setattr(bn, attr, link)
+            setattr(conv, attr, link)
+            linked += 1
+    return linked
+
+
+def _unlink_pairs(model: Module, attr: str) -> int:
+    """Remove every BatchNorm's link ``attr`` and its conv's; returns how many."""
+    unlinked = 0
+    for module in model.modules():
+        link = getattr(module, attr, None)
+        if isinstance(module, _BatchNorm) and link is not None:
+            setattr(module, attr, None)
+            setattr(link.conv, attr, None)
+            unlinked += 1
+    return unlinked
 
 
 def defer_bn_into_depthwise(model: Module) -> int:
     """Let every BatchNorm2d whose output (after its fused activation) feeds only a depthwise
     conv leave its training apply to that conv's loads; returns how many. Run after
     ``fuse_bn_activations`` (an unfused activation in between blocks the pair)."""
-    deferred = 0
-    for bn, conv in _bn_depthwise_pairs(model):
-        if bn.pending_link is None and conv.pending_link is None:
-            bn.pending_link = conv.pending_link = PendingNormLink(bn, conv)
-            deferred += 1
-    return deferred
+    return _link_pairs(_bn_depthwise_pairs(model), "pending_link", PendingNormLink)
 
 
 def undefer_bn_into_depthwise(model: Module) -> int:
     """Undo ``defer_bn_into_depthwise`` (each BatchNorm applies itself again)."""
-    undone = 0
-    for module in model.modules():
-        link = getattr(module, "pending_link", None)
-        if isinstance(module, _BatchNorm) and link is not None:
-            module.pending_link = link.conv.pending_link = None
-            undone += 1
-    return undone
+    return _unlink_pairs(model, "pending_link")
+
+
+def link_bn_grad_sums(model: Module) -> int:
+    """Link every BatchNorm2d whose output (after its fused activation) feeds only a conv to
+    that conv, so the conv's dgrad stores the BatchNorm's backward sums in its epilogue and
+    the BatchNorm's backward skips its reduction pass; returns how many. Run after
+    ``fuse_bn_activations`` (an unfused activation in between blocks the pair)."""
+    return _link_pairs(_bn_conv_pairs(model), "grad_sums_link", GradSumsLink)
+
+
+def unlink_bn_grad_sums(model: Module) -> int:
+    """Undo ``link_bn_grad_sums`` (each BatchNorm runs its own backward reduction again)."""
+    return _unlink_pairs(model, "grad_sums_link")
