@@ -55,8 +55,25 @@ CONV_POINTERS = {
         "pmean_ptr": "*fp32",
         "pm2_ptr": "*fp32",
     },  # fmt: skip
-    "dgrad": {"dy_ptr": "*fp16", "w_ptr": "*fp32", "dx_ptr": "*fp16"},
-    "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
+    "dgrad": {
+        "dy_ptr": "*fp16",
+        "w_ptr": "*fp32",
+        "dx_ptr": "*fp16",
+        "xn_ptr": "*fp16",
+        "nmean_ptr": "*fp32",
+        "ninvstd_ptr": "*fp32",
+        "nw_ptr": "*fp32",
+        "nb_ptr": "*fp32",
+        "psum_g_ptr": "*fp32",
+        "psum_gx_ptr": "*fp32",
+    },  # fmt: skip
+    "wgrad": {
+        "x_ptr": "*fp16",
+        "dy_ptr": "*fp16",
+        "dw_ptr": "*fp32",
+        "gw_ptr": "*fp32",
+        "tickets_ptr": "*i32",
+    },  # fmt: skip
 }
 BN_KERNELS = {
     "bn_stats": norm.bn_stats_kernel,
@@ -103,21 +120,25 @@ def kernel_args(
         )
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":
-        ints = dict(geometry, **conv, kh_step=1, kw_step=1)
+        ints = dict(geometry, **conv, kh_step=1, kw_step=1, n_alpha=0.0)
         ints.update(_named("sdy", "nhwc", y))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sdx", "nhwc", x))
+        ints.update(_named("sxn", "nhwc", x))
         const = dict(
-            common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw)
-        )
+            common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw),
+            GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0,
+        )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
     ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
     ints.update(_named("sx", "nhwc", x))
     ints.update(_named("sdy", "nhwc", y))
     ints.update(_named("sdw", "oihw", w))
+    ints.update(_named("sgw", "oihw", w))
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
-                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
+                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows, FINISH_SPLITS=False,
+                 ACCUMULATE_GW=False)  # fmt: skip
     return K.conv2d_wgrad_kernel, ints, const
 
 
