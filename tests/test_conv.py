@@ -217,42 +217,6 @@ def test_wgrad_row_taps(dtype):
             assert_close(dw, 2 * dwr, tol=WGRAD_TOL[dtype], what=f"row taps += {kshape}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_wgrad_finish_splits(dtype, monkeypatch):
-    """The last split program of each tile adds the partials (WGRAD_FINISH_SPLITS): the same
-    bits as the second reduction kernel for every column layout (one tap or one filter row
-    per program, flattened taps, 1x1), written and added into, and float64's values."""
-    x = randn(2, 12, 9, 8, dtype=dtype, channels_last=True)
-    cases = [
-        ((3, 3), ((2, 2), (1, 1), (2, 1), 2), dict(flat_taps=False, row_taps=False)),
-        ((3, 3), ((2, 2), (1, 1), (2, 1), 2), dict(flat_taps=False, row_taps=True)),
-        ((3, 2), ((1, 1), (1, 0), (1, 1), 1), dict(flat_taps=True)),
-        ((1, 1), ((1, 1), (0, 0), (1, 1), 1), {}),
-    ]
-    for kshape, args, kw in cases:
-        (sh, sw), (ph, pw), (dh, dw_), groups = args
-        wt = _weight(6, 12 // groups, *kshape)
-        ho = (9 + 2 * ph - dh * (kshape[0] - 1) - 1) // sh + 1
-        wo = (8 + 2 * pw - dw_ * (kshape[1] - 1) - 1) // sw + 1
-        go = randn(2, 6, ho, wo, dtype=dtype, channels_last=True)
-        dwr = reference(x, wt, None, go, *args)[2]
-        start = randn(*wt.shape, channels_last=True)
-        for accumulate in (False, True):
-            out = {}
-            for finish in (False, True):
-                monkeypatch.setattr(K, "WGRAD_FINISH_SPLITS", finish)
-                gw = start.clone() if accumulate else None
-                # 16-deep K steps: these few pixels still make 3 splits
-                tile = K.ConvConfig(16, 16, 16, 4, 3)
-                out[finish] = K.conv2d_wgrad(
-                    x, go, wt.shape, *args, gw, config=tile, split_k=3, **kw
-                )
-            what = f"{kshape} {kw} accumulate={accumulate}"
-            assert torch.equal(out[True], out[False]), f"finish splits differ: {what}"
-            ref = dwr + f64(start) if accumulate else dwr
-            assert_close(out[True], ref, tol=WGRAD_TOL[dtype], what=what)
-
-
 def test_wgrad_row_taps_rule_and_errors():
     """The row form only where it fits (2-3 taps across, KW accumulators within the register
     budget, and only when switched on), and a clear error where it can't run."""
@@ -645,29 +609,6 @@ def test_gpu_wgrad_row_taps(index, dtype):
             again = dict(grad_weight=dw, config=cfg, split_k=split, row_taps=True)
             K.conv2d_wgrad(x, go, wt.shape, *args, **again)
             assert_close(dw, 2 * taps, tol=1e-6, what=what + " +=")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize(
-    "n,c_in,c_out,size,k",
-    [(128, 64, 64, 32, 3), (128, 256, 256, 8, 3), (128, 144, 24, 32, 1), (128, 3, 64, 32, 3)],
-)
-def test_gpu_wgrad_finish_splits(n, c_in, c_out, size, k, monkeypatch):
-    """The last split program per tile adds the partials: the same bits as the second
-    kernel on ResNet-18 / MobileNetV2 shapes (row taps, 1x1, the flattened RGB stem), with
-    the heuristic split and 16, written and added into."""
-    x = randn(n, c_in, size, size, dtype=torch.float16, channels_last=True, seed=1)
-    go = randn(n, c_out, size, size, dtype=torch.float16, channels_last=True, seed=2)
-    start = randn(c_out, c_in, k, k, channels_last=True, seed=3)
-    for split in (None, 16):
-        for accumulate in (False, True):
-            out = {}
-            for finish in (False, True):
-                monkeypatch.setattr(K, "WGRAD_FINISH_SPLITS", finish)
-                gw = start.clone() if accumulate else None
-                out[finish] = K.conv2d_wgrad(x, go, start.shape, 1, k // 2, 1, 1, gw, split_k=split)
-            what = f"{c_in}->{c_out} k{k} split {split} accumulate={accumulate}"
-            assert torch.equal(out[True], out[False]), what
 
 
 @pytest.mark.gpu

@@ -61,7 +61,6 @@ from tritoncnn.kernels.norm import (
     store_tile_moments,
     tile_moments,
 )
-from tritoncnn.kernels.tickets import last_to_finish
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
 # (Triton's matmul tutorial ordering).
@@ -603,12 +602,10 @@ def conv2d_wgrad_kernel(
     sdw_o, sdw_i, sdw_h, sdw_w, sdw_split,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     pix_per_split,
-    gw_ptr, tickets_ptr, sgw_o, sgw_i, sgw_h, sgw_w,
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, ROW_TAPS: tl.constexpr = False,
-    FINISH_SPLITS: tl.constexpr = False, ACCUMULATE_GW: tl.constexpr = False,
 ):  # fmt: skip
     """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
     one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
@@ -636,11 +633,6 @@ def conv2d_wgrad_kernel(
     X_ALIGN, DY_ALIGN: as the forward's X_ALIGN, for x (C_in_g; never with FLAT_N) and dy
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
-    FINISH_SPLITS: with several splits, the last split program of each tile (a ticket of
-    tickets_ptr, slot program_id(0) * num_programs(1) + program_id(1), left zero) adds the
-    tile's partials in split order, as ``splitk_reduce_kernel`` does (the same numbers,
-    without its launch), and writes (ACCUMULATE_GW: adds) them at gw_ptr, the fp32 gradient
-    with strides sgw_* (o, i, kh, kw).
     """
     pid = tl.program_id(0)
     split = tl.program_id(2)
@@ -747,44 +739,6 @@ def conv2d_wgrad_kernel(
             _store_dw_tile(dw_rows, acc1, c, kh, kw + 1, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
         if KW > 2:
             _store_dw_tile(dw_rows, acc2, c, kh, kw + 2, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
-
-    if FINISH_SPLITS:
-        slot = pid * tl.num_programs(1) + tl.program_id(1)
-        if last_to_finish(tickets_ptr, slot, tl.num_programs(2)):
-            parts = dw_ptr + co.to(tl.int64)[:, None] * sdw_o  # split 0's partial rows
-            gw_rows = gw_ptr + co.to(tl.int64)[:, None] * sgw_o
-            # fmt: off
-            _finish_splits(parts, gw_rows, c, kh, kw, sdw_i, sdw_h, sdw_w, sdw_split,
-                           sgw_i, sgw_h, sgw_w, mask, ACCUMULATE_GW, BLOCK_M, BLOCK_N)
-            if ROW_TAPS:
-                if KW > 1:
-                    _finish_splits(parts, gw_rows, c, kh, kw + 1, sdw_i, sdw_h, sdw_w,
-                                   sdw_split, sgw_i, sgw_h, sgw_w, mask, ACCUMULATE_GW,
-                                   BLOCK_M, BLOCK_N)
-                if KW > 2:
-                    _finish_splits(parts, gw_rows, c, kh, kw + 2, sdw_i, sdw_h, sdw_w,
-                                   sdw_split, sgw_i, sgw_h, sgw_w, mask, ACCUMULATE_GW,
-                                   BLOCK_M, BLOCK_N)
-            # fmt: on
-            tl.store(tickets_ptr + slot, 0)
-
-
-@triton.jit
-def _finish_splits(
-    parts, gw_rows, c, kh, kw, sdw_i, sdw_h, sdw_w, sdw_split, sgw_i, sgw_h, sgw_w, mask,
-    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """One tap's tile of the weight gradient from its split partials: parts + s*sdw_split
-    holds split s (rows per output channel, columns at c, tap (kh, kw)); added in split
-    order and written (ACCUMULATE: added) at gw_rows with the gradient's strides."""
-    offs = (c * sdw_i + kh * sdw_h + kw * sdw_w)[None, :]
-    total = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for s in range(0, tl.num_programs(2)):
-        # .cg: other programs wrote these; read them from L2, never from a stale L1 line.
-        # s * sdw_split < MAX_PARTIAL_ELEMENTS: no int32 overflow.
-        part = parts + s * sdw_split + offs
-        total += tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
-    _store_dw_tile(gw_rows, total, c, kh, kw, sgw_i, sgw_h, sgw_w, mask, ACCUMULATE)
 
 
 @triton.jit
@@ -1258,12 +1212,6 @@ def _max_split(pixels: int, block: int, numel: int) -> int:
     return max(1, min(256, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
 
 
-# Whether a split wgrad's last program per tile adds the partials (FINISH_SPLITS) instead of a
-# second kernel (splitk_reduce_kernel): one launch less per wgrad, the same numbers. Off until
-# benchmarks/train_step.py --wgrad-finish-splits has measured it on the GPU.
-WGRAD_FINISH_SPLITS = False
-
-
 def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumulate: bool):
     n_split, numel = part.shape
     block = 1024
@@ -1353,9 +1301,6 @@ def conv2d_wgrad(
             dst = runtime.empty((split, numel), torch.float32)
             dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
             split_stride, dst_acc = numel, False
-        slots = tiles(cfg) * grid_1(cfg)
-        finish = split > 1 and WGRAD_FINISH_SPLITS and slots <= runtime.TICKET_SLOTS
-        tickets = runtime.tickets(slots) if finish else dst
         conv2d_wgrad_kernel[(tiles(cfg), grid_1(cfg), split)](
             x, grad_out, dst,
             n, h, w, c_in_g, ho, wo, c_out_g,
@@ -1363,9 +1308,7 @@ def conv2d_wgrad(
             *dst_strides, split_stride,
             sh, sw, pt, pl, dh, dw,
             per_split,
-            gw, tickets, *gw.stride(),
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
-            FINISH_SPLITS=finish, ACCUMULATE_GW=accumulate,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
@@ -1373,7 +1316,7 @@ def conv2d_wgrad(
             DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
-        if split > 1 and not finish:
+        if split > 1:
             so, si, s_h, s_w = gw.stride()
             _reduce_splits(dst, gw, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
 
