@@ -67,13 +67,7 @@ CONV_POINTERS = {
         "psum_g_ptr": "*fp32",
         "psum_gx_ptr": "*fp32",
     },  # fmt: skip
-    "wgrad": {
-        "x_ptr": "*fp16",
-        "dy_ptr": "*fp16",
-        "dw_ptr": "*fp32",
-        "gw_ptr": "*fp32",
-        "tickets_ptr": "*i32",
-    },  # fmt: skip
+    "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
 BN_KERNELS = {
     "bn_stats": norm.bn_stats_kernel,
@@ -134,11 +128,9 @@ def kernel_args(
     ints.update(_named("sx", "nhwc", x))
     ints.update(_named("sdy", "nhwc", y))
     ints.update(_named("sdw", "oihw", w))
-    ints.update(_named("sgw", "oihw", w))
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
-                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows, FINISH_SPLITS=False,
-                 ACCUMULATE_GW=False)  # fmt: skip
+                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
     return K.conv2d_wgrad_kernel, ints, const
 
 
@@ -165,6 +157,7 @@ def bn_args(op: str, n: int, c: int, hw: int):
         BLOCK_C=cfg.block_c,
         BLOCK_P=norm.stage2_block(cfg),
         STAGES=norm.LOOP_STAGES,
+        TAIL_STAGES=norm.TAIL_STAGES,
     )
     const = {k: v for k, v in {**flags, **tile}.items() if k in kernel.arg_names}
     const["ALIGN"] = norm._align(c, t)

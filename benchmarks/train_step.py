@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
+from tritoncnn.kernels import norm as norm_k  # noqa: E402
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
 
@@ -91,6 +92,7 @@ def ours_step(
     wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
+    bn_tail_stages: int = norm_k.TAIL_STAGES,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -101,11 +103,13 @@ def ours_step(
     allows (kernels.conv.WGRAD_ROW_TAPS, the default, read at every launch: set for this
     variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
-    ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads."""
+    ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
+    ``bn_tail_stages``: kernels.norm.TAIL_STAGES (the library's value by default)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
+    norm_k.TAIL_STAGES = bn_tail_stages
 
     torch.manual_seed(0)
     model = models.build(
@@ -225,6 +229,13 @@ def main() -> None:
         "the convs' dgrad epilogues (and one with --bn-into-depthwise too)",
     )
     ap.add_argument(
+        "--bn-tail-stages",
+        type=int,
+        help="add a graph row whose batch-norm backward reductions keep this many tiles of "
+        "partials in flight in their last program (kernels.norm.TAIL_STAGES)",
+    )
+    ap.add_argument("--graph-only", action="store_true", help="no eager tritoncnn row")
+    ap.add_argument(
         "--without-row-taps",
         action="store_true",
         help="add a graph row whose 3x3 weight gradients run one program per tap (not per row)",
@@ -246,7 +257,7 @@ def main() -> None:
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
     }
     # variant: ours_step's keyword arguments (the defaults where not given)
-    ours = {"tritoncnn_fp16": {"graph": False}}
+    ours = {} if args.graph_only else {"tritoncnn_fp16": {"graph": False}}
     if not args.no_graph:
         cls, why = graph_step_class()
         if cls is None:
@@ -266,6 +277,9 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_grad_sums"] = {**graph, "bn_grad_sums": True}
                 both = {**graph, "bn_grad_sums": True, "bn_into_depthwise": True}
                 ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
+            if args.bn_tail_stages is not None:
+                tail = {**graph, "bn_tail_stages": args.bn_tail_stages}
+                ours[f"tritoncnn_fp16_graph_tail{args.bn_tail_stages}"] = tail
             if args.without_row_taps:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -479,3 +479,21 @@ def test_batchnorm2d_module_gpu(dtype):
     for step in range(2):
         x = _input((128, 64, 32, 32), dtype, True, shift=0.5)
         _check_step(ours, ref, x, dtype, F.relu, f"{step}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("c,hw", [(96, 16), (144, 8), (576, 4), (32, 32)])
+def test_batchnorm_backward_tail_stages_gpu(c, hw, monkeypatch):
+    """Stage 2 of the backward reductions with tiles of partials in flight (TAIL_STAGES):
+    the same order of additions, so the same bits as one tile at a time (MobileNetV2's
+    shapes at batch 512, where stage 2 walks hundreds of partials)."""
+    x = _input((512, c, hw, hw), torch.float16, True, shift=0.5)
+    g = randn(512, c, hw, hw, dtype=torch.float16, channels_last=True)
+    w, b = randn(c) + 2, randn(c)
+    _, mean, invstd = norm.batch_norm_forward_train(x, w, b, None, None, None, 0.1, 1e-5)
+    out = {}
+    for stages in (1, 3):
+        monkeypatch.setattr(norm, "TAIL_STAGES", stages)
+        out[stages] = norm.batch_norm_backward(g, x, w, mean, invstd, bias=b, act=ew.ACT_RELU6)
+    for a, r, name in zip(out[3], out[1], ("grad_in", "grad_weight", "grad_bias"), strict=True):
+        assert torch.equal(a, r), f"{name} C{c} {hw}x{hw}"
