@@ -76,7 +76,7 @@ BN_KERNELS = {
     "bn_bwd_input": norm.bn_bwd_input_kernel,
 }
 # activation tensors of the batch-norm kernels; every other pointer is fp32 (int for counters)
-BN_ACTIVATIONS = ("x_ptr", "y_ptr", "g_ptr", "dx_ptr")
+BN_ACTIVATIONS = ("x_ptr", "y_ptr", "g_ptr", "dx_ptr", "r_ptr")
 
 
 def _align(n: int, channels: int, hw: int) -> int:
@@ -144,13 +144,14 @@ def bn_args(op: str, n: int, c: int, hw: int):
     t = t.contiguous(memory_format=torch.channels_last)
     strides = (hw * hw * c, hw * c, c, 1)
     ints = dict(M=n * hw * hw, C=c, HW=hw * hw, W=hw, eps=1e-5, alpha=0.0, momentum=0.1)
-    for prefix in ("s", "sx", "sy", "sg", "sd"):
+    for prefix in ("s", "sx", "sy", "sg", "sd", "sr"):
         ints.update(_named(prefix, "nhwc", strides))
     ints["ROWS"], ints["n_parts"] = norm._split_rows(n * hw * hw, c, cfg)
     flags = {
         "STAT_IS_VAR": False, "HAS_WEIGHT": True, "HAS_BIAS": True, "ACT": 1, "INC_NBT": False,
         "UPDATE_RUNNING": True, "CUMULATIVE": False, "STORE_M2": False, "BATCH_STATS": True,
         "WRITE_GRAD_W": True, "WRITE_GRAD_B": True, "ACCUMULATE_W": False, "ACCUMULATE_B": False,
+        "HAS_RESIDUAL": False, "RES_ACT": 0,
     }  # fmt: skip
     tile = dict(
         BLOCK_M=cfg.block_m,

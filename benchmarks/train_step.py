@@ -92,6 +92,7 @@ def ours_step(
     wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
+    fuse_residual: bool = False,
     bn_tail_stages: int = norm_k.TAIL_STAGES,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
@@ -104,6 +105,7 @@ def ours_step(
     variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
+    ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
     ``bn_tail_stages``: kernels.norm.TAIL_STAGES (the library's value by default)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
@@ -115,7 +117,7 @@ def ours_step(
     model = models.build(
         name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
         conv_bn_moments=conv_bn_moments, bn_into_depthwise=bn_into_depthwise,
-        bn_grad_sums=bn_grad_sums,
+        bn_grad_sums=bn_grad_sums, fuse_residual=fuse_residual,
     )  # fmt: skip
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -234,6 +236,12 @@ def main() -> None:
         help="add a graph row whose batch-norm backward reductions keep this many tiles of "
         "partials in flight in their last program (kernels.norm.TAIL_STAGES)",
     )
+    ap.add_argument(
+        "--fuse-residual",
+        action="store_true",
+        help="add a graph row whose residual blocks add their skip tensor in the last BN's "
+        "apply pass",
+    )
     ap.add_argument("--graph-only", action="store_true", help="no eager tritoncnn row")
     ap.add_argument(
         "--without-row-taps",
@@ -277,6 +285,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_grad_sums"] = {**graph, "bn_grad_sums": True}
                 both = {**graph, "bn_grad_sums": True, "bn_into_depthwise": True}
                 ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
+            if args.fuse_residual:
+                ours["tritoncnn_fp16_graph_fused_residual"] = {**graph, "fuse_residual": True}
             if args.bn_tail_stages is not None:
                 tail = {**graph, "bn_tail_stages": args.bn_tail_stages}
                 ours[f"tritoncnn_fp16_graph_tail{args.bn_tail_stages}"] = tail

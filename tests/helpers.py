@@ -50,3 +50,43 @@ def rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         bits = t.float().contiguous().view(torch.int32) & -65536  # 0xFFFF0000
         return bits.view(torch.float32).reshape(t.shape).to(dtype)
     return t.to(dtype)
+
+
+def training_step(model, batch: int = 2, size: int = 8, evaluate: bool = False):
+    """One training step of ``model`` on seeded random images and logit gradients: (logits,
+    parameter gradients, buffers[, eval logits of the same images])."""
+    x = randn(batch, 3, size, size, channels_last=True, seed=7)
+    model.train()
+    logits = model(x)
+    model.backward(randn(*logits.shape, seed=8))
+    grads = [p.grad.clone() for p in model.parameters()]
+    out = (logits, grads, [b.clone() for _, b in model.named_buffers()])
+    if evaluate:
+        model.eval()
+        out += (model(x),)
+    return out
+
+
+def assert_same_step(out, ref, what: str = "") -> None:
+    """``training_step`` results of two variants of one model agree: logits and gradients
+    within fp32 tolerance, integer buffers exactly, running statistics to 1e-6."""
+    assert_close(out[0], ref[0], what=f"{what} training logits")
+    for i, (a, b) in enumerate(zip(out[1], ref[1], strict=True)):
+        assert_close(a, b, what=f"{what} gradient {i}")
+    for a, b in zip(out[2], ref[2], strict=True):
+        same = torch.equal(a, b) if a.dtype == torch.long else torch.allclose(a, b, atol=1e-6)
+        assert same, f"{what}: a buffer differs"
+    if len(out) > 3:
+        assert_close(out[3], ref[3], what=f"{what} eval logits")
+
+
+def full_width_step(name: str, **options):
+    """``training_step`` of a whole-width model (fp32, batch 16 at 32x32) built with
+    ``options``; MobileNetV2 without dropout (each build draws its mask seed from
+    nn.dropout's own generator, which torch.manual_seed does not reset)."""
+    from tritoncnn import models
+
+    torch.manual_seed(0)
+    kw = {"dropout": 0.0} if name == "mobilenetv2" else {}
+    model = models.build(name, num_classes=10, image_size=32, **kw, **options)
+    return training_step(model, 16, 32)

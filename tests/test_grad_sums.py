@@ -6,7 +6,15 @@ whole backward the same as without them."""
 
 import pytest
 import torch
-from helpers import DEVICE, assert_close, f64, randn
+from helpers import (
+    DEVICE,
+    assert_close,
+    assert_same_step,
+    f64,
+    full_width_step,
+    randn,
+    training_step,
+)
 
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
@@ -156,8 +164,7 @@ MODELS = {
 
 
 def _step(name: str, link: bool, defer: bool = False):
-    """Gradients and running statistics after one fp32 training step, and how many sums-fed
-    BatchNorm backwards ran."""
+    """The model and its ``training_step`` (fp32)."""
     from tritoncnn import models
 
     torch.manual_seed(0)
@@ -165,13 +172,7 @@ def _step(name: str, link: bool, defer: bool = False):
     model = models.build(
         name, num_classes=5, image_size=8, bn_grad_sums=link, bn_into_depthwise=defer, **kw
     )
-    model.train()
-    x = randn(2, 3, 8, 8, channels_last=True, seed=7)
-    logits = model(x)
-    model.backward(randn(*logits.shape, seed=8))
-    grads = [p.grad.clone() for p in model.parameters()]
-    buffers = [b.clone() for _, b in model.named_buffers()]
-    return model, logits, grads, buffers
+    return model, training_step(model)
 
 
 @pytest.mark.parametrize(
@@ -181,17 +182,15 @@ def test_linked_model_trains_like_the_plain_one(name, defer, monkeypatch):
     used = []
     real = norm._grad_sums_from_tiles
     monkeypatch.setattr(norm, "_grad_sums_from_tiles", lambda *a: used.append(1) or real(*a))
-    _, l0, g0, b0 = _step(name, link=False, defer=defer)
+    _, ref = _step(name, link=False, defer=defer)
     assert not used
-    model, l1, g1, b1 = _step(name, link=True, defer=defer)
+    model, out = _step(name, link=True, defer=defer)
     links = sum(1 for m in model.modules() if getattr(m, "grad_sums_link", None) is not None)
     assert links == 2 * MODELS[name][1], "each link is held by its BatchNorm and its conv"
     assert len(used) == MODELS[name][1], "every linked BatchNorm took the dgrad's sums"
-    assert torch.equal(l1, l0), "the forward is unchanged"
-    for i, (a, b) in enumerate(zip(g1, g0, strict=True)):
-        assert_close(a, b, what=f"gradient {i}")
-    for a, b in zip(b1, b0, strict=True):
-        assert torch.equal(a, b)
+    assert torch.equal(out[0], ref[0]), "the forward is unchanged"
+    assert all(map(torch.equal, out[2], ref[2])), "the forward's buffers are unchanged"
+    assert_same_step(out, ref, name)
 
 
 def test_unlinked_and_unmatched_fall_back():
@@ -273,19 +272,6 @@ def test_gpu_depthwise_dgrad_bn_sums(c, size, stride):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
 def test_gpu_linked_model_step(name):
-    """Whole-width models, fp32, batch 16 at 32x32: one step linked equals unlinked (no
-    dropout: each built model draws its mask seed from nn.dropout's own generator, which
-    torch.manual_seed does not reset)."""
-    from tritoncnn import models
-
-    kw = {"dropout": 0.0} if name == "mobilenetv2" else {}
-    results = []
-    for link in (False, True):
-        torch.manual_seed(0)
-        model = models.build(name, num_classes=10, image_size=32, bn_grad_sums=link, **kw)
-        model.train()
-        logits = model(randn(16, 3, 32, 32, channels_last=True, seed=7))
-        model.backward(randn(*logits.shape, seed=8))
-        results.append([p.grad.clone() for p in model.parameters()])
-    for i, (a, b) in enumerate(zip(results[1], results[0], strict=True)):
-        assert_close(a, b, what=f"{name} gradient {i}")
+    """Whole-width models, fp32, batch 16 at 32x32: one step linked equals unlinked."""
+    ref = full_width_step(name, bn_grad_sums=False)
+    assert_same_step(full_width_step(name, bn_grad_sums=True), ref, name)

@@ -5,7 +5,7 @@ those of the two separate layers, without the batch norm's apply pass."""
 
 import pytest
 import torch
-from helpers import DEVICE, assert_close, randn
+from helpers import DEVICE, assert_close, assert_same_step, randn, training_step
 
 from tritoncnn import models
 from tritoncnn.kernels import depthwise as DW
@@ -84,25 +84,8 @@ def test_deferred_model_trains_like_the_plain_one():
     """A MobileNetV2 whose expand BatchNorms leave their apply to the depthwise conv after
     them: the same logits, input gradient, parameter gradients and running statistics as
     without (fp32, one training step), and eval still applies each BatchNorm itself."""
-    x = randn(2, 3, 8, 8, channels_last=True, seed=7)
-    results = []
-    for defer in (False, True):
-        model = _mobilenet(defer)
-        model.train()
-        logits = model(x)
-        g = randn(*logits.shape, seed=8)
-        model.backward(g)
-        grads = [p.grad.clone() for p in model.parameters()]
-        buffers = [b.clone() for _, b in model.named_buffers()]
-        model.eval()
-        results.append((logits, grads, buffers, model(x)))
-    (l0, g0, b0, e0), (l1, g1, b1, e1) = results
-    assert_close(l1, l0, what="training logits")
-    for i, (a, b) in enumerate(zip(g1, g0, strict=True)):
-        assert_close(a, b, what=f"gradient {i}")
-    for a, b in zip(b1, b0, strict=True):
-        assert torch.equal(a, b) if a.dtype == torch.long else torch.allclose(a, b, atol=1e-6)
-    assert_close(e1, e0, what="eval logits")
+    ref = training_step(_mobilenet(False), evaluate=True)
+    assert_same_step(training_step(_mobilenet(True), evaluate=True), ref, "deferred")
 
 
 def test_undefer_and_refusals():

@@ -586,6 +586,7 @@ def bn_stats_from_tiles_kernel(
 def bn_apply_kernel(
     x_ptr,
     y_ptr,
+    r_ptr,
     mean_ptr,
     stat_ptr,
     w_ptr,
@@ -603,6 +604,10 @@ def bn_apply_kernel(
     sy_h,
     sy_w,
     sy_c,
+    sr_n,
+    sr_h,
+    sr_w,
+    sr_c,
     eps,
     alpha,
     STAT_IS_VAR: tl.constexpr,
@@ -613,8 +618,12 @@ def bn_apply_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     ALIGN: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr = False,
+    RES_ACT: tl.constexpr = 0,
 ):
-    """y = act((x - mean) * (invstd * weight) + bias) on one BLOCK_M x BLOCK_C tile.
+    """y = act((x - mean) * (invstd * weight) + bias) on one BLOCK_M x BLOCK_C tile; with
+    HAS_RESIDUAL, y = res_act(that + r) (a residual block's BN -> add -> activation in one
+    pass: the BN output is never stored).
 
     Layout: x and y are M x C row matrices read / written through their own strides (sx_*,
     sy_*; see module docstring). Math in fp32; y stored in its own dtype.
@@ -626,6 +635,8 @@ def bn_apply_kernel(
     statistics kernel read it in an earlier launch, so this is race free).
     ACT, alpha: fused activation (elementwise.ACT codes) and its parameter.
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
+    r_ptr: the residual, an M x C row matrix through strides sr_* (read only if HAS_RESIDUAL).
+    RES_ACT: activation after the residual add (ELU / LeakyReLU parameter: alpha too).
     """
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -648,6 +659,10 @@ def bn_apply_kernel(
     # for large-mean inputs. The backward recomputes z with exactly this expression.
     z = (x - mean[None, :]) * scale[None, :] + b[None, :]
     y = apply_activation(z, ACT, alpha)
+    if HAS_RESIDUAL:
+        r_rows = _row_offsets(rows, HW, W, sr_n, sr_h, sr_w, ALIGN)
+        r = tl.load(r_ptr + r_rows[:, None] + (c64 * sr_c)[None, :], mask=mask, other=0.0)
+        y = apply_activation(y + r.to(tl.float32), RES_ACT, alpha)
     y_offs = _row_offsets(rows, HW, W, sy_n, sy_h, sy_w, ALIGN)[:, None] + (c64 * sy_c)[None, :]
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -1075,25 +1090,45 @@ def _apply_batch_stats(
     act: int,
     alpha: float,
     cfg: NormConfig,
+    residual: torch.Tensor | None = None,
+    residual_act: int = ACT_NONE,
 ) -> torch.Tensor:
-    """y = act((x - mean) * invstd * weight + bias) with the batch statistics just computed;
-    increments ``num_batches_tracked`` when given (one launch)."""
+    """y = act((x - mean) * invstd * weight + bias) with the batch statistics just computed
+    (then residual_act(y + residual) with a residual); increments ``num_batches_tracked``
+    when given (one launch)."""
     m, c, hw, w, sx = _geometry(x)
     y = runtime.empty_like(x)
     dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
     inc = num_batches_tracked is not None
+    r, sr, r_flags = _residual_args(residual, residual_act, x, y)
     # fmt: off
     bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
-        x, y, save_mean, save_invstd,
+        x, y, r, save_mean, save_invstd,
         dummy if weight is None else weight, dummy if bias is None else bias,
         num_batches_tracked if inc else dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        m, c, hw, w, *sx, *_geometry(y)[4], *sr, float(eps), float(alpha),
         STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, ALIGN=_align(c, x, y),
-        num_warps=cfg.num_warps,
+        INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
     )
     # fmt: on
     return y
+
+
+def _residual_args(residual: torch.Tensor | None, residual_act: int, x, y):
+    """bn_apply_kernel's (r_ptr, its strides, HAS_RESIDUAL / RES_ACT flags); y stands in
+    for an absent residual."""
+    if residual is None:
+        if residual_act != ACT_NONE:
+            raise ValueError("batch norm: residual_act needs a residual")
+        return y, _geometry(y)[4], {}
+    if residual.shape != x.shape or residual.dtype not in runtime.SUPPORTED_DTYPES:
+        raise ValueError(
+            f"batch norm: residual {tuple(residual.shape)} {residual.dtype} must have the "
+            f"input's shape {tuple(x.shape)} and a supported dtype"
+        )
+    flags = {"HAS_RESIDUAL": True, "RES_ACT": residual_act}
+    return residual, _geometry(residual)[4], flags
 
 
 # Tile partials each program of bn_stats_from_tiles_kernel merges, in loop iterations of
@@ -1159,6 +1194,8 @@ def batch_norm_forward_train(
     alpha: float = 0.0,
     config: NormConfig | None = None,
     moments: TileMoments | None = None,
+    residual: torch.Tensor | None = None,
+    residual_act: int = ACT_NONE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch-statistics forward: returns (y, save_mean, save_invstd), the last two fp32 [C].
 
@@ -1171,6 +1208,9 @@ def batch_norm_forward_train(
     to the normalised output. config: tile config (default: pick_config(C)).
     moments: x's per-tile moments, stored by the kernel that produced x (``TileMoments``):
     the statistics then come from them, and x is read once (by the apply) instead of twice.
+    residual, residual_act: a residual block's skip tensor (x's shape, any layout) and the
+    activation after the add: y = residual_act(act(normalised x) + residual), in the same
+    pass (the backward is unchanged: the block differentiates the add and its activation).
     """
     _check(x, weight, bias, running_mean, running_var)
     save_mean, save_invstd, inc = _train_statistics(
@@ -1178,7 +1218,10 @@ def batch_norm_forward_train(
     )
     nbt = num_batches_tracked if inc else None
     apply_cfg = config or pick_config(x.shape[1], elementwise=True)
-    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg)
+    # fmt: off
+    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha,
+                           apply_cfg, residual, residual_act)
+    # fmt: on
     return y, save_mean, save_invstd
 
 
@@ -1288,11 +1331,13 @@ def batch_norm_forward_train_synced(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: NormConfig | None = None,
+    residual: torch.Tensor | None = None,
+    residual_act: int = ACT_NONE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Second half of a synchronised batch-norm forward: normalise x with the statistics of
     the global batch. moments: fp32 [world, 2, C], every rank's ``batch_norm_local_moments``
     (each over as many rows as x has). Returns (y, save_mean, save_invstd) and updates the
-    running stats as batch_norm_forward_train does for the global batch."""
+    running stats as batch_norm_forward_train does for the global batch (residual as there)."""
     _check(x, weight, bias, running_mean, running_var)
     m, c = _geometry(x)[:2]
     world = moments.shape[0]
@@ -1318,7 +1363,10 @@ def batch_norm_forward_train_synced(
     # fmt: on
     nbt = num_batches_tracked if inc else None
     apply_cfg = config or pick_config(c, elementwise=True)
-    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha, apply_cfg)
+    # fmt: off
+    y = _apply_batch_stats(x, save_mean, save_invstd, weight, bias, nbt, eps, act, alpha,
+                           apply_cfg, residual, residual_act)
+    # fmt: on
     return y, save_mean, save_invstd
 
 
@@ -1332,24 +1380,27 @@ def batch_norm_forward_eval(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: NormConfig | None = None,
+    residual: torch.Tensor | None = None,
+    residual_act: int = ACT_NONE,
 ) -> torch.Tensor:
     """Running-statistics forward in one pass: act((x - rm) / sqrt(rv + eps) * weight + bias).
 
-    Arguments as batch_norm_forward_train; the running stats are only read.
+    Arguments (residual too) as batch_norm_forward_train; the running stats are only read.
     """
     _check(x, weight, bias, running_mean, running_var)
     m, c, hw, w, sx = _geometry(x)
     cfg = config or pick_config(c, elementwise=True)
     y = runtime.empty_like(x)
     dummy = running_mean
+    r, sr, r_flags = _residual_args(residual, residual_act, x, y)
     # fmt: off
     bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
-        x, y, running_mean, running_var,
+        x, y, r, running_mean, running_var,
         dummy if weight is None else weight, dummy if bias is None else bias, dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], float(eps), float(alpha),
+        m, c, hw, w, *sx, *_geometry(y)[4], *sr, float(eps), float(alpha),
         STAT_IS_VAR=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c, ALIGN=_align(c, x, y),
-        num_warps=cfg.num_warps,
+        INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+        ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
     )
     # fmt: on
     return y

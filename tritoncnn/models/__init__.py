@@ -50,6 +50,7 @@ def build(
     conv_bn_moments: bool = True,
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
+    fuse_residual: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -69,6 +70,9 @@ def build(
     read the gradient and the input, is gone, but the epilogue reads the input again). b512
     graphed step: ResNet-18 -0.5% and MobileNetV2 -0.8% on an H100, -0.3% and +1.2% on an
     H200, so off by default (benchmarks/README.md).
+    ``fuse_residual``: with ``fuse``, each residual block's last BatchNorm adds the skip
+    tensor (and ResNet's final ReLU) in its apply pass (one write and one read of the block
+    output less, one launch less per block; off until GPU-measured).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -91,6 +95,8 @@ def build(
             fusion.defer_bn_into_depthwise(model)
         if bn_grad_sums:
             fusion.link_bn_grad_sums(model)
+        if fuse_residual:
+            fusion.fuse_residual_adds(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

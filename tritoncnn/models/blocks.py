@@ -82,6 +82,9 @@ class BasicBlock(nn.Module):
     CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
     # bn1's output goes through relu only into conv2: conv2's dgrad may take bn1's backward sums
     BN_CONV_CHAINS = (("bn1", "relu", "conv2"),)
+    # set by nn.fusion.fuse_residual_adds: bn2 adds the skip tensor and applies the final ReLU
+    # in its own apply pass (bn2's output is never stored)
+    fuse_residual = False
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
@@ -97,9 +100,13 @@ class BasicBlock(nn.Module):
         self._out: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        h = self.conv2(self.relu(self.bn1(self.conv1(x))))
         identity = x if self.downsample is None else self.downsample(x)
-        self._out = ew.add(out, same_layout(identity, out), act=ew.ACT_RELU)
+        if self.fuse_residual:
+            self._out = self.bn2(h, residual=identity, residual_act=ew.ACT_RELU)
+        else:
+            out = self.bn2(h)
+            self._out = ew.add(out, same_layout(identity, out), act=ew.ACT_RELU)
         return self._out
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
@@ -139,11 +146,19 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.out_channels = oup
 
+    # set by nn.fusion.fuse_residual_adds: the projection BN adds the block's input in its own
+    # apply pass (stride-1 blocks of unchanged width)
+    fuse_residual = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        if self.use_res_connect:
-            out = ew.add(out, same_layout(x, out))
-        return out
+        if not (self.use_res_connect and self.fuse_residual):
+            out = self.conv(x)
+            return ew.add(out, same_layout(x, out)) if self.use_res_connect else out
+        *main, bn = self.conv.children()
+        h = x
+        for layer in main:
+            h = layer(h)
+        return bn(h, residual=x)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
         g_in = self.conv.backward(grad_out)

@@ -21,6 +21,8 @@ _LAZY = {
     "unlink_conv_bn_moments": "tritoncnn.nn.fusion",
     "link_bn_grad_sums": "tritoncnn.nn.fusion",
     "unlink_bn_grad_sums": "tritoncnn.nn.fusion",
+    "fuse_residual_adds": "tritoncnn.nn.fusion",
+    "unfuse_residual_adds": "tritoncnn.nn.fusion",
 }
 
 

@@ -218,7 +218,12 @@ class _BatchNorm(Module):
         """Whether forward normalises with the batch's statistics (else the running ones)."""
         return self.training or not self.track_running_stats
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, residual_act: int = ACT_NONE
+    ) -> torch.Tensor:
+        """torch's forward; ``residual`` (x's shape) makes it a residual block's BN -> add ->
+        ``residual_act`` in one pass: act(bn(x)) + residual, then residual_act. The backward
+        stays the BatchNorm's own: the block differentiates the add and its activation."""
         self._check_input(x)
         w, b = self._params()
         link = self.moments_link
@@ -233,7 +238,9 @@ class _BatchNorm(Module):
                 )
             update = self.training and self.track_running_stats
             self._synced = self._sync_world() > 1 and self.training
-            deferred = self.pending_link is not None and self.pending_link.wanted()
+            deferred = (
+                self.pending_link is not None and self.pending_link.wanted() and residual is None
+            )
             if deferred:
                 mean, invstd = norm.batch_norm_train_statistics(
                     x,
@@ -264,11 +271,13 @@ class _BatchNorm(Module):
                 self.eps,
                 act=self.act,
                 alpha=self.act_alpha,
+                residual=residual,
+                residual_act=residual_act,
             )
             self._saved = (x, True, mean, invstd)
             # the dgrad after this layer may take its backward sums (not with global-batch
-            # statistics: GradSumsLink)
-            stats = None if self._synced else (mean, invstd)
+            # statistics, nor when the output has a residual added: GradSumsLink)
+            stats = None if self._synced or residual is not None else (mean, invstd)
         else:
             y = norm.batch_norm_forward_eval(
                 x,
@@ -279,6 +288,8 @@ class _BatchNorm(Module):
                 self.eps,
                 act=self.act,
                 alpha=self.act_alpha,
+                residual=residual,
+                residual_act=residual_act,
             )
             self._saved = (x, False, self.running_mean, self.running_var)
             stats = None

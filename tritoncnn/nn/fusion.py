@@ -18,6 +18,10 @@ returns its input; the depthwise conv normalises (and activates) each value as i
 its forward and its weight gradient (norm.PendingNorm), so the normalised tensor is never
 written or read: one write and one read of the activation less per layer.
 
+A residual block's last BatchNorm -> skip add (-> activation): fused
+(``fuse_residual_adds``), the BatchNorm's apply pass reads the skip tensor and writes the
+block's output, so its own output is never written and read back by an add kernel.
+
 BatchNorm -> (activation ->) any conv, in the backward: linked (``link_bn_grad_sums``), the
 conv's dgrad, which computes the BatchNorm's output gradient tile by tile, also stores each
 tile's sum(g') and sum(g' * xhat) (norm.GradSums), and the BatchNorm's backward adds those
@@ -218,3 +222,24 @@ def link_bn_grad_sums(model: Module) -> int:
 def unlink_bn_grad_sums(model: Module) -> int:
     """Undo ``link_bn_grad_sums`` (each BatchNorm runs its own backward reduction again)."""
     return _unlink_pairs(model, "grad_sums_link")
+
+
+def fuse_residual_adds(model: Module) -> int:
+    """Let every residual block of ``model`` that can (``fuse_residual`` in its class:
+    ResNet's BasicBlock, MobileNetV2's InvertedResidual) add its skip tensor, and apply the
+    activation after the add, in its last BatchNorm's apply pass; returns how many."""
+    return _set_residual_fusion(model, True)
+
+
+def unfuse_residual_adds(model: Module) -> int:
+    """Undo ``fuse_residual_adds`` (each block adds in a kernel of its own again)."""
+    return _set_residual_fusion(model, False)
+
+
+def _set_residual_fusion(model: Module, on: bool) -> int:
+    changed = 0
+    for module in model.modules():
+        if hasattr(type(module), "fuse_residual") and module.fuse_residual != on:
+            module.fuse_residual = on
+            changed += 1
+    return changed
