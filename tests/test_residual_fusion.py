@@ -94,6 +94,21 @@ def test_fused_model_trains_like_the_plain_one(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("c,hw", [(64, 32), (128, 16), (512, 4), (24, 32), (96, 8)])
+def test_gpu_apply_adds_the_residual(c, hw):
+    """ResNet-18 / MobileNetV2 block outputs at batch 128, fp16 NHWC, the tile pick_config
+    gives: training forward with a residual and a ReLU after the add against float64."""
+    x = randn(128, c, hw, hw, dtype=torch.float16, channels_last=True, seed=1) * 2 + 1
+    r = randn(128, c, hw, hw, dtype=torch.float16, channels_last=True, seed=2)
+    w, b = randn(c, seed=3) + 1.5, randn(c, seed=4)
+    y, mean, invstd = norm.batch_norm_forward_train(
+        x, w, b, None, None, None, 0.1, EPS, residual=r, residual_act=ACT_RELU
+    )
+    ref = _reference(x, r, mean, invstd, w, b, ACT_NONE, ACT_RELU)
+    assert_close(y, ref, torch.float16, what=f"C{c} {hw}x{hw}")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
 def test_gpu_fused_model_step(name):
     """Whole-width models, fp32, batch 16 at 32x32: one fused step equals the unfused one."""
