@@ -206,9 +206,10 @@ def test_wgrad_row_taps(dtype):
         wo = (8 + 2 * args[1][1] - args[2][1] * (kshape[1] - 1) - 1) // args[0][1] + 1
         go = randn(2, 6, ho, wo, dtype=dtype, channels_last=True)
         dwr = reference(x, wt, None, go, *args)[2]
-        # 6 channels per group would flatten the taps by default: force one tap (row) per program
+        # 6 channels per group would flatten the taps by default: force one tap (row) per
+        # program; 16-deep K steps so that these few pixels really split (2 and 3 parts)
         for split in (1, 3):
-            kw = dict(split_k=split, flat_taps=False)
+            kw = dict(split_k=split, flat_taps=False, config=K.ConvConfig(16, 16, 16, 4, 3))
             dw = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=True, **kw)
             assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"row taps {kshape} split {split}")
             per_tap = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=False, **kw)
