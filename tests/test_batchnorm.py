@@ -274,20 +274,22 @@ def test_every_config(cfg):
     assert_close(gb, 2 * br.grad, what="accumulated grad_bias")
 
 
-@pytest.mark.parametrize("programs", [1, 40])
+@pytest.mark.parametrize("programs", [1, 64])
 def test_row_split(monkeypatch, programs):
-    """Many rows per stage-1 program (Chan merges inside the loop) and more partials than one
-    stage-2 step takes (BLOCK_P), with a last partial that is only partly full."""
+    """Many rows per stage-1 program (Chan merges inside the loop), or more partials than one
+    stage-2 step takes (BLOCK_P) and than one group of the backward's two-level sum holds, with
+    a last group and a last partial that are only partly full."""
     monkeypatch.setattr(norm, "_target_programs", lambda: programs)
-    # a listed (GPU) tile: the interpreter's own tiles are too large to split 1500 rows this way
+    # a listed (GPU) tile: the interpreter's own tiles are too large to split 6000 rows this way
     monkeypatch.setattr(norm, "pick_config", lambda c, elementwise=False: norm.NORM_CONFIGS[0])
     monkeypatch.setattr(norm, "STAGE2_TILE", 256)  # 16 partials per stage-2 iteration
     cfg = norm.pick_config(3)
-    rows, parts = norm._split_rows(3000, 3, cfg)
-    assert (rows > cfg.block_m) if programs == 1 else (parts > norm.stage2_block(cfg))
-    assert 3000 % rows and rows % cfg.block_m == 0
+    rows, parts = norm._split_rows(6000, 3, cfg)
+    group = norm.TILE_MERGE_ITERS * norm.stage2_block(cfg)
+    assert (rows > cfg.block_m) if programs == 1 else (parts > group and parts % group)
+    assert 6000 % rows and rows % cfg.block_m == 0
     ours, ref = _pair(nn.BatchNorm1d, torch.nn.BatchNorm1d, 3)
-    _check_step(ours, ref, _input((3000, 3), FP32, False, shift=5.0, scale=2.0), FP32)
+    _check_step(ours, ref, _input((6000, 3), FP32, False, shift=5.0, scale=2.0), FP32)
     _assert_tickets_rearmed()
 
 

@@ -795,6 +795,8 @@ def bn_bwd_reduce_kernel(
     b_ptr,
     psum_g_ptr,
     psum_gx_ptr,
+    qsum_g_ptr,
+    qsum_gx_ptr,
     tickets_ptr,
     means_ptr,
     gw_ptr,
@@ -813,6 +815,8 @@ def bn_bwd_reduce_kernel(
     sx_c,
     ROWS,
     n_parts,
+    GROUP,
+    n_groups,
     eps,
     alpha,
     STAT_IS_VAR: tl.constexpr,
@@ -835,9 +839,13 @@ def bn_bwd_reduce_kernel(
 
     Layout: g and x are M x C row matrices read through their own strides (sg_*, sx_*).
     Program (pid_m, pid_c) sums rows [pid_m*ROWS, +ROWS) for channels [pid_c*BLOCK_C,
-    +BLOCK_C) into BLOCK_M x BLOCK_C fp32 accumulators, reduced once into partial pid_m. The
-    program that takes the last of the n_parts tickets of its channel block adds the partials
-    in order, BLOCK_P at a time, and re-arms the ticket.
+    +BLOCK_C) into BLOCK_M x BLOCK_C fp32 accumulators, reduced once into partial pid_m.
+    The partials are added in two levels, so no program walks hundreds of them serially
+    (~1 us of L2 latency per BLOCK_P of them): partials come in groups of GROUP; the last
+    program of a group to finish (a ticket per group and channel block) adds the group's
+    partials in order into row pid_m // GROUP of qsum_g / qsum_gx, and the last of the
+    channel block's n_groups group finishers adds those rows in order and writes the outputs.
+    Both re-arm their tickets.
 
     g_ptr: gradient of the layer output. x_ptr: forward input.
     mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) used forward;
@@ -846,7 +854,9 @@ def bn_bwd_reduce_kernel(
     the fused activation's input z = (x - mean) * invstd * w + b when ACT is set (g is then
     g * act'(z)).
     psum_g_ptr, psum_gx_ptr: fp32 [n_parts, C] scratch partial sums of g and g * xhat.
-    tickets_ptr: int32 [cdiv(C, BLOCK_C)] zeros (left zero).
+    qsum_g_ptr, qsum_gx_ptr: fp32 [n_groups, C] scratch sums of each group of partials.
+    tickets_ptr: int32 [cdiv(C, BLOCK_C) * (n_groups + 1)] zeros (left zero): the group
+    tickets (channel block major), then one per channel block.
     means_ptr: fp32 [2, C] output: sum(g) / M and sum(g * xhat) / M (for bn_bwd_input_kernel).
     gw_ptr, gb_ptr: fp32 [C] grad_weight = sum(g * xhat) and grad_bias = sum(g), stored when
     WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
@@ -888,13 +898,27 @@ def bn_bwd_reduce_kernel(
     tl.store(psum_g_ptr + out, tl.sum(acc_g, axis=0), mask=mask_c)
     tl.store(psum_gx_ptr + out, tl.sum(acc_gx, axis=0), mask=mask_c)
 
-    if last_to_finish(tickets_ptr, pid_c, n_parts):
+    group = pid_m // GROUP
+    p_lo = group * GROUP
+    p_hi = tl.minimum(p_lo + GROUP, n_parts)
+    group_ticket = pid_c * n_groups + group
+    if last_to_finish(tickets_ptr, group_ticket, p_hi - p_lo):
         # fmt: off
-        _finish_grad_sums(psum_g_ptr, psum_gx_ptr, 0, n_parts, means_ptr, gw_ptr, gb_ptr,
-                          offs_c, mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
-                          ACCUMULATE_B, BLOCK_P, BLOCK_C, TAIL_STAGES)
+        sum_g, sum_gx = _sum_partials(psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
+                                      BLOCK_P, BLOCK_C, TAIL_STAGES)
         # fmt: on
-        tl.store(tickets_ptr + pid_c, 0)
+        out = group.to(tl.int64) * C + offs_c
+        tl.store(qsum_g_ptr + out, sum_g, mask=mask_c)
+        tl.store(qsum_gx_ptr + out, sum_gx, mask=mask_c)
+        tl.store(tickets_ptr + group_ticket, 0)
+        block_tickets = tickets_ptr + tl.num_programs(1) * n_groups
+        if last_to_finish(block_tickets, pid_c, n_groups):
+            # fmt: off
+            _finish_grad_sums(qsum_g_ptr, qsum_gx_ptr, 0, n_groups, means_ptr, gw_ptr, gb_ptr,
+                              offs_c, mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
+                              ACCUMULATE_B, BLOCK_P, BLOCK_C, TAIL_STAGES)
+            # fmt: on
+            tl.store(block_tickets + pid_c, 0)
 
 
 @triton.jit
@@ -1134,6 +1158,9 @@ def _residual_args(residual: torch.Tensor | None, residual_act: int, x, y):
 # Tile partials each program of bn_stats_from_tiles_kernel merges, in loop iterations of
 # BLOCK_P partials: two, so a 4096-tile output (MobileNetV2's 32x32 layers at batch 512) takes
 # a few dozen programs per channel block and its last program merges a single tile of slabs.
+# bn_bwd_reduce_kernel's groups of partials are as large: its 512 partials of a 64-channel
+# layer took 16 serial iterations of one program (~20 us of a 26 us kernel on an H200 where
+# the input gradient took 6), and take 2 + 1 in two levels.
 TILE_MERGE_ITERS = 2
 
 
@@ -1476,13 +1503,15 @@ def _backward(
             _grad_sums_from_tiles(sums, m, c, outputs, writes, cfg)
         else:
             rows, n_parts = _split_rows(m, c, cfg)
-            psum_g = runtime.empty((n_parts, c))
-            psum_gx = runtime.empty((n_parts, c))
+            group = TILE_MERGE_ITERS * writes["BLOCK_P"]
+            n_groups = triton.cdiv(n_parts, group)
+            psums = runtime.empty((2, n_parts, c))
+            qsums = runtime.empty((2, n_groups, c))
             # fmt: off
             bn_bwd_reduce_kernel[(n_parts, c_blocks)](
-                grad_out, x, mean, stat, w_arg, b_arg, psum_g, psum_gx,
-                runtime.tickets(c_blocks), *outputs,
-                m, c, hw, w, *sg, *sx, rows, n_parts, float(eps), float(alpha),
+                grad_out, x, mean, stat, w_arg, b_arg, psums[0], psums[1], qsums[0], qsums[1],
+                runtime.tickets(c_blocks * (n_groups + 1)), *outputs,
+                m, c, hw, w, *sg, *sx, rows, n_parts, group, n_groups, float(eps), float(alpha),
                 BLOCK_M=cfg.block_m, STAGES=LOOP_STAGES, ALIGN=_align(c, grad_out, x),
                 **writes, **flags, **tile,
             )
