@@ -94,6 +94,7 @@ def ours_step(
     bn_grad_sums: bool = False,
     fuse_residual: bool = False,
     bn_tail_stages: int = norm_k.TAIL_STAGES,
+    dw_wgrad_all_taps: bool = True,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -106,11 +107,15 @@ def ours_step(
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
-    ``bn_tail_stages``: kernels.norm.TAIL_STAGES (the library's value by default)."""
+    ``bn_tail_stages``: kernels.norm.TAIL_STAGES (the library's value by default).
+    ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
+    (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
+    from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
+    depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
     norm_k.TAIL_STAGES = bn_tail_stages
 
     torch.manual_seed(0)
@@ -249,6 +254,12 @@ def main() -> None:
         help="add a graph row whose 3x3 weight gradients run one program per tap (not per row)",
     )
     ap.add_argument(
+        "--dw-wgrad-per-tap",
+        action="store_true",
+        help="add a graph row whose 3x3 depthwise weight gradients run one program per tap "
+        "(not all nine taps per program)",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -292,6 +303,8 @@ def main() -> None:
                 ours[f"tritoncnn_fp16_graph_tail{args.bn_tail_stages}"] = tail
             if args.without_row_taps:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
+            if args.dw_wgrad_per_tap:
+                ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")

@@ -131,11 +131,16 @@ def test_heuristics_pick_listed_configs(monkeypatch):
         for pixels in (70, 512, 128 * 32 * 32):
             assert dw.pick_config(c, pixels) in dw.CONFIGS
         assert dw.pick_wgrad_config(c) in dw.WGRAD_CONFIGS
+        assert dw.pick_wgrad_config(c).all_taps == dw.WGRAD_ALL_TAPS
+        assert not dw.pick_wgrad_config(c, (5, 5)).all_taps  # one program per tap
 
 
-def test_wgrad_multi_tile_programs(monkeypatch):
-    """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1)."""
+@pytest.mark.parametrize("all_taps", [False, True])
+def test_wgrad_multi_tile_programs(monkeypatch, all_taps):
+    """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1), one tap or all
+    nine per program."""
     monkeypatch.setattr(dw, "_WGRAD_TARGET_PROGRAMS", 3)
+    monkeypatch.setattr(dw, "WGRAD_ALL_TAPS", all_taps)
     monkeypatch.setattr(dw.runtime, "INTERPRETED", False)  # use that target, not the CPU's
     _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)
 
