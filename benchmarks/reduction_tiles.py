@@ -5,7 +5,7 @@ Batch-norm statistics (``bn_stats_kernel``), the batch-norm backward (``bn_bwd_r
 + its stage 2) each loop over a slab of rows per program. This times them over every layer of
 MobileNetV2-CIFAR at ``--batch`` with each number of pipelined loop stages
 (``norm.LOOP_STAGES``, ``depthwise.WGRAD_STAGES``) and of stage-1 programs
-(``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_TARGET_PROGRAMS``), against torch (cuDNN batch
+(``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_ALL_TAPS_PROGRAMS``), against torch (cuDNN batch
 norm, cuDNN depthwise wgrad) on the same tensors. Prints each variant's total over the network
 (each layer counted as often as the network has it) and writes every timing to
 ``reduction_tiles_<gpu>.csv`` under ``--out``.
@@ -126,6 +126,7 @@ def dw_layer_rows(batch: int, c: int, hw: int, stride: int, count: int, stages, 
     for st in stages:
         for target in programs:
             depthwise.WGRAD_STAGES, depthwise._WGRAD_TARGET_PROGRAMS = st, target
+            depthwise._WGRAD_ALL_TAPS_PROGRAMS = target  # the 3x3 (all-taps) kernel's
             us = 1e3 * bench(
                 lambda: depthwise.depthwise_conv2d_wgrad(x, gy, (c, 1, 3, 3), stride, 1, 1)
             )
@@ -147,7 +148,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4])
     ap.add_argument("--bn-programs", nargs="+", type=int, default=[4, 8], help="per SM")
-    ap.add_argument("--dw-programs", nargs="+", type=int, default=[1024, 2048], help="per tap")
+    ap.add_argument(
+        "--dw-programs", nargs="+", type=int, default=[512, 1024], help="in all (3x3: all taps)"
+    )
     ap.add_argument("--kernels", nargs="+", default=["bn", "dw"])
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")

@@ -69,10 +69,25 @@ def training_step(model, batch: int = 2, size: int = 8, evaluate: bool = False):
 
 def assert_same_step(out, ref, what: str = "") -> None:
     """``training_step`` results of two variants of one model agree: logits and gradients
-    within fp32 tolerance, integer buffers exactly, running statistics to 1e-6."""
+    within fp32 tolerance, integer buffers exactly, running statistics to 1e-6.
+
+    Each gradient's error is measured against the larger of its own norm and the norm it
+    would have at the model's RMS gradient element. Some gradients are exactly zero in exact
+    arithmetic, and then computed as summation noise that two summation orders don't share
+    (~100% apart): the bias of a BatchNorm whose output reaches the loss only through linear
+    layers into another batch-statistics BatchNorm (every MobileNetV2 projection BN: a shift
+    cancels in the next BN's mean), or, at the bias-0 init, the weight of a BN -> ReLU6 ->
+    depthwise conv -> BN chain (a scale cancels). Those count at the model's gradient scale;
+    every gradient at least as large as the RMS element is held to ``TOL`` of its own norm."""
     assert_close(out[0], ref[0], what=f"{what} training logits")
+    flat = torch.cat([f64(g).flatten() for g in ref[1]])
+    rms = flat.norm().item() / flat.numel() ** 0.5
     for i, (a, b) in enumerate(zip(out[1], ref[1], strict=True)):
-        assert_close(a, b, what=f"{what} gradient {i}")
+        a64, b64 = f64(a), f64(b)
+        assert torch.isfinite(a64).all(), f"{what} gradient {i} has NaN/inf"
+        denom = max(b64.norm().item(), rms * b64.numel() ** 0.5)
+        err = (a64 - b64).norm().item() / denom
+        assert err < TOL[torch.float32], f"{what} gradient {i}: relative error {err:.3e}"
     for a, b in zip(out[2], ref[2], strict=True):
         same = torch.equal(a, b) if a.dtype == torch.long else torch.allclose(a, b, atol=1e-6)
         assert same, f"{what}: a buffer differs"

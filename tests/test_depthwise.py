@@ -140,6 +140,7 @@ def test_wgrad_multi_tile_programs(monkeypatch, all_taps):
     """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1), one tap or all
     nine per program."""
     monkeypatch.setattr(dw, "_WGRAD_TARGET_PROGRAMS", 3)
+    monkeypatch.setattr(dw, "_WGRAD_ALL_TAPS_PROGRAMS", 3)
     monkeypatch.setattr(dw, "WGRAD_ALL_TAPS", all_taps)
     monkeypatch.setattr(dw.runtime, "INTERPRETED", False)  # use that target, not the CPU's
     _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)

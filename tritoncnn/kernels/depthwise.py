@@ -95,6 +95,10 @@ _MIN_PROGRAMS = 512
 # Stage-1 wgrad programs aimed for per tap; fixed (not read from the device) so that the
 # summation order, hence the result bit for bit, is the same on every machine.
 _WGRAD_TARGET_PROGRAMS = 1024
+# The same for the all-taps kernel, in all: each program does nine taps' work and stores nine
+# partial rows. H100, MobileNetV2's layers at batch 512 (benchmarks/reduction_tiles.py): 1518 us
+# in all with 512, 1642 with 1024, 1964 with 2048, 2660 with 4096.
+_WGRAD_ALL_TAPS_PROGRAMS = 512
 # Pixel tiles each stage-1 wgrad program keeps in flight: tl.range(num_stages=...) pipelines
 # the loop's loads (a kernel's num_stages pipelines only loads that feed a tl.dot).
 WGRAD_STAGES = 3
@@ -774,9 +778,10 @@ def depthwise_conv2d_wgrad(
     block_p = cfg.tile // cfg.block_c
     pixels = n * ho * wo
     c_blocks = triton.cdiv(c, cfg.block_c)
-    # Split the pixels so that ~_WGRAD_TARGET_PROGRAMS programs run per tap, each over whole
-    # tiles.
-    target = 4 if runtime.INTERPRETED else _WGRAD_TARGET_PROGRAMS  # the interpreter is serial
+    # Split the pixels so that ~target programs run (per tap for the one-tap kernel), each over
+    # whole tiles.
+    target = _WGRAD_ALL_TAPS_PROGRAMS if all_taps else _WGRAD_TARGET_PROGRAMS
+    target = 4 if runtime.INTERPRETED else target  # the interpreter is serial
     chunks_wanted = max(1, target // c_blocks)
     iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
     chunks = triton.cdiv(pixels, iters * block_p)
