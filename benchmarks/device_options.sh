@@ -4,9 +4,9 @@
 #
 #   bash benchmarks/device_options.sh          # carry .whl
 #
-# 1. the gpu tier of the options (residual fusion, dgrad BN sums, BN tail stages, deferral);
+# 1. the gpu tier of the options (residual fusion, dgrad BN sums, deferral);
 # 2. train_step.py, ResNet-18 and MobileNetV2 at b512, graphed only: the defaults and one row
-#    per option (--fuse-residual, --bn-grad-sums, --bn-tail-stages 3, --bn-into-depthwise).
+#    per option (--fuse-residual, --bn-grad-sums, --bn-into-depthwise).
 # Heuristic tiles (TRITONCNN_AUTOTUNE=0). Logs and the CSV go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +16,9 @@ export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt"
 timeout 200 python3 -m pytest -m gpu -n 16 -v -p no:cacheprovider tests/test_residual_fusion.py \
-    tests/test_grad_sums.py tests/test_pending_norm.py \
-    "tests/test_batchnorm.py::test_batchnorm_backward_tail_stages_gpu" > "$OUT/gpu_tests.log" 2>&1
+    tests/test_grad_sums.py tests/test_pending_norm.py > "$OUT/gpu_tests.log" 2>&1
 grep -c PASSED "$OUT/gpu_tests.log"
 grep -E "FAILED|[0-9]+ passed|[0-9]+ failed" "$OUT/gpu_tests.log" | tail -12
 timeout 330 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
-    --ours-only --graph-only --fuse-residual --bn-grad-sums --bn-tail-stages 3 \
+    --ours-only --graph-only --fuse-residual --bn-grad-sums \
     --bn-into-depthwise --out "$OUT" 2>&1 | grep -v -i warn | tail -14

@@ -158,7 +158,6 @@ def bn_args(op: str, n: int, c: int, hw: int):
         BLOCK_C=cfg.block_c,
         BLOCK_P=norm.stage2_block(cfg),
         STAGES=norm.LOOP_STAGES,
-        TAIL_STAGES=norm.TAIL_STAGES,
     )
     const = {k: v for k, v in {**flags, **tile}.items() if k in kernel.arg_names}
     const["ALIGN"] = norm._align(c, t)

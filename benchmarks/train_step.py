@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
-from tritoncnn.kernels import norm as norm_k  # noqa: E402
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
 
@@ -93,7 +92,6 @@ def ours_step(
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
     fuse_residual: bool = False,
-    bn_tail_stages: int = norm_k.TAIL_STAGES,
     dw_wgrad_all_taps: bool = True,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
@@ -107,7 +105,6 @@ def ours_step(
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
-    ``bn_tail_stages``: kernels.norm.TAIL_STAGES (the library's value by default).
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch)."""
     from tritoncnn.data.loader import GPULoader
@@ -116,7 +113,6 @@ def ours_step(
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
-    norm_k.TAIL_STAGES = bn_tail_stages
 
     torch.manual_seed(0)
     model = models.build(
@@ -236,12 +232,6 @@ def main() -> None:
         "the convs' dgrad epilogues (and one with --bn-into-depthwise too)",
     )
     ap.add_argument(
-        "--bn-tail-stages",
-        type=int,
-        help="add a graph row whose batch-norm backward reductions keep this many tiles of "
-        "partials in flight in their last program (kernels.norm.TAIL_STAGES)",
-    )
-    ap.add_argument(
         "--fuse-residual",
         action="store_true",
         help="add a graph row whose residual blocks add their skip tensor in the last BN's "
@@ -298,9 +288,6 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
             if args.fuse_residual:
                 ours["tritoncnn_fp16_graph_fused_residual"] = {**graph, "fuse_residual": True}
-            if args.bn_tail_stages is not None:
-                tail = {**graph, "bn_tail_stages": args.bn_tail_stages}
-                ours[f"tritoncnn_fp16_graph_tail{args.bn_tail_stages}"] = tail
             if args.without_row_taps:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
             if args.dw_wgrad_per_tap:

@@ -164,14 +164,6 @@ LOOP_STAGES = 3
 # Stage-1 programs per SM: with LOOP_STAGES tiles each, the bytes in flight per SM.
 PROGRAMS_PER_SM = 4
 
-# Tiles of partials the backward reductions' stage 2 keeps in flight. That loop runs in one
-# program per channel block after all the others, one L2 round trip per tile unpipelined: 33
-# tiles for a 96-channel layer of 512 partials, where MobileNetV2's bn_bwd_reduce_kernel took
-# 2-4x bn_bwd_input_kernel's time on small layers (H200 trace). 3 measured the same bits
-# (gpu tier) and ResNet-18's b512 step 9.97 ms against 10.00 on an H100 (noise);
-# MobileNetV2's effect is not measured yet (benchmarks/train_step.py --bn-tail-stages 3).
-TAIL_STAGES = 1
-
 
 def stage2_block(cfg: NormConfig) -> int:
     """Partials stage 2 combines per iteration (BLOCK_P) for tile ``cfg``."""
@@ -670,14 +662,13 @@ def bn_apply_kernel(
 @triton.jit
 def _sum_partials(
     psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAIL_STAGES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Per-channel totals of partials [p_lo, p_hi) of two fp32 [n_parts, C] buffers, added
-    in a fixed order (BLOCK_P rows at a time, then down the tile); TAIL_STAGES tiles of
-    partials in flight."""
+    in a fixed order (BLOCK_P rows at a time, then down the tile)."""
     tot_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     tot_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for p0 in tl.range(p_lo, p_hi, BLOCK_P, num_stages=TAIL_STAGES):
+    for p0 in range(p_lo, p_hi, BLOCK_P):
         parts = p0 + tl.arange(0, BLOCK_P)
         pmask = (parts < p_hi)[:, None] & mask_c[None, :]
         offs = parts.to(tl.int64)[:, None] * C + offs_c[None, :]
@@ -692,14 +683,14 @@ def _finish_grad_sums(
     psum_g_ptr, psum_gx_ptr, p_lo, p_hi, means_ptr, gw_ptr, gb_ptr, offs_c, mask_c, M, C,
     WRITE_GRAD_W: tl.constexpr, WRITE_GRAD_B: tl.constexpr,
     ACCUMULATE_W: tl.constexpr, ACCUMULATE_B: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAIL_STAGES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Stage 2 of the backward reductions: add partials [p_lo, p_hi) of sum(g) and
     sum(g * xhat), store their means (for bn_bwd_input_kernel) and the parameter gradients
     (grad_weight = sum(g * xhat), grad_bias = sum(g); added to the old values if ACCUMULATE_*)."""
     # fmt: off
     sum_g, sum_gx = _sum_partials(psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
-                                  BLOCK_P, BLOCK_C, TAIL_STAGES)
+                                  BLOCK_P, BLOCK_C)
     # fmt: on
     tl.store(means_ptr + offs_c, sum_g / M, mask=mask_c)
     tl.store(means_ptr + C + offs_c, sum_gx / M, mask=mask_c)
@@ -751,7 +742,7 @@ def bn_bwd_sums_from_tiles_kernel(
     M, C, n_parts, SLAB, n_slabs,
     WRITE_GRAD_W: tl.constexpr, WRITE_GRAD_B: tl.constexpr,
     ACCUMULATE_W: tl.constexpr, ACCUMULATE_B: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, TAIL_STAGES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """The backward reductions from the per-tile sums a consumer's dgrad epilogue stored
     (``store_grad_sums``), without reading g and x again.
@@ -770,7 +761,7 @@ def bn_bwd_sums_from_tiles_kernel(
     p_hi = tl.minimum(p_lo + SLAB, n_parts)
     # fmt: off
     sum_g, sum_gx = _sum_partials(pg_ptr, pgx_ptr, p_lo, p_hi, C, offs_c, mask_c, BLOCK_P,
-                                  BLOCK_C, TAIL_STAGES)
+                                  BLOCK_C)
     # fmt: on
     out = pid_s.to(tl.int64) * C + offs_c
     tl.store(qg_ptr + out, sum_g, mask=mask_c)
@@ -780,7 +771,7 @@ def bn_bwd_sums_from_tiles_kernel(
         # fmt: off
         _finish_grad_sums(qg_ptr, qgx_ptr, 0, n_slabs, means_ptr, gw_ptr, gb_ptr, offs_c,
                           mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
-                          ACCUMULATE_B, BLOCK_P, BLOCK_C, TAIL_STAGES)
+                          ACCUMULATE_B, BLOCK_P, BLOCK_C)
         # fmt: on
         tl.store(tickets_ptr + pid_c, 0)
 
@@ -832,7 +823,6 @@ def bn_bwd_reduce_kernel(
     BLOCK_P: tl.constexpr,
     ALIGN: tl.constexpr,
     STAGES: tl.constexpr,
-    TAIL_STAGES: tl.constexpr,
 ):
     """Backward reductions: per-channel sums of g and g * xhat over one slab of rows; the
     channel block's last program adds all slabs and writes the parameter gradients.
@@ -905,7 +895,7 @@ def bn_bwd_reduce_kernel(
     if last_to_finish(tickets_ptr, group_ticket, p_hi - p_lo):
         # fmt: off
         sum_g, sum_gx = _sum_partials(psum_g_ptr, psum_gx_ptr, p_lo, p_hi, C, offs_c, mask_c,
-                                      BLOCK_P, BLOCK_C, TAIL_STAGES)
+                                      BLOCK_P, BLOCK_C)
         # fmt: on
         out = group.to(tl.int64) * C + offs_c
         tl.store(qsum_g_ptr + out, sum_g, mask=mask_c)
@@ -916,7 +906,7 @@ def bn_bwd_reduce_kernel(
             # fmt: off
             _finish_grad_sums(qsum_g_ptr, qsum_gx_ptr, 0, n_groups, means_ptr, gw_ptr, gb_ptr,
                               offs_c, mask_c, M, C, WRITE_GRAD_W, WRITE_GRAD_B, ACCUMULATE_W,
-                              ACCUMULATE_B, BLOCK_P, BLOCK_C, TAIL_STAGES)
+                              ACCUMULATE_B, BLOCK_P, BLOCK_C)
             # fmt: on
             tl.store(block_tickets + pid_c, 0)
 
@@ -1497,7 +1487,6 @@ def _backward(
             "ACCUMULATE_W": acc_w,
             "ACCUMULATE_B": acc_b,
             "BLOCK_P": stage2_block(cfg),
-            "TAIL_STAGES": TAIL_STAGES,
         }
         if sums is not None:
             _grad_sums_from_tiles(sums, m, c, outputs, writes, cfg)
