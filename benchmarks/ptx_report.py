@@ -66,6 +66,7 @@ CONV_POINTERS = {
         "nb_ptr": "*fp32",
         "psum_g_ptr": "*fp32",
         "psum_gx_ptr": "*fp32",
+        "add_ptr": "*fp16",
     },  # fmt: skip
     "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
@@ -119,9 +120,10 @@ def kernel_args(
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sdx", "nhwc", x))
         ints.update(_named("sxn", "nhwc", x))
+        ints.update(_named("sad", "nhwc", x))
         const = dict(
             common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw),
-            GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0,
+            GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0, ADD_GRAD=False,
         )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
     ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
@@ -147,6 +149,7 @@ def bn_args(op: str, n: int, c: int, hw: int):
     for prefix in ("s", "sx", "sy", "sg", "sd", "sr"):
         ints.update(_named(prefix, "nhwc", strides))
     ints["ROWS"], ints["n_parts"] = norm._split_rows(n * hw * hw, c, cfg)
+    ints["GROUP"], ints["n_groups"] = norm.reduce_groups(ints["n_parts"], cfg)
     flags = {
         "STAT_IS_VAR": False, "HAS_WEIGHT": True, "HAS_BIAS": True, "ACT": 1, "INC_NBT": False,
         "UPDATE_RUNNING": True, "CUMULATIVE": False, "STORE_M2": False, "BATCH_STATS": True,

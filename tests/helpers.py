@@ -105,3 +105,16 @@ def full_width_step(name: str, **options):
     kw = {"dropout": 0.0} if name == "mobilenetv2" else {}
     model = models.build(name, num_classes=10, image_size=32, **kw, **options)
     return training_step(model, 16, 32)
+
+
+# Conv input-gradient cases, (n, c_in, size, c_out, kernel, stride, padding, groups): the plain
+# GEMM (1x1), stride phases (whose smaller phases mask rows), flattened-K and tap-major 3x3,
+# grouped, odd channel counts.
+DGRAD_CASES = {
+    "1x1": (2, 20, 5, 12, 1, 1, 0, 1),
+    "3x3_s2_phases": (2, 18, 7, 20, 3, 2, 1, 1),
+    "3x3_flat_k": (1, 6, 6, 5, 3, 1, 1, 1),
+    "3x3_tap_major": (1, 12, 5, 40, 3, 1, 1, 1),
+    "3x3_groups2": (1, 34, 5, 34, 3, 1, 1, 2),
+    "1x1_s2": (2, 17, 7, 19, 1, 2, 0, 1),
+}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import (
     DEVICE,
+    DGRAD_CASES,
     assert_close,
     assert_same_step,
     f64,
@@ -69,15 +70,7 @@ def _check_backward(sums: norm.GradSums, g, x, bn, what: str) -> None:
             assert_close(a, r, tol=tol, what=f"{what}: {name}")
 
 
-# (n, c_in, size, c_out, kernel, stride, padding, groups): 1x1 GEMMs, strided phases (whose
-# smaller phases mask rows), flattened-K and tap-major 3x3, grouped, odd channel counts
-CONV_CASES = {
-    "1x1": (2, 20, 5, 12, 1, 1, 0, 1),
-    "3x3_s2_phases": (2, 18, 7, 20, 3, 2, 1, 1),
-    "3x3_flat_k": (1, 6, 6, 5, 3, 1, 1, 1),
-    "3x3_groups2": (1, 34, 5, 34, 3, 1, 1, 2),
-    "1x1_s2": (2, 17, 7, 19, 1, 2, 0, 1),
-}
+CONV_CASES = DGRAD_CASES
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)

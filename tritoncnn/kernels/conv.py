@@ -405,12 +405,13 @@ def conv2d_fwd_kernel(
 @triton.jit
 def conv2d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
-    xn_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, psum_g_ptr, psum_gx_ptr,
+    xn_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, psum_g_ptr, psum_gx_ptr, add_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sdy_n, sdy_h, sdy_w, sdy_c,
     sw_o, sw_i, sw_h, sw_w,
     sdx_n, sdx_h, sdx_w, sdx_c,
     sxn_n, sxn_h, sxn_w, sxn_c,
+    sad_n, sad_h, sad_w, sad_c,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_step, kw_step, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
@@ -418,7 +419,7 @@ def conv2d_dgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DY_ALIGN: tl.constexpr, CI_ALIGN: tl.constexpr,
     GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0, ADD_GRAD: tl.constexpr = False,
 ):  # fmt: skip
     """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
     one stride phase x input channels of one group.
@@ -447,6 +448,9 @@ def conv2d_dgrad_kernel(
     the fp32 [n_parts, C_in] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*) is the
     batch norm's input, logical N,C_in,H,W; nmean_ptr, ninvstd_ptr its fp32 batch statistics,
     nw_ptr, nb_ptr its affine parameters (read when IN_HAS_W / IN_HAS_B).
+    ADD_GRAD: the tile of add_ptr (logical N,C_in,H,W, strides sad_*: another path's gradient
+    of the same input, e.g. a residual block's skip) is added to the fp32 accumulator before
+    dx is rounded and stored (and before GRAD_SUMS), so dx is the input's whole gradient.
     """
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
@@ -578,8 +582,12 @@ def conv2d_dgrad_kernel(
     if CI_ALIGN > 1:
         dx_row = tl.multiple_of(dx_row, CI_ALIGN)
     dx_ptrs = dx_ptr + dx_row[:, None] + ci.to(tl.int64)[None, :] * sdx_c
-    dx = acc.to(dx_ptr.dtype.element_ty)
     mask = mask_m[:, None] & mask_n[None, :]
+    if ADD_GRAD:
+        add_row = n_img.to(tl.int64) * sad_n + h * sad_h + w * sad_w
+        add_ptrs = add_ptr + add_row[:, None] + ci.to(tl.int64)[None, :] * sad_c
+        acc += tl.load(add_ptrs, mask=mask, other=0.0).to(tl.float32)
+    dx = acc.to(dx_ptr.dtype.element_ty)
     tl.store(dx_ptrs, dx, mask=mask)
     if GRAD_SUMS:
         xn_row = n_img.to(tl.int64) * sxn_n + h * sxn_h + w * sxn_w
@@ -1059,13 +1067,16 @@ def conv2d_dgrad(
     groups: int,
     config: ConvConfig | int | None = None,
     out: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient of conv2d with respect to its input (shape ``input_shape`` = N,C,H,W), in
     grad_out's dtype. Written into ``out`` (any strides) when given, else a new NHWC tensor.
     Only the top/left padding matters here (the output size comes from grad_out). ``weight``
-    may be fp32 or in grad_out's dtype; ``config`` as in conv2d_forward."""
+    may be fp32 or in grad_out's dtype; ``config`` as in conv2d_forward. ``add``: a gradient
+    of the same input from another path (any strides, grad_out's dtype), added in the
+    epilogue: the result is the input's whole gradient, with no separate accumulate pass."""
     args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
-    return _dgrad(*args, None, None)[0]
+    return _dgrad(*args, None, None, add)[0]
 
 
 def conv2d_dgrad_grad_sums(
@@ -1080,13 +1091,15 @@ def conv2d_dgrad_grad_sums(
     bn: PendingNorm,
     config: ConvConfig | int | None = None,
     out: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradSums]:
     """``conv2d_dgrad`` for a conv whose input is a training batch norm's output: ``bn`` holds
     that batch norm's batch statistics, affine parameters and fused activation, ``bn_input``
     its input. Also returns the batch norm's backward sums that the epilogue stored
-    (norm.GradSums), for ``norm.batch_norm_backward(sums=...)``."""
+    (norm.GradSums), for ``norm.batch_norm_backward(sums=...)``; with ``add`` (as in
+    conv2d_dgrad) they are the sums of the whole gradient."""
     args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
-    grad_in, sums = _dgrad(*args, bn_input, bn)
+    grad_in, sums = _dgrad(*args, bn_input, bn, add)
     assert sums is not None
     return grad_in, sums
 
@@ -1103,8 +1116,10 @@ def _dgrad(
     out: torch.Tensor | None,
     bn_input: torch.Tensor | None,
     bn: PendingNorm | None,
+    add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradSums | None]:
-    """The dgrad launch; with ``bn``, also the batch norm's per-tile backward sums."""
+    """The dgrad launch; with ``bn``, also the batch norm's per-tile backward sums; ``add``
+    added to the gradient in the epilogue."""
     _check_act(grad_out, "grad_out")
     n, c_in, h, w = (int(s) for s in input_shape)
     c_out, c_in_g, kh, kw = weight.shape
@@ -1119,6 +1134,11 @@ def _dgrad(
     dh, dw = _pair(dilation)
     if out is None:
         out = runtime.empty_nhwc(n, c_in, h, w, grad_out.dtype)
+    if add is not None and (tuple(add.shape) != (n, c_in, h, w) or add.dtype != grad_out.dtype):
+        raise ValueError(
+            f"conv2d_dgrad: add {tuple(add.shape)} ({add.dtype}) must match the input "
+            f"{(n, c_in, h, w)} in grad_out's dtype {grad_out.dtype}"
+        )
     c_out_g = c_out // groups
     m0, k = n * triton.cdiv(h, sh) * triton.cdiv(w, sw), kh * kw * c_out_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
@@ -1133,10 +1153,10 @@ def _dgrad(
         parts = (sums.partials[0], sums.partials[1]) if sums is not None else (dst, dst)
         grid = (row_tiles * triton.cdiv(c_in_g, cfg.BLOCK_N), groups * sh * sw)
         conv2d_dgrad_kernel[grid](
-            grad_out, weight, dst, xn, *norm_ptrs, *parts,
+            grad_out, weight, dst, xn, *norm_ptrs, *parts, dst if add is None else add,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(grad_out), *weight.stride(), *runtime.nhwc_strides(dst),
-            *runtime.nhwc_strides(xn),
+            *runtime.nhwc_strides(xn), *runtime.nhwc_strides(dst if add is None else add),
             sh, sw, pt, pl, dh, dw,
             sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), norm_alpha,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
@@ -1144,7 +1164,7 @@ def _dgrad(
             EMULATE_BF16=_emulate_bf16(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             DY_ALIGN=vector_align(grad_out, c_out_g), CI_ALIGN=_input_channel_align(dst, weight),
-            GRAD_SUMS=bn is not None, **norm_flags,
+            GRAD_SUMS=bn is not None, **norm_flags, ADD_GRAD=add is not None,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         return sums
@@ -1159,6 +1179,8 @@ def _dgrad(
         )  # fmt: skip
         if bn is not None:  # the epilogue's reductions shift the best tile; older keys stay valid
             problem["grad_sums"] = True
+        if add is not None:  # so does the epilogue's extra read
+            problem["add_grad"] = True
         a_bytes, b_bytes = grad_out.element_size(), weight.element_size()
         cfg = _tuned(
             "conv2d_dgrad",

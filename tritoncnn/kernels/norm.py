@@ -1064,6 +1064,13 @@ def _split_rows(m: int, c: int, cfg: NormConfig) -> tuple[int, int]:
     return rows, triton.cdiv(m, rows)
 
 
+def reduce_groups(n_parts: int, cfg: NormConfig) -> tuple[int, int]:
+    """(partials per group, groups) of bn_bwd_reduce_kernel's two-level sum: groups of
+    TILE_MERGE_ITERS stage-2 iterations."""
+    group = TILE_MERGE_ITERS * stage2_block(cfg)
+    return group, triton.cdiv(n_parts, group)
+
+
 def _check(x: torch.Tensor, *per_channel: torch.Tensor | None) -> None:
     if x.dtype not in runtime.SUPPORTED_DTYPES:
         raise ValueError(f"batch norm: unsupported input dtype {x.dtype}")
@@ -1492,8 +1499,7 @@ def _backward(
             _grad_sums_from_tiles(sums, m, c, outputs, writes, cfg)
         else:
             rows, n_parts = _split_rows(m, c, cfg)
-            group = TILE_MERGE_ITERS * writes["BLOCK_P"]
-            n_groups = triton.cdiv(n_parts, group)
+            group, n_groups = reduce_groups(n_parts, cfg)
             psums = runtime.empty((2, n_parts, c))
             qsums = runtime.empty((2, n_groups, c))
             # fmt: off

@@ -51,6 +51,7 @@ def build(
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
     fuse_residual: bool = False,
+    skip_grad_in_dgrad: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -73,6 +74,9 @@ def build(
     ``fuse_residual``: with ``fuse``, each residual block's last BatchNorm adds the skip
     tensor (and ResNet's final ReLU) in its apply pass (one write and one read of the block
     output less, one launch less per block; off until GPU-measured).
+    ``skip_grad_in_dgrad``: with ``fuse``, each ResNet BasicBlock adds its skip gradient in
+    its first conv's dgrad epilogue (the accumulate kernel's read and write of the input
+    gradient less per block; off until GPU-measured).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -97,6 +101,8 @@ def build(
             fusion.link_bn_grad_sums(model)
         if fuse_residual:
             fusion.fuse_residual_adds(model)
+        if skip_grad_in_dgrad:
+            fusion.add_skip_grads_in_dgrad(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

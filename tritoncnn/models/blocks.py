@@ -85,6 +85,9 @@ class BasicBlock(nn.Module):
     # set by nn.fusion.fuse_residual_adds: bn2 adds the skip tensor and applies the final ReLU
     # in its own apply pass (bn2's output is never stored)
     fuse_residual = False
+    # set by nn.fusion.add_skip_grads_in_dgrad: conv1's dgrad adds the skip gradient in its
+    # epilogue (no accumulate kernel)
+    skip_grad_in_dgrad = False
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
@@ -115,7 +118,10 @@ class BasicBlock(nn.Module):
         g = ew.activation_backward(same_layout(grad_out, self._out), self._out, ew.ACT_RELU)
         g_skip = g if self.downsample is None else self.downsample.backward(g)
         g_main = self.conv2.backward(self.bn2.backward(g))
-        g_main = self.conv1.backward(self.bn1.backward(self.relu.backward(g_main)))
+        g_main = self.bn1.backward(self.relu.backward(g_main))
+        if self.skip_grad_in_dgrad:
+            return self.conv1.backward(g_main, add=g_skip)
+        g_main = self.conv1.backward(g_main)
         # g_main is a fresh tensor from the conv's dgrad: safe to sum into in place.
         return ew.accumulate_(g_main, same_layout(g_skip, g_main))
 

@@ -198,7 +198,13 @@ class Conv2d(Module):
             cast = self._w_cast = runtime.empty_like(w, dtype=dtype)
         return EW.cast_(cast, w)
 
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
+    def backward(
+        self, grad_out: torch.Tensor, add: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Gradients of the weight (and bias), and the input's gradient when ``input_grad``.
+        ``add``: the input's gradient from another path (a residual block's skip), added to
+        the returned input gradient; a GEMM conv adds it in its dgrad epilogue (any strides),
+        a depthwise conv in a separate pass (``add`` in the input's layout)."""
         x = self._x
         if x is None:
             raise RuntimeError("Conv2d.backward called before forward")
@@ -213,10 +219,14 @@ class Conv2d(Module):
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
                 dgrad_args = (grad_out, w.data, x.shape, *args)
+                if add is not None:  # the depthwise dgrad has no add epilogue
+                    bn = None
                 if bn is None:
                     grad_in = DW.depthwise_conv2d_dgrad(*dgrad_args, out=out)
                 else:
                     grad_in, sums = DW.depthwise_conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out)
+                if add is not None:  # (in the input's layout, as grad_in)
+                    grad_in = EW.accumulate_(grad_in, add)
             w.grad = DW.depthwise_conv2d_wgrad(
                 x, grad_out, w.shape, *args, grad_weight=w.grad, pending=self._pending
             )
@@ -226,9 +236,9 @@ class Conv2d(Module):
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
                 dgrad_args = (grad_out, self._w_gemm, x.shape, *args)
                 if bn is None:
-                    grad_in = K.conv2d_dgrad(*dgrad_args, out=out)
+                    grad_in = K.conv2d_dgrad(*dgrad_args, out=out, add=add)
                 else:
-                    grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out)
+                    grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out, add=add)
             w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         if sums is not None:
             link.publish(grad_in, sums)

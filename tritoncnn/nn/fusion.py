@@ -22,6 +22,10 @@ A residual block's last BatchNorm -> skip add (-> activation): fused
 (``fuse_residual_adds``), the BatchNorm's apply pass reads the skip tensor and writes the
 block's output, so its own output is never written and read back by an add kernel.
 
+A residual block's skip gradient, in the backward: added in the dgrad epilogue of the block's
+first conv (``add_skip_grads_in_dgrad``), which computes the main path's input gradient tile
+by tile, so no accumulate kernel reads that gradient back, adds the skip's and writes it again.
+
 BatchNorm -> (activation ->) any conv, in the backward: linked (``link_bn_grad_sums``), the
 conv's dgrad, which computes the BatchNorm's output gradient tile by tile, also stores each
 tile's sum(g') and sum(g' * xhat) (norm.GradSums), and the BatchNorm's backward adds those
@@ -236,10 +240,28 @@ def unfuse_residual_adds(model: Module) -> int:
     return _set_residual_fusion(model, False)
 
 
+def add_skip_grads_in_dgrad(model: Module) -> int:
+    """Let every residual block of ``model`` that can (``skip_grad_in_dgrad`` in its class:
+    ResNet's BasicBlock) add its skip gradient in its first conv's dgrad epilogue; returns
+    how many."""
+    return _set_block_flag(model, "skip_grad_in_dgrad", True)
+
+
+def separate_skip_grads(model: Module) -> int:
+    """Undo ``add_skip_grads_in_dgrad`` (each block sums its gradients in a kernel again)."""
+    return _set_block_flag(model, "skip_grad_in_dgrad", False)
+
+
 def _set_residual_fusion(model: Module, on: bool) -> int:
+    return _set_block_flag(model, "fuse_residual", on)
+
+
+def _set_block_flag(model: Module, flag: str, on: bool) -> int:
+    """Set the class-level option ``flag`` on every module whose class has it; how many
+    changed."""
     changed = 0
     for module in model.modules():
-        if hasattr(type(module), "fuse_residual") and module.fuse_residual != on:
-            module.fuse_residual = on
+        if hasattr(type(module), flag) and getattr(module, flag) != on:
+            setattr(module, flag, on)
             changed += 1
     return changed

@@ -1,0 +1,134 @@
+"""A residual block's skip gradient added in the dgrad epilogue of its first conv
+(conv2d_dgrad(add=...), nn.fusion.add_skip_grads_in_dgrad): the input gradient equals the
+conv's own plus the skip's, against torch in float64, and ResNets train as with the separate
+accumulate kernel."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import (
+    DGRAD_CASES,
+    assert_close,
+    assert_same_step,
+    f64,
+    full_width_step,
+    randn,
+    training_step,
+)
+
+from tritoncnn import models
+from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import norm
+from tritoncnn.kernels.elementwise import ACT_RELU
+from tritoncnn.nn.fusion import add_skip_grads_in_dgrad, separate_skip_grads
+
+CASES = DGRAD_CASES
+
+
+def _problem(case, dtype, add_channels_last=False, seed=0):
+    n, c_in, size, c_out, k, s, p, groups = case
+    x_shape = (n, c_in, size, size)
+    weight = randn(c_out, c_in // groups, k, k, seed=seed + 1)
+    ho = (size + 2 * p - k) // s + 1
+    g = randn(n, c_out, ho, ho, dtype=dtype, channels_last=True, seed=seed + 2)
+    # the skip gradient in another layout than dx (NCHW): read through its own strides
+    add = randn(*x_shape, dtype=dtype, channels_last=add_channels_last, seed=seed + 3)
+    xr = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+    F.conv2d(xr, f64(weight), None, s, p, 1, groups).backward(f64(g))
+    return (g, weight, x_shape, s, p, 1, groups), add, xr.grad + f64(add)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dgrad_adds_the_skip_gradient(case, dtype):
+    args, add, ref = _problem(case, dtype)
+    before = add.clone()
+    dx = K.conv2d_dgrad(*args, add=add)
+    assert dx.dtype == dtype
+    assert_close(dx, ref, dtype, what="dgrad + add")
+    assert torch.equal(add, before), "add is read only"
+    plain = K.conv2d_dgrad(*args)
+    assert not torch.equal(dx, plain), "the skip gradient was added"
+
+
+def test_dgrad_add_into_out_and_in_place():
+    """Into a given ``out``, and with ``out`` the add tensor itself (each tile reads its add
+    values before it writes them)."""
+    args, add, ref = _problem(CASES["3x3_s2_phases"], torch.float32, add_channels_last=True)
+    out = torch.empty_like(add)
+    assert K.conv2d_dgrad(*args, out=out, add=add) is out
+    assert_close(out, ref, what="into out")
+    assert K.conv2d_dgrad(*args, out=add, add=add) is add
+    assert_close(add, ref, what="in place")
+
+
+def test_dgrad_grad_sums_cover_the_whole_gradient():
+    """With a batch norm's sums requested too, they are the sums of dgrad + add."""
+    case = CASES["3x3_flat_k"]
+    args, add, ref = _problem(case, torch.float32)
+    x = randn(*args[2], channels_last=True, seed=9) * 2 + 1
+    w, b = randn(case[1], seed=10), randn(case[1], seed=11)
+    _, mean, invstd = norm.batch_norm_forward_train(
+        x, w, b, None, None, None, 0.1, 1e-5, act=ACT_RELU
+    )
+    bn = norm.PendingNorm(mean, invstd, w, b, ACT_RELU, 0.0)
+    dx, sums = K.conv2d_dgrad_grad_sums(*args, bn_input=x, bn=bn, add=add)
+    assert_close(dx, ref, what="dgrad + add")
+    kw = dict(bias=b, act=ACT_RELU)
+    own = norm.batch_norm_backward(dx, x, w, mean, invstd, **kw)
+    linked = norm.batch_norm_backward(dx, x, w, mean, invstd, **kw, sums=sums)
+    for name, a, r in zip(("grad_in", "grad_weight", "grad_bias"), linked, own, strict=True):
+        assert_close(a, r, what=name)
+
+
+def test_dgrad_add_errors():
+    args, add, _ = _problem(CASES["1x1"], torch.float32)
+    with pytest.raises(ValueError, match="add"):
+        K.conv2d_dgrad(*args, add=add[:1])
+    with pytest.raises(ValueError, match="add"):
+        K.conv2d_dgrad(*args, add=add.half())
+
+
+RESNETS = {"resnet18": dict(widths=(4, 6, 8, 10)), "resnet34": dict(widths=(4, 4, 6, 6))}
+
+
+def _step(name: str, on: bool):
+    torch.manual_seed(0)
+    model = models.build(name, num_classes=5, image_size=8, skip_grad_in_dgrad=on, **RESNETS[name])
+    return model, training_step(model, evaluate=True)
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_model_trains_as_with_the_accumulate_kernel(name):
+    _, ref = _step(name, on=False)
+    model, out = _step(name, on=True)
+    blocks = sum(1 for m in model.modules() if getattr(m, "skip_grad_in_dgrad", False))
+    assert blocks == (8 if name == "resnet18" else 16)
+    assert_same_step(out, ref, name)
+    assert separate_skip_grads(model) == blocks and add_skip_grads_in_dgrad(model) == blocks
+
+
+# --- GPU tier --------------------------------------------------------------------------------
+
+
+GPU_CASES = {
+    "r18_layer1": (128, 64, 32, 64, 3, 1, 1, 1),
+    "r18_layer3_down": (128, 128, 16, 256, 3, 2, 1, 1),
+    "1x1_s2": (128, 256, 8, 512, 1, 2, 0, 1),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES.values(), ids=GPU_CASES.keys())
+def test_gpu_dgrad_adds_the_skip_gradient(case):
+    """ResNet-18's first convs of a block at batch 128, fp16 (the tuned tile)."""
+    args, add, ref = _problem(case, torch.float16, add_channels_last=True)
+    assert_close(K.conv2d_dgrad(*args, add=add), ref, torch.float16, what=str(case))
+
+
+@pytest.mark.gpu
+def test_gpu_model_step():
+    """Whole-width ResNet-18, fp32, batch 16 at 32x32: one step equals the one with the
+    accumulate kernel."""
+    ref = full_width_step("resnet18", skip_grad_in_dgrad=False)
+    assert_same_step(full_width_step("resnet18", skip_grad_in_dgrad=True), ref, "resnet18")
