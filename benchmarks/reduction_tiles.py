@@ -1,8 +1,9 @@
 """The row-reduction kernels of MobileNetV2 at their real shapes: loads in flight vs speed.
 
 Batch-norm statistics (``bn_stats_kernel``), the batch-norm backward (``bn_bwd_reduce_kernel``
-+ ``bn_bwd_input_kernel``) and the depthwise weight gradient (``depthwise_wgrad_partial_kernel``
-+ its stage 2) each loop over a slab of rows per program. This times them over every layer of
++ ``bn_bwd_input_kernel``) and the depthwise weight gradient (``depthwise_wgrad_taps_kernel``
++ its stage 2) each loop over a slab of rows per program. This times them (replayed in CUDA
+graphs, as in the training step) over every layer of
 MobileNetV2-CIFAR at ``--batch`` with each number of pipelined loop stages
 (``norm.LOOP_STAGES``, ``depthwise.WGRAD_STAGES``) and of stage-1 programs
 (``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_ALL_TAPS_PROGRAMS``), against torch (cuDNN batch
@@ -32,9 +33,17 @@ from tritoncnn.models.mobilenetv2 import SETTINGS  # noqa: E402
 
 
 def bench(fn) -> float:
+    """Median ms of ``fn``, replayed in a CUDA graph as the training step runs it: eager
+    launches cost 50-80 us on the host, more than a small layer's kernels (the eager BN rows of
+    2026-12-06 were launch-bound). Eager timing where ``fn`` can't be captured."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+    fn()  # allocations that must precede a capture (runtime.tickets)
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median")
+    except RuntimeError as e:
+        print(f"note: timed eagerly ({str(e)[:80]})", flush=True)
+        return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
 def mobilenetv2_layers(size: int = 32) -> tuple[Counter, Counter]:
