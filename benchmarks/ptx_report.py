@@ -124,6 +124,7 @@ def kernel_args(
         const = dict(
             common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw),
             GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0, ADD_GRAD=False,
+            RELU_INPUT=False,
         )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
     ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)

@@ -94,6 +94,7 @@ def ours_step(
     fuse_residual: bool = False,
     dw_wgrad_all_taps: bool = True,
     skip_grad_in_dgrad: bool = False,
+    relu_grad_in_dgrad: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -108,7 +109,8 @@ def ours_step(
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch).
-    ``skip_grad_in_dgrad``: ResNet blocks add their skip gradient in conv1's dgrad epilogue."""
+    ``skip_grad_in_dgrad``: ResNet blocks add their skip gradient in conv1's dgrad epilogue.
+    ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -121,7 +123,7 @@ def ours_step(
         name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
         conv_bn_moments=conv_bn_moments, bn_into_depthwise=bn_into_depthwise,
         bn_grad_sums=bn_grad_sums, fuse_residual=fuse_residual,
-        skip_grad_in_dgrad=skip_grad_in_dgrad,
+        skip_grad_in_dgrad=skip_grad_in_dgrad, relu_grad_in_dgrad=relu_grad_in_dgrad,
     )  # fmt: skip
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -253,6 +255,12 @@ def main() -> None:
         "conv's dgrad epilogue (no accumulate kernel)",
     )
     ap.add_argument(
+        "--relu-grad-in-dgrad",
+        action="store_true",
+        help="add a graph row whose residual blocks also apply the previous block's ReLU "
+        "backward in that epilogue (no ReLU backward kernel)",
+    )
+    ap.add_argument(
         "--dw-wgrad-per-tap",
         action="store_true",
         help="add a graph row whose 3x3 depthwise weight gradients run one program per tap "
@@ -301,6 +309,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
             if args.skip_grad_in_dgrad:
                 ours["tritoncnn_fp16_graph_skip_grad_dgrad"] = {**graph, "skip_grad_in_dgrad": True}
+            if args.relu_grad_in_dgrad:
+                ours["tritoncnn_fp16_graph_relu_grad_dgrad"] = {**graph, "relu_grad_in_dgrad": True}
             if args.dw_wgrad_per_tap:
                 ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

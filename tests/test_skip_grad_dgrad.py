@@ -1,7 +1,8 @@
 """A residual block's skip gradient added in the dgrad epilogue of its first conv
-(conv2d_dgrad(add=...), nn.fusion.add_skip_grads_in_dgrad): the input gradient equals the
-conv's own plus the skip's, against torch in float64, and ResNets train as with the separate
-accumulate kernel."""
+(conv2d_dgrad(add=...), nn.fusion.add_skip_grads_in_dgrad), and the previous block's final
+ReLU backward applied there too (conv2d_dgrad(relu_out=...), nn.fusion.fold_block_relu_grads):
+the input gradient equals the conv's own plus the skip's (masked by the ReLU), against torch
+in float64, and ResNets train as with the separate accumulate and ReLU backward kernels."""
 
 import pytest
 import torch
@@ -20,7 +21,12 @@ from tritoncnn import models
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import norm
 from tritoncnn.kernels.elementwise import ACT_RELU
-from tritoncnn.nn.fusion import add_skip_grads_in_dgrad, separate_skip_grads
+from tritoncnn.nn.fusion import (
+    add_skip_grads_in_dgrad,
+    fold_block_relu_grads,
+    separate_skip_grads,
+    unfold_block_relu_grads,
+)
 
 CASES = DGRAD_CASES
 
@@ -81,31 +87,67 @@ def test_dgrad_grad_sums_cover_the_whole_gradient():
         assert_close(a, r, what=name)
 
 
+@pytest.mark.parametrize("case", ["3x3_s2_phases", "3x3_flat_k", "1x1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dgrad_applies_the_input_relu_backward(case, dtype):
+    """relu_out: the conv's input as a ReLU wrote it (exact zeros where the ReLU clipped):
+    (dgrad + add) * (relu_out > 0), with and without add."""
+    args, add, ref = _problem(CASES[case], dtype)
+    relu_out = torch.relu(randn(*args[2], dtype=dtype, channels_last=True, seed=5))
+    keep = f64(relu_out) > 0
+    assert 0 < keep.double().mean() < 1
+    dx = K.conv2d_dgrad(*args, add=add, relu_out=relu_out)
+    assert_close(dx, torch.where(keep, ref, 0.0), dtype, what="(dgrad + add) * relu'")
+    assert torch.equal(dx[~keep.to(dx.device)], torch.zeros_like(dx[~keep.to(dx.device)]))
+    own = f64(K.conv2d_dgrad(*args))
+    dx = K.conv2d_dgrad(*args, relu_out=relu_out)
+    assert_close(dx, torch.where(keep, own, 0.0), dtype, what="dgrad * relu'")
+
+
 def test_dgrad_add_errors():
     args, add, _ = _problem(CASES["1x1"], torch.float32)
     with pytest.raises(ValueError, match="add"):
         K.conv2d_dgrad(*args, add=add[:1])
     with pytest.raises(ValueError, match="add"):
         K.conv2d_dgrad(*args, add=add.half())
+    with pytest.raises(ValueError, match="relu_out"):
+        K.conv2d_dgrad(*args, relu_out=add[:, :3])
 
 
 RESNETS = {"resnet18": dict(widths=(4, 6, 8, 10)), "resnet34": dict(widths=(4, 4, 6, 6))}
 
 
-def _step(name: str, on: bool):
+def _step(name: str, **options):
     torch.manual_seed(0)
-    model = models.build(name, num_classes=5, image_size=8, skip_grad_in_dgrad=on, **RESNETS[name])
+    model = models.build(name, num_classes=5, image_size=8, **options, **RESNETS[name])
     return model, training_step(model, evaluate=True)
 
 
 @pytest.mark.parametrize("name", RESNETS)
 def test_model_trains_as_with_the_accumulate_kernel(name):
-    _, ref = _step(name, on=False)
-    model, out = _step(name, on=True)
+    _, ref = _step(name)
+    model, out = _step(name, skip_grad_in_dgrad=True)
     blocks = sum(1 for m in model.modules() if getattr(m, "skip_grad_in_dgrad", False))
     assert blocks == (8 if name == "resnet18" else 16)
     assert_same_step(out, ref, name)
     assert separate_skip_grads(model) == blocks and add_skip_grads_in_dgrad(model) == blocks
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_model_trains_as_with_the_relu_backward_kernel(name):
+    """Every block but the last leaves its ReLU backward to the next block's conv1 dgrad
+    (across stages, stride-2 downsample blocks included)."""
+    _, ref = _step(name)
+    model, out = _step(name, relu_grad_in_dgrad=True)
+    blocks = [m for m in model.modules() if hasattr(type(m), "relu_grad_by_next")]
+    assert [b.relu_grad_by_next for b in blocks] == [True] * (len(blocks) - 1) + [False]
+    assert [b.conv1.relu_input_grad for b in blocks] == [False] + [True] * (len(blocks) - 1)
+    assert [b.skip_grad_in_dgrad for b in blocks] == [False] + [True] * (len(blocks) - 1)
+    assert_same_step(out, ref, name)
+    assert unfold_block_relu_grads(model) == len(blocks) - 1
+    assert fold_block_relu_grads(model) == len(blocks) - 1
+    separate_skip_grads(model)
+    assert not any(b.relu_grad_by_next or b.conv1.relu_input_grad for b in blocks)
 
 
 # --- GPU tier --------------------------------------------------------------------------------
@@ -127,8 +169,18 @@ def test_gpu_dgrad_adds_the_skip_gradient(case):
 
 
 @pytest.mark.gpu
-def test_gpu_model_step():
+@pytest.mark.parametrize("case", GPU_CASES.values(), ids=GPU_CASES.keys())
+def test_gpu_dgrad_applies_the_input_relu_backward(case):
+    args, add, ref = _problem(case, torch.float16, add_channels_last=True)
+    relu_out = torch.relu(randn(*args[2], dtype=torch.float16, channels_last=True, seed=5))
+    dx = K.conv2d_dgrad(*args, add=add, relu_out=relu_out)
+    assert_close(dx, torch.where(f64(relu_out) > 0, ref, 0.0), torch.float16, what=str(case))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("option", ["skip_grad_in_dgrad", "relu_grad_in_dgrad"])
+def test_gpu_model_step(option):
     """Whole-width ResNet-18, fp32, batch 16 at 32x32: one step equals the one with the
-    accumulate kernel."""
-    ref = full_width_step("resnet18", skip_grad_in_dgrad=False)
-    assert_same_step(full_width_step("resnet18", skip_grad_in_dgrad=True), ref, "resnet18")
+    accumulate and ReLU backward kernels."""
+    ref = full_width_step("resnet18")
+    assert_same_step(full_width_step("resnet18", **{option: True}), ref, "resnet18")

@@ -420,6 +420,7 @@ def conv2d_dgrad_kernel(
     DY_ALIGN: tl.constexpr, CI_ALIGN: tl.constexpr,
     GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
     IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0, ADD_GRAD: tl.constexpr = False,
+    RELU_INPUT: tl.constexpr = False,
 ):  # fmt: skip
     """dx = conv2d's input gradient, gathered: one BLOCK_M x BLOCK_N tile of input pixels of
     one stride phase x input channels of one group.
@@ -451,6 +452,10 @@ def conv2d_dgrad_kernel(
     ADD_GRAD: the tile of add_ptr (logical N,C_in,H,W, strides sad_*: another path's gradient
     of the same input, e.g. a residual block's skip) is added to the fp32 accumulator before
     dx is rounded and stored (and before GRAD_SUMS), so dx is the input's whole gradient.
+    RELU_INPUT: the conv's input is a ReLU's output, read through xn_ptr / sxn_* (not with
+    GRAD_SUMS): dx (after ADD_GRAD) is zeroed where that input is not > 0, so the kernel
+    returns the gradient of the ReLU's input (its backward, as activation_backward does it
+    from the output).
     """
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
@@ -587,6 +592,11 @@ def conv2d_dgrad_kernel(
         add_row = n_img.to(tl.int64) * sad_n + h * sad_h + w * sad_w
         add_ptrs = add_ptr + add_row[:, None] + ci.to(tl.int64)[None, :] * sad_c
         acc += tl.load(add_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if RELU_INPUT:
+        x_row = n_img.to(tl.int64) * sxn_n + h * sxn_h + w * sxn_w
+        x_ptrs = xn_ptr + x_row[:, None] + ci.to(tl.int64)[None, :] * sxn_c
+        x_in = tl.load(x_ptrs, mask=mask, other=0.0)
+        acc = tl.where(x_in > 0, acc, 0.0)
     dx = acc.to(dx_ptr.dtype.element_ty)
     tl.store(dx_ptrs, dx, mask=mask)
     if GRAD_SUMS:
@@ -1068,15 +1078,18 @@ def conv2d_dgrad(
     config: ConvConfig | int | None = None,
     out: torch.Tensor | None = None,
     add: torch.Tensor | None = None,
+    relu_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient of conv2d with respect to its input (shape ``input_shape`` = N,C,H,W), in
     grad_out's dtype. Written into ``out`` (any strides) when given, else a new NHWC tensor.
     Only the top/left padding matters here (the output size comes from grad_out). ``weight``
     may be fp32 or in grad_out's dtype; ``config`` as in conv2d_forward. ``add``: a gradient
     of the same input from another path (any strides, grad_out's dtype), added in the
-    epilogue: the result is the input's whole gradient, with no separate accumulate pass."""
+    epilogue: the result is the input's whole gradient, with no separate accumulate pass.
+    ``relu_out``: the conv's input when it is a ReLU's output: the result (after ``add``) is
+    the gradient of that ReLU's input, zero where ``relu_out`` is not > 0."""
     args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
-    return _dgrad(*args, None, None, add)[0]
+    return _dgrad(*args, None, None, add, relu_out)[0]
 
 
 def conv2d_dgrad_grad_sums(
@@ -1117,9 +1130,10 @@ def _dgrad(
     bn_input: torch.Tensor | None,
     bn: PendingNorm | None,
     add: torch.Tensor | None = None,
+    relu_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradSums | None]:
     """The dgrad launch; with ``bn``, also the batch norm's per-tile backward sums; ``add``
-    added to the gradient in the epilogue."""
+    added to the gradient in the epilogue, then ``relu_out``'s ReLU backward applied."""
     _check_act(grad_out, "grad_out")
     n, c_in, h, w = (int(s) for s in input_shape)
     c_out, c_in_g, kh, kw = weight.shape
@@ -1145,6 +1159,13 @@ def _dgrad(
     xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
         bn, bn_input, (n, c_in, h, w), out, "conv2d_dgrad:"
     )
+    if relu_out is not None:  # (conv2d_dgrad only: no batch-norm sums, whose input slot it takes)
+        if tuple(relu_out.shape) != (n, c_in, h, w):
+            raise ValueError(
+                f"conv2d_dgrad: relu_out {tuple(relu_out.shape)} must have the input's shape "
+                f"{(n, c_in, h, w)}"
+            )
+        xn = relu_out
 
     def launch(dst: torch.Tensor, cfg: ConvConfig) -> GradSums | None:
         # partials per (stride phase, row tile): a tuning candidate gets buffers of its own
@@ -1165,6 +1186,7 @@ def _dgrad(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             DY_ALIGN=vector_align(grad_out, c_out_g), CI_ALIGN=_input_channel_align(dst, weight),
             GRAD_SUMS=bn is not None, **norm_flags, ADD_GRAD=add is not None,
+            RELU_INPUT=relu_out is not None,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         return sums
@@ -1181,6 +1203,8 @@ def _dgrad(
             problem["grad_sums"] = True
         if add is not None:  # so does the epilogue's extra read
             problem["add_grad"] = True
+        if relu_out is not None:
+            problem["relu_input"] = True
         a_bytes, b_bytes = grad_out.element_size(), weight.element_size()
         cfg = _tuned(
             "conv2d_dgrad",

@@ -52,6 +52,7 @@ def build(
     bn_grad_sums: bool = False,
     fuse_residual: bool = False,
     skip_grad_in_dgrad: bool = False,
+    relu_grad_in_dgrad: bool = False,
     **kw,
 ) -> Module:
     """Construct model ``name`` with its own keyword arguments ``kw`` (e.g. ``variant``,
@@ -77,6 +78,10 @@ def build(
     ``skip_grad_in_dgrad``: with ``fuse``, each ResNet BasicBlock adds its skip gradient in
     its first conv's dgrad epilogue (the accumulate kernel's read and write of the input
     gradient less per block; off until GPU-measured).
+    ``relu_grad_in_dgrad``: with ``fuse``, each ResNet BasicBlock but the last leaves its
+    final ReLU's backward to the next block's conv1 dgrad epilogue, which then also adds that
+    block's skip gradient (the ReLU backward kernel's read of the gradient and the block
+    output and its write less per block; off until GPU-measured).
     ``input_grad``: whether ``model.backward`` computes the gradient of the input images. Off
     by default, as in torch, where a data batch does not require grad: the stem's input
     gradient is a GEMM with only ``in_channels`` (3) output columns, a large and useless share
@@ -103,6 +108,8 @@ def build(
             fusion.fuse_residual_adds(model)
         if skip_grad_in_dgrad:
             fusion.add_skip_grads_in_dgrad(model)
+        if relu_grad_in_dgrad:
+            fusion.fold_block_relu_grads(model)
     stem_layer(model).input_grad = input_grad
     return model.to_device()
 

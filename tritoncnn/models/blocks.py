@@ -88,6 +88,9 @@ class BasicBlock(nn.Module):
     # set by nn.fusion.add_skip_grads_in_dgrad: conv1's dgrad adds the skip gradient in its
     # epilogue (no accumulate kernel)
     skip_grad_in_dgrad = False
+    # set by nn.fusion.fold_block_relu_grads: the next block's conv1 dgrad applied this
+    # block's final ReLU backward, so backward's grad_out is already the pre-ReLU gradient
+    relu_grad_by_next = False
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
@@ -115,7 +118,9 @@ class BasicBlock(nn.Module):
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
         if self._out is None:
             raise RuntimeError("BasicBlock.backward called before forward")
-        g = ew.activation_backward(same_layout(grad_out, self._out), self._out, ew.ACT_RELU)
+        g = grad_out
+        if not self.relu_grad_by_next:
+            g = ew.activation_backward(same_layout(grad_out, self._out), self._out, ew.ACT_RELU)
         g_skip = g if self.downsample is None else self.downsample.backward(g)
         g_main = self.conv2.backward(self.bn2.backward(g))
         g_main = self.bn1.backward(self.relu.backward(g_main))

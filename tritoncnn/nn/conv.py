@@ -58,6 +58,10 @@ class Conv2d(Module):
     # the BatchNorm right before this conv (and its activation), when nn.fusion linked them:
     # the dgrad then stores that BatchNorm's backward sums in its epilogue (GradSumsLink)
     grad_sums_link: GradSumsLink | None = None
+    # set by nn.fusion.fold_block_relu_grads: this conv's input is the output of a ReLU (the
+    # previous residual block's) whose backward the dgrad epilogue applies, so backward returns
+    # the gradient of that ReLU's input
+    relu_input_grad = False
 
     def __init__(
         self,
@@ -204,7 +208,8 @@ class Conv2d(Module):
         """Gradients of the weight (and bias), and the input's gradient when ``input_grad``.
         ``add``: the input's gradient from another path (a residual block's skip), added to
         the returned input gradient; a GEMM conv adds it in its dgrad epilogue (any strides),
-        a depthwise conv in a separate pass (``add`` in the input's layout)."""
+        a depthwise conv in a separate pass (``add`` in the input's layout). With
+        ``relu_input_grad`` the result is then zeroed where the input is not > 0."""
         x = self._x
         if x is None:
             raise RuntimeError("Conv2d.backward called before forward")
@@ -219,6 +224,8 @@ class Conv2d(Module):
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
                 dgrad_args = (grad_out, w.data, x.shape, *args)
+                if self.relu_input_grad:
+                    raise RuntimeError("Conv2d: relu_input_grad needs a GEMM (not depthwise) conv")
                 if add is not None:  # the depthwise dgrad has no add epilogue
                     bn = None
                 if bn is None:
@@ -235,8 +242,11 @@ class Conv2d(Module):
             if self.input_grad:
                 out = runtime.empty_like(x, dtype=grad_out.dtype)  # the input's layout
                 dgrad_args = (grad_out, self._w_gemm, x.shape, *args)
+                if bn is not None and self.relu_input_grad:
+                    raise RuntimeError("Conv2d: relu_input_grad with a batch-norm sums link")
                 if bn is None:
-                    grad_in = K.conv2d_dgrad(*dgrad_args, out=out, add=add)
+                    relu_out = x if self.relu_input_grad else None
+                    grad_in = K.conv2d_dgrad(*dgrad_args, out=out, add=add, relu_out=relu_out)
                 else:
                     grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out, add=add)
             w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)

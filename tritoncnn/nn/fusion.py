@@ -25,6 +25,9 @@ block's output, so its own output is never written and read back by an add kerne
 A residual block's skip gradient, in the backward: added in the dgrad epilogue of the block's
 first conv (``add_skip_grads_in_dgrad``), which computes the main path's input gradient tile
 by tile, so no accumulate kernel reads that gradient back, adds the skip's and writes it again.
+Then a block's final ReLU, in the backward: applied in the next block's conv1 dgrad epilogue
+(``fold_block_relu_grads``), which reads the ReLU's output (its own input) for the mask, so no
+kernel reads the gradient and the output to write the masked gradient.
 
 BatchNorm -> (activation ->) any conv, in the backward: linked (``link_bn_grad_sums``), the
 conv's dgrad, which computes the BatchNorm's output gradient tile by tile, also stores each
@@ -248,8 +251,50 @@ def add_skip_grads_in_dgrad(model: Module) -> int:
 
 
 def separate_skip_grads(model: Module) -> int:
-    """Undo ``add_skip_grads_in_dgrad`` (each block sums its gradients in a kernel again)."""
+    """Undo ``add_skip_grads_in_dgrad`` (each block sums its gradients in a kernel again; a
+    ReLU backward folded into a dgrad needs the whole gradient there: undone first)."""
+    unfold_block_relu_grads(model)
     return _set_block_flag(model, "skip_grad_in_dgrad", False)
+
+
+def _block_pairs(model: Module) -> Iterator[tuple[Module, Module]]:
+    """(block, next block) of residual blocks that declare ``relu_grad_by_next`` (ResNet's
+    BasicBlock), neighbours in a call chain (across the stage Sequentials): the first's output
+    feeds only the second, which reads it in its conv1 and its skip path."""
+    for module in model.modules():
+        if isinstance(module, Sequential):
+            chain = _call_chain(module)
+            for a, b in zip(chain, chain[1:], strict=False):
+                if hasattr(type(a), "relu_grad_by_next") and type(a) is type(b):
+                    yield a, b
+
+
+def fold_block_relu_grads(model: Module) -> int:
+    """Let every residual block whose output feeds the next block (ResNet's BasicBlocks, but
+    the last) leave its final ReLU's backward to that block's conv1 dgrad epilogue; returns
+    how many. The next block must add its skip gradient in that epilogue too (the mask then
+    covers the whole gradient), so this turns ``add_skip_grads_in_dgrad`` on for it."""
+    folded = 0
+    for block, nxt in _block_pairs(model):
+        if block.relu_grad_by_next or nxt.conv1.grad_sums_link is not None:
+            continue
+        nxt.skip_grad_in_dgrad = True
+        nxt.conv1.relu_input_grad = True
+        block.relu_grad_by_next = True
+        folded += 1
+    return folded
+
+
+def unfold_block_relu_grads(model: Module) -> int:
+    """Undo ``fold_block_relu_grads`` (each block runs its ReLU backward again; the skip
+    gradients stay in the dgrad epilogues: ``separate_skip_grads`` undoes that)."""
+    unfolded = 0
+    for block, nxt in _block_pairs(model):
+        if block.relu_grad_by_next:
+            block.relu_grad_by_next = False
+            nxt.conv1.relu_input_grad = False
+            unfolded += 1
+    return unfolded
 
 
 def _set_residual_fusion(model: Module, on: bool) -> int:
