@@ -133,6 +133,14 @@ def test_model_trains_as_with_the_accumulate_kernel(name):
     assert separate_skip_grads(model) == blocks and add_skip_grads_in_dgrad(model) == blocks
 
 
+def test_with_the_forward_residual_fusion():
+    """Both residual fusions at once: the forward's add + ReLU in bn2's apply, the backward's
+    skip add and ReLU in the dgrad epilogues."""
+    _, ref = _step("resnet18")
+    _, out = _step("resnet18", fuse_residual=True, relu_grad_in_dgrad=True)
+    assert_same_step(out, ref, "resnet18")
+
+
 @pytest.mark.parametrize("name", RESNETS)
 def test_model_trains_as_with_the_relu_backward_kernel(name):
     """Every block but the last leaves its ReLU backward to the next block's conv1 dgrad
@@ -177,10 +185,17 @@ def test_gpu_dgrad_applies_the_input_relu_backward(case):
     assert_close(dx, torch.where(f64(relu_out) > 0, ref, 0.0), torch.float16, what=str(case))
 
 
+GPU_OPTIONS = {
+    "skip": dict(skip_grad_in_dgrad=True),
+    "relu": dict(relu_grad_in_dgrad=True),
+    "relu_fused_residual": dict(relu_grad_in_dgrad=True, fuse_residual=True),
+}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("option", ["skip_grad_in_dgrad", "relu_grad_in_dgrad"])
-def test_gpu_model_step(option):
+@pytest.mark.parametrize("options", GPU_OPTIONS.values(), ids=GPU_OPTIONS.keys())
+def test_gpu_model_step(options):
     """Whole-width ResNet-18, fp32, batch 16 at 32x32: one step equals the one with the
     accumulate and ReLU backward kernels."""
     ref = full_width_step("resnet18")
-    assert_same_step(full_width_step("resnet18", **{option: True}), ref, "resnet18")
+    assert_same_step(full_width_step("resnet18", **options), ref, "resnet18")
