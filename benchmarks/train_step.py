@@ -109,7 +109,8 @@ def ours_step(
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch).
-    ``skip_grad_in_dgrad``: ResNet blocks add their skip gradient in conv1's dgrad epilogue.
+    ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
+    epilogue.
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k

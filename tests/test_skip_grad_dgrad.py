@@ -1,8 +1,9 @@
 """A residual block's skip gradient added in the dgrad epilogue of its first conv
-(conv2d_dgrad(add=...), nn.fusion.add_skip_grads_in_dgrad), and the previous block's final
-ReLU backward applied there too (conv2d_dgrad(relu_out=...), nn.fusion.fold_block_relu_grads):
-the input gradient equals the conv's own plus the skip's (masked by the ReLU), against torch
-in float64, and ResNets train as with the separate accumulate and ReLU backward kernels."""
+(conv2d_dgrad(add=...), nn.fusion.add_skip_grads_in_dgrad: ResNet, MobileNetV2), and the
+previous block's final ReLU backward applied there too (conv2d_dgrad(relu_out=...),
+nn.fusion.fold_block_relu_grads: ResNet): the input gradient equals the conv's own plus the
+skip's (masked by the ReLU), against torch in float64, and the models train as with the
+separate accumulate and ReLU backward kernels."""
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from helpers import (
 
 from tritoncnn import models
 from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import elementwise as ew
 from tritoncnn.kernels import norm
 from tritoncnn.kernels.elementwise import ACT_RELU
 from tritoncnn.nn.fusion import (
@@ -115,20 +117,33 @@ def test_dgrad_add_errors():
 
 
 RESNETS = {"resnet18": dict(widths=(4, 6, 8, 10)), "resnet34": dict(widths=(4, 4, 6, 6))}
+# 3 InvertedResidual blocks, the third (stride 1, 8 -> 8) with a skip connection
+MOBILENET = dict(
+    width_mult=0.25, dropout=0.0, inverted_residual_setting=[[1, 8, 1, 1], [6, 8, 2, 2]]
+)
+MODELS = {**RESNETS, "mobilenetv2": MOBILENET}
 
 
 def _step(name: str, **options):
     torch.manual_seed(0)
-    model = models.build(name, num_classes=5, image_size=8, **options, **RESNETS[name])
+    model = models.build(name, num_classes=5, image_size=8, **options, **MODELS[name])
     return model, training_step(model, evaluate=True)
 
 
-@pytest.mark.parametrize("name", RESNETS)
-def test_model_trains_as_with_the_accumulate_kernel(name):
+@pytest.mark.parametrize("name", MODELS)
+def test_model_trains_as_with_the_accumulate_kernel(name, monkeypatch):
+    calls = []
+    accumulate = ew.accumulate_
+    monkeypatch.setattr(ew, "accumulate_", lambda *a: calls.append(1) or accumulate(*a))
     _, ref = _step(name)
+    separate = len(calls)
     model, out = _step(name, skip_grad_in_dgrad=True)
+    # every residual block whose first conv is a GEMM conv skips its accumulate kernel (the
+    # MobileNetV2's t=1 block starts with a depthwise conv, which still runs one)
+    fewer = {"resnet18": 8, "resnet34": 16, "mobilenetv2": 2}[name]
+    assert separate - (len(calls) - separate) == fewer, "accumulate kernels left"
     blocks = sum(1 for m in model.modules() if getattr(m, "skip_grad_in_dgrad", False))
-    assert blocks == (8 if name == "resnet18" else 16)
+    assert blocks == {"resnet18": 8, "resnet34": 16, "mobilenetv2": 3}[name]
     assert_same_step(out, ref, name)
     assert separate_skip_grads(model) == blocks and add_skip_grads_in_dgrad(model) == blocks
 
@@ -186,16 +201,17 @@ def test_gpu_dgrad_applies_the_input_relu_backward(case):
 
 
 GPU_OPTIONS = {
-    "skip": dict(skip_grad_in_dgrad=True),
-    "relu": dict(relu_grad_in_dgrad=True),
-    "relu_fused_residual": dict(relu_grad_in_dgrad=True, fuse_residual=True),
+    "resnet18_skip": ("resnet18", dict(skip_grad_in_dgrad=True)),
+    "resnet18_relu": ("resnet18", dict(relu_grad_in_dgrad=True)),
+    "resnet18_relu_fused": ("resnet18", dict(relu_grad_in_dgrad=True, fuse_residual=True)),
+    "mobilenetv2_skip": ("mobilenetv2", dict(skip_grad_in_dgrad=True)),
 }
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", GPU_OPTIONS.values(), ids=GPU_OPTIONS.keys())
-def test_gpu_model_step(options):
-    """Whole-width ResNet-18, fp32, batch 16 at 32x32: one step equals the one with the
+@pytest.mark.parametrize("name,options", GPU_OPTIONS.values(), ids=GPU_OPTIONS.keys())
+def test_gpu_model_step(name, options):
+    """Whole-width models, fp32, batch 16 at 32x32: one step equals the one with the
     accumulate and ReLU backward kernels."""
-    ref = full_width_step("resnet18")
-    assert_same_step(full_width_step("resnet18", **options), ref, "resnet18")
+    ref = full_width_step(name)
+    assert_same_step(full_width_step(name, **options), ref, name)

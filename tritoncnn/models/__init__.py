@@ -75,9 +75,10 @@ def build(
     ``fuse_residual``: with ``fuse``, each residual block's last BatchNorm adds the skip
     tensor (and ResNet's final ReLU) in its apply pass (one write and one read of the block
     output less, one launch less per block; off until GPU-measured).
-    ``skip_grad_in_dgrad``: with ``fuse``, each ResNet BasicBlock adds its skip gradient in
-    its first conv's dgrad epilogue (the accumulate kernel's read and write of the input
-    gradient less per block; off until GPU-measured).
+    ``skip_grad_in_dgrad``: with ``fuse``, each residual block (ResNet's BasicBlock,
+    MobileNetV2's InvertedResidual) adds its skip gradient in its first conv's dgrad epilogue
+    (the accumulate kernel's read and write of the input gradient less per block; off until
+    GPU-measured).
     ``relu_grad_in_dgrad``: with ``fuse``, each ResNet BasicBlock but the last leaves its
     final ReLU's backward to the next block's conv1 dgrad epilogue, which then also adds that
     block's skip gradient (the ReLU backward kernel's read of the gradient and the block

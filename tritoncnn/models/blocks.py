@@ -160,6 +160,9 @@ class InvertedResidual(nn.Module):
     # set by nn.fusion.fuse_residual_adds: the projection BN adds the block's input in its own
     # apply pass (stride-1 blocks of unchanged width)
     fuse_residual = False
+    # set by nn.fusion.add_skip_grads_in_dgrad: the first conv's dgrad (the 1x1 expansion's)
+    # adds the skip gradient in its epilogue (no accumulate kernel)
+    skip_grad_in_dgrad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.use_res_connect and self.fuse_residual):
@@ -172,6 +175,9 @@ class InvertedResidual(nn.Module):
         return bn(h, residual=x)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect and self.skip_grad_in_dgrad:
+            # d(out)/d(x) through the skip is the identity: the first conv adds grad_out
+            return self.conv.backward(grad_out, add=grad_out)
         g_in = self.conv.backward(grad_out)
         if self.use_res_connect:
             # d(out)/d(x) through the skip is the identity: add grad_out itself.

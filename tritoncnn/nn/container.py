@@ -39,9 +39,13 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
+    def backward(
+        self, grad_out: torch.Tensor, add: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The children's backwards in reverse; None when the first child skipped its input
-        gradient (``input_grad = False``, a stem layer)."""
+        gradient (``input_grad = False``, a stem layer). ``add``: a gradient of the input from
+        another path, handed to the first child's backward (a Conv2d, or a Sequential that
+        starts with one), which adds it to the input gradient it returns."""
         children = list(reversed(self._modules.values()))
         for i, m in enumerate(children):
             if grad_out is None:
@@ -50,7 +54,10 @@ class Sequential(Module):
                     f"{type(m).__name__} runs before it: only a model's first layer may set "
                     "input_grad = False"
                 )
-            grad_out = m.backward(grad_out)
+            last = i == len(children) - 1
+            grad_out = (
+                m.backward(grad_out, add=add) if last and add is not None else m.backward(grad_out)
+            )
         return grad_out
 
 

@@ -245,8 +245,8 @@ def unfuse_residual_adds(model: Module) -> int:
 
 def add_skip_grads_in_dgrad(model: Module) -> int:
     """Let every residual block of ``model`` that can (``skip_grad_in_dgrad`` in its class:
-    ResNet's BasicBlock) add its skip gradient in its first conv's dgrad epilogue; returns
-    how many."""
+    ResNet's BasicBlock, MobileNetV2's InvertedResidual) add its skip gradient in its first
+    conv's dgrad epilogue; returns how many."""
     return _set_block_flag(model, "skip_grad_in_dgrad", True)
 
 
