@@ -156,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4])
-    ap.add_argument("--bn-programs", nargs="+", type=int, default=[4, 8], help="per SM")
+    ap.add_argument("--bn-programs", nargs="+", type=int, default=[3, 4, 8], help="per SM")
     ap.add_argument(
         "--dw-programs", nargs="+", type=int, default=[512, 1024], help="in all (3x3: all taps)"
     )
