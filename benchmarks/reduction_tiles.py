@@ -75,10 +75,32 @@ def nhwc(*shape: int, dtype=torch.float16) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def bn_rows(batch: int, stages: list[int], programs: list[int]):
+# The row-slab reductions' tile (bn_stats_kernel, bn_bwd_reduce_kernel) against the one
+# norm.pick_config gives: 8 warps, or half the rows. ptxas gives bn_bwd_reduce_kernel 146-156
+# registers on 4 warps with pipelined loads (3 programs per SM), ~110 on 8 warps or half the
+# rows (results/bn_bwd_reduce_registers_sm90.txt).
+REDUCE_TILES = {
+    "default": lambda cfg: cfg,
+    "w8": lambda cfg: cfg._replace(num_warps=8),
+    "half": lambda cfg: cfg._replace(block_m=cfg.block_m // 2),
+    "half_w8": lambda cfg: cfg._replace(block_m=cfg.block_m // 2, num_warps=8),
+}
+
+
+def bn_rows(batch: int, stages: list[int], programs: list[int], tiles: list[str]):
     layers, _ = mobilenetv2_layers()
-    for (c, hw), count in layers.items():
-        yield from bn_layer_rows(batch, c, hw, count, stages, programs)
+    pick = norm.pick_config
+    try:
+        for tile in tiles:
+            change = REDUCE_TILES[tile]
+            norm.pick_config = lambda c, elementwise=False, change=change: (
+                pick(c, elementwise) if elementwise else change(pick(c))
+            )
+            for (c, hw), count in layers.items():
+                for row in bn_layer_rows(batch, c, hw, count, stages, programs):
+                    yield {**row, "tile": tile}
+    finally:
+        norm.pick_config = pick
 
 
 def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
@@ -157,6 +179,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4])
     ap.add_argument("--bn-programs", nargs="+", type=int, default=[3, 4, 8], help="per SM")
+    ap.add_argument("--bn-tiles", nargs="+", default=["default"], choices=REDUCE_TILES)
     ap.add_argument(
         "--dw-programs", nargs="+", type=int, default=[512, 1024], help="in all (3x3: all taps)"
     )
@@ -169,18 +192,19 @@ def main() -> None:
         sys.exit("benchmarks/reduction_tiles.py needs a CUDA GPU")
     rows = []
     if "bn" in args.kernels:
-        rows += list(bn_rows(args.batch, args.stages, args.bn_programs))
+        rows += list(bn_rows(args.batch, args.stages, args.bn_programs, args.bn_tiles))
     if "dw" in args.kernels:
         rows += list(dw_rows(args.batch, args.stages, args.dw_programs))
     totals: dict[tuple, list[float]] = {}
     for r in rows:
-        t = totals.setdefault((r["kernel"], r["stages"], r["programs"]), [0.0, 0.0])
+        key = (r["kernel"], r["stages"], r["programs"], r.get("tile", "-"))
+        t = totals.setdefault(key, [0.0, 0.0])
         t[0] += r["count"] * r["us"]
         t[1] += r["count"] * r["torch_us"]
     print(f"MobileNetV2-CIFAR, batch {args.batch}: totals over the network")
-    for (kernel, st, progs), (ours, ref) in totals.items():
+    for (kernel, st, progs, tile), (ours, ref) in totals.items():
         print(
-            f"{kernel:<12} stages {st}  programs {progs:<5} {ours:9.1f} us   "
+            f"{kernel:<12} stages {st}  programs {progs:<5} tile {tile:<8} {ours:9.1f} us   "
             f"torch {ref:9.1f} us   ratio {ref / ours:5.2f}"
         )
     gpu = torch.cuda.get_device_name()
@@ -190,7 +214,8 @@ def main() -> None:
     import triton
 
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["gpu", "torch", "triton", *rows[0].keys()])
+        fields = ["gpu", "torch", "triton", *dict.fromkeys(k for r in rows for k in r)]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow(
