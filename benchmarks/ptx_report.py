@@ -93,10 +93,19 @@ def _named(prefix: str, axes: str, strides) -> dict[str, int]:
 
 
 def kernel_args(
-    op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: K.ConvConfig, rows: bool = False
+    op: str,
+    n: int,
+    c_in: int,
+    c_out: int,
+    hw: int,
+    k: int,
+    cfg: K.ConvConfig,
+    rows: bool = False,
+    epilogue: str = "none",
 ):
     """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv;
-    ``rows``: the wgrad's one program per filter row (ROW_TAPS)."""
+    ``rows``: the wgrad's one program per filter row (ROW_TAPS); ``epilogue``: the dgrad's
+    skip-gradient add ("add", ADD_GRAD) and the input ReLU's backward too ("add_relu")."""
     x = (hw * hw * c_in, hw * c_in, c_in, 1)  # NHWC strides (n, h, w, c)
     y = (hw * hw * c_out, hw * c_out, c_out, 1)
     w = (k * k * c_in, 1, k * c_in, c_in)  # channels_last weight (o, i, kh, kw)
@@ -123,8 +132,8 @@ def kernel_args(
         ints.update(_named("sad", "nhwc", x))
         const = dict(
             common, FLAT_K=flat, DY_ALIGN=_align(n, c_out, hw), CI_ALIGN=_align(n, c_in, hw),
-            GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0, ADD_GRAD=False,
-            RELU_INPUT=False,
+            GRAD_SUMS=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0,
+            ADD_GRAD=epilogue != "none", RELU_INPUT=epilogue == "add_relu",
         )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
     ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
@@ -240,6 +249,12 @@ def main() -> None:
     ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
     ap.add_argument("--row-taps", action="store_true", help="wgrad: a program per filter row")
     ap.add_argument(
+        "--epilogue",
+        choices=("none", "add", "add_relu"),
+        default="none",
+        help="dgrad: add a skip gradient (and apply the input ReLU's backward) in the epilogue",
+    )
+    ap.add_argument(
         "--weight",
         choices=("fp32", "fp16"),
         default="fp32",
@@ -256,8 +271,9 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
         kernel, ints, const = kernel_args(
-            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg, args.row_taps
-        )
+            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg,
+            args.row_taps, args.epilogue,
+        )  # fmt: skip
         pointers = dict(CONV_POINTERS[args.op])
         if "w_ptr" in pointers:
             pointers["w_ptr"] = f"*{args.weight}"

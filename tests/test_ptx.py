@@ -97,3 +97,21 @@ def test_3x3_conv_mma_stays_asynchronous(op):
     in registers, compile to a synchronous MMA in triton 3.6: the reason for that copy.)"""
     report = _report(op, 128, 128, 3, "--config", "128,128,32,4,3", "--weight", "fp16")
     assert report["wgmma_in_flight"] >= 1, report
+
+
+def test_dgrad_skip_epilogue_reads_16_byte_vectors():
+    """The dgrad epilogue's skip-gradient add (ADD_GRAD) and input-ReLU mask (RELU_INPUT) read
+    their NHWC tiles in 16-byte vectors, leave the tensor-core mainloop as it is and fit in
+    registers (3x3 64 -> 64, ResNet-18's layer1 tile)."""
+    tile = ("--config", "128,64,64,4,3", "--weight", "fp16")
+    plain = _report("dgrad", 64, 64, 3, *tile)
+    vectors = {}
+    for epilogue in ("add", "add_relu"):
+        report = _report("dgrad", 64, 64, 3, *tile, "--epilogue", epilogue)
+        instructions = report["instructions"]
+        assert "ld.global.b16" not in instructions, instructions
+        vectors[epilogue] = instructions.get("ld.global.v4.b32", 0)
+        assert report["wgmma"] == plain["wgmma"], (epilogue, report)
+        assert report["wgmma_in_flight"] == plain["wgmma_in_flight"], (epilogue, report)
+        assert report["spill_bytes"] == 0, (epilogue, report)
+    assert plain["instructions"].get("ld.global.v4.b32", 0) < vectors["add"] < vectors["add_relu"]
