@@ -154,8 +154,9 @@ def bn_args(op: str, n: int, c: int, hw: int):
     cfg = norm.pick_config(c, elementwise=elementwise)
     t = torch.empty(n, c, hw, hw, dtype=torch.float16, device="meta")
     t = t.contiguous(memory_format=torch.channels_last)
-    strides = (hw * hw * c, hw * c, c, 1)
-    ints = dict(M=n * hw * hw, C=c, HW=hw * hw, W=hw, eps=1e-5, alpha=0.0, momentum=0.1)
+    # the row decode the launch helpers pass (dense NHWC rows: HW = W = 1, s_n = C)
+    row_hw, row_w, (strides,) = norm._row_decode(t)
+    ints = dict(M=n * hw * hw, C=c, HW=row_hw, W=row_w, eps=1e-5, alpha=0.0, momentum=0.1)
     for prefix in ("s", "sx", "sy", "sg", "sd", "sr"):
         ints.update(_named(prefix, "nhwc", strides))
     ints["ROWS"], ints["n_parts"] = norm._split_rows(n * hw * hw, c, cfg)

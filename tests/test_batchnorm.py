@@ -504,3 +504,18 @@ def test_batchnorm_backward_many_partials_gpu(c, hw):
     assert_close(dx, xr.grad, torch.float16, what=f"grad_in C{c} {hw}x{hw}")
     assert_close(gw, wr.grad, torch.float16, what=f"grad_weight C{c} {hw}x{hw}")
     assert_close(gb, br.grad, torch.float16, what=f"grad_bias C{c} {hw}x{hw}")
+
+
+def test_row_decode():
+    """HW = W = 1 and s_n = the row spacing when every tensor's rows are evenly spaced (dense
+    NHWC, 2-d); the general decode otherwise (NCHW, (N, C, L), a strided NHWC view, or one
+    such tensor among dense ones)."""
+    nhwc = randn(2, 24, 5, 7, channels_last=True)
+    assert norm._row_decode(nhwc, nhwc) == (1, 1, [(24, 0, 0, 1)] * 2)
+    assert norm._row_decode(randn(6, 10)) == (1, 1, [(10, 0, 0, 1)])
+    nchw = randn(2, 24, 5, 7)
+    assert norm._row_decode(nchw) == (35, 7, [(24 * 35, 7, 1, 35)])
+    assert norm._row_decode(randn(3, 4, 9))[:2] == (9, 9)
+    view = randn(2, 24, 5, 9, channels_last=True)[:, :, :, :7]  # rows 9 apart, 7 per image row
+    assert norm._row_decode(view)[:2] == (35, 7)
+    assert norm._row_decode(nhwc, nchw)[:2] == (35, 7)

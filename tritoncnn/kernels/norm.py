@@ -176,16 +176,20 @@ def stage2_block(cfg: NormConfig) -> int:
 @triton.jit
 def _row_offsets(rows, HW, W, s_n, s_h, s_w, ALIGN: tl.constexpr):
     """Element offsets (int64) of rows ``r = (n*H + h)*W + w`` of a tensor with strides s_*,
-    declared multiples of ALIGN (kernels/alignment.py) when ALIGN > 1."""
+    declared multiples of ALIGN (kernels/alignment.py) when ALIGN > 1.
+
+    With ALIGN > 1 the offsets are built as (strides / ALIGN) * ALIGN, so the compiler sees
+    their divisibility in the multiply itself: a tl.multiple_of hint is dropped where the
+    decode folds away (``_row_decode``'s HW = W = 1 leaves one multiply by a runtime stride),
+    and 24-channel rows went back to 2-byte loads."""
     rows = rows.to(tl.int64)
     n = rows // HW
     hw = rows - n * HW
     h = hw // W
     w = hw - h * W
-    offs = n * s_n + h * s_h + w * s_w
     if ALIGN > 1:
-        offs = tl.multiple_of(offs, ALIGN)
-    return offs
+        return (n * (s_n // ALIGN) + h * (s_h // ALIGN) + w * (s_w // ALIGN)) * ALIGN
+    return n * s_n + h * s_h + w * s_w
 
 
 @triton.jit
@@ -1022,6 +1026,31 @@ def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int,
     raise ValueError(f"batch norm expects a 2-d, 3-d or 4-d input, got {t.dim()}-d")
 
 
+def _dense_row_stride(t: torch.Tensor) -> int | None:
+    """The stride s with row r = (n*H + h)*W + w of ``t`` at element r * s, if there is one
+    (dense NHWC, an (N, C) matrix, an (N, C, L) tensor of contiguous rows); else None."""
+    m, _, hw, w, (s_n, s_h, s_w, _) = _geometry(t)
+    h, n = hw // w, m // hw
+    stride = s_w if w > 1 else s_h if h > 1 else s_n
+    dense = (w == 1 or s_w == stride) and (h == 1 or s_h == w * stride)
+    return stride if dense and (n == 1 or s_n == hw * stride) else None
+
+
+def _row_decode(*tensors: torch.Tensor) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+    """(HW, W, each tensor's (s_n, s_h, s_w, s_c)) for a row kernel's launch over ``tensors``
+    (one shape). When every tensor's rows are evenly spaced (``_dense_row_stride``): HW = W = 1
+    and s_n = that spacing. Triton specialises an integer argument equal to 1 into the
+    kernel, so ``_row_offsets``'s int64 divisions fold away: ptxas (sm_90) gives
+    bn_bwd_reduce_kernel 102 registers instead of 156 (5 four-warp programs per SM, not 3),
+    bn_apply_kernel 44 instead of 68, bn_stats_kernel 102 instead of 128."""
+    _, _, hw, w, _ = _geometry(tensors[0])
+    strides = [_geometry(t)[4] for t in tensors]
+    rows = [_dense_row_stride(t) for t in tensors]
+    if any(r is None for r in rows):
+        return hw, w, strides
+    return 1, 1, [(r, 0, 0, s[3]) for r, s in zip(rows, strides, strict=True)]
+
+
 def _align(c: int, *tensors: torch.Tensor) -> int:
     """ALIGN (kernels/alignment.py) of a launch over ``tensors``, each an M x C row matrix."""
     aligns = (alignment.tensor_align(t, _geometry(t)[4], c) for t in tensors)
@@ -1117,17 +1146,18 @@ def _apply_batch_stats(
     """y = act((x - mean) * invstd * weight + bias) with the batch statistics just computed
     (then residual_act(y + residual) with a residual); increments ``num_batches_tracked``
     when given (one launch)."""
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     y = runtime.empty_like(x)
     dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
     inc = num_batches_tracked is not None
-    r, sr, r_flags = _residual_args(residual, residual_act, x, y)
+    r, r_flags = _residual_args(residual, residual_act, x, y)
+    hw, w, (sx, sy, sr) = _row_decode(x, y, r)
     # fmt: off
     bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
         x, y, r, save_mean, save_invstd,
         dummy if weight is None else weight, dummy if bias is None else bias,
         num_batches_tracked if inc else dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], *sr, float(eps), float(alpha),
+        m, c, hw, w, *sx, *sy, *sr, float(eps), float(alpha),
         STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
         ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
@@ -1137,19 +1167,19 @@ def _apply_batch_stats(
 
 
 def _residual_args(residual: torch.Tensor | None, residual_act: int, x, y):
-    """bn_apply_kernel's (r_ptr, its strides, HAS_RESIDUAL / RES_ACT flags); y stands in
-    for an absent residual."""
+    """bn_apply_kernel's (r_ptr, HAS_RESIDUAL / RES_ACT flags); y stands in for an absent
+    residual."""
     if residual is None:
         if residual_act != ACT_NONE:
             raise ValueError("batch norm: residual_act needs a residual")
-        return y, _geometry(y)[4], {}
+        return y, {}
     if residual.shape != x.shape or residual.dtype not in runtime.SUPPORTED_DTYPES:
         raise ValueError(
             f"batch norm: residual {tuple(residual.shape)} {residual.dtype} must have the "
             f"input's shape {tuple(x.shape)} and a supported dtype"
         )
     flags = {"HAS_RESIDUAL": True, "RES_ACT": residual_act}
-    return residual, _geometry(residual)[4], flags
+    return residual, flags
 
 
 # Tile partials each program of bn_stats_from_tiles_kernel merges, in loop iterations of
@@ -1283,7 +1313,7 @@ def _train_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(save_mean, save_invstd, whether num_batches_tracked is still to be incremented): the
     statistics pass, or the merge of ``moments``; running statistics updated in place."""
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     update, cumulative, inc = _running_update_flags(
         m, running_mean, running_var, num_batches_tracked, momentum
     )
@@ -1303,6 +1333,7 @@ def _train_statistics(
     save_mean = runtime.empty((c,))
     save_invstd = runtime.empty((c,))
     dummy = save_mean  # stands in for pointers a constexpr flag says are never touched
+    hw, w, (sx,) = _row_decode(x)
     # fmt: off
     bn_stats_kernel[(n_parts, c_blocks)](
         x, pmean, pm2, runtime.tickets(c_blocks), save_mean, save_invstd,
@@ -1322,7 +1353,7 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
     """fp32 [2, C]: this rank's per-channel batch mean and M2 (sum of squared deviations), the
     first half of a synchronised batch-norm forward (one launch)."""
     _check(x)
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     cfg = config or pick_config(c)
     rows, n_parts = _split_rows(m, c, cfg)
     c_blocks = triton.cdiv(c, cfg.block_c)
@@ -1330,6 +1361,7 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
     pmean = runtime.empty((n_parts, c))
     pm2 = runtime.empty((n_parts, c))
     moments = runtime.empty((2, c))
+    hw, w, (sx,) = _row_decode(x)
     # fmt: off
     bn_stats_kernel[(n_parts, c_blocks)](
         x, pmean, pm2, runtime.tickets(c_blocks), moments[0], moments[1],
@@ -1412,16 +1444,17 @@ def batch_norm_forward_eval(
     Arguments (residual too) as batch_norm_forward_train; the running stats are only read.
     """
     _check(x, weight, bias, running_mean, running_var)
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     cfg = config or pick_config(c, elementwise=True)
     y = runtime.empty_like(x)
     dummy = running_mean
-    r, sr, r_flags = _residual_args(residual, residual_act, x, y)
+    r, r_flags = _residual_args(residual, residual_act, x, y)
+    hw, w, (sx, sy, sr) = _row_decode(x, y, r)
     # fmt: off
     bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
         x, y, r, running_mean, running_var,
         dummy if weight is None else weight, dummy if bias is None else bias, dummy,
-        m, c, hw, w, *sx, *_geometry(y)[4], *sr, float(eps), float(alpha),
+        m, c, hw, w, *sx, *sy, *sr, float(eps), float(alpha),
         STAT_IS_VAR=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
         ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
@@ -1460,7 +1493,7 @@ def _backward(
     has_bias = (weight is not None or bias is not None) if has_bias is None else has_bias
     if has_bias and bias is None and act != ACT_NONE:
         raise ValueError("batch norm backward with a fused activation needs the layer's bias")
-    m, c, hw, w, sx = _geometry(x)
+    m, c = _geometry(x)[:2]
     cfg = config or pick_config(c)
     c_blocks = triton.cdiv(c, cfg.block_c)
     tile = {"BLOCK_C": cfg.block_c, "num_warps": cfg.num_warps}
@@ -1470,7 +1503,8 @@ def _backward(
         "HAS_BIAS": bias is not None,
         "ACT": act,
     }
-    sg = _geometry(grad_out)[4]
+    grad_in = runtime.empty_like(x)
+    hw, w, (sg, sx, sd) = _row_decode(grad_out, x, grad_in)
     dummy = mean  # stands in for pointers a constexpr flag says are never touched
     w_arg = dummy if weight is None else weight
     b_arg = dummy if bias is None else bias
@@ -1513,12 +1547,11 @@ def _backward(
             # fmt: on
         if average_means is not None and batch_stats:
             average_means(means)
-    grad_in = runtime.empty_like(x)
     ew = config or pick_config(c, elementwise=True)
     # fmt: off
     bn_bwd_input_kernel[(triton.cdiv(m, ew.block_m), triton.cdiv(c, ew.block_c))](
         grad_out, x, grad_in, mean, stat, w_arg, b_arg, means,
-        m, c, hw, w, *sg, *sx, *_geometry(grad_in)[4], float(eps), float(alpha),
+        m, c, hw, w, *sg, *sx, *sd, float(eps), float(alpha),
         BATCH_STATS=batch_stats, BLOCK_M=ew.block_m, BLOCK_C=ew.block_c,
         ALIGN=_align(c, grad_out, x, grad_in), num_warps=ew.num_warps, **flags,
     )
