@@ -9,10 +9,11 @@ it assume nothing, and every element becomes its own 2-byte access: ~10x slower 
 an H200.
 
 The host checks the facts (``vector_align``) and passes an ALIGN constexpr; a kernel then
-(1) marks its row offsets with ``tl.multiple_of(offsets, ALIGN)`` in its own body: the hint is
-an attribute of the op that computed the offsets, so a hint on a helper's argument, or on a
-multiply by a stride that folds away, is silently dropped; and (2) builds its channel mask
-with ``below(idx, C, ALIGN)``. ``benchmarks/ptx_report.py`` shows the compiled loads.
+(1) marks its row offsets with ``tl.multiple_of(offsets, ALIGN)`` in its own body, or builds
+them as ``(strides // ALIGN) * ALIGN`` products (norm.py): the hint is an attribute of the op
+that computed the offsets, so a hint on a helper's argument, or on a multiply by a stride that
+folds away, is silently dropped; and (2) builds its channel mask with ``below(idx, C,
+ALIGN)``. ``benchmarks/ptx_report.py`` shows the compiled loads.
 """
 
 from __future__ import annotations
