@@ -4,7 +4,9 @@ Layout: the input is viewed as a matrix of ``M`` rows by ``C`` channels, with ch
 innermost (contiguous, for NHWC memory) axis. A 4-d N,C,H,W tensor has ``M = N*H*W`` rows; a
 (N, C) matrix is the same problem with H = W = 1, and (N, C, L) has H = 1, W = L. Kernels read
 and write every tensor through its element strides, so channels_last, torch-contiguous NCHW and
-(N, C) inputs all work without a copy. Row ``r`` decodes to ``n = r // (H*W)``, ``h``, ``w``.
+(N, C) inputs all work without a copy. Row ``r`` decodes to ``n = r // (H*W)``, ``h``, ``w``;
+when every tensor of a launch has evenly spaced rows (dense NHWC), the launch passes H*W = W = 1
+and the row spacing as s_n, and the decode compiles away (``_row_decode``).
 
 Every reduction is deterministic and two-stage: stage 1 reduces a slab of rows for a block of
 channels into fp32 partials; the last program of a channel block to finish (an atomic ticket,
@@ -29,8 +31,9 @@ When the layer after is a depthwise conv, the apply can be left to it
 with ``apply_pending_norm``, bn_apply_kernel's expression and rounding), so the normalised
 tensor is never stored.
 
-Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat; the last program per
-channel block writes grad_weight / grad_bias and the means the input grad needs) ->
+Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat, partials added in
+two levels: the last program of each group of partials, then the last of those per channel
+block, which writes grad_weight / grad_bias and the means the input grad needs) ->
 ``bn_bwd_input_kernel`` (grad_in). A fused forward activation is differentiated by
 recomputing its input from x, so nothing but x and the fp32 statistics is kept. When the
 kernel that computed g (the dgrad of the conv that reads this layer's output) stored per-tile
