@@ -181,7 +181,11 @@ def main() -> None:
     ap.add_argument("--bn-programs", nargs="+", type=int, default=[3, 4, 8], help="per SM")
     ap.add_argument("--bn-tiles", nargs="+", default=["default"], choices=REDUCE_TILES)
     ap.add_argument(
-        "--dw-programs", nargs="+", type=int, default=[512, 1024], help="in all (3x3: all taps)"
+        "--dw-programs",
+        nargs="+",
+        type=int,
+        default=[264, 396, 512, 1024],
+        help="in all (3x3: all taps; 146 registers and 60 KB of pipelined tiles each: 3 per SM)",
     )
     ap.add_argument("--kernels", nargs="+", default=["bn", "dw"])
     ap.add_argument(
