@@ -177,7 +177,7 @@ def dw_layer_rows(batch: int, c: int, hw: int, stride: int, count: int, stages, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4])
+    ap.add_argument("--stages", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--bn-programs", nargs="+", type=int, default=[3, 4, 8], help="per SM")
     ap.add_argument("--bn-tiles", nargs="+", default=["default"], choices=REDUCE_TILES)
     ap.add_argument(
