@@ -148,11 +148,11 @@ def test_model_trains_as_with_the_accumulate_kernel(name, monkeypatch):
     assert separate_skip_grads(model) == blocks and add_skip_grads_in_dgrad(model) == blocks
 
 
-def test_with_the_forward_residual_fusion():
-    """Both residual fusions at once: the forward's add + ReLU in bn2's apply, the backward's
-    skip add and ReLU in the dgrad epilogues."""
+def test_with_the_other_fusions():
+    """With the forward's add + ReLU in bn2's apply and bn1's backward sums from conv2's
+    dgrad too: the backward's skip add and ReLU in the dgrad epilogues still give the step."""
     _, ref = _step("resnet18")
-    _, out = _step("resnet18", fuse_residual=True, relu_grad_in_dgrad=True)
+    _, out = _step("resnet18", fuse_residual=True, bn_grad_sums=True, relu_grad_in_dgrad=True)
     assert_same_step(out, ref, "resnet18")
 
 
