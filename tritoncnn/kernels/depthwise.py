@@ -280,79 +280,20 @@ def depthwise_dgrad_kernel(
 
 
 @triton.jit
-def depthwise_wgrad_partial_kernel(
-    x_ptr, go_ptr, part_ptr,
-    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
-    C, H, W, HO, WO, P, ITERS,
-    sx_n, sx_h, sx_w, sx_c,
-    sg_n, sg_h, sg_w, sg_c,
-    pad_h, pad_w, dil_h, dil_w, n_alpha,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
-    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+def _go_tile(
+    go_ptr, p, P, HO, WO, sg_n, sg_h, sg_w, g_c, c_mask, sx_n, pad_h, pad_w,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
 ):  # fmt: skip
-    """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
-    x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
-
-    Program (k*KH*KW + t, j) (axes 0, 1) owns tap t, output pixels [k*ITERS*BLOCK_P,
-    (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C),
-    accumulating a BLOCK_P x BLOCK_C fp32 tile that is reduced over pixels once, at the end
-    (a fixed order: deterministic). The tap is the fastest program index, so the KH*KW
-    programs of one pixel chunk run side by side and their shared go tile and overlapping x
-    windows come from L2. (Carrying every tap in one program needed a pixels x taps x
-    channels accumulator, taps padded to a power of two: 9 taps left 7 of 16 lanes idle and
-    only a few pixels fit a tile.)
-
-    x_ptr (N,C,H,W), go_ptr (N,C,HO,WO): read through element strides (NHWC in the normal
-    case). part_ptr: contiguous fp32 scratch [chunks, KH*KW, C].
-    C, H, W: channels and input size. HO, WO: output size. P: N*HO*WO. ITERS: pixel tiles per
-    program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
-    dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
-    BLOCK_P, BLOCK_C: tile size. STAGES: pixel tiles in flight (pipelined loads; WGRAD_STAGES).
-    IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
-    is normalised as it is loaded, as in depthwise_fwd_kernel.
-    """
-    pid = tl.program_id(0)
-    chunk = pid // (KH * KW)
-    t = pid - chunk * (KH * KW)
-    kh_d = (t // KW) * dil_h
-    kw_d = (t % KW) * dil_w
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
-    x_c = (c * sx_c)[None, :]
-    g_c = (c * sg_c)[None, :]
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for it in tl.range(ITERS, num_stages=STAGES):
-        p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_mask = p < P
-        ow = p % WO
-        oh = (p // WO) % HO
-        n64 = (p // (WO * HO)).to(tl.int64)
-        g_off = n64 * sg_n + oh * sg_h + ow * sg_w
-        gv = tl.load(
-            go_ptr + g_off[:, None] + g_c, mask=p_mask[:, None] & c_mask[None, :], other=0.0
-        ).to(tl.float32)
-        ih = oh * STRIDE_H - pad_h + kh_d
-        iw = ow * STRIDE_W - pad_w + kw_d
-        ok = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = n64 * sx_n + ih * sx_h + iw * sx_w
-        xv = tl.load(
-            x_ptr + x_off[:, None] + x_c, mask=ok[:, None] & c_mask[None, :], other=0.0
-        ).to(tl.float32)
-        if IN_NORM:
-            xv = apply_pending_norm(xv, n_mean, n_scale, n_b, IN_ACT, n_alpha,
-                                    x_ptr.dtype.element_ty)  # fmt: skip
-            xv = tl.where(ok[:, None], xv, 0.0)
-        acc += xv * gv
-    part = tl.sum(acc, axis=0)  # BLOCK_C
-    row = (chunk.to(tl.int64) * (KH * KW) + t) * C
-    tl.store(part_ptr + row + c, part, mask=c_mask)
+    """For output pixels ``p`` (flat over N*HO*WO; masked past P) of the wgrad kernels:
+    (grad_out's BLOCK_P x BLOCK_C tile in fp32, the pixel mask, the input row and column of
+    each pixel's window corner ih0 = oh*stride - pad, iw0, and x's offset of its image)."""
+    p_mask = p < P
+    ow = p % WO
+    oh = (p // WO) % HO
+    n64 = (p // (WO * HO)).to(tl.int64)
+    g_off = n64 * sg_n + oh * sg_h + ow * sg_w
+    gv = tl.load(go_ptr + g_off[:, None] + g_c, mask=p_mask[:, None] & c_mask[None, :], other=0.0)
+    return gv.to(tl.float32), p_mask, oh * STRIDE_H - pad_h, ow * STRIDE_W - pad_w, n64 * sx_n
 
 
 @triton.jit
@@ -373,6 +314,68 @@ def _tap_product(
                                 x_ptr.dtype.element_ty)  # fmt: skip
         xv = tl.where(ok[:, None], xv, 0.0)
     return xv * gv
+
+
+@triton.jit
+def depthwise_wgrad_partial_kernel(
+    x_ptr, go_ptr, part_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+    C, H, W, HO, WO, P, ITERS,
+    sx_n, sx_h, sx_w, sx_c,
+    sg_n, sg_h, sg_w, sg_c,
+    pad_h, pad_w, dil_h, dil_w, n_alpha,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+):  # fmt: skip
+    """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
+    x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
+
+    Program (k*KH*KW + t, j) (axes 0, 1) owns tap t, output pixels [k*ITERS*BLOCK_P,
+    (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C),
+    accumulating a BLOCK_P x BLOCK_C fp32 tile that is reduced over pixels once, at the end
+    (a fixed order: deterministic). The tap is the fastest program index, so the KH*KW
+    programs of one pixel chunk run side by side and their shared go tile and overlapping x
+    windows come from L2. (3x3 kernels take depthwise_wgrad_taps_kernel: nine taps in one
+    program, which reads those from L1.)
+
+    x_ptr (N,C,H,W), go_ptr (N,C,HO,WO): read through element strides (NHWC in the normal
+    case). part_ptr: contiguous fp32 scratch [chunks, KH*KW, C].
+    C, H, W: channels and input size. HO, WO: output size. P: N*HO*WO. ITERS: pixel tiles per
+    program. sx_*, sg_*: element strides of x and go in (n, h, w, c) order. pad_h, pad_w,
+    dil_h, dil_w: padding, dilation. KH, KW, STRIDE_H, STRIDE_W: kernel size and stride.
+    BLOCK_P, BLOCK_C: tile size. STAGES: pixel tiles in flight (pipelined loads; WGRAD_STAGES).
+    IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
+    is normalised as it is loaded, as in depthwise_fwd_kernel.
+    """
+    pid = tl.program_id(0)
+    chunk = pid // (KH * KW)
+    t = pid - chunk * (KH * KW)
+    kh_d = (t // KW) * dil_h
+    kw_d = (t % KW) * dil_w
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
+    if IN_NORM:
+        # fmt: off
+        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
+                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
+        # fmt: on
+    x_c = (c * sx_c)[None, :]
+    g_c = (c * sg_c)[None, :]
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for it in tl.range(ITERS, num_stages=STAGES):
+        p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
+        # fmt: off
+        gv, p_mask, ih0, iw0, x_base = _go_tile(go_ptr, p, P, HO, WO, sg_n, sg_h, sg_w, g_c,
+                                                c_mask, sx_n, pad_h, pad_w, STRIDE_H, STRIDE_W)
+        acc += _tap_product(x_ptr, x_base, x_c, ih0, iw0, kh_d, kw_d, H, W, sx_h, sx_w, p_mask,
+                            c_mask, gv, n_mean, n_scale, n_b, n_alpha, IN_NORM, IN_ACT)
+        # fmt: on
+    part = tl.sum(acc, axis=0)  # BLOCK_C
+    row = (chunk.to(tl.int64) * (KH * KW) + t) * C
+    tl.store(part_ptr + row + c, part, mask=c_mask)
 
 
 @triton.jit
@@ -426,18 +429,9 @@ def depthwise_wgrad_taps_kernel(
     acc8 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for it in tl.range(ITERS, num_stages=STAGES):
         p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_mask = p < P
-        ow = p % WO
-        oh = (p // WO) % HO
-        n64 = (p // (WO * HO)).to(tl.int64)
-        g_off = n64 * sg_n + oh * sg_h + ow * sg_w
-        gv = tl.load(
-            go_ptr + g_off[:, None] + g_c, mask=p_mask[:, None] & c_mask[None, :], other=0.0
-        ).to(tl.float32)
-        ih0 = oh * STRIDE_H - pad_h
-        iw0 = ow * STRIDE_W - pad_w
-        x_base = n64 * sx_n
         # fmt: off
+        gv, p_mask, ih0, iw0, x_base = _go_tile(go_ptr, p, P, HO, WO, sg_n, sg_h, sg_w, g_c,
+                                                c_mask, sx_n, pad_h, pad_w, STRIDE_H, STRIDE_W)
         acc0 += _tap_product(x_ptr, x_base, x_c, ih0, iw0, 0, 0, H, W, sx_h, sx_w, p_mask,
                              c_mask, gv, n_mean, n_scale, n_b, n_alpha, IN_NORM, IN_ACT)
         acc1 += _tap_product(x_ptr, x_base, x_c, ih0, iw0, 0, dil_w, H, W, sx_h, sx_w, p_mask,
