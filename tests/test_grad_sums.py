@@ -70,10 +70,7 @@ def _check_backward(sums: norm.GradSums, g, x, bn, what: str) -> None:
             assert_close(a, r, tol=tol, what=f"{what}: {name}")
 
 
-CONV_CASES = DGRAD_CASES
-
-
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", DGRAD_CASES, ids=str)
 @pytest.mark.parametrize(
     "dtype,act,affine",
     [
@@ -83,7 +80,7 @@ CONV_CASES = DGRAD_CASES
     ],
 )
 def test_conv_dgrad_stores_bn_sums(case, dtype, act, affine):
-    n, c_in, size, c_out, k, s, p, groups = CONV_CASES[case]
+    n, c_in, size, c_out, k, s, p, groups = DGRAD_CASES[case]
     x = randn(n, c_in, size, size, dtype=dtype, channels_last=True) * 2 + 0.5  # BN input
     bn = _bn(x, act, affine)
     weight = randn(c_out, c_in // groups, k, k) / (c_in // groups * k * k) ** 0.5

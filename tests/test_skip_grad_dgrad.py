@@ -30,8 +30,6 @@ from tritoncnn.nn.fusion import (
     unfold_block_relu_grads,
 )
 
-CASES = DGRAD_CASES
-
 
 def _problem(case, dtype, add_channels_last=False, seed=0):
     n, c_in, size, c_out, k, s, p, groups = case
@@ -46,7 +44,7 @@ def _problem(case, dtype, add_channels_last=False, seed=0):
     return (g, weight, x_shape, s, p, 1, groups), add, xr.grad + f64(add)
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("case", DGRAD_CASES.values(), ids=DGRAD_CASES.keys())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_dgrad_adds_the_skip_gradient(case, dtype):
     args, add, ref = _problem(case, dtype)
@@ -62,7 +60,7 @@ def test_dgrad_adds_the_skip_gradient(case, dtype):
 def test_dgrad_add_into_out_and_in_place():
     """Into a given ``out``, and with ``out`` the add tensor itself (each tile reads its add
     values before it writes them)."""
-    args, add, ref = _problem(CASES["3x3_s2_phases"], torch.float32, add_channels_last=True)
+    args, add, ref = _problem(DGRAD_CASES["3x3_s2_phases"], torch.float32, add_channels_last=True)
     out = torch.empty_like(add)
     assert K.conv2d_dgrad(*args, out=out, add=add) is out
     assert_close(out, ref, what="into out")
@@ -72,7 +70,7 @@ def test_dgrad_add_into_out_and_in_place():
 
 def test_dgrad_grad_sums_cover_the_whole_gradient():
     """With a batch norm's sums requested too, they are the sums of dgrad + add."""
-    case = CASES["3x3_flat_k"]
+    case = DGRAD_CASES["3x3_flat_k"]
     args, add, ref = _problem(case, torch.float32)
     x = randn(*args[2], channels_last=True, seed=9) * 2 + 1
     w, b = randn(case[1], seed=10), randn(case[1], seed=11)
@@ -94,7 +92,7 @@ def test_dgrad_grad_sums_cover_the_whole_gradient():
 def test_dgrad_applies_the_input_relu_backward(case, dtype):
     """relu_out: the conv's input as a ReLU wrote it (exact zeros where the ReLU clipped):
     (dgrad + add) * (relu_out > 0), with and without add."""
-    args, add, ref = _problem(CASES[case], dtype)
+    args, add, ref = _problem(DGRAD_CASES[case], dtype)
     relu_out = torch.relu(randn(*args[2], dtype=dtype, channels_last=True, seed=5))
     keep = f64(relu_out) > 0
     assert 0 < keep.double().mean() < 1
@@ -107,7 +105,7 @@ def test_dgrad_applies_the_input_relu_backward(case, dtype):
 
 
 def test_dgrad_add_errors():
-    args, add, _ = _problem(CASES["1x1"], torch.float32)
+    args, add, _ = _problem(DGRAD_CASES["1x1"], torch.float32)
     with pytest.raises(ValueError, match="add"):
         K.conv2d_dgrad(*args, add=add[:1])
     with pytest.raises(ValueError, match="add"):

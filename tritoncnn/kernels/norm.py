@@ -1029,10 +1029,11 @@ def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int,
     raise ValueError(f"batch norm expects a 2-d, 3-d or 4-d input, got {t.dim()}-d")
 
 
-def _dense_row_stride(t: torch.Tensor) -> int | None:
-    """The stride s with row r = (n*H + h)*W + w of ``t`` at element r * s, if there is one
-    (dense NHWC, an (N, C) matrix, an (N, C, L) tensor of contiguous rows); else None."""
-    m, _, hw, w, (s_n, s_h, s_w, _) = _geometry(t)
+def _dense_row_stride(m: int, hw: int, w: int, strides: tuple[int, int, int, int]) -> int | None:
+    """The stride s with row r = (n*H + h)*W + w at element r * s, if there is one, for a
+    tensor of ``_geometry`` (m, _, hw, w, strides): dense NHWC, an (N, C) matrix, an (N, C, L)
+    tensor of contiguous rows; else None."""
+    s_n, s_h, s_w, _ = strides
     h, n = hw // w, m // hw
     stride = s_w if w > 1 else s_h if h > 1 else s_n
     dense = (w == 1 or s_w == stride) and (h == 1 or s_h == w * stride)
@@ -1046,9 +1047,9 @@ def _row_decode(*tensors: torch.Tensor) -> tuple[int, int, list[tuple[int, int, 
     kernel, so ``_row_offsets``'s int64 divisions fold away: ptxas (sm_90) gives
     bn_bwd_reduce_kernel 102 registers instead of 156 (5 four-warp programs per SM, not 3),
     bn_apply_kernel 44 instead of 68, bn_stats_kernel 102 instead of 128."""
-    _, _, hw, w, _ = _geometry(tensors[0])
+    m, _, hw, w, _ = _geometry(tensors[0])
     strides = [_geometry(t)[4] for t in tensors]
-    rows = [_dense_row_stride(t) for t in tensors]
+    rows = [_dense_row_stride(m, hw, w, s) for s in strides]
     if any(r is None for r in rows):
         return hw, w, strides
     return 1, 1, [(r, 0, 0, s[3]) for r, s in zip(rows, strides, strict=True)]
