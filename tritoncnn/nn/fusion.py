@@ -235,12 +235,12 @@ def fuse_residual_adds(model: Module) -> int:
     """Let every residual block of ``model`` that can (``fuse_residual`` in its class:
     ResNet's BasicBlock, MobileNetV2's InvertedResidual) add its skip tensor, and apply the
     activation after the add, in its last BatchNorm's apply pass; returns how many."""
-    return _set_residual_fusion(model, True)
+    return _set_block_flag(model, "fuse_residual", True)
 
 
 def unfuse_residual_adds(model: Module) -> int:
     """Undo ``fuse_residual_adds`` (each block adds in a kernel of its own again)."""
-    return _set_residual_fusion(model, False)
+    return _set_block_flag(model, "fuse_residual", False)
 
 
 def add_skip_grads_in_dgrad(model: Module) -> int:
@@ -295,10 +295,6 @@ def unfold_block_relu_grads(model: Module) -> int:
             nxt.conv1.relu_input_grad = False
             unfolded += 1
     return unfolded
-
-
-def _set_residual_fusion(model: Module, on: bool) -> int:
-    return _set_block_flag(model, "fuse_residual", on)
 
 
 def _set_block_flag(model: Module, flag: str, on: bool) -> int:
