@@ -40,6 +40,7 @@ from tritoncnn.kernels.norm import (
     store_tile_moments,
     tile_moments,
 )
+from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
 
 class DepthwiseConfig(NamedTuple):
@@ -129,8 +130,9 @@ def depthwise_fwd_kernel(
 
     Layout: x and y are N,C,H,W tensors addressed through element strides (NHWC memory makes
     a channel block contiguous); w is C,1,KH,KW through its strides. One program computes
-    BLOCK_P output pixels (flat index p over N*HO*WO, program axis 0) x BLOCK_C channels
-    (program axis 1), looping over the KH*KW taps; out-of-image taps read zeros (padding).
+    BLOCK_P output pixels (flat index p over N*HO*WO) x BLOCK_C channels, looping over the
+    KH*KW taps; out-of-image taps read zeros (padding). Programs in tile_order's order (the
+    channel blocks of a pixel tile side by side).
 
     x_ptr, w_ptr, b_ptr, y_ptr: input, fp32 weight, fp32 bias (unused unless HAS_BIAS), output.
     C, H, W: input channels and image size. HO, WO: output image size. P: N*HO*WO.
@@ -140,15 +142,16 @@ def depthwise_fwd_kernel(
     STRIDE_W: conv stride. HAS_BIAS: add bias. ACT: activation code of elementwise.py.
     BLOCK_P, BLOCK_C: tile size.
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(P, BLOCK_P), C] per-tile batch-norm moments
-    of y as stored (norm.store_tile_moments; pixel block program_id(0) is that partial).
+    of y as stored (norm.store_tile_moments; the pixel tile's index is that partial's).
     IN_NORM: x is a batch norm's input whose apply was left to this kernel (norm.PendingNorm):
     each loaded tap becomes act_in((x - mean) * invstd * w_in + b_in) rounded to x's dtype,
     exactly what bn_apply_kernel would have stored, and padding stays zero. nmean_ptr,
     ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C] statistics and parameters (weight / bias read
     only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_p, pid_c = row_channel_tile(C, BLOCK_C)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = p < P
     c_mask = c < C
     if IN_NORM:
@@ -193,8 +196,7 @@ def depthwise_fwd_kernel(
     )
     if MOMENTS:
         # fmt: off
-        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), p_mask, tl.program_id(0), c,
-                           c_mask, C)
+        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), p_mask, pid_p, c, c_mask, C)
         # fmt: on
 
 
@@ -222,7 +224,7 @@ def depthwise_dgrad_kernel(
 
     Layout: go (N,C,HO,WO) and gi (N,C,H,W) through element strides, NHWC in the normal case;
     w is C,1,KH,KW through its strides. One program computes BLOCK_P input pixels (flat index
-    over N*H*W, program axis 0) x BLOCK_C channels (program axis 1).
+    over N*H*W) x BLOCK_C channels, in tile_order's program order.
 
     go_ptr, w_ptr, gi_ptr: output gradient, fp32 weight, input gradient (written).
     C, H, W: channels and input image size. HO, WO: output image size. P: N*H*W.
@@ -231,13 +233,14 @@ def depthwise_dgrad_kernel(
     KH, KW, STRIDE_H, STRIDE_W: kernel size and stride. BLOCK_P, BLOCK_C: tile size.
     GRAD_SUMS: the input is a training batch norm's output (after its fused activation
     IN_ACT, n_alpha) and gi that batch norm's output gradient: the epilogue also stores the
-    tile's backward sums (norm.store_grad_sums) as partial program_id(0) of the fp32
+    tile's backward sums (norm.store_grad_sums) as partial (pixel tile index) of the fp32
     [cdiv(P, BLOCK_P), C] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*, n,h,w,c) is
     the batch norm's input; nmean_ptr, ninvstd_ptr its fp32 batch statistics, nw_ptr, nb_ptr
     its affine parameters (read when IN_HAS_W / IN_HAS_B).
     """
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_p, pid_c = row_channel_tile(C, BLOCK_C)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = p < P
     c_mask = c < C
     w_ = p % W
@@ -274,7 +277,7 @@ def depthwise_dgrad_kernel(
         xn = tl.load(xn_ptr + xn_off[:, None] + (c * sxn_c)[None, :], mask=mask, other=0.0)
         # fmt: off
         store_grad_sums(psum_g_ptr, psum_gx_ptr, gi.to(tl.float32), xn.to(tl.float32), mask,
-                        tl.program_id(0), c, c_mask, C, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+                        pid_p, c, c_mask, C, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
                         n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT, BLOCK_C)
         # fmt: on
 
@@ -332,13 +335,13 @@ def depthwise_wgrad_partial_kernel(
     """Stage 1 of wgrad: part[k, t, c] = sum over this program's output pixels (n,oh,ow) of
     x[n,c,oh*s-p+kh*d, ow*s-p+kw*d] * go[n,c,oh,ow], for one tap t = kh*KW + kw.
 
-    Program (k*KH*KW + t, j) (axes 0, 1) owns tap t, output pixels [k*ITERS*BLOCK_P,
-    (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C),
-    accumulating a BLOCK_P x BLOCK_C fp32 tile that is reduced over pixels once, at the end
-    (a fixed order: deterministic). The tap is the fastest program index, so the KH*KW
-    programs of one pixel chunk run side by side and their shared go tile and overlapping x
-    windows come from L2. (3x3 kernels take depthwise_wgrad_taps_kernel: nine taps in one
-    program, which reads those from L1.)
+    Program (k*KH*KW + t, j) (tile_order's (row tile, channel block)) owns tap t, output
+    pixels [k*ITERS*BLOCK_P, (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels
+    [j*BLOCK_C, (j+1)*BLOCK_C), accumulating a BLOCK_P x BLOCK_C fp32 tile that is reduced
+    over pixels once, at the end (a fixed order: deterministic). After the channel block, the
+    tap is the fastest program index, so the KH*KW programs of one pixel chunk run side by
+    side and their shared go tile and overlapping x windows come from L2. (3x3 kernels take
+    depthwise_wgrad_taps_kernel: nine taps in one program, which reads those from L1.)
 
     x_ptr (N,C,H,W), go_ptr (N,C,HO,WO): read through element strides (NHWC in the normal
     case). part_ptr: contiguous fp32 scratch [chunks, KH*KW, C].
@@ -349,12 +352,12 @@ def depthwise_wgrad_partial_kernel(
     IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
     is normalised as it is loaded, as in depthwise_fwd_kernel.
     """
-    pid = tl.program_id(0)
+    pid, pid_c = row_channel_tile(C, BLOCK_C)
     chunk = pid // (KH * KW)
     t = pid - chunk * (KH * KW)
     kh_d = (t // KW) * dil_h
     kw_d = (t % KW) * dil_w
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
     if IN_NORM:
@@ -401,14 +404,15 @@ def depthwise_wgrad_taps_kernel(
     """Stage 1 of a 3x3 wgrad with every tap in one program: part[k, t, c] as
     depthwise_wgrad_partial_kernel computes it, for all nine taps t = kh*3 + kw at once.
 
-    Program (k, j) owns output pixels [k*ITERS*BLOCK_P, (k+1)*ITERS*BLOCK_P) of the flat
-    N*HO*WO index and channels [j*BLOCK_C, (j+1)*BLOCK_C). Each pixel tile loads its go tile
+    Program (k, j) (tile_order's (row tile, channel block)) owns output pixels
+    [k*ITERS*BLOCK_P, (k+1)*ITERS*BLOCK_P) of the flat N*HO*WO index and channels
+    [j*BLOCK_C, (j+1)*BLOCK_C). Each pixel tile loads its go tile
     once and the nine shifted x tiles (overlapping windows: mostly L1 hits), accumulating
     nine BLOCK_P x BLOCK_C fp32 tiles, each reduced over pixels once at the end (a fixed
     order: deterministic). Arguments as depthwise_wgrad_partial_kernel's, KH = KW = 3.
     """
-    chunk = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chunk, pid_c = row_channel_tile(C, BLOCK_C)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
     if IN_NORM:
@@ -626,7 +630,7 @@ def _forward(
     y = runtime.empty_nhwc(n, c, ho, wo, x.dtype)
     pixels = n * ho * wo
     cfg = config or pick_config(c, pixels)
-    grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
+    grid = row_channel_grid(pixels, cfg.block_p, c, cfg.block_c)
     tiles = tile_moments(pixels, c, cfg.block_p) if moments else None
     parts = tiles.partials if tiles is not None else (y, y)
     in_ptrs, in_alpha, in_flags = _pending_args(pending, c, weight)
@@ -714,8 +718,8 @@ def _dgrad(
         grad_in = out
     pixels = n * h * w
     cfg = config or pick_config(c, pixels)
-    grid = (triton.cdiv(pixels, cfg.block_p), triton.cdiv(c, cfg.block_c))
-    sums = grad_sums(grid[0], c) if bn is not None else None
+    grid = row_channel_grid(pixels, cfg.block_p, c, cfg.block_c)
+    sums = grad_sums(triton.cdiv(pixels, cfg.block_p), c) if bn is not None else None
     parts = (sums.partials[0], sums.partials[1]) if sums is not None else (grad_in, grad_in)
     xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
         bn, bn_input, (n, c, h, w), grad_in, "depthwise dgrad:"
@@ -791,9 +795,10 @@ def depthwise_conv2d_wgrad(
     meta = dict(STRIDE_H=sh, STRIDE_W=sw, BLOCK_P=block_p, BLOCK_C=cfg.block_c,
                 STAGES=WGRAD_STAGES, num_warps=cfg.num_warps, **in_flags)  # fmt: skip
     if all_taps:
-        depthwise_wgrad_taps_kernel[(chunks, c_blocks)](*args, **meta)
+        depthwise_wgrad_taps_kernel[row_channel_grid(chunks, 1, c, cfg.block_c)](*args, **meta)
     else:
-        depthwise_wgrad_partial_kernel[(chunks * kh * kw, c_blocks)](*args, KH=kh, KW=kw, **meta)
+        grid = row_channel_grid(chunks * kh * kw, 1, c, cfg.block_c)
+        depthwise_wgrad_partial_kernel[grid](*args, KH=kh, KW=kw, **meta)
     entries = kh * kw * c
     depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](
         partials, grad_weight, chunks, c, entries,

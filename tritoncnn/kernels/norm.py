@@ -55,6 +55,7 @@ from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
 from tritoncnn.kernels.tickets import last_to_finish
+from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
 
 class NormConfig(NamedTuple):
@@ -625,20 +626,20 @@ def bn_apply_kernel(
     pass: the BN output is never stored).
 
     Layout: x and y are M x C row matrices read / written through their own strides (sx_*,
-    sy_*; see module docstring). Math in fp32; y stored in its own dtype.
+    sy_*; see module docstring). Math in fp32; y stored in its own dtype. One program per
+    BLOCK_M x BLOCK_C tile, in tile_order's order (a row tile's channel blocks side by side).
 
     mean_ptr: fp32 [C] mean (batch or running). stat_ptr: [C] invstd, or the variance when
     STAT_IS_VAR (eval: invstd = 1/sqrt(var + eps) is computed here).
     w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
-    nbt_ptr: int64 num_batches_tracked, incremented by program (0, 0) when INC_NBT (the
+    nbt_ptr: int64 num_batches_tracked, incremented by tile (0, 0)'s program when INC_NBT (the
     statistics kernel read it in an earlier launch, so this is race free).
     ACT, alpha: fused activation (elementwise.ACT codes) and its parameter.
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     r_ptr: the residual, an M x C row matrix through strides sr_* (read only if HAS_RESIDUAL).
     RES_ACT: activation after the residual add (ELU / LeakyReLU parameter: alpha too).
     """
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_m, pid_c = row_channel_tile(C, BLOCK_C)
     if INC_NBT:
         if (pid_m == 0) & (pid_c == 0):
             tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
@@ -962,14 +963,14 @@ def bn_bwd_input_kernel(
     With a fused activation, g is first replaced by g * act'(z), z recomputed from x.
 
     Layout: g, x and dx are M x C row matrices with their own strides (sg_*, sx_*, sd_*).
+    One program per BLOCK_M x BLOCK_C tile, in tile_order's order.
     mean_ptr, stat_ptr: fp32 [C] mean and invstd (or variance when STAT_IS_VAR) of the forward.
     w_ptr, b_ptr: fp32 [C] weight and bias (read only if HAS_WEIGHT / HAS_BIAS).
     means_ptr: fp32 [2, C] mean(g) and mean(g * xhat) from bn_bwd_reduce_kernel (read only
     when BATCH_STATS).
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_m, pid_c = row_channel_tile(C, BLOCK_C)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = below(offs_c, C, ALIGN)
     c64 = offs_c.to(tl.int64)
@@ -1157,7 +1158,7 @@ def _apply_batch_stats(
     r, r_flags = _residual_args(residual, residual_act, x, y)
     hw, w, (sx, sy, sr) = _row_decode(x, y, r)
     # fmt: off
-    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
+    bn_apply_kernel[row_channel_grid(m, cfg.block_m, c, cfg.block_c)](
         x, y, r, save_mean, save_invstd,
         dummy if weight is None else weight, dummy if bias is None else bias,
         num_batches_tracked if inc else dummy,
@@ -1455,7 +1456,7 @@ def batch_norm_forward_eval(
     r, r_flags = _residual_args(residual, residual_act, x, y)
     hw, w, (sx, sy, sr) = _row_decode(x, y, r)
     # fmt: off
-    bn_apply_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(c, cfg.block_c))](
+    bn_apply_kernel[row_channel_grid(m, cfg.block_m, c, cfg.block_c)](
         x, y, r, running_mean, running_var,
         dummy if weight is None else weight, dummy if bias is None else bias, dummy,
         m, c, hw, w, *sx, *sy, *sr, float(eps), float(alpha),
@@ -1553,7 +1554,7 @@ def _backward(
             average_means(means)
     ew = config or pick_config(c, elementwise=True)
     # fmt: off
-    bn_bwd_input_kernel[(triton.cdiv(m, ew.block_m), triton.cdiv(c, ew.block_c))](
+    bn_bwd_input_kernel[row_channel_grid(m, ew.block_m, c, ew.block_c)](
         grad_out, x, grad_in, mean, stat, w_arg, b_arg, means,
         m, c, hw, w, *sg, *sx, *sd, float(eps), float(alpha),
         BATCH_STATS=batch_stats, BLOCK_M=ew.block_m, BLOCK_C=ew.block_c,
