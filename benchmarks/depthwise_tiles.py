@@ -1,0 +1,131 @@
+"""MobileNetV2's depthwise forward and dgrad at their real shapes: tile shape vs speed.
+
+The forward (``depthwise_fwd_kernel``, with the batch-norm moments epilogue as in training) and
+the input gradient (``depthwise_dgrad_kernel``) are memory-bound: each reads one activation
+and writes one. This times them (replayed in CUDA graphs) over every depthwise layer of
+MobileNetV2-CIFAR at ``--batch`` with the tile ``depthwise.pick_config`` picks and with each
+``--tiles`` tile (BLOCK_P x BLOCK_C on WARPS warps), against cuDNN on the same tensors, and
+prints each variant's total over the network (each layer counted as often as the network has
+it) with its achieved DRAM-level bandwidth (bytes read + written once). Writes every timing to
+``depthwise_tiles_<gpu>.csv`` under ``--out``.
+
+    python benchmarks/depthwise_tiles.py --batch 512 --tiles 64x32x4 128x32x4 32x32x2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reduction_tiles import bench, mobilenetv2_layers, nhwc  # noqa: E402
+
+from tritoncnn import runtime  # noqa: E402
+from tritoncnn.kernels import depthwise  # noqa: E402
+
+DEFAULT_TILES = ["64x32x4", "128x32x4", "256x32x4", "32x32x2", "128x16x4", "64x64x4", "32x64x4"]
+
+
+def parse_tile(text: str) -> depthwise.DepthwiseConfig:
+    """'64x32x4' -> DepthwiseConfig(block_p=64, block_c=32, num_warps=4)."""
+    block_p, block_c, warps = (int(v) for v in text.split("x"))
+    return depthwise.DepthwiseConfig(block_p, block_c, warps)
+
+
+def layer_rows(batch: int, c: int, hw: int, stride: int, count: int, tiles: list[str]):
+    ho = hw // stride
+    x, gy = nhwc(batch, c, hw, hw), nhwc(batch, c, ho, ho)
+    w = torch.randn(c, 1, 3, 3, device="cuda")
+    w16 = w.half()
+    conv_args = ((stride, stride), (1, 1), (1, 1), False, (0, 0), c)
+    t_torch = {
+        "fwd": bench(lambda: torch.ops.aten.convolution(x, w16, None, *conv_args)),
+        "dgrad": bench(
+            lambda: torch.ops.aten.convolution_backward(
+                gy, x, w16, None, *conv_args, (True, False, False)
+            )
+        ),
+    }
+    gb = (x.numel() + gy.numel()) * x.element_size() / 1e9
+    for name in ["default", *tiles]:
+        cfg = None if name == "default" else parse_tile(name)
+        ours = {
+            "fwd": lambda cfg=cfg: depthwise.depthwise_conv2d_forward_moments(
+                x, w, None, stride, 1, 1, config=cfg
+            ),
+            "dgrad": lambda cfg=cfg: depthwise.depthwise_conv2d_dgrad(
+                gy, w, x.shape, stride, 1, 1, config=cfg
+            ),
+        }
+        for op, fn in ours.items():
+            us = 1e3 * bench(fn)
+            picked = depthwise.pick_config(c, batch * (ho * ho if op == "fwd" else hw * hw))
+            yield {
+                "kernel": f"dw_{op}",
+                "layer": f"C{c} {hw}x{hw} s{stride} N{batch}",
+                "count": count,
+                "tile": name if cfg else "default ({}x{}x{})".format(*picked),
+                "us": us,
+                "torch_us": 1e3 * t_torch[op],
+                "GB/s": gb / (us * 1e-6),
+            }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--tiles", nargs="+", default=DEFAULT_TILES, help="BLOCK_PxBLOCK_CxWARPS")
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
+    )
+    args = ap.parse_args()
+    if runtime.INTERPRETED:
+        sys.exit("benchmarks/depthwise_tiles.py needs a CUDA GPU")
+    for tile in args.tiles:
+        parse_tile(tile)  # a malformed tile fails before any timing
+    _, layers = mobilenetv2_layers()
+    rows = []
+    for (c, hw, stride), count in layers.items():
+        for row in layer_rows(args.batch, c, hw, stride, count, args.tiles):
+            rows.append(row)
+            print(
+                f"{row['kernel']:<9} {row['layer']:<22} {row['tile']:<20} {row['us']:8.1f} us "
+                f"{row['GB/s']:7.0f} GB/s   cuDNN {row['torch_us']:8.1f} us",
+                flush=True,
+            )
+    totals: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["kernel"], r["tile"].split(" ")[0])
+        t = totals.setdefault(key, [0.0, 0.0])
+        t[0] += r["count"] * r["us"]
+        t[1] += r["count"] * r["torch_us"]
+    print(f"MobileNetV2-CIFAR, batch {args.batch}: totals over the network")
+    for (kernel, tile), (ours, ref) in totals.items():
+        ratio = ref / ours
+        print(f"{kernel:<9} {tile:<10} {ours:9.1f} us   cuDNN {ref:9.1f} us   ratio {ratio:5.2f}")
+    gpu = torch.cuda.get_device_name()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"depthwise_tiles_{gpu.replace(' ', '_')}.csv"
+    import triton
+
+    with path.open("w", newline="") as f:
+        fields = ["gpu", "torch", "triton", *dict.fromkeys(k for r in rows for k in r)]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, **r}
+            )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
