@@ -4,12 +4,13 @@ The forward (``depthwise_fwd_kernel``, with the batch-norm moments epilogue as i
 the input gradient (``depthwise_dgrad_kernel``) are memory-bound: each reads one activation
 and writes one. This times them (replayed in CUDA graphs) over every depthwise layer of
 MobileNetV2-CIFAR at ``--batch`` with the tile ``depthwise.pick_config`` picks and with each
-``--tiles`` tile (BLOCK_P x BLOCK_C on WARPS warps), against cuDNN on the same tensors, and
-prints each variant's total over the network (each layer counted as often as the network has
-it) with its achieved DRAM-level bandwidth (bytes read + written once). Writes every timing to
+``--tiles`` tile (BLOCK_P x BLOCK_C on WARPS warps, or a rolling-rows tile: depthwise_rows.py),
+against cuDNN on the same tensors, and prints each variant's total over the network (each
+layer counted as often as the network has it) with its achieved DRAM-level bandwidth (bytes
+read + written once). Writes every timing to
 ``depthwise_tiles_<gpu>.csv`` under ``--out``.
 
-    python benchmarks/depthwise_tiles.py --batch 512 --tiles 64x32x4 128x32x4 32x32x2
+    python benchmarks/depthwise_tiles.py --batch 512 --tiles 64x32x4 128x32x4 r64x32x4x2
 """
 
 from __future__ import annotations
@@ -30,11 +31,18 @@ from reduction_tiles import bench, mobilenetv2_layers, nhwc  # noqa: E402
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import depthwise  # noqa: E402
 
-DEFAULT_TILES = ["64x32x4", "128x32x4", "256x32x4", "32x32x2", "128x16x4", "64x64x4", "32x64x4"]
+DEFAULT_TILES = [
+    *("128x32x4", "32x32x2", "128x16x4", "32x64x4"),
+    *("rows", "r32x16x4x2", "r32x16x4x6", "r32x16x4x8", "r64x32x4x2", "r64x16x4x4"),
+]
 
 
-def parse_tile(text: str) -> depthwise.DepthwiseConfig:
-    """'64x32x4' -> DepthwiseConfig(block_p=64, block_c=32, num_warps=4)."""
+def parse_tile(text: str) -> depthwise.DepthwiseConfig | depthwise.RowsConfig:
+    """'64x32x4' -> DepthwiseConfig(block_p=64, block_c=32, num_warps=4); 'r64x32x4x2' ->
+    RowsConfig(pixels=64, block_c=32, num_warps=4, stages=2) (the rolling-rows kernel,
+    depthwise_rows.py: stride-1 layers only); 'rows': depthwise.pick_rows_config's tile."""
+    if text.startswith("r"):
+        return depthwise.RowsConfig(*(int(v) for v in text[1:].split("x")))
     block_p, block_c, warps = (int(v) for v in text.split("x"))
     return depthwise.DepthwiseConfig(block_p, block_c, warps)
 
@@ -55,7 +63,9 @@ def layer_rows(batch: int, c: int, hw: int, stride: int, count: int, tiles: list
     }
     gb = (x.numel() + gy.numel()) * x.element_size() / 1e9
     for name in ["default", *tiles]:
-        cfg = None if name == "default" else parse_tile(name)
+        cfg = layer_config(name, c, hw, stride)
+        if cfg is False:
+            continue
         ours = {
             "fwd": lambda cfg=cfg: depthwise.depthwise_conv2d_forward_moments(
                 x, w, None, stride, 1, 1, config=cfg
@@ -66,16 +76,29 @@ def layer_rows(batch: int, c: int, hw: int, stride: int, count: int, tiles: list
         }
         for op, fn in ours.items():
             us = 1e3 * bench(fn)
-            picked = depthwise.pick_config(c, batch * (ho * ho if op == "fwd" else hw * hw))
+            picked = cfg or depthwise.pick_config(c, batch * (ho * ho if op == "fwd" else hw * hw))
             yield {
                 "kernel": f"dw_{op}",
                 "layer": f"C{c} {hw}x{hw} s{stride} N{batch}",
+                "stride": stride,
                 "count": count,
-                "tile": name if cfg else "default ({}x{}x{})".format(*picked),
+                "tile": name,
+                "config": "x".join(str(v) for v in picked),
                 "us": us,
                 "torch_us": 1e3 * t_torch[op],
                 "GB/s": gb / (us * 1e-6),
             }
+
+
+def layer_config(name: str, c: int, hw: int, stride: int):
+    """The config ``name`` gives a layer: None for the default pick (flat kernels unless
+    depthwise.ROLLING_ROWS), pick_rows_config's for 'rows', False where a rolling-rows tile
+    doesn't apply (stride 2)."""
+    if name == "default":
+        return None
+    if name.startswith("r") and stride != 1:
+        return False
+    return depthwise.pick_rows_config(c, hw) if name == "rows" else parse_tile(name)
 
 
 def main() -> None:
@@ -89,27 +112,33 @@ def main() -> None:
     if runtime.INTERPRETED:
         sys.exit("benchmarks/depthwise_tiles.py needs a CUDA GPU")
     for tile in args.tiles:
-        parse_tile(tile)  # a malformed tile fails before any timing
+        if tile != "rows":
+            parse_tile(tile)  # a malformed tile fails before any timing
     _, layers = mobilenetv2_layers()
     rows = []
     for (c, hw, stride), count in layers.items():
         for row in layer_rows(args.batch, c, hw, stride, count, args.tiles):
             rows.append(row)
             print(
-                f"{row['kernel']:<9} {row['layer']:<22} {row['tile']:<20} {row['us']:8.1f} us "
+                f"{row['kernel']:<9} {row['layer']:<22} {row['tile']:<11} {row['config']:<10} "
+                f"{row['us']:8.1f} us "
                 f"{row['GB/s']:7.0f} GB/s   cuDNN {row['torch_us']:8.1f} us",
                 flush=True,
             )
     totals: dict[tuple, list[float]] = {}
     for r in rows:
-        key = (r["kernel"], r["tile"].split(" ")[0])
-        t = totals.setdefault(key, [0.0, 0.0])
-        t[0] += r["count"] * r["us"]
-        t[1] += r["count"] * r["torch_us"]
-    print(f"MobileNetV2-CIFAR, batch {args.batch}: totals over the network")
+        keys = [(r["kernel"], r["tile"])]
+        if r["tile"] == "default" and r["stride"] == 1:  # what the rolling-rows tiles cover
+            keys.append((r["kernel"], "default s1"))
+        for key in keys:
+            t = totals.setdefault(key, [0.0, 0.0])
+            t[0] += r["count"] * r["us"]
+            t[1] += r["count"] * r["torch_us"]
+    print(f"MobileNetV2-CIFAR, batch {args.batch}: totals over the network (rolling rows and")
+    print("'default s1': the stride-1 layers only)")
     for (kernel, tile), (ours, ref) in totals.items():
         ratio = ref / ours
-        print(f"{kernel:<9} {tile:<10} {ours:9.1f} us   cuDNN {ref:9.1f} us   ratio {ratio:5.2f}")
+        print(f"{kernel:<9} {tile:<11} {ours:9.1f} us   cuDNN {ref:9.1f} us   ratio {ratio:5.2f}")
     gpu = torch.cuda.get_device_name()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

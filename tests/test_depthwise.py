@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DEVICE, assert_close, randn
+from helpers import DEVICE, assert_close, f64, randn
 
 from tritoncnn import runtime
 from tritoncnn.kernels import depthwise as dw
+from tritoncnn.kernels.depthwise_rows import ROWS_CONFIGS, RowsConfig, rows_conv
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
 
 
@@ -132,6 +133,8 @@ def test_heuristics_pick_listed_configs(monkeypatch):
             assert dw.pick_config(c, pixels) in dw.CONFIGS
         assert dw.pick_wgrad_config(c) in dw.WGRAD_CONFIGS
         assert dw.pick_wgrad_config(c).all_taps == dw.WGRAD_ALL_TAPS
+        for width in (2, 4, 8, 16, 32, 7):
+            assert dw.pick_rows_config(c, width) in ROWS_CONFIGS
         assert not dw.pick_wgrad_config(c, (5, 5)).all_taps  # one program per tap
 
 
@@ -152,6 +155,54 @@ def test_wgrad_deterministic():
     a = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), (2, 2), (1, 1), (1, 1))
     b = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), (2, 2), (1, 1), (1, 1))
     assert torch.equal(a, b)
+
+
+# Rolling-rows kernel (depthwise_rows.py; 3x3, stride 1, padding 1): partial image groups
+# (3 images in groups of 2), a single row, a single column, a power-of-two width, C = 20 / 40
+# / 3 not a multiple of the channel block.
+ROWS_CASES = [(3, 20, 7, 5), (2, 3, 1, 9), (5, 40, 6, 1), (1, 17, 4, 16)]
+ROWS_CPU_CONFIGS = [RowsConfig(16, 16, 4, 2), RowsConfig(32, 32, 2, 1)]
+
+
+@pytest.mark.parametrize("shape", ROWS_CASES, ids=str)
+@pytest.mark.parametrize("config", ROWS_CPU_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_rolling_rows(shape, config, dtype):
+    n, c, h, w = shape
+    act = ACT_RELU6 if ROWS_CASES.index(shape) % 2 else ACT_NONE
+    _check(n, c, (h, w), (3, 3), (1, 1), (1, 1), (1, 1), dtype, act=act, config=config)
+
+
+def test_rolling_rows_nchw_and_odd_weight_strides():
+    """NCHW activations, a transposed weight view (the dgrad rotates it through negated
+    strides), the gradient written into an NCHW ``out``."""
+    _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32, bias=False,
+           channels_last=False, odd_weight_strides=True, config=ROWS_CPU_CONFIGS[0])  # fmt: skip
+
+
+def test_rolling_rows_is_the_default_when_on(monkeypatch):
+    """With ROLLING_ROWS, qualifying convs take it (same numbers as the flat kernels to fp32
+    rounding) and the others keep the flat kernels."""
+    x = randn(2, 20, 7, 5, channels_last=True)
+    weight = randn(20, 1, 3, 3)
+    flat = dw.depthwise_conv2d_forward(x, weight, None, 1, 1, 1)
+    monkeypatch.setattr(dw, "ROLLING_ROWS", True)
+    calls = []
+    monkeypatch.setattr(dw, "rows_conv", lambda *a, **k: calls.append(1) or rows_conv(*a, **k))
+    assert_close(dw.depthwise_conv2d_forward(x, weight, None, 1, 1, 1), f64(flat))
+    dw.depthwise_conv2d_dgrad(x, weight, x.shape, 1, 1, 1)
+    assert len(calls) == 2
+    dw.depthwise_conv2d_forward(x, weight, None, 2, 1, 1)  # stride 2: the flat kernel
+    dw.depthwise_conv2d_forward(x, randn(20, 1, 5, 5), None, 1, 2, 1)  # 5x5
+    assert len(calls) == 2
+
+
+def test_rolling_rows_refuses_other_convs():
+    x = randn(1, 4, 5, 5, channels_last=True)
+    cfg = ROWS_CPU_CONFIGS[0]
+    for stride, pad, dil, k in ((2, 1, 1, 3), (1, 0, 1, 3), (1, 2, 2, 3), (1, 2, 1, 5)):
+        with pytest.raises(ValueError, match="RowsConfig"):
+            dw.depthwise_conv2d_forward(x, randn(4, 1, k, k), None, stride, pad, dil, config=cfg)
 
 
 def test_shape_errors():
@@ -219,3 +270,16 @@ def test_odd_shapes_gpu(dtype):
     """5x5 / dilated / NCHW input at a real batch: the general paths beyond MobileNetV2."""
     _check(64, 100, (17, 13), (5, 5), (2, 2), (2, 2), (1, 1), dtype)
     _check(64, 100, (17, 13), (3, 3), (1, 1), (2, 2), (2, 2), dtype, channels_last=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ROWS_CONFIGS, ids=str)
+@pytest.mark.parametrize("shape", [s for s in MOBILENETV2_DW if s[2] == 1], ids=_shape_id)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_rolling_rows_gpu(config, shape, dtype):
+    """Every rolling-rows tile at every stride-1 depthwise shape of MobileNetV2 (2x2 to 32x32
+    images: one to sixteen images per row tile)."""
+    if dtype == torch.bfloat16 and not runtime.bf16_supported():
+        pytest.skip("bf16 needs sm_80+")
+    c, hw, _ = shape
+    _check(128, c, (hw, hw), (3, 3), (1, 1), (1, 1), (1, 1), dtype, act=ACT_RELU6, config=config)

@@ -10,6 +10,7 @@ from tritoncnn import models, runtime
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import norm
+from tritoncnn.kernels.depthwise_rows import ROWS_CONFIGS
 from tritoncnn.nn import BatchNorm2d, Conv2d, ReLU, Sequential
 from tritoncnn.nn.fusion import link_conv_bn_moments, unlink_conv_bn_moments
 
@@ -81,6 +82,20 @@ def test_depthwise_epilogue_moments_give_the_batch_statistics(dtype):
     y, moments = DW.depthwise_conv2d_forward_moments(x, w, None, 2, 1, 1, config=cfg)
     assert torch.equal(y, DW.depthwise_conv2d_forward(x, w, None, 2, 1, 1, config=cfg))
     assert moments.rows == 16 and moments.partials.shape == (2, 3, 13)  # 2*5*4 = 40 pixels
+    _check_bn_from_moments(y, moments, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rolling_rows_moments_give_the_batch_statistics(dtype):
+    """depthwise_rows_kernel merges each output row's moments into its program's (Chan): one
+    partial per group of 2 images, the last group short; a bias of 1000 + small."""
+    x = randn(3, 13, 9, 7, dtype=dtype, channels_last=True, seed=1)
+    w = randn(13, 1, 3, 3, seed=2)
+    b = 1000 + randn(13, seed=7)
+    cfg = DW.RowsConfig(pixels=16, block_c=16, num_warps=4)
+    y, moments = DW.depthwise_conv2d_forward_moments(x, w, b, 1, 1, 1, config=cfg)
+    assert torch.equal(y, DW.depthwise_conv2d_forward(x, w, b, 1, 1, 1, config=cfg))
+    assert moments.rows == 2 * 9 * 7 and moments.partials.shape == (2, 2, 13)
     _check_bn_from_moments(y, moments, dtype)
 
 
@@ -183,6 +198,16 @@ GPU_SHAPES = [
     (128, 144, 144, 32, 3, 2, 144),
     (128, 960, 960, 4, 3, 1, 960),
 ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ROWS_CONFIGS, ids=str)
+@pytest.mark.parametrize("c,size", [(144, 32), (192, 16), (960, 4)])
+def test_gpu_rolling_rows_moments(config, c, size):
+    x = randn(128, c, size, size, dtype=torch.float16, channels_last=True, seed=1)
+    w = randn(c, 1, 3, 3, seed=2) / 3
+    y, moments = DW.depthwise_conv2d_forward_moments(x, w, None, 1, 1, 1, config=config)
+    _check_bn_from_moments(y, moments, torch.float16)
 
 
 @pytest.mark.gpu

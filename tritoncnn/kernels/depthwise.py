@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.depthwise_rows import RowsConfig, applies, rows_conv
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
     GradSums,
@@ -90,6 +91,13 @@ WGRAD_CONFIGS: tuple[WgradConfig, ...] = (
 # channels, ~5.4 TB/s of L2 reads for 0.3 GB of tensors). One program re-reads its shifted x
 # tiles from L1 instead.
 WGRAD_ALL_TAPS = True
+
+# Forward and stride-1 dgrad of 3x3 / padding 1 convs by rolling rows (depthwise_rows.py: each
+# input row reaches the SM three times, not nine). Off until measured on the GPU.
+ROLLING_ROWS = False
+# Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program.
+ROWS_TILE = 512
+ROWS_STAGES = 4
 
 # Below this many programs a layer can't fill an H100 (132 SMs x several programs each).
 _MIN_PROGRAMS = 512
@@ -539,6 +547,36 @@ def pick_config(channels: int, pixels: int) -> DepthwiseConfig:
     return big
 
 
+def pick_rows_config(channels: int, width: int) -> RowsConfig:
+    """The rolling-rows tile (depthwise_rows.py) for images ``width`` wide: ROWS_TILE
+    elements per row tile, so each thread holds 4 channels of one pixel (8-byte loads, 36
+    weight registers, ~90 registers in all with the moments: 5 programs per SM); the widest
+    low-waste channel block that leaves a whole image row in the tile."""
+    block_w = triton.next_power_of_2(width)
+    if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
+        block_c = runtime.interpreter_block(channels, 128)
+        return RowsConfig(max(block_w, 8192 // block_c), block_c, 4)
+    block_c = min(_channel_block(channels), max(16, ROWS_TILE // block_w))
+    return RowsConfig(max(block_w, ROWS_TILE // block_c), block_c, 4, ROWS_STAGES)
+
+
+def _rows_config(config, kernel, stride, padding, dilation, fused: bool, channels, width):
+    """The RowsConfig a forward / dgrad launch runs depthwise_rows_kernel with, or None for the
+    flat kernels: ``config`` when it is one (the conv must be one the kernel computes, without
+    ``fused`` normalisation work), else the pick when ROLLING_ROWS and the conv qualifies."""
+    fits = applies(kernel, stride, padding, dilation) and not fused
+    if isinstance(config, RowsConfig):
+        if not fits:
+            raise ValueError(
+                "depthwise: a RowsConfig needs a 3x3 kernel, stride 1, padding 1, dilation 1 "
+                "and no fused batch norm; pass a DepthwiseConfig (or None)"
+            )
+        return config
+    if config is None and ROLLING_ROWS and fits:
+        return pick_rows_config(channels, width)
+    return None
+
+
 def pick_wgrad_config(channels: int, kernel_size: tuple[int, int] = (3, 3)) -> WgradConfig:
     """wgrad tile: the widest low-waste channel block; all taps in one program for a 3x3
     kernel (when WGRAD_ALL_TAPS)."""
@@ -569,7 +607,7 @@ def depthwise_conv2d_forward(
     dilation,
     act: int = ACT_NONE,
     alpha: float = 0.0,
-    config: DepthwiseConfig | None = None,
+    config: DepthwiseConfig | RowsConfig | None = None,
     pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """act(conv2d(x, weight, bias, groups=C)) as a new N,C,HO,WO channels_last tensor in x's
@@ -587,7 +625,7 @@ def depthwise_conv2d_forward_moments(
     stride,
     padding,
     dilation,
-    config: DepthwiseConfig | None = None,
+    config: DepthwiseConfig | RowsConfig | None = None,
     pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``depthwise_conv2d_forward`` for a conv that feeds a training batch norm: also returns
@@ -613,7 +651,7 @@ def _forward(
     dilation,
     act: int,
     alpha: float,
-    config: DepthwiseConfig | None,
+    config: DepthwiseConfig | RowsConfig | None,
     moments: bool,
     pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
@@ -627,6 +665,9 @@ def _forward(
         raise ValueError(f"depthwise forward: empty output {ho}x{wo} for input {h}x{w}")
     if bias is not None and bias.shape != (c,):
         raise ValueError(f"depthwise bias must have shape ({c},), got {tuple(bias.shape)}")
+    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), pending is not None, c, w)
+    if rows is not None:
+        return rows_conv(x, weight, bias, act, alpha, rows, moments)
     y = runtime.empty_nhwc(n, c, ho, wo, x.dtype)
     pixels = n * ho * wo
     cfg = config or pick_config(c, pixels)
@@ -656,7 +697,7 @@ def depthwise_conv2d_dgrad(
     stride,
     padding,
     dilation,
-    config: DepthwiseConfig | None = None,
+    config: DepthwiseConfig | RowsConfig | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Input gradient of a depthwise conv: a new channels_last N,C,H,W tensor (``input_shape``)
@@ -676,7 +717,7 @@ def depthwise_conv2d_dgrad_grad_sums(
     dilation,
     bn_input: torch.Tensor,
     bn: PendingNorm,
-    config: DepthwiseConfig | None = None,
+    config: DepthwiseConfig | RowsConfig | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradSums]:
     """``depthwise_conv2d_dgrad`` for a conv whose input is a training batch norm's output
@@ -695,7 +736,7 @@ def _dgrad(
     stride,
     padding,
     dilation,
-    config: DepthwiseConfig | None,
+    config: DepthwiseConfig | RowsConfig | None,
     out: torch.Tensor | None,
     bn_input: torch.Tensor | None,
     bn: PendingNorm | None,
@@ -716,6 +757,9 @@ def _dgrad(
         raise ValueError(f"depthwise dgrad: out {tuple(out.shape)} != input shape {(n, c, h, w)}")
     else:
         grad_in = out
+    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bn is not None, c, w)
+    if rows is not None:  # stride 1: the correlation with the rotated kernel
+        return rows_conv(grad_out, weight, None, ACT_NONE, 0.0, rows, False, True, grad_in)[0], None
     pixels = n * h * w
     cfg = config or pick_config(c, pixels)
     grid = row_channel_grid(pixels, cfg.block_p, c, cfg.block_c)

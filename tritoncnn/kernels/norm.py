@@ -249,7 +249,7 @@ def _update_running(
 
 
 @triton.jit
-def _merge_lanes(lane_cnt, lane_mean, lane_m2):
+def merge_lanes(lane_cnt, lane_mean, lane_m2):
     """(mean, M2) per column of lanes (rows) that each hold a (count, mean, M2) triple, by
     Chan's formula for all lanes at once: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)**2).
     lane_cnt: [L] counts (a lane may be empty); lane_mean, lane_m2: [L, BLOCK_C]."""
@@ -288,7 +288,7 @@ def _merge_partials(
         delta = tl.where(mask, pmean - lane_mean, 0.0)
         lane_mean += delta * share[:, None]
         lane_m2 += pm2 + delta * delta * (na * share)[:, None]
-    return _merge_lanes(lane_cnt, lane_mean, lane_m2)
+    return merge_lanes(lane_cnt, lane_mean, lane_m2)
 
 
 @triton.jit
@@ -473,7 +473,7 @@ def bn_stats_kernel(
         delta = tl.where(mask, x - lane_mean, 0.0)
         lane_mean += delta * inv_cnt[:, None]
         lane_m2 += delta * (x - lane_mean)
-    mean, m2 = _merge_lanes(lane_cnt, lane_mean, lane_m2)
+    mean, m2 = merge_lanes(lane_cnt, lane_mean, lane_m2)
 
     out = pid_m.to(tl.int64) * C + offs_c
     tl.store(pmean_ptr + out, mean, mask=mask_c)

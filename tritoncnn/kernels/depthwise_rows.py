@@ -1,0 +1,227 @@
+"""Depthwise 3x3 convolution, stride 1, padding 1, by rolling rows: each input row loaded once.
+
+depthwise_fwd_kernel computes a tile of output pixels from nine shifted loads of the input,
+one per tap, all in flight together, so the L1 cache can't serve the overlap and each input
+element reaches the SM nine times from L2 (MobileNetV2's 32x32 layers at batch 512: ~1 TB/s
+of DRAM-level bandwidth). Here a program walks the rows of whole images from top to bottom.
+Input row r is loaded once (three column shifts: left, centre, right neighbour) and multiplied
+by the three kernel rows; the products go to output rows r + 1, r and r - 1, held in three
+rolling accumulators. After row r, output row r - 1 has all nine taps and is stored, so the
+input crosses L2 three times (the column shifts) instead of nine, and the loop's loads can be
+pipelined.
+
+The same kernel computes a stride-1 dgrad: grad_in is the correlation of grad_out with the
+kernel rotated by 180 degrees, which the launch passes as a weight pointer to the last tap
+with negated strides.
+
+Layout: x and y are N,C,H,W tensors addressed through element strides (NHWC memory in the
+normal case); the weight is C,1,3,3 fp32 through its strides; math in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import runtime
+from tritoncnn.kernels.elementwise import apply_activation
+from tritoncnn.kernels.norm import TileMoments, merge_lanes, tile_moments
+from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
+
+
+class RowsConfig(NamedTuple):
+    """Tile of depthwise_rows_kernel: one image row of ``pixels`` // W images (the row's
+    columns padded to a power of two) x ``block_c`` channels, on ``num_warps`` warps, with
+    ``stages`` input rows in flight (tl.range pipelining)."""
+
+    pixels: int
+    block_c: int
+    num_warps: int
+    stages: int = 4
+
+
+# Every configuration depthwise.pick_rows_config can choose (ROWS_TILE = 512, 4 stages), and
+# the ones the GPU tier runs.
+ROWS_CONFIGS: tuple[RowsConfig, ...] = (
+    RowsConfig(32, 16, 4, 4),
+    RowsConfig(16, 32, 4, 4),
+    RowsConfig(8, 64, 4, 4),
+)
+
+
+@triton.jit
+def _row_loads(x_ptr, row_off, col_l, col_c, col_r, ok_l, ok_c, ok_r, x_c, c_mask):
+    """The input row at ``row_off`` (int64 per pixel: image + row offset) as three BLOCK_R x
+    BLOCK_C fp32 tiles: each pixel's left neighbour, itself and its right neighbour (zero off
+    the image)."""
+    base = x_ptr + row_off[:, None] + x_c[None, :]
+    cm = c_mask[None, :]
+    xl = tl.load(base + col_l[:, None], mask=ok_l[:, None] & cm, other=0.0).to(tl.float32)
+    xc = tl.load(base + col_c[:, None], mask=ok_c[:, None] & cm, other=0.0).to(tl.float32)
+    xr = tl.load(base + col_r[:, None], mask=ok_r[:, None] & cm, other=0.0).to(tl.float32)
+    return xl, xc, xr
+
+
+@triton.jit
+def _kernel_row(xl, xc, xr, wa, wb, wc):
+    """One kernel row applied to the three shifted loads of an input row."""
+    return xl * wa[None, :] + xc * wb[None, :] + xr * wc[None, :]
+
+
+@triton.jit
+def _welford_row(lane_mean, lane_m2, y, k):
+    """Welford's update of each tile element's running (mean, M2) with its k-th value, the
+    output row ``y`` as stored (masked lanes are left out later, by their zero count)."""
+    yf = y.to(tl.float32)
+    delta = yf - lane_mean
+    lane_mean += delta * (1.0 / k)  # one division per row, not per element
+    return lane_mean, lane_m2 + delta * (yf - lane_mean)
+
+
+@triton.jit
+def _tap(w_ptr, c, c_mask, sw_c, kh: tl.constexpr, kw: tl.constexpr, sw_h, sw_w):
+    """Tap (kh, kw) of the weight for channels c, fp32."""
+    return tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
+
+
+@triton.jit
+def depthwise_rows_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    N, C, H, W,
+    sx_n, sx_h, sx_w, sx_c,
+    sw_c, sw_h, sw_w,
+    sy_n, sy_h, sy_w, sy_c,
+    alpha,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    STAGES: tl.constexpr,
+):  # fmt: skip
+    """y[n,c,h,w] = act(bias[c] + sum_{a,b in 0..2} x[n,c,h-1+a,w-1+b] * w[c,0,a,b]); zero
+    padding, output H x W.
+
+    Program (g, j) (tile_order's (row tile, channel block)) owns images [g*BLOCK_N,
+    (g+1)*BLOCK_N), all their rows and columns, and channels [j*BLOCK_C, (j+1)*BLOCK_C). Its
+    row tile is one image row of each of its images: BLOCK_R = BLOCK_N * BLOCK_W pixels
+    (column w of image n0 + i at index i * BLOCK_W + w; columns past W masked). Iteration r
+    loads input row r (three column shifts) and adds kernel row 2 into acc_up (output row
+    r - 1, then complete: stored), kernel row 1 into acc_mid (output row r, the next acc_up)
+    and kernel row 0 into a fresh accumulator (output row r + 1, the next acc_mid).
+
+    x_ptr, w_ptr, b_ptr, y_ptr: input, fp32 weight (the tap (a, b) at w_ptr + c*sw_c +
+    a*sw_h + b*sw_w: negative strides give the rotated kernel of a dgrad), fp32 bias (read
+    when HAS_BIAS), output. N, C, H, W: sizes (input = output). sx_*, sy_*: element strides in
+    (n, h, w, c) order. alpha: the activation's parameter; ACT: activation code
+    (elementwise.py). pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(N, BLOCK_N), C] moments
+    (mean, M2) of y as stored over the program's pixels, partial g (norm.TileMoments of
+    BLOCK_N * H * W rows): Welford's update per tile element down the rows, the elements
+    merged once at the end (norm.merge_lanes). STAGES: input rows in flight.
+    """
+    pid_g, pid_c = row_channel_tile(C, BLOCK_C)
+    i = tl.arange(0, BLOCK_N * BLOCK_W)
+    n = pid_g * BLOCK_N + i // BLOCK_W
+    col = i % BLOCK_W
+    pix = (n < N) & (col < W)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    x_img = n.to(tl.int64) * sx_n
+    y_img = n.to(tl.int64) * sy_n
+    col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
+    ok_l, ok_r = pix & (col >= 1), pix & (col + 1 < W)
+    x_c = c * sx_c
+    y_off = y_img[:, None] + (col * sy_w)[:, None] + (c * sy_c)[None, :]
+    y_mask = pix[:, None] & c_mask[None, :]
+
+    w00 = _tap(w_ptr, c, c_mask, sw_c, 0, 0, sw_h, sw_w)
+    w01 = _tap(w_ptr, c, c_mask, sw_c, 0, 1, sw_h, sw_w)
+    w02 = _tap(w_ptr, c, c_mask, sw_c, 0, 2, sw_h, sw_w)
+    w10 = _tap(w_ptr, c, c_mask, sw_c, 1, 0, sw_h, sw_w)
+    w11 = _tap(w_ptr, c, c_mask, sw_c, 1, 1, sw_h, sw_w)
+    w12 = _tap(w_ptr, c, c_mask, sw_c, 1, 2, sw_h, sw_w)
+    w20 = _tap(w_ptr, c, c_mask, sw_c, 2, 0, sw_h, sw_w)
+    w21 = _tap(w_ptr, c, c_mask, sw_c, 2, 1, sw_h, sw_w)
+    w22 = _tap(w_ptr, c, c_mask, sw_c, 2, 2, sw_h, sw_w)
+    bias = tl.zeros((BLOCK_C,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+
+    # row 0 (rows -1 and H are the zero padding)
+    xl, xc, xr = _row_loads(x_ptr, x_img, col_l, col_c, col_r, ok_l, pix, ok_r, x_c, c_mask)
+    acc_up = _kernel_row(xl, xc, xr, w10, w11, w12)  # output row 0
+    acc_mid = _kernel_row(xl, xc, xr, w00, w01, w02)  # output row 1
+    # moments: Welford per tile element over the rows (no cross-thread work in the loop)
+    lane_mean = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    lane_m2 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    for r in tl.range(1, H, num_stages=STAGES):
+        # fmt: off
+        xl, xc, xr = _row_loads(x_ptr, x_img + r * sx_h, col_l, col_c, col_r, ok_l, pix, ok_r,
+                                x_c, c_mask)
+        # fmt: on
+        done = acc_up + _kernel_row(xl, xc, xr, w20, w21, w22)  # output row r - 1
+        acc_up = acc_mid + _kernel_row(xl, xc, xr, w10, w11, w12)
+        acc_mid = _kernel_row(xl, xc, xr, w00, w01, w02)
+        # the row's loads are dead from here: the epilogue doesn't hold them
+        y = apply_activation(done + bias[None, :], ACT, alpha).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + y_off + (r - 1) * sy_h, y, mask=y_mask)
+        if MOMENTS:
+            lane_mean, lane_m2 = _welford_row(lane_mean, lane_m2, y, r)
+    y = apply_activation(acc_up + bias[None, :], ACT, alpha).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off + (H - 1) * sy_h, y, mask=y_mask)
+    if MOMENTS:
+        lane_mean, lane_m2 = _welford_row(lane_mean, lane_m2, y, H)
+        lane_count = tl.where(pix, H, 0).to(tl.float32)
+        mean, m2 = merge_lanes(lane_count, lane_mean, lane_m2)
+        out = pid_g.to(tl.int64) * C + c
+        tl.store(pmean_ptr + out, mean, mask=c_mask)
+        tl.store(pm2_ptr + out, m2, mask=c_mask)
+
+
+# --- launch ----------------------------------------------------------------------------------
+
+
+def applies(kernel_size, stride, padding, dilation) -> bool:
+    """Whether depthwise_rows_kernel computes this conv: 3x3, stride 1, padding 1, dilation 1
+    (pairs of ints)."""
+    return tuple(kernel_size) == (3, 3) and stride == padding == dilation == (1, 1)
+
+
+def rows_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    act: int,
+    alpha: float,
+    cfg: RowsConfig,
+    moments: bool,
+    rotate: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, TileMoments | None]:
+    """The 3x3 / stride 1 / padding 1 depthwise conv of ``x`` (N,C,H,W, any strides) with
+    ``weight`` (fp32 C,1,3,3), rotated by 180 degrees when ``rotate`` (a dgrad: x is then
+    grad_out), into ``out`` (any strides) or a new channels_last tensor; with ``moments``,
+    also the output's per-program moments (norm.TileMoments)."""
+    n, c, h, w = x.shape
+    y = runtime.empty_nhwc(n, c, h, w, x.dtype) if out is None else out
+    block_w = triton.next_power_of_2(w)
+    block_n = max(1, cfg.pixels // block_w)
+    tiles = tile_moments(n * h * w, c, block_n * h * w) if moments else None
+    parts = tiles.partials if tiles is not None else (y, y)
+    sw_c, sw_h, sw_w = weight.stride(0), weight.stride(2), weight.stride(3)
+    w_arg = weight
+    if rotate:  # tap (a, b) of the rotated kernel is tap (2 - a, 2 - b)
+        w_arg = weight[:, :, 2:, 2:]
+        sw_h, sw_w = -sw_h, -sw_w
+    depthwise_rows_kernel[row_channel_grid(n, block_n, c, cfg.block_c)](
+        x, w_arg, bias if bias is not None else weight, y, parts[0], parts[1],
+        n, c, h, w,
+        *runtime.nhwc_strides(x),
+        sw_c, sw_h, sw_w,
+        *runtime.nhwc_strides(y),
+        float(alpha),
+        HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
+        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y, tiles
