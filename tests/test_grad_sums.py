@@ -104,7 +104,10 @@ def test_depthwise_dgrad_stores_bn_sums(stride, dtype, act):
     ho, wo = (7 - 1) // stride + 1, (6 - 1) // stride + 1
     g_out = randn(2, 20, ho, wo, dtype=dtype, channels_last=True)
     geo = (x.shape, stride, 1, 1)
-    plain = DW.depthwise_conv2d_dgrad(g_out, weight, *geo)
+    # the plain dgrad of the flat kernel's tile (at stride 1 it would take the rolling-rows
+    # kernel, whose summation order differs; the epilogue sums come with the flat kernel)
+    flat = DW.pick_config(20, 2 * 7 * 6)
+    plain = DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=flat)
     dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn)
     assert torch.equal(dx, plain), "the input gradient is the plain dgrad's"
     _check_sums(sums, dx, x, bn, f"depthwise stride {stride}")
@@ -254,7 +257,8 @@ def test_gpu_depthwise_dgrad_bn_sums(c, size, stride):
     g_out = randn(128, c, ho, ho, dtype=torch.float16, channels_last=True, seed=3)
     geo = (x.shape, stride, 1, 1)
     dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn)
-    assert torch.equal(dx, DW.depthwise_conv2d_dgrad(g_out, weight, *geo))
+    flat = DW.pick_config(c, 128 * size * size)  # not the stride-1 rolling-rows kernel
+    assert torch.equal(dx, DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=flat))
     _check_sums(sums, dx, x, bn, f"depthwise C{c} {size}")
     _check_backward(sums, dx, x, bn, f"depthwise C{c} {size}")
 

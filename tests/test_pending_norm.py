@@ -38,18 +38,21 @@ def _pending(x: torch.Tensor, act: int, affine: bool):
 @pytest.mark.parametrize("act,affine", [(ACT_RELU6, True), (ACT_NONE, False)])
 def test_depthwise_applies_the_pending_norm(dtype, act, affine):
     """Forward (with and without epilogue moments) and weight gradient of a depthwise conv
-    fed x + a PendingNorm equal, bit for bit, the conv fed the applied tensor; padding taps
-    read zeros of the normalised tensor, not normalised zeros."""
+    fed x + a PendingNorm equal, bit for bit, the conv fed the applied tensor (same kernel and
+    tile); padding taps read zeros of the normalised tensor, not normalised zeros."""
     x = randn(2, 20, 7, 6, dtype=dtype, channels_last=True) * 3 + 1
     pending, applied = _pending(x, act, affine)
     weight = randn(20, 1, 3, 3).contiguous(memory_format=torch.channels_last)
+    # the flat kernel's tile for both (a qualifying conv fed the applied tensor would
+    # otherwise take the rolling-rows kernel: other summation order, other rounding)
+    flat = DW.pick_config(20, 2 * 7 * 6)
     for stride, pad in GEOMETRIES:
         args = (weight, None, stride, pad, (1, 1))
-        ref = DW.depthwise_conv2d_forward(applied, *args)
-        out = DW.depthwise_conv2d_forward(x, *args, pending=pending)
+        ref = DW.depthwise_conv2d_forward(applied, *args, config=flat)
+        out = DW.depthwise_conv2d_forward(x, *args, config=flat, pending=pending)
         assert torch.equal(out, ref), f"forward stride {stride} pad {pad}"
-        out_m, tiles = DW.depthwise_conv2d_forward_moments(x, *args, pending=pending)
-        ref_m, ref_tiles = DW.depthwise_conv2d_forward_moments(applied, *args)
+        out_m, tiles = DW.depthwise_conv2d_forward_moments(x, *args, config=flat, pending=pending)
+        ref_m, ref_tiles = DW.depthwise_conv2d_forward_moments(applied, *args, config=flat)
         assert torch.equal(out_m, ref_m) and torch.equal(tiles.partials, ref_tiles.partials)
         g = randn(*ref.shape, dtype=dtype, channels_last=True)
         geo = (stride, pad, (1, 1))

@@ -94,7 +94,7 @@ WGRAD_ALL_TAPS = True
 
 # Forward and stride-1 dgrad of 3x3 / padding 1 convs by rolling rows (depthwise_rows.py: each
 # input row reaches the SM three times, not nine). Off until measured on the GPU.
-ROLLING_ROWS = False
+ROLLING_ROWS = True
 # Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program.
 ROWS_TILE = 512
 ROWS_STAGES = 4
