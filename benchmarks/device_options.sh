@@ -7,7 +7,7 @@
 # 1. the gpu tier of the options (residual fusion, skip / ReLU gradients in the dgrad
 #    epilogue, dgrad BN sums, deferral), of the two-level BN backward sums and of depthwise;
 # 2. train_step.py, ResNet-18 and MobileNetV2 at b512, graphed only: the defaults and one row
-#    per option (--fuse-residual, --skip-grad-in-dgrad, --relu-grad-in-dgrad, --bn-grad-sums,
+#    per option (--without-fuse-residual, --without-skip-grad-in-dgrad, --relu-grad-in-dgrad, --bn-grad-sums,
 #    --bn-into-depthwise).
 # Heuristic tiles (TRITONCNN_AUTOTUNE=0). Logs and the CSV go to $OUT.
 set -uo pipefail
@@ -24,5 +24,5 @@ timeout 200 python3 -m pytest -m gpu -n 16 -v -p no:cacheprovider tests/test_res
 grep -c PASSED "$OUT/gpu_tests.log"
 grep -E "FAILED|[0-9]+ passed|[0-9]+ failed" "$OUT/gpu_tests.log" | tail -12
 timeout 330 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
-    --ours-only --graph-only --fuse-residual --skip-grad-in-dgrad --relu-grad-in-dgrad \
+    --ours-only --graph-only --without-fuse-residual --without-skip-grad-in-dgrad --relu-grad-in-dgrad \
     --bn-grad-sums --bn-into-depthwise --out "$OUT" 2>&1 | grep -v -i warn | tail -16

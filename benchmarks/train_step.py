@@ -91,9 +91,9 @@ def ours_step(
     wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
     bn_grad_sums: bool = False,
-    fuse_residual: bool = False,
+    fuse_residual: bool = True,
     dw_wgrad_all_taps: bool = True,
-    skip_grad_in_dgrad: bool = False,
+    skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
@@ -106,11 +106,12 @@ def ours_step(
     variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
-    ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply.
+    ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply
+    (models.build's default).
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch).
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
-    epilogue.
+    epilogue (models.build's default).
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
@@ -238,10 +239,10 @@ def main() -> None:
         "the convs' dgrad epilogues (and one with --bn-into-depthwise too)",
     )
     ap.add_argument(
-        "--fuse-residual",
+        "--without-fuse-residual",
         action="store_true",
-        help="add a graph row whose residual blocks add their skip tensor in the last BN's "
-        "apply pass",
+        help="add a graph row whose residual blocks add their skip tensor in a kernel of its "
+        "own (not in the last BN's apply pass)",
     )
     ap.add_argument("--graph-only", action="store_true", help="no eager tritoncnn row")
     ap.add_argument(
@@ -250,10 +251,10 @@ def main() -> None:
         help="add a graph row whose 3x3 weight gradients run one program per tap (not per row)",
     )
     ap.add_argument(
-        "--skip-grad-in-dgrad",
+        "--without-skip-grad-in-dgrad",
         action="store_true",
-        help="add a graph row whose residual blocks add their skip gradient in the first "
-        "conv's dgrad epilogue (no accumulate kernel)",
+        help="add a graph row whose residual blocks add their skip gradient in a kernel of "
+        "its own (not in the first conv's dgrad epilogue)",
     )
     ap.add_argument(
         "--relu-grad-in-dgrad",
@@ -304,12 +305,13 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_grad_sums"] = {**graph, "bn_grad_sums": True}
                 both = {**graph, "bn_grad_sums": True, "bn_into_depthwise": True}
                 ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
-            if args.fuse_residual:
-                ours["tritoncnn_fp16_graph_fused_residual"] = {**graph, "fuse_residual": True}
+            if args.without_fuse_residual:
+                ours["tritoncnn_fp16_graph_unfused_residual"] = {**graph, "fuse_residual": False}
             if args.without_row_taps:
                 ours["tritoncnn_fp16_graph_tap_wgrad"] = {**graph, "wgrad_row_taps": False}
-            if args.skip_grad_in_dgrad:
-                ours["tritoncnn_fp16_graph_skip_grad_dgrad"] = {**graph, "skip_grad_in_dgrad": True}
+            if args.without_skip_grad_in_dgrad:
+                no_skip = {**graph, "skip_grad_in_dgrad": False}
+                ours["tritoncnn_fp16_graph_skip_grad_accumulate"] = no_skip
             if args.relu_grad_in_dgrad:
                 ours["tritoncnn_fp16_graph_relu_grad_dgrad"] = {**graph, "relu_grad_in_dgrad": True}
             if args.dw_wgrad_per_tap:

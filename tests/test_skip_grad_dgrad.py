@@ -122,6 +122,11 @@ MOBILENET = dict(
 MODELS = {**RESNETS, "mobilenetv2": MOBILENET}
 
 
+# the reference: skip gradients added and ReLU backward applied by kernels of their own (off
+# what models.build defaults to), the forward's add in a kernel of its own
+SEPARATE = dict(skip_grad_in_dgrad=False, fuse_residual=False)
+
+
 def _step(name: str, **options):
     torch.manual_seed(0)
     model = models.build(name, num_classes=5, image_size=8, **options, **MODELS[name])
@@ -133,9 +138,9 @@ def test_model_trains_as_with_the_accumulate_kernel(name, monkeypatch):
     calls = []
     accumulate = ew.accumulate_
     monkeypatch.setattr(ew, "accumulate_", lambda *a: calls.append(1) or accumulate(*a))
-    _, ref = _step(name)
+    _, ref = _step(name, **SEPARATE)
     separate = len(calls)
-    model, out = _step(name, skip_grad_in_dgrad=True)
+    model, out = _step(name, skip_grad_in_dgrad=True, fuse_residual=False)
     # every residual block whose first conv is a GEMM conv skips its accumulate kernel (the
     # MobileNetV2's t=1 block starts with a depthwise conv, which still runs one)
     fewer = {"resnet18": 8, "resnet34": 16, "mobilenetv2": 2}[name]
@@ -149,7 +154,7 @@ def test_model_trains_as_with_the_accumulate_kernel(name, monkeypatch):
 def test_with_the_other_fusions():
     """With the forward's add + ReLU in bn2's apply and bn1's backward sums from conv2's
     dgrad too: the backward's skip add and ReLU in the dgrad epilogues still give the step."""
-    _, ref = _step("resnet18")
+    _, ref = _step("resnet18", **SEPARATE)
     _, out = _step("resnet18", fuse_residual=True, bn_grad_sums=True, relu_grad_in_dgrad=True)
     assert_same_step(out, ref, "resnet18")
 
@@ -158,8 +163,8 @@ def test_with_the_other_fusions():
 def test_model_trains_as_with_the_relu_backward_kernel(name):
     """Every block but the last leaves its ReLU backward to the next block's conv1 dgrad
     (across stages, stride-2 downsample blocks included)."""
-    _, ref = _step(name)
-    model, out = _step(name, relu_grad_in_dgrad=True)
+    _, ref = _step(name, **SEPARATE)
+    model, out = _step(name, relu_grad_in_dgrad=True, **SEPARATE)
     blocks = [m for m in model.modules() if hasattr(type(m), "relu_grad_by_next")]
     assert [b.relu_grad_by_next for b in blocks] == [True] * (len(blocks) - 1) + [False]
     assert [b.conv1.relu_input_grad for b in blocks] == [False] + [True] * (len(blocks) - 1)
@@ -211,5 +216,5 @@ GPU_OPTIONS = {
 def test_gpu_model_step(name, options):
     """Whole-width models, fp32, batch 16 at 32x32: one step equals the one with the
     accumulate and ReLU backward kernels."""
-    ref = full_width_step(name)
-    assert_same_step(full_width_step(name, **options), ref, name)
+    ref = full_width_step(name, **SEPARATE)
+    assert_same_step(full_width_step(name, **{**SEPARATE, **options}), ref, name)
