@@ -7,7 +7,9 @@ normal case, where a block of channels of one pixel is contiguous and loads are 
 Weights are C,1,KH,KW fp32 (any strides), math is fp32, outputs take the activation dtype.
 
 - forward: one program owns a tile of output pixels x a block of channels and loops over the
-  KH*KW taps; bias and activation are fused into the epilogue.
+  KH*KW taps; bias and activation are fused into the epilogue. 3x3 convs with stride 1 and
+  padding 1 (most of MobileNetV2's) take depthwise_rows.py instead, which walks image rows
+  and loads each input row once (ROLLING_ROWS), and so does their dgrad.
 - dgrad: the same tiling over *input* pixels, gathering the output pixels whose window covers
   each one ((h + pad - kh*dil) divisible by stride and in range): no atomics, no zero-inserted
   copies, every element written.
@@ -64,15 +66,16 @@ class WgradConfig(NamedTuple):
     all_taps: bool = False
 
 
-# Every configuration the heuristics can choose (the GPU tier runs each). 2048-element tiles on
-# 4 warps keep 16 fp32 accumulators per thread; the 2-warp tiles give small layers (2x2, 4x4
-# images) more programs. No 8-warp configs (non-1x1 conv miscompiles, pytorch #173068).
+# Every configuration the heuristics can choose (the GPU tier runs each): channel blocks of at
+# most 32 with 128 pixels on 4 warps; 2-warp tiles give small layers (2x2, 4x4 images) more
+# programs. H200, MobileNetV2's stride-2 layers at batch 512 (benchmarks/depthwise_tiles.py,
+# fwd / dgrad us summed): 128x32 on 4 warps 158 / 335, the 64x32 / 32x64 tiles picked before
+# 201 / 382, 128x16 202 / 374; 128x32 was the fastest on each layer. No 8-warp configs (non-1x1
+# conv miscompiles, pytorch #173068).
 CONFIGS: tuple[DepthwiseConfig, ...] = (
     DepthwiseConfig(128, 16, 4),
-    DepthwiseConfig(64, 32, 4),
-    DepthwiseConfig(32, 64, 4),
+    DepthwiseConfig(128, 32, 4),
     DepthwiseConfig(32, 32, 2),
-    DepthwiseConfig(16, 64, 2),
 )
 
 WGRAD_CONFIGS: tuple[WgradConfig, ...] = (
@@ -93,9 +96,14 @@ WGRAD_CONFIGS: tuple[WgradConfig, ...] = (
 WGRAD_ALL_TAPS = True
 
 # Forward and stride-1 dgrad of 3x3 / padding 1 convs by rolling rows (depthwise_rows.py: each
-# input row reaches the SM three times, not nine). Off until measured on the GPU.
+# input row reaches the SM three times, not nine). H200, MobileNetV2's stride-1 layers at batch
+# 512 (benchmarks/depthwise_tiles.py): forward 1413 -> 644 us, dgrad 1020 -> 543 us; the
+# graphed step 13.21 -> 11.77 ms.
 ROLLING_ROWS = True
-# Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program.
+# Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program. H200,
+# the 32x16-element tile over the stride-1 layers (fwd / dgrad us): 2 stages 918 / 754,
+# 4 (the picks) 644 / 543, 6 679 / 623, 8 710 / 652; 8 elements per thread (64x16, 4 stages)
+# 646 / 552 with 165 registers instead of 91.
 ROWS_TILE = 512
 ROWS_STAGES = 4
 
@@ -532,12 +540,13 @@ def _channel_block(c: int) -> int:
 
 
 def pick_config(channels: int, pixels: int) -> DepthwiseConfig:
-    """Forward/dgrad tile for ``channels`` x ``pixels`` (output pixels for the forward,
-    input pixels for dgrad): widest low-waste channel block, 2-warp tiles for small layers."""
+    """Flat forward/dgrad tile for ``channels`` x ``pixels`` (output pixels for the forward,
+    input pixels for dgrad): the widest low-waste channel block up to 32, 2-warp tiles for
+    small layers."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         block_c = runtime.interpreter_block(channels, 128)
         return DepthwiseConfig(max(16, 8192 // block_c), block_c, 4)
-    bc = _channel_block(channels)
+    bc = min(_channel_block(channels), 32)
     big = [cfg for cfg in CONFIGS if cfg.block_c == bc and cfg.num_warps == 4][0]
     programs = triton.cdiv(pixels, big.block_p) * triton.cdiv(channels, bc)
     if programs < _MIN_PROGRAMS:
