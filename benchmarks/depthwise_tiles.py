@@ -1,16 +1,18 @@
-"""MobileNetV2's depthwise forward and dgrad at their real shapes: tile shape vs speed.
+"""MobileNetV2's depthwise convs at their real shapes: tile shape vs speed.
 
-The forward (``depthwise_fwd_kernel``, with the batch-norm moments epilogue as in training) and
-the input gradient (``depthwise_dgrad_kernel``) are memory-bound: each reads one activation
-and writes one. This times them (replayed in CUDA graphs) over every depthwise layer of
-MobileNetV2-CIFAR at ``--batch`` with the tile ``depthwise.pick_config`` picks and with each
-``--tiles`` tile (BLOCK_P x BLOCK_C on WARPS warps, or a rolling-rows tile: depthwise_rows.py),
-against cuDNN on the same tensors, and prints each variant's total over the network (each
-layer counted as often as the network has it) with its achieved DRAM-level bandwidth (bytes
-read + written once). Writes every timing to
+The forward (with the batch-norm moments epilogue, as in training), the input gradient and the
+weight gradient are memory-bound: each reads one or two activations and writes one (or a few
+KB). This times them (replayed in CUDA graphs) over every depthwise layer of MobileNetV2-CIFAR
+at ``--batch``: the default pick (rolling rows for the 3x3 stride-1 forward and dgrad, the flat
+kernels elsewhere; the all-taps flat weight gradient unless ``WGRAD_ROLLING_ROWS``), each
+``--tiles`` tile (BLOCK_P x BLOCK_C on WARPS warps for the flat kernels, or a rolling-rows
+tile: depthwise_rows.py), and for 'rows' the rolling-rows weight gradient at each
+``--wgrad-programs`` count, against cuDNN on the same tensors. Prints each variant's total over
+the network (each layer counted as often as the network has it) with its achieved DRAM-level
+bandwidth (bytes read + written once) and writes every timing to
 ``depthwise_tiles_<gpu>.csv`` under ``--out``.
 
-    python benchmarks/depthwise_tiles.py --batch 512 --tiles 64x32x4 128x32x4 r64x32x4x2
+    python benchmarks/depthwise_tiles.py --batch 512 --tiles 128x32x4 rows r32x16x4x3
 """
 
 from __future__ import annotations
@@ -31,10 +33,7 @@ from reduction_tiles import bench, mobilenetv2_layers, nhwc  # noqa: E402
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import depthwise  # noqa: E402
 
-DEFAULT_TILES = [
-    *("128x32x4", "32x32x2", "128x16x4", "32x64x4"),
-    *("rows", "r32x16x4x2", "r32x16x4x6", "r32x16x4x8", "r64x32x4x2", "r64x16x4x4"),
-]
+DEFAULT_TILES = ["128x32x4", "rows", "r32x16x4x3", "r32x16x4x5", "r64x16x4x4"]
 
 
 def parse_tile(text: str) -> depthwise.DepthwiseConfig | depthwise.RowsConfig:
@@ -47,19 +46,22 @@ def parse_tile(text: str) -> depthwise.DepthwiseConfig | depthwise.RowsConfig:
     return depthwise.DepthwiseConfig(block_p, block_c, warps)
 
 
-def layer_rows(batch: int, c: int, hw: int, stride: int, count: int, tiles: list[str]):
+def layer_rows(
+    batch: int, c: int, hw: int, stride: int, count: int, tiles: list[str], wgrad_programs
+):
     ho = hw // stride
     x, gy = nhwc(batch, c, hw, hw), nhwc(batch, c, ho, ho)
     w = torch.randn(c, 1, 3, 3, device="cuda")
     w16 = w.half()
     conv_args = ((stride, stride), (1, 1), (1, 1), False, (0, 0), c)
+
+    def torch_grad(mask):
+        return lambda: torch.ops.aten.convolution_backward(gy, x, w16, None, *conv_args, mask)
+
     t_torch = {
         "fwd": bench(lambda: torch.ops.aten.convolution(x, w16, None, *conv_args)),
-        "dgrad": bench(
-            lambda: torch.ops.aten.convolution_backward(
-                gy, x, w16, None, *conv_args, (True, False, False)
-            )
-        ),
+        "dgrad": bench(torch_grad((True, False, False))),
+        "wgrad": bench(torch_grad((False, True, False))),
     }
     gb = (x.numel() + gy.numel()) * x.element_size() / 1e9
     for name in ["default", *tiles]:
@@ -74,20 +76,40 @@ def layer_rows(batch: int, c: int, hw: int, stride: int, count: int, tiles: list
                 gy, w, x.shape, stride, 1, 1, config=cfg
             ),
         }
+        # the weight gradient: the default (flat all-taps unless WGRAD_ROLLING_ROWS) and the
+        # rolling-rows pick at each program count
+        variants = {name: None} if name == "default" else {}
+        if name == "rows":
+            variants = {f"rows p{p}": p for p in wgrad_programs}
         for op, fn in ours.items():
-            us = 1e3 * bench(fn)
-            picked = cfg or depthwise.pick_config(c, batch * (ho * ho if op == "fwd" else hw * hw))
-            yield {
-                "kernel": f"dw_{op}",
-                "layer": f"C{c} {hw}x{hw} s{stride} N{batch}",
-                "stride": stride,
-                "count": count,
-                "tile": name,
-                "config": "x".join(str(v) for v in picked),
-                "us": us,
-                "torch_us": 1e3 * t_torch[op],
-                "GB/s": gb / (us * 1e-6),
-            }
+            yield _row(op, c, hw, stride, batch, count, name, cfg, bench(fn), t_torch, gb)
+        for label, programs in variants.items():
+            if programs is not None:
+                depthwise._WGRAD_ROWS_PROGRAMS = programs
+            ms = bench(
+                lambda cfg=cfg: depthwise.depthwise_conv2d_wgrad(
+                    x, gy, w.shape, stride, 1, 1, config=cfg
+                )
+            )
+            yield _row("wgrad", c, hw, stride, batch, count, label, cfg, ms, t_torch, gb)
+
+
+def _row(op, c, hw, stride, batch, count, tile, cfg, ms, t_torch, gb) -> dict:
+    ho = hw // stride
+    picked = cfg or depthwise.pick_config(c, batch * (ho * ho if op == "fwd" else hw * hw))
+    if cfg is None and op != "wgrad" and depthwise.ROLLING_ROWS and stride == 1:
+        picked = depthwise.pick_rows_config(c, hw)  # what the default runs there
+    return {
+        "kernel": f"dw_{op}",
+        "layer": f"C{c} {hw}x{hw} s{stride} N{batch}",
+        "stride": stride,
+        "count": count,
+        "tile": tile,
+        "config": "x".join(str(v) for v in picked) if op != "wgrad" or cfg else "default",
+        "us": 1e3 * ms,
+        "torch_us": 1e3 * t_torch[op],
+        "GB/s": gb / ms * 1e3,
+    }
 
 
 def layer_config(name: str, c: int, hw: int, stride: int):
@@ -106,6 +128,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--tiles", nargs="+", default=DEFAULT_TILES, help="BLOCK_PxBLOCK_CxWARPS")
     ap.add_argument(
+        "--wgrad-programs",
+        nargs="+",
+        type=int,
+        default=[512, 1024, 2048],
+        help="rolling-rows weight gradient: programs in all ('rows' tile)",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -117,7 +146,7 @@ def main() -> None:
     _, layers = mobilenetv2_layers()
     rows = []
     for (c, hw, stride), count in layers.items():
-        for row in layer_rows(args.batch, c, hw, stride, count, args.tiles):
+        for row in layer_rows(args.batch, c, hw, stride, count, args.tiles, args.wgrad_programs):
             rows.append(row)
             print(
                 f"{row['kernel']:<9} {row['layer']:<22} {row['tile']:<11} {row['config']:<10} "

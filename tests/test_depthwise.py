@@ -170,14 +170,16 @@ ROWS_CPU_CONFIGS = [RowsConfig(16, 16, 4, 2), RowsConfig(32, 32, 2, 1)]
 def test_rolling_rows(shape, config, dtype):
     n, c, h, w = shape
     act = ACT_RELU6 if ROWS_CASES.index(shape) % 2 else ACT_NONE
-    _check(n, c, (h, w), (3, 3), (1, 1), (1, 1), (1, 1), dtype, act=act, config=config)
+    args = (n, c, (h, w), (3, 3), (1, 1), (1, 1), (1, 1), dtype)
+    _check(*args, act=act, config=config, wgrad_config=config)
 
 
 def test_rolling_rows_nchw_and_odd_weight_strides():
     """NCHW activations, a transposed weight view (the dgrad rotates it through negated
     strides), the gradient written into an NCHW ``out``."""
     _check(2, 20, (7, 5), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32, bias=False,
-           channels_last=False, odd_weight_strides=True, config=ROWS_CPU_CONFIGS[0])  # fmt: skip
+           channels_last=False, odd_weight_strides=True, config=ROWS_CPU_CONFIGS[0],
+           wgrad_config=ROWS_CPU_CONFIGS[0])  # fmt: skip
 
 
 def test_rolling_rows_is_the_default_when_on(monkeypatch):
@@ -197,12 +199,32 @@ def test_rolling_rows_is_the_default_when_on(monkeypatch):
     assert len(calls) == 2
 
 
+def test_rolling_rows_wgrad_is_the_default_when_on(monkeypatch):
+    """With WGRAD_ROLLING_ROWS, qualifying weight gradients take depthwise_rows_wgrad_kernel
+    (the flat kernels' numbers to fp32 rounding; deterministic) and the others don't."""
+    x, g = randn(3, 20, 7, 5, channels_last=True), randn(3, 20, 7, 5, channels_last=True)
+    flat = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), 1, 1, 1)
+    monkeypatch.setattr(dw, "WGRAD_ROLLING_ROWS", True)
+    calls = []
+    stage1 = dw.rows_wgrad_partials
+    monkeypatch.setattr(dw, "rows_wgrad_partials", lambda *a: calls.append(1) or stage1(*a))
+    rows = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), 1, 1, 1)
+    assert_close(rows, f64(flat))
+    assert torch.equal(rows, dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), 1, 1, 1))
+    assert len(calls) == 2
+    dw.depthwise_conv2d_wgrad(x, g[:, :, ::2, ::2], (20, 1, 3, 3), 2, 1, 1)  # stride 2
+    assert len(calls) == 2
+
+
 def test_rolling_rows_refuses_other_convs():
     x = randn(1, 4, 5, 5, channels_last=True)
     cfg = ROWS_CPU_CONFIGS[0]
     for stride, pad, dil, k in ((2, 1, 1, 3), (1, 0, 1, 3), (1, 2, 2, 3), (1, 2, 1, 5)):
         with pytest.raises(ValueError, match="RowsConfig"):
             dw.depthwise_conv2d_forward(x, randn(4, 1, k, k), None, stride, pad, dil, config=cfg)
+        y = dw.depthwise_conv2d_forward(x, randn(4, 1, k, k), None, stride, pad, dil)
+        with pytest.raises(ValueError, match="RowsConfig"):
+            dw.depthwise_conv2d_wgrad(x, y, (4, 1, k, k), stride, pad, dil, config=cfg)
 
 
 def test_shape_errors():
@@ -282,4 +304,5 @@ def test_rolling_rows_gpu(config, shape, dtype):
     if dtype == torch.bfloat16 and not runtime.bf16_supported():
         pytest.skip("bf16 needs sm_80+")
     c, hw, _ = shape
-    _check(128, c, (hw, hw), (3, 3), (1, 1), (1, 1), (1, 1), dtype, act=ACT_RELU6, config=config)
+    args = (128, c, (hw, hw), (3, 3), (1, 1), (1, 1), (1, 1), dtype)
+    _check(*args, act=ACT_RELU6, config=config, wgrad_config=config)

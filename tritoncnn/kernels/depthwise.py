@@ -28,7 +28,13 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels.depthwise_rows import RowsConfig, applies, rows_conv
+from tritoncnn.kernels.depthwise_rows import (
+    RowsConfig,
+    applies,
+    rows_conv,
+    rows_wgrad_partials,
+    store_tap_partials,
+)
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
     GradSums,
@@ -100,6 +106,11 @@ WGRAD_ALL_TAPS = True
 # 512 (benchmarks/depthwise_tiles.py): forward 1413 -> 644 us, dgrad 1020 -> 543 us; the
 # graphed step 13.21 -> 11.77 ms.
 ROLLING_ROWS = True
+# The weight gradient of those convs by rolling rows (depthwise_rows_wgrad_kernel: x and grad_out
+# each loaded once, against nine shifted x tiles per pixel tile). Off until measured on the GPU.
+WGRAD_ROLLING_ROWS = False
+# Its programs in all (96 registers, 24 KB of pipelined rows each: 5 per SM).
+_WGRAD_ROWS_PROGRAMS = 1024
 # Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program. H200,
 # the 32x16-element tile over the stride-1 layers (fwd / dgrad us): 2 stages 918 / 754,
 # 4 (the picks) 644 / 543, 6 679 / 623, 8 710 / 652; 8 elements per thread (64x16, 4 stages)
@@ -398,13 +409,6 @@ def depthwise_wgrad_partial_kernel(
 
 
 @triton.jit
-def _store_tap_partial(part_ptr, chunk, t, acc, c, c_mask, C):
-    """Row (chunk, tap t) of the [chunks, 9, C] partials: acc summed over its pixels."""
-    row = (chunk.to(tl.int64) * 9 + t) * C
-    tl.store(part_ptr + row + c, tl.sum(acc, axis=0), mask=c_mask)
-
-
-@triton.jit
 def depthwise_wgrad_taps_kernel(
     x_ptr, go_ptr, part_ptr,
     nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
@@ -472,15 +476,10 @@ def depthwise_wgrad_taps_kernel(
                              sx_w, p_mask, c_mask, gv, n_mean, n_scale, n_b, n_alpha, IN_NORM,
                              IN_ACT)
         # fmt: on
-    _store_tap_partial(part_ptr, chunk, 0, acc0, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 1, acc1, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 2, acc2, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 3, acc3, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 4, acc4, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 5, acc5, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 6, acc6, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 7, acc7, c, c_mask, C)
-    _store_tap_partial(part_ptr, chunk, 8, acc8, c, c_mask, C)
+    # fmt: off
+    store_tap_partials(part_ptr, chunk, c, c_mask, C, acc0, acc1, acc2, acc3, acc4, acc5, acc6,
+                       acc7, acc8)
+    # fmt: on
 
 
 @triton.jit
@@ -569,10 +568,14 @@ def pick_rows_config(channels: int, width: int) -> RowsConfig:
     return RowsConfig(max(block_w, ROWS_TILE // block_c), block_c, 4, ROWS_STAGES)
 
 
-def _rows_config(config, kernel, stride, padding, dilation, fused: bool, channels, width):
-    """The RowsConfig a forward / dgrad launch runs depthwise_rows_kernel with, or None for the
-    flat kernels: ``config`` when it is one (the conv must be one the kernel computes, without
-    ``fused`` normalisation work), else the pick when ROLLING_ROWS and the conv qualifies."""
+def _rows_config(
+    config, kernel, stride, padding, dilation, fused: bool, channels, width, enabled=None
+):
+    """The RowsConfig a forward / dgrad / wgrad launch runs its rolling-rows kernel with, or
+    None for the flat kernels: ``config`` when it is one (the conv must be one the kernel
+    computes, without ``fused`` normalisation work), else the pick when ``enabled`` (default
+    ROLLING_ROWS) and the conv qualifies."""
+    enabled = ROLLING_ROWS if enabled is None else enabled
     fits = applies(kernel, stride, padding, dilation) and not fused
     if isinstance(config, RowsConfig):
         if not fits:
@@ -581,7 +584,7 @@ def _rows_config(config, kernel, stride, padding, dilation, fused: bool, channel
                 "and no fused batch norm; pass a DepthwiseConfig (or None)"
             )
         return config
-    if config is None and ROLLING_ROWS and fits:
+    if config is None and enabled and fits:
         return pick_rows_config(channels, width)
     return None
 
@@ -800,7 +803,7 @@ def depthwise_conv2d_wgrad(
     padding,
     dilation,
     grad_weight: torch.Tensor | None = None,
-    config: WgradConfig | None = None,
+    config: WgradConfig | RowsConfig | None = None,
     pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """Weight gradient of a depthwise conv, fp32 C,1,KH,KW (``weight_shape``). Written into a
@@ -824,6 +827,12 @@ def depthwise_conv2d_wgrad(
     else:
         grad_weight = runtime.empty_nhwc(c, 1, kh, kw, torch.float32)
 
+    geometry = ((kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    rows = _rows_config(config, *geometry, pending is not None, c, w, WGRAD_ROLLING_ROWS)
+    if rows is not None:
+        partials = rows_wgrad_partials(x, grad_out, rows, _rows_wgrad_groups(n, c, w, rows))
+        _wgrad_reduce(partials, grad_weight, accumulate)
+        return grad_weight
     cfg = config or pick_wgrad_config(c, (kh, kw))
     all_taps = cfg.all_taps and (kh, kw) == (3, 3)
     block_p = cfg.tile // cfg.block_c
@@ -852,11 +861,29 @@ def depthwise_conv2d_wgrad(
     else:
         grid = row_channel_grid(chunks * kh * kw, 1, c, cfg.block_c)
         depthwise_wgrad_partial_kernel[grid](*args, KH=kh, KW=kw, **meta)
-    entries = kh * kw * c
+    _wgrad_reduce(partials, grad_weight, accumulate)
+    return grad_weight
+
+
+def _rows_wgrad_groups(n: int, c: int, w: int, cfg: RowsConfig) -> int:
+    """Row tiles of images each rolling-rows wgrad program walks: about _WGRAD_ROWS_PROGRAMS
+    programs in all (fixed, not read from the device: the same partials, so the same bits, on
+    every machine), hence about that many partial rows per channel block for stage 2."""
+    block_n = max(1, cfg.pixels // triton.next_power_of_2(w))
+    tiles = triton.cdiv(n, block_n)
+    target = 4 if runtime.INTERPRETED else _WGRAD_ROWS_PROGRAMS
+    wanted = max(1, target // triton.cdiv(c, cfg.block_c))
+    return triton.cdiv(tiles, min(tiles, wanted))
+
+
+def _wgrad_reduce(partials: torch.Tensor, grad_weight: torch.Tensor, accumulate: bool) -> None:
+    """Stage 2 of wgrad: the [chunks, KH*KW, C] partials summed into (or, with
+    ``accumulate``, added to) the C,1,KH,KW ``grad_weight``."""
+    chunks, taps, c = partials.shape
+    entries = taps * c
     depthwise_wgrad_reduce_kernel[(triton.cdiv(entries, _REDUCE_BLOCK_J),)](
         partials, grad_weight, chunks, c, entries,
         grad_weight.stride(0), grad_weight.stride(2), grad_weight.stride(3),
-        KW=kw, ACCUMULATE=accumulate,
+        KW=grad_weight.shape[3], ACCUMULATE=accumulate,
         BLOCK_K=_REDUCE_BLOCK_K, BLOCK_J=_REDUCE_BLOCK_J, num_warps=4,
     )  # fmt: skip
-    return grad_weight

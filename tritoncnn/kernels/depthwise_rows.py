@@ -12,7 +12,10 @@ pipelined.
 
 The same kernel computes a stride-1 dgrad: grad_in is the correlation of grad_out with the
 kernel rotated by 180 degrees, which the launch passes as a weight pointer to the last tap
-with negated strides.
+with negated strides. The weight gradient walks the rows the same way
+(depthwise_rows_wgrad_kernel): input row r meets grad_out rows r + 1, r and r - 1: six loads
+per row tile (three column shifts of x, three rows of grad_out) against the nine shifted input
+tiles and one grad_out tile per pixel tile of depthwise_wgrad_taps_kernel.
 
 Layout: x and y are N,C,H,W tensors addressed through element strides (NHWC memory in the
 normal case); the weight is C,1,3,3 fp32 through its strides; math in fp32.
@@ -178,6 +181,110 @@ def depthwise_rows_kernel(
         tl.store(pm2_ptr + out, m2, mask=c_mask)
 
 
+@triton.jit
+def _store_tap_partial(part_ptr, chunk, t, acc, c, c_mask, C):
+    row = (chunk.to(tl.int64) * 9 + t) * C
+    tl.store(part_ptr + row + c, tl.sum(acc, axis=0), mask=c_mask)
+
+
+@triton.jit
+def store_tap_partials(part_ptr, chunk, c, c_mask, C, a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    """Row ``chunk`` of a 3x3 weight gradient's [chunks, 9, C] fp32 partials: tap t's
+    BLOCK_P x BLOCK_C accumulator a<t> (t = kh*3 + kw) summed over its pixels (a fixed
+    order), channels c."""
+    _store_tap_partial(part_ptr, chunk, 0, a0, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 1, a1, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 2, a2, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 3, a3, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 4, a4, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 5, a5, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 6, a6, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 7, a7, c, c_mask, C)
+    _store_tap_partial(part_ptr, chunk, 8, a8, c, c_mask, C)
+
+
+@triton.jit
+def _go_row(go_ptr, g_off, h, H, sg_h, g_mask):
+    """grad_out row h of the row tile in fp32, zero when h is off the image."""
+    ok = (h >= 0) & (h < H)
+    return tl.load(go_ptr + g_off + h * sg_h, mask=g_mask & ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def depthwise_rows_wgrad_kernel(
+    x_ptr, go_ptr, part_ptr,
+    N, C, H, W, GROUPS,
+    sx_n, sx_h, sx_w, sx_c,
+    sg_n, sg_h, sg_w, sg_c,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    STAGES: tl.constexpr,
+):  # fmt: skip
+    """Stage 1 of a 3x3 / stride 1 / padding 1 depthwise weight gradient by rolling rows:
+    part[g, a*3 + b, c] = sum over program g's images n, rows h and columns w of
+    go[n,c,h,w] * x[n,c,h-1+a,w-1+b] (zero off the image).
+
+    Row tiles as depthwise_rows_kernel's (one image row of BLOCK_N images side by side), but
+    program (g, j) (tile_order's (row tile, channel block)) walks GROUPS such groups of images
+    one after the other, images [g*GROUPS*BLOCK_N, (g+1)*GROUPS*BLOCK_N), so that few partial
+    rows are left for stage 2. Iteration t is row r = t % H of group t // H: it loads input
+    row r (three column shifts, b = 0, 1, 2), which meets grad_out rows r + 1, r and r - 1
+    through kernel rows a = 0, 1, 2. Nine BLOCK_R x BLOCK_C fp32 accumulators, each reduced
+    over its pixels once at the end (a fixed order: deterministic) into the fp32
+    [cdiv(N, GROUPS*BLOCK_N), 9, C] partials that depthwise_wgrad_reduce_kernel adds. x_ptr,
+    go_ptr: N,C,H,W through element strides sx_*, sg_* in (n, h, w, c) order. STAGES: rows in
+    flight.
+    """
+    pid_g, pid_c = row_channel_tile(C, BLOCK_C)
+    i = tl.arange(0, BLOCK_N * BLOCK_W)
+    lane_n = i // BLOCK_W
+    col = i % BLOCK_W
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
+    x_c = c * sx_c
+    g_c = (c * sg_c)[None, :]
+    acc00 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc01 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc02 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc10 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc11 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc12 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc20 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc21 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    acc22 = tl.zeros((BLOCK_N * BLOCK_W, BLOCK_C), tl.float32)
+    for t in tl.range(0, GROUPS * H, num_stages=STAGES):
+        group = t // H
+        r = t - group * H
+        n = (pid_g * GROUPS + group) * BLOCK_N + lane_n
+        pix = (n < N) & (col < W)
+        ok_l, ok_r = pix & (col >= 1), pix & (col + 1 < W)
+        # fmt: off
+        xl, xc, xr = _row_loads(x_ptr, n.to(tl.int64) * sx_n + r * sx_h, col_l, col_c, col_r,
+                                ok_l, pix, ok_r, x_c, c_mask)
+        # fmt: on
+        # grad_out rows r - 1, r, r + 1 (zero off the image). Loaded each iteration: carrying
+        # two of them over from the iterations before keeps Triton from pipelining the loop
+        # (ptxas sm_90: no cp.async), and the reloads come from L1 / L2.
+        g_off = (n.to(tl.int64) * sg_n + col * sg_w)[:, None] + g_c
+        g_mask = pix[:, None] & c_mask[None, :]
+        go_prev = _go_row(go_ptr, g_off, r - 1, H, sg_h, g_mask)
+        go_cur = _go_row(go_ptr, g_off, r, H, sg_h, g_mask)
+        go_next = _go_row(go_ptr, g_off, r + 1, H, sg_h, g_mask)
+        acc00 += go_next * xl
+        acc01 += go_next * xc
+        acc02 += go_next * xr
+        acc10 += go_cur * xl
+        acc11 += go_cur * xc
+        acc12 += go_cur * xr
+        acc20 += go_prev * xl
+        acc21 += go_prev * xc
+        acc22 += go_prev * xr
+    # fmt: off
+    store_tap_partials(part_ptr, pid_g, c, c_mask, C, acc00, acc01, acc02, acc10, acc11, acc12,
+                       acc20, acc21, acc22)
+    # fmt: on
+
+
 # --- launch ----------------------------------------------------------------------------------
 
 
@@ -225,3 +332,26 @@ def rows_conv(
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return y, tiles
+
+
+def rows_wgrad_partials(
+    x: torch.Tensor, grad_out: torch.Tensor, cfg: RowsConfig, groups: int
+) -> torch.Tensor:
+    """Stage 1 of the 3x3 / stride 1 / padding 1 weight gradient of x (N,C,H,W, any strides)
+    and grad_out (same shape): the fp32 [programs along the images, 9, C] partial sums of
+    depthwise_rows_wgrad_kernel, each program walking ``groups`` row tiles of images, for
+    depthwise_wgrad_reduce_kernel."""
+    n, c, h, w = x.shape
+    block_w = triton.next_power_of_2(w)
+    block_n = max(1, cfg.pixels // block_w)
+    images = groups * block_n  # per program
+    partials = runtime.empty((triton.cdiv(n, images), 9, c), torch.float32)
+    depthwise_rows_wgrad_kernel[row_channel_grid(n, images, c, cfg.block_c)](
+        x, grad_out, partials,
+        n, c, h, w, groups,
+        *runtime.nhwc_strides(x),
+        *runtime.nhwc_strides(grad_out),
+        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return partials
