@@ -43,23 +43,26 @@ def test_depthwise_applies_the_pending_norm(dtype, act, affine):
     x = randn(2, 20, 7, 6, dtype=dtype, channels_last=True) * 3 + 1
     pending, applied = _pending(x, act, affine)
     weight = randn(20, 1, 3, 3).contiguous(memory_format=torch.channels_last)
-    # the flat kernel's tile for both (a qualifying conv fed the applied tensor would
-    # otherwise take the rolling-rows kernel: other summation order, other rounding)
+    # both sides with the same kernel and tile: the flat kernels everywhere, and the
+    # rolling-rows kernels where they apply (stride 1, padding 1)
     flat = DW.pick_config(20, 2 * 7 * 6)
-    for stride, pad in GEOMETRIES:
+    rows = DW.RowsConfig(16, 16, 4, 2)
+    cases = [(g, flat, None) for g in GEOMETRIES] + [(((1, 1), (1, 1)), rows, rows)]
+    for (stride, pad), config, wgrad_config in cases:
+        what = f"stride {stride} pad {pad} {type(config).__name__}"
         args = (weight, None, stride, pad, (1, 1))
-        ref = DW.depthwise_conv2d_forward(applied, *args, config=flat)
-        out = DW.depthwise_conv2d_forward(x, *args, config=flat, pending=pending)
-        assert torch.equal(out, ref), f"forward stride {stride} pad {pad}"
-        out_m, tiles = DW.depthwise_conv2d_forward_moments(x, *args, config=flat, pending=pending)
-        ref_m, ref_tiles = DW.depthwise_conv2d_forward_moments(applied, *args, config=flat)
+        ref = DW.depthwise_conv2d_forward(applied, *args, config=config)
+        out = DW.depthwise_conv2d_forward(x, *args, config=config, pending=pending)
+        assert torch.equal(out, ref), f"forward {what}"
+        out_m, tiles = DW.depthwise_conv2d_forward_moments(x, *args, config=config, pending=pending)
+        ref_m, ref_tiles = DW.depthwise_conv2d_forward_moments(applied, *args, config=config)
         assert torch.equal(out_m, ref_m) and torch.equal(tiles.partials, ref_tiles.partials)
         g = randn(*ref.shape, dtype=dtype, channels_last=True)
-        geo = (stride, pad, (1, 1))
-        ref_gw = DW.depthwise_conv2d_wgrad(applied, g, weight.shape, *geo)
-        gw = DW.depthwise_conv2d_wgrad(x, g, weight.shape, *geo, pending=pending)
-        assert torch.equal(gw, ref_gw), f"wgrad stride {stride} pad {pad}"
-        DW.depthwise_conv2d_wgrad(x, g, weight.shape, *geo, grad_weight=gw, pending=pending)
+        geo = (weight.shape, stride, pad, (1, 1))
+        ref_gw = DW.depthwise_conv2d_wgrad(applied, g, *geo, config=wgrad_config)
+        gw = DW.depthwise_conv2d_wgrad(x, g, *geo, config=wgrad_config, pending=pending)
+        assert torch.equal(gw, ref_gw), f"wgrad {what}"
+        DW.depthwise_conv2d_wgrad(x, g, *geo, grad_weight=gw, config=wgrad_config, pending=pending)
         assert_close(gw, 2 * ref_gw, what="wgrad accumulate")
 
 

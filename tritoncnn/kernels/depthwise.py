@@ -31,6 +31,7 @@ from tritoncnn import runtime
 from tritoncnn.kernels.depthwise_rows import (
     RowsConfig,
     applies,
+    pending_args,
     rows_conv,
     rows_wgrad_partials,
     store_tap_partials,
@@ -44,7 +45,6 @@ from tritoncnn.kernels.norm import (
     grad_sums,
     grad_sums_args,
     load_pending_norm,
-    pending_norm_args,
     store_grad_sums,
     store_tile_moments,
     tile_moments,
@@ -573,15 +573,15 @@ def _rows_config(
 ):
     """The RowsConfig a forward / dgrad / wgrad launch runs its rolling-rows kernel with, or
     None for the flat kernels: ``config`` when it is one (the conv must be one the kernel
-    computes, without ``fused`` normalisation work), else the pick when ``enabled`` (default
-    ROLLING_ROWS) and the conv qualifies."""
+    computes, without ``fused`` epilogue work: a dgrad's batch-norm sums), else the pick when
+    ``enabled`` (default ROLLING_ROWS) and the conv qualifies."""
     enabled = ROLLING_ROWS if enabled is None else enabled
     fits = applies(kernel, stride, padding, dilation) and not fused
     if isinstance(config, RowsConfig):
         if not fits:
             raise ValueError(
                 "depthwise: a RowsConfig needs a 3x3 kernel, stride 1, padding 1, dilation 1 "
-                "and no fused batch norm; pass a DepthwiseConfig (or None)"
+                "(and for a dgrad no batch-norm sums); pass a DepthwiseConfig (or None)"
             )
         return config
     if config is None and enabled and fits:
@@ -648,12 +648,6 @@ def depthwise_conv2d_forward_moments(
     return y, moments
 
 
-def _pending_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor):
-    """(pointers, alpha, constexprs) of a kernel's IN_NORM arguments for ``pending``."""
-    ptrs, alpha, flags = pending_norm_args(pending, c, dummy, "depthwise: pending")
-    return ptrs, alpha, ({**flags, "IN_NORM": True} if pending is not None else flags)
-
-
 def _forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -677,16 +671,16 @@ def _forward(
         raise ValueError(f"depthwise forward: empty output {ho}x{wo} for input {h}x{w}")
     if bias is not None and bias.shape != (c,):
         raise ValueError(f"depthwise bias must have shape ({c},), got {tuple(bias.shape)}")
-    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), pending is not None, c, w)
+    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), False, c, w)
     if rows is not None:
-        return rows_conv(x, weight, bias, act, alpha, rows, moments)
+        return rows_conv(x, weight, bias, act, alpha, rows, moments, pending=pending)
     y = runtime.empty_nhwc(n, c, ho, wo, x.dtype)
     pixels = n * ho * wo
     cfg = config or pick_config(c, pixels)
     grid = row_channel_grid(pixels, cfg.block_p, c, cfg.block_c)
     tiles = tile_moments(pixels, c, cfg.block_p) if moments else None
     parts = tiles.partials if tiles is not None else (y, y)
-    in_ptrs, in_alpha, in_flags = _pending_args(pending, c, weight)
+    in_ptrs, in_alpha, in_flags = pending_args(pending, c, weight)
     depthwise_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, y, parts[0], parts[1], *in_ptrs,
         c, h, w, ho, wo, pixels,
@@ -828,9 +822,10 @@ def depthwise_conv2d_wgrad(
         grad_weight = runtime.empty_nhwc(c, 1, kh, kw, torch.float32)
 
     geometry = ((kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    rows = _rows_config(config, *geometry, pending is not None, c, w, WGRAD_ROLLING_ROWS)
+    rows = _rows_config(config, *geometry, False, c, w, WGRAD_ROLLING_ROWS)
     if rows is not None:
-        partials = rows_wgrad_partials(x, grad_out, rows, _rows_wgrad_groups(n, c, w, rows))
+        groups = _rows_wgrad_groups(n, c, w, rows)
+        partials = rows_wgrad_partials(x, grad_out, rows, groups, pending)
         _wgrad_reduce(partials, grad_weight, accumulate)
         return grad_weight
     cfg = config or pick_wgrad_config(c, (kh, kw))
@@ -846,7 +841,7 @@ def depthwise_conv2d_wgrad(
     iters = max(1, triton.cdiv(triton.cdiv(pixels, chunks_wanted), block_p))
     chunks = triton.cdiv(pixels, iters * block_p)
     partials = runtime.empty((chunks, kh * kw, c), torch.float32)
-    in_ptrs, in_alpha, in_flags = _pending_args(pending, c, partials)
+    in_ptrs, in_alpha, in_flags = pending_args(pending, c, partials)
     args = (
         x, grad_out, partials, *in_ptrs,
         c, h, w, ho, wo, pixels, iters,

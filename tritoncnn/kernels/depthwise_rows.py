@@ -31,7 +31,15 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import apply_activation
-from tritoncnn.kernels.norm import TileMoments, merge_lanes, tile_moments
+from tritoncnn.kernels.norm import (
+    PendingNorm,
+    TileMoments,
+    apply_pending_norm,
+    load_pending_norm,
+    merge_lanes,
+    pending_norm_args,
+    tile_moments,
+)
 from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
 
@@ -69,6 +77,20 @@ def _row_loads(x_ptr, row_off, col_l, col_c, col_r, ok_l, ok_c, ok_r, x_c, c_mas
 
 
 @triton.jit
+def _normalise_row(xl, xc, xr, ok_l, ok_c, ok_r, n_mean, n_scale, n_b, n_alpha,
+                   IN_ACT: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    """The three shifted loads of a batch norm's input as that batch norm's applied output
+    (norm.apply_pending_norm: bn_apply_kernel's values); the padding stays zero."""
+    xl = tl.where(ok_l[:, None], apply_pending_norm(xl, n_mean, n_scale, n_b, IN_ACT, n_alpha,
+                                                    DTYPE), 0.0)  # fmt: skip
+    xc = tl.where(ok_c[:, None], apply_pending_norm(xc, n_mean, n_scale, n_b, IN_ACT, n_alpha,
+                                                    DTYPE), 0.0)  # fmt: skip
+    xr = tl.where(ok_r[:, None], apply_pending_norm(xr, n_mean, n_scale, n_b, IN_ACT, n_alpha,
+                                                    DTYPE), 0.0)  # fmt: skip
+    return xl, xc, xr
+
+
+@triton.jit
 def _kernel_row(xl, xc, xr, wa, wb, wc):
     """One kernel row applied to the three shifted loads of an input row."""
     return xl * wa[None, :] + xc * wb[None, :] + xr * wc[None, :]
@@ -93,14 +115,17 @@ def _tap(w_ptr, c, c_mask, sw_c, kh: tl.constexpr, kw: tl.constexpr, sw_h, sw_w)
 @triton.jit
 def depthwise_rows_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     N, C, H, W,
     sx_n, sx_h, sx_w, sx_c,
     sw_c, sw_h, sw_w,
     sy_n, sy_h, sy_w, sy_c,
-    alpha,
+    alpha, n_alpha,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     STAGES: tl.constexpr,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y[n,c,h,w] = act(bias[c] + sum_{a,b in 0..2} x[n,c,h-1+a,w-1+b] * w[c,0,a,b]); zero
     padding, output H x W.
@@ -121,6 +146,9 @@ def depthwise_rows_kernel(
     (mean, M2) of y as stored over the program's pixels, partial g (norm.TileMoments of
     BLOCK_N * H * W rows): Welford's update per tile element down the rows, the elements
     merged once at the end (norm.merge_lanes). STAGES: input rows in flight.
+    IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
+    is a batch norm's input whose apply was left to this kernel (norm.PendingNorm), applied
+    to each loaded row as in depthwise_fwd_kernel.
     """
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
     i = tl.arange(0, BLOCK_N * BLOCK_W)
@@ -129,6 +157,12 @@ def depthwise_rows_kernel(
     pix = (n < N) & (col < W)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
+    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
+    if IN_NORM:
+        # fmt: off
+        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
+                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
+        # fmt: on
     x_img = n.to(tl.int64) * sx_n
     y_img = n.to(tl.int64) * sy_n
     col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
@@ -152,6 +186,11 @@ def depthwise_rows_kernel(
 
     # row 0 (rows -1 and H are the zero padding)
     xl, xc, xr = _row_loads(x_ptr, x_img, col_l, col_c, col_r, ok_l, pix, ok_r, x_c, c_mask)
+    if IN_NORM:
+        # fmt: off
+        xl, xc, xr = _normalise_row(xl, xc, xr, ok_l, pix, ok_r, n_mean, n_scale, n_b, n_alpha,
+                                    IN_ACT, x_ptr.dtype.element_ty)
+        # fmt: on
     acc_up = _kernel_row(xl, xc, xr, w10, w11, w12)  # output row 0
     acc_mid = _kernel_row(xl, xc, xr, w00, w01, w02)  # output row 1
     # moments: Welford per tile element over the rows (no cross-thread work in the loop)
@@ -161,6 +200,9 @@ def depthwise_rows_kernel(
         # fmt: off
         xl, xc, xr = _row_loads(x_ptr, x_img + r * sx_h, col_l, col_c, col_r, ok_l, pix, ok_r,
                                 x_c, c_mask)
+        if IN_NORM:
+            xl, xc, xr = _normalise_row(xl, xc, xr, ok_l, pix, ok_r, n_mean, n_scale, n_b,
+                                        n_alpha, IN_ACT, x_ptr.dtype.element_ty)
         # fmt: on
         done = acc_up + _kernel_row(xl, xc, xr, w20, w21, w22)  # output row r - 1
         acc_up = acc_mid + _kernel_row(xl, xc, xr, w10, w11, w12)
@@ -213,11 +255,15 @@ def _go_row(go_ptr, g_off, h, H, sg_h, g_mask):
 @triton.jit
 def depthwise_rows_wgrad_kernel(
     x_ptr, go_ptr, part_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     N, C, H, W, GROUPS,
     sx_n, sx_h, sx_w, sx_c,
     sg_n, sg_h, sg_w, sg_c,
+    n_alpha,
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
     STAGES: tl.constexpr,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """Stage 1 of a 3x3 / stride 1 / padding 1 depthwise weight gradient by rolling rows:
     part[g, a*3 + b, c] = sum over program g's images n, rows h and columns w of
@@ -232,7 +278,8 @@ def depthwise_rows_wgrad_kernel(
     over its pixels once at the end (a fixed order: deterministic) into the fp32
     [cdiv(N, GROUPS*BLOCK_N), 9, C] partials that depthwise_wgrad_reduce_kernel adds. x_ptr,
     go_ptr: N,C,H,W through element strides sx_*, sg_* in (n, h, w, c) order. STAGES: rows in
-    flight.
+    flight. IN_NORM and the n* arguments: x is normalised as it is loaded, as in
+    depthwise_rows_kernel.
     """
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
     i = tl.arange(0, BLOCK_N * BLOCK_W)
@@ -240,6 +287,12 @@ def depthwise_rows_wgrad_kernel(
     col = i % BLOCK_W
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
+    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
+    if IN_NORM:
+        # fmt: off
+        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
+                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
+        # fmt: on
     col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
     x_c = c * sx_c
     g_c = (c * sg_c)[None, :]
@@ -261,6 +314,9 @@ def depthwise_rows_wgrad_kernel(
         # fmt: off
         xl, xc, xr = _row_loads(x_ptr, n.to(tl.int64) * sx_n + r * sx_h, col_l, col_c, col_r,
                                 ok_l, pix, ok_r, x_c, c_mask)
+        if IN_NORM:
+            xl, xc, xr = _normalise_row(xl, xc, xr, ok_l, pix, ok_r, n_mean, n_scale, n_b,
+                                        n_alpha, IN_ACT, x_ptr.dtype.element_ty)
         # fmt: on
         # grad_out rows r - 1, r, r + 1 (zero off the image). Loaded each iteration: carrying
         # two of them over from the iterations before keeps Triton from pipelining the loop
@@ -294,6 +350,12 @@ def applies(kernel_size, stride, padding, dilation) -> bool:
     return tuple(kernel_size) == (3, 3) and stride == padding == dilation == (1, 1)
 
 
+def pending_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor):
+    """(pointers, alpha, constexprs) of a kernel's IN_NORM arguments for ``pending``."""
+    ptrs, alpha, flags = pending_norm_args(pending, c, dummy, "depthwise: pending")
+    return ptrs, alpha, ({**flags, "IN_NORM": True} if pending is not None else flags)
+
+
 def rows_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -304,6 +366,7 @@ def rows_conv(
     moments: bool,
     rotate: bool = False,
     out: torch.Tensor | None = None,
+    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
     """The 3x3 / stride 1 / padding 1 depthwise conv of ``x`` (N,C,H,W, any strides) with
     ``weight`` (fp32 C,1,3,3), rotated by 180 degrees when ``rotate`` (a dgrad: x is then
@@ -320,38 +383,45 @@ def rows_conv(
     if rotate:  # tap (a, b) of the rotated kernel is tap (2 - a, 2 - b)
         w_arg = weight[:, :, 2:, 2:]
         sw_h, sw_w = -sw_h, -sw_w
+    in_ptrs, in_alpha, in_flags = pending_args(pending, c, weight)
     depthwise_rows_kernel[row_channel_grid(n, block_n, c, cfg.block_c)](
-        x, w_arg, bias if bias is not None else weight, y, parts[0], parts[1],
+        x, w_arg, bias if bias is not None else weight, y, parts[0], parts[1], *in_ptrs,
         n, c, h, w,
         *runtime.nhwc_strides(x),
         sw_c, sw_h, sw_w,
         *runtime.nhwc_strides(y),
-        float(alpha),
+        float(alpha), in_alpha,
         HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
         BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, **in_flags,
     )  # fmt: skip
     return y, tiles
 
 
 def rows_wgrad_partials(
-    x: torch.Tensor, grad_out: torch.Tensor, cfg: RowsConfig, groups: int
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    cfg: RowsConfig,
+    groups: int,
+    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """Stage 1 of the 3x3 / stride 1 / padding 1 weight gradient of x (N,C,H,W, any strides)
     and grad_out (same shape): the fp32 [programs along the images, 9, C] partial sums of
     depthwise_rows_wgrad_kernel, each program walking ``groups`` row tiles of images, for
-    depthwise_wgrad_reduce_kernel."""
+    depthwise_wgrad_reduce_kernel. ``pending``: the forward's (x normalised as it is loaded)."""
     n, c, h, w = x.shape
     block_w = triton.next_power_of_2(w)
     block_n = max(1, cfg.pixels // block_w)
     images = groups * block_n  # per program
     partials = runtime.empty((triton.cdiv(n, images), 9, c), torch.float32)
+    in_ptrs, in_alpha, in_flags = pending_args(pending, c, partials)
     depthwise_rows_wgrad_kernel[row_channel_grid(n, images, c, cfg.block_c)](
-        x, grad_out, partials,
+        x, grad_out, partials, *in_ptrs,
         n, c, h, w, groups,
         *runtime.nhwc_strides(x),
         *runtime.nhwc_strides(grad_out),
+        in_alpha,
         BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, **in_flags,
     )  # fmt: skip
     return partials

@@ -66,7 +66,9 @@ def build(
     ``bn_into_depthwise``: with ``fuse``, each BatchNorm (+ activation) whose output feeds a
     depthwise conv (MobileNetV2's expand layers) leaves its training apply to that conv's
     loads (one write and one read of the activation less, and 21% less peak memory, but on an
-    H100 MobileNetV2's step took 5% longer: off by default, see benchmarks/README.md).
+    H100 MobileNetV2's step took 5% longer with the flat depthwise kernels, and 19% longer on
+    an H200 when it kept the 3x3 stride-1 convs off the rolling-rows kernels; those take the
+    pending norm now, unmeasured: off by default, see benchmarks/README.md).
     ``bn_grad_sums``: with ``fuse``, each BatchNorm (+ activation) whose output feeds only a
     conv takes its backward sums from that conv's dgrad epilogue (its reduction pass, which
     read the gradient and the input, is gone, but the epilogue reads the input again). b512
