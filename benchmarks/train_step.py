@@ -93,6 +93,7 @@ def ours_step(
     bn_grad_sums: bool = False,
     fuse_residual: bool = True,
     dw_wgrad_all_taps: bool = True,
+    dw_wgrad_rows: bool = False,
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
 ):
@@ -108,6 +109,8 @@ def ours_step(
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply
     (models.build's default).
+    ``dw_wgrad_rows``: 3x3 stride-1 depthwise weight gradients by rolling rows
+    (kernels.depthwise.WGRAD_ROLLING_ROWS, read at every launch).
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch).
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
@@ -119,6 +122,7 @@ def ours_step(
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
+    depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
 
     torch.manual_seed(0)
     model = models.build(
@@ -263,6 +267,12 @@ def main() -> None:
         "backward in that epilogue (no ReLU backward kernel)",
     )
     ap.add_argument(
+        "--dw-wgrad-rows",
+        action="store_true",
+        help="add graph rows whose 3x3 stride-1 depthwise weight gradients walk image rows "
+        "(depthwise_rows_wgrad_kernel), without and with --bn-into-depthwise",
+    )
+    ap.add_argument(
         "--dw-wgrad-per-tap",
         action="store_true",
         help="add a graph row whose 3x3 depthwise weight gradients run one program per tap "
@@ -316,6 +326,10 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_relu_grad_dgrad"] = {**graph, "relu_grad_in_dgrad": True}
             if args.dw_wgrad_per_tap:
                 ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
+            if args.dw_wgrad_rows:
+                ours["tritoncnn_fp16_graph_dw_rows_wgrad"] = {**graph, "dw_wgrad_rows": True}
+                both = {**graph, "dw_wgrad_rows": True, "bn_into_depthwise": True}
+                ours["tritoncnn_fp16_graph_dw_rows_wgrad_deferred"] = both
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")
