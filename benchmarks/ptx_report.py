@@ -1,7 +1,9 @@
 """How a conv or batch-norm kernel moves memory, read from its compiled PTX: no GPU needed.
 
-Compiles a conv kernel (``--op fwd|dgrad|wgrad``) or a batch-norm kernel (``--op
-bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) for one layer shape (NHWC fp16 activations,
+Compiles a conv kernel (``--op fwd|dgrad|wgrad``), a batch-norm kernel (``--op
+bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) or a rolling-rows depthwise kernel (``--op
+dw_rows|dw_rows_wgrad``, the forward with BN moments and the weight gradient) for one layer
+shape (NHWC fp16 activations,
 fp32 parameters, the strides, tile and alignment hints the launch helpers would pass) for an
 sm_90 target with Triton's own compiler and ptxas, and counts the global-memory and cp.async
 instructions by width, the wgmma (tensor-core) instructions and how many stay in flight, and
@@ -42,7 +44,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tritoncnn.kernels import conv as K  # noqa: E402
-from tritoncnn.kernels import norm  # noqa: E402
+from tritoncnn.kernels import depthwise, depthwise_rows, norm  # noqa: E402
 
 norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
 
@@ -183,6 +185,38 @@ def bn_args(op: str, n: int, c: int, hw: int):
     return kernel, pointers, ints, const, cfg.num_warps
 
 
+DEPTHWISE_ROWS = {
+    "dw_rows": depthwise_rows.depthwise_rows_kernel,
+    "dw_rows_wgrad": depthwise_rows.depthwise_rows_wgrad_kernel,
+}
+
+
+def depthwise_rows_args(op: str, n: int, c: int, hw: int):
+    """(kernel, pointer types, runtime arguments, constexpr arguments, warps, stages) of the
+    rolling-rows depthwise forward (with the batch-norm moments, as in training) or weight
+    gradient of an N x C x hw x hw NHWC fp16 tensor, with depthwise.pick_rows_config's tile."""
+    kernel = DEPTHWISE_ROWS[op]
+    cfg = depthwise.pick_rows_config(c, hw)
+    block_w = triton.next_power_of_2(hw)
+    strides = (hw * hw * c, hw * c, c, 1)
+    ints = dict(N=n, C=c, H=hw, W=hw, GROUPS=4, sw_c=9, sw_h=3, sw_w=1, alpha=0.0, n_alpha=0.0)
+    for prefix in ("sx", "sy", "sg"):
+        ints.update(_named(prefix, "nhwc", strides))
+    const = dict(
+        HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_N=max(1, cfg.pixels // block_w),
+        BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
+        IN_NORM=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0,
+    )  # fmt: skip
+    const = {k: v for k, v in const.items() if k in kernel.arg_names}
+    ints = {k: v for k, v in ints.items() if k in kernel.arg_names}
+    pointers = {
+        name: "*fp16" if name in ("x_ptr", "y_ptr", "go_ptr") else "*fp32"
+        for name in kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    return kernel, pointers, ints, const, cfg.num_warps
+
+
 def compile_ptx(
     kernel, pointers: dict, ints: dict, const: dict, num_warps: int, num_stages: int = 3
 ) -> str:
@@ -241,7 +275,7 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=(*CONV_POINTERS, *BN_KERNELS), default="fwd")
+    ap.add_argument("--op", choices=(*CONV_POINTERS, *BN_KERNELS, *DEPTHWISE_ROWS), default="fwd")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--c-in", type=int, required=True)
     ap.add_argument("--c-out", type=int, help="conv output channels")
@@ -267,6 +301,13 @@ def main() -> None:
         kernel, pointers, ints, const, warps = bn_args(args.op, args.batch, args.c_in, args.size)
         ptx = compile_ptx(kernel, pointers, ints, const, warps)
         shape = f"{args.c_in} channels, tile {const['BLOCK_M']}x{const['BLOCK_C']}"
+    elif args.op in DEPTHWISE_ROWS:
+        kernel, pointers, ints, const, warps = depthwise_rows_args(
+            args.op, args.batch, args.c_in, args.size
+        )
+        ptx = compile_ptx(kernel, pointers, ints, const, warps)
+        tile = f"{const['BLOCK_N']}x{const['BLOCK_W']}x{const['BLOCK_C']}"
+        shape = f"{args.c_in} channels {args.size}x{args.size}, row tile {tile}"
     else:
         if args.c_out is None:
             ap.error("--c-out is required for a conv kernel")
