@@ -16,7 +16,11 @@ Weights are C,1,KH,KW fp32 (any strides), math is fp32, outputs take the activat
 - wgrad: deterministic two-stage reduction over N*HO*WO: per-program partial sums for a
   channel block and one tap (all nine of a 3x3 kernel in one program) into an fp32 scratch
   buffer, then a small kernel sums the partials in a fixed order and writes (or, with
-  ACCUMULATE, adds into) the weight gradient.
+  ACCUMULATE, adds into) the weight gradient. With WGRAD_ROLLING_ROWS (off until measured),
+  3x3 stride-1 convs take depthwise_rows.py's stage 1 (rows of images, each row loaded once).
+
+The heuristics (pick_config, pick_rows_config, pick_wgrad_config) fix every tile and program
+count without reading the device, so a result is the same bits on every GPU.
 """
 
 from __future__ import annotations
