@@ -3,15 +3,18 @@
 Batch-norm statistics (``bn_stats_kernel``), the batch-norm backward (``bn_bwd_reduce_kernel``
 + ``bn_bwd_input_kernel``) and the depthwise weight gradient (``depthwise_wgrad_taps_kernel``
 + its stage 2) each loop over a slab of rows per program. This times them (replayed in CUDA
-graphs, as in the training step) over every layer of
-MobileNetV2-CIFAR at ``--batch`` with each number of pipelined loop stages
-(``norm.LOOP_STAGES``, ``depthwise.WGRAD_STAGES``) and of stage-1 programs
-(``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_ALL_TAPS_PROGRAMS``), against torch (cuDNN batch
-norm, cuDNN depthwise wgrad) on the same tensors. Prints each variant's total over the network
-(each layer counted as often as the network has it) and writes every timing to
+graphs, as in the training step) over every layer of MobileNetV2-CIFAR at ``--batch`` with
+each number of pipelined loop stages (``norm.LOOP_STAGES``, ``depthwise.WGRAD_STAGES``) and of
+stage-1 programs (``norm.PROGRAMS_PER_SM``, ``depthwise._WGRAD_ALL_TAPS_PROGRAMS``), and the
+batch-norm apply (``bn_apply_kernel``, elementwise) with each ``--bn-elementwise-tiles`` tile
+(which the backward's input kernel takes too), against torch (cuDNN batch norm, cuDNN
+depthwise wgrad) on the same tensors. Prints each variant's total over the network (each layer
+counted as often as the network has it) and writes every timing to
 ``reduction_tiles_<gpu>.csv`` under ``--out``.
 
     python benchmarks/reduction_tiles.py --batch 512
+    python benchmarks/reduction_tiles.py --kernels bn --stages 3 --bn-programs 4 \
+        --bn-elementwise-tiles default c32 c64
 """
 
 from __future__ import annotations
@@ -87,18 +90,32 @@ REDUCE_TILES = {
 }
 
 
-def bn_rows(batch: int, stages: list[int], programs: list[int], tiles: list[str]):
+# The elementwise kernels' tile (bn_apply_kernel, bn_bwd_input_kernel) against the one
+# norm.pick_config gives (for more than 128 channels: 16 rows x 128 channels, picked when the
+# row tile was the fastest program index; tile_order puts a row's channel blocks side by
+# side now, so narrower blocks no longer split rows across passes).
+ELEMENTWISE_TILES = {
+    "default": lambda cfg, c: cfg,
+    "c32": lambda cfg, c: norm.NormConfig(64, 32, 4) if c > 32 else cfg,
+    "c64": lambda cfg, c: norm.NormConfig(32, 64, 4) if c > 64 else cfg,
+}
+
+
+def bn_rows(
+    batch: int, stages: list[int], programs: list[int], tiles: list[str], ew_tiles: list[str]
+):
     layers, _ = mobilenetv2_layers()
     pick = norm.pick_config
     try:
         for tile in tiles:
-            change = REDUCE_TILES[tile]
-            norm.pick_config = lambda c, elementwise=False, change=change: (
-                pick(c, elementwise) if elementwise else change(pick(c))
-            )
-            for (c, hw), count in layers.items():
-                for row in bn_layer_rows(batch, c, hw, count, stages, programs):
-                    yield {**row, "tile": tile}
+            for ew_tile in ew_tiles:
+                change, ew_change = REDUCE_TILES[tile], ELEMENTWISE_TILES[ew_tile]
+                norm.pick_config = lambda c, elementwise=False, change=change, ew=ew_change: (
+                    ew(pick(c, True), c) if elementwise else change(pick(c))
+                )
+                for (c, hw), count in layers.items():
+                    for row in bn_layer_rows(batch, c, hw, count, stages, programs):
+                        yield {**row, "tile": f"{tile}/{ew_tile}"}
     finally:
         norm.pick_config = pick
 
@@ -111,12 +128,16 @@ def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
     xr = x.detach().requires_grad_()
     wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
     yr = torch.nn.functional.batch_norm(xr, None, None, wr, br, training=True)
+    rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
     t_torch = {
         "stats": bench(lambda: torch.batch_norm_stats(x, 1e-5)),
+        "apply": bench(lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False)),
         "backward": bench(lambda: torch.autograd.grad(yr, (xr, wr, br), gy, retain_graph=True)),
     }
     ours = {
         "stats": lambda: norm.batch_norm_local_moments(x),
+        # bn_apply_kernel alone (the training step's apply after the conv-epilogue moments)
+        "apply": lambda: norm.batch_norm_forward_eval(x, w, b, rm, rv, 1e-5),
         "backward": lambda: norm.batch_norm_backward(gy, x, w, mean, invstd, bias=b),
     }
     one_pass = x.numel() * x.element_size() / 1e9  # GB
@@ -133,8 +154,9 @@ def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
                     "programs": pps,
                     "us": us,
                     "torch_us": 1e3 * t_torch[op],
-                    # stats read x; the backward reads g and x twice and writes dx
-                    "GB/s": (1 if op == "stats" else 5) * one_pass / (us * 1e-6),
+                    # stats read x; apply reads x and writes y; the backward reads g and x
+                    # twice and writes dx
+                    "GB/s": {"stats": 1, "apply": 2, "backward": 5}[op] * one_pass / (us * 1e-6),
                 }
 
 
@@ -181,6 +203,13 @@ def main() -> None:
     ap.add_argument("--bn-programs", nargs="+", type=int, default=[3, 4, 8], help="per SM")
     ap.add_argument("--bn-tiles", nargs="+", default=["default"], choices=REDUCE_TILES)
     ap.add_argument(
+        "--bn-elementwise-tiles",
+        nargs="+",
+        default=["default"],
+        choices=ELEMENTWISE_TILES,
+        help="bn_apply / bn_bwd_input tile: the pick, or channel blocks of 32 / 64",
+    )
+    ap.add_argument(
         "--dw-programs",
         nargs="+",
         type=int,
@@ -196,7 +225,12 @@ def main() -> None:
         sys.exit("benchmarks/reduction_tiles.py needs a CUDA GPU")
     rows = []
     if "bn" in args.kernels:
-        rows += list(bn_rows(args.batch, args.stages, args.bn_programs, args.bn_tiles))
+        rows += list(
+            bn_rows(
+                args.batch, args.stages, args.bn_programs, args.bn_tiles,
+                args.bn_elementwise_tiles,
+            )
+        )  # fmt: skip
     if "dw" in args.kernels:
         rows += list(dw_rows(args.batch, args.stages, args.dw_programs))
     totals: dict[tuple, list[float]] = {}
