@@ -351,6 +351,19 @@ def test_pick_config_only_returns_listed_configs(monkeypatch):
                 assert K.pick_config(m, n, 10**6, dtype, split_k=True) in K.CONFIGS
 
 
+def test_pick_config_pads_channels_least(monkeypatch):
+    """Forward / dgrad column tiles: 64 wide where 128-wide tiles would pad N more (144, 192,
+    576, 960 channels), 128 where they pad as little (96, 256, 384, 1280); wgrad keeps 128."""
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    m, f16 = 512 * 32 * 32, torch.float16
+    for n in (144, 192, 576, 960):
+        cfg = K.pick_config(m, n, 24, f16)
+        assert (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K) == (128, 64, 32), n
+    for n in (96, 256, 384, 1280):
+        assert K.pick_config(m, n, 24, f16).BLOCK_N == 128, n
+    assert K.pick_config(144, 144, 10**6, f16, split_k=True).BLOCK_N == 128
+
+
 def test_pick_config_wgrad_rows(monkeypatch):
     """A split-K GEMM (wgrad) takes 128-row tiles for 128+ output channels even though its
     few row tiles alone would not fill the GPU; an unsplit GEMM of as few rows takes 64."""

@@ -126,7 +126,8 @@ SMEM_SHARE = 0.78
 
 
 def pick_config(m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False) -> ConvConfig:
-    """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count), BLOCK_M shrinks when
+    """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count, least padding),
+    BLOCK_M shrinks when
     there are too few row tiles to fill the GPU (unless ``split_k``: the wgrad's K splits fill
     it), BLOCK_K doubles for a long 16-bit K."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
@@ -135,6 +136,13 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = Fals
         # keep each operand tile within 2**18 elements (Triton caps a block at 2**20)
         return ConvConfig(bm, bn, ib(k, min(1024, 2**18 // max(bm, bn))), 4, 1)
     bn = 32 if n <= 32 else 64 if n <= 64 else 128
+    # 128-wide tiles pad N to a multiple of 128; where 64-wide ones pad less (MobileNetV2's
+    # 144, 192, 576, 960 channels: N = 144 computes 256 columns, not 192), the forward and the
+    # dgrad take 64. H200, fp16, b512, 1x1 at 32x32 (results/conv_tiles_NVIDIA_H200.csv):
+    # 24 -> 144 fwd 111.6 us with 128x64 vs 126.9 with 128x128; the dgrad into 144 channels
+    # 85.8 vs 117.7. (The split-K wgrad keeps 128: no measurement says otherwise.)
+    if bn == 128 and not split_k and triton.cdiv(n, 64) * 64 < triton.cdiv(n, 128) * 128:
+        bn = 64
     # 128-row tiles would leave some of an H100's 132 SMs idle. Not so for a split K: on an
     # H200 the 128 x 128 tile ran ResNet-18's 3x3 wgrads of 128-512 channels 1.7x faster than
     # 64 x 128 at batch 512 (benchmarks/results/conv_tiles_NVIDIA_H200.csv)
