@@ -121,9 +121,12 @@ def kernel_args(
         ints.update(_named("sx", "nhwc", x))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sy", "nhwc", y))
+        # the channels_last weight's input-channel runs align as x's (conv._input_channel_align)
+        x_align = _align(n, c_in, hw)
         const = dict(
-            common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=_align(n, c_in, hw), MOMENTS=False
-        )
+            common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=x_align, MOMENTS=False,
+            W_ALIGN=x_align,
+        )  # fmt: skip
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":
         ints = dict(geometry, **conv, kh_step=1, kw_step=1, n_alpha=0.0)

@@ -50,6 +50,16 @@ def test_channel_loads_are_16_byte_copies(op, c_in, c_out, kernel):
         assert set(report["hints"].values()) == {1}
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_fp16_weight_of_24_input_channels_is_16_byte_loads(kernel):
+    """The forward's fp16 weight copy (nn.Conv2d's default) of a 24-input-channel conv has
+    48-byte rows: without W_ALIGN each weight element was its own 2-byte load."""
+    report = _report("fwd", 24, 144, kernel, "--weight", "fp16")
+    instructions = report["instructions"]
+    assert "ld.global.b16" not in instructions, instructions
+    assert report["hints"]["W_ALIGN"] == report["hints"]["X_ALIGN"] == 8
+
+
 def test_dgrad_into_24_channels_is_16_byte_accesses():
     """dgrad of a 24 -> 144 1x1 conv: the fp32 weight rows (24 channels) are 16-byte copies and
     dx's 24-channel rows are stored in 16-byte vectors."""

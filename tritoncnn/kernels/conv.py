@@ -280,7 +280,7 @@ def conv2d_fwd_kernel(
     IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False,
+    X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False, W_ALIGN: tl.constexpr = 1,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -303,6 +303,8 @@ def conv2d_fwd_kernel(
     EMULATE_BF16: bf16 dot done in fp32 (the interpreter can't multiply bf16, see ``_dot``).
     X_ALIGN: x's row offsets and C_in_g are multiples of this many elements (``vector_align``),
     so its channel loads can be 16-byte vectors; 1 when unknown or already visible.
+    W_ALIGN: the same for the weight's input-channel runs (X_ALIGN or 1: the fp16 weight copy
+    of a 24-channel 1x1 conv has 48-byte rows Triton can't see).
     """
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -322,6 +324,8 @@ def conv2d_fwd_kernel(
     x_row = n_img.to(tl.int64) * sx_n + (g * C_in_g).to(tl.int64) * sx_c
     co = g * C_out_g + offs_n
     w_col = co.to(tl.int64) * sw_o
+    if W_ALIGN > 1:
+        w_col = tl.multiple_of(w_col, W_ALIGN)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if IS_1X1:
@@ -387,8 +391,11 @@ def conv2d_fwd_kernel(
                 mask=row_ok[:, None] & mk[None, :],
                 other=0.0,
             )
+            w_tap = kh * sw_h + kw * sw_w
+            if W_ALIGN > 1:
+                w_tap = tl.multiple_of(w_tap, W_ALIGN)
             b = tl.load(
-                w_ptr + w_col[None, :] + (kh * sw_h + kw * sw_w) + kk[:, None] * sw_i,
+                w_ptr + w_col[None, :] + w_tap + kk[:, None] * sw_i,
                 mask=mk[:, None] & mask_n[None, :],
                 other=0.0,
             )
@@ -1037,6 +1044,7 @@ def _forward(
             EMULATE_BF16=_emulate_bf16(x.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
+            W_ALIGN=_input_channel_align(x, weight),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         return tiles
@@ -1066,10 +1074,11 @@ def _scratch_runner(launch, scratch: torch.Tensor):
     return lambda cand: launch(scratch, cand)
 
 
-def _input_channel_align(dx: torch.Tensor, weight: torch.Tensor) -> int:
-    """CI_ALIGN of conv2d_dgrad_kernel: dx's alignment (``vector_align``), if the weight's
-    input-channel runs (any dtype) are aligned to the same element count, else 1."""
-    align = vector_align(dx, weight.shape[1])
+def _input_channel_align(t: torch.Tensor, weight: torch.Tensor) -> int:
+    """CI_ALIGN of conv2d_dgrad_kernel (``t`` = dx) and W_ALIGN of conv2d_fwd_kernel (``t`` =
+    x): t's alignment (``vector_align``), if the weight's input-channel runs (any dtype) are
+    aligned to the same element count, else 1."""
+    align = vector_align(t, weight.shape[1])
     s_o, s_i, s_h, s_w = weight.stride()
     misaligned = s_i != 1 or weight.data_ptr() % 16 or any(v % align for v in (s_o, s_h, s_w))
     return 1 if align > 1 and misaligned else align
