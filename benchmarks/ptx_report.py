@@ -125,7 +125,7 @@ def kernel_args(
         x_align = _align(n, c_in, hw)
         const = dict(
             common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=x_align, MOMENTS=False,
-            W_ALIGN=x_align,
+            W_ALIGN=x_align, Y_ALIGN=_align(n, c_out, hw),
         )  # fmt: skip
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":

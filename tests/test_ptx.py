@@ -60,6 +60,15 @@ def test_fp16_weight_of_24_input_channels_is_16_byte_loads(kernel):
     assert report["hints"]["W_ALIGN"] == report["hints"]["X_ALIGN"] == 8
 
 
+def test_forward_into_24_channels_is_16_byte_stores():
+    """A 144 -> 24 projection's output rows (48 bytes) are stored in 16-byte vectors (Y_ALIGN),
+    as the dgrad's into 24 channels are."""
+    report = _report("fwd", 144, 24, 1, "--config", "64,32,32,4,3", "--weight", "fp16")
+    instructions = report["instructions"]
+    assert report["hints"]["Y_ALIGN"] == 8
+    assert "st.global.b16" not in instructions and "st.global.v4.b32" in instructions
+
+
 def test_dgrad_into_24_channels_is_16_byte_accesses():
     """dgrad of a 24 -> 144 1x1 conv: the fp32 weight rows (24 channels) are 16-byte copies and
     dx's 24-channel rows are stored in 16-byte vectors."""

@@ -281,6 +281,7 @@ def conv2d_fwd_kernel(
     DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False, W_ALIGN: tl.constexpr = 1,
+    Y_ALIGN: tl.constexpr = 1,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -305,6 +306,8 @@ def conv2d_fwd_kernel(
     so its channel loads can be 16-byte vectors; 1 when unknown or already visible.
     W_ALIGN: the same for the weight's input-channel runs (X_ALIGN or 1: the fp16 weight copy
     of a 24-channel 1x1 conv has 48-byte rows Triton can't see).
+    Y_ALIGN: the same for y's row offsets and C_out_g (a 144 -> 24 projection stores 48-byte
+    rows: 16-byte vectors instead of 2-byte stores).
     """
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -315,7 +318,7 @@ def conv2d_fwd_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
-    mask_n = offs_n < C_out_g
+    mask_n = below(offs_n, C_out_g, Y_ALIGN)
     n_img = offs_m // (HO * WO)
     rem = offs_m % (HO * WO)
     ho = rem // WO
@@ -323,6 +326,8 @@ def conv2d_fwd_kernel(
     # int64 bases: batch x image offsets can pass 2**31 elements at large batch and resolution.
     x_row = n_img.to(tl.int64) * sx_n + (g * C_in_g).to(tl.int64) * sx_c
     co = g * C_out_g + offs_n
+    if Y_ALIGN > 1:  # (see kernels/alignment.py: each run of channels starts aligned)
+        co = tl.multiple_of(co, Y_ALIGN)
     w_col = co.to(tl.int64) * sw_o
     if W_ALIGN > 1:
         w_col = tl.multiple_of(w_col, W_ALIGN)
@@ -407,6 +412,8 @@ def conv2d_fwd_kernel(
         acc += bias[None, :]
     acc = apply_activation(acc, ACT, alpha)
     y_row = n_img.to(tl.int64) * sy_n + ho * sy_h + wo * sy_w
+    if Y_ALIGN > 1:
+        y_row = tl.multiple_of(y_row, Y_ALIGN)
     y_ptrs = y_ptr + y_row[:, None] + co.to(tl.int64)[None, :] * sy_c
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
@@ -1044,7 +1051,7 @@ def _forward(
             EMULATE_BF16=_emulate_bf16(x.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
-            W_ALIGN=_input_channel_align(x, weight),
+            W_ALIGN=_input_channel_align(x, weight), Y_ALIGN=vector_align(out, c_out_g),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         return tiles
