@@ -344,13 +344,20 @@ def depthwise_rows_wgrad_kernel(
 # --- launch ----------------------------------------------------------------------------------
 
 
-def applies(kernel_size, stride, padding, dilation) -> bool:
+def applies(
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> bool:
     """Whether depthwise_rows_kernel computes this conv: 3x3, stride 1, padding 1, dilation 1
     (pairs of ints)."""
     return tuple(kernel_size) == (3, 3) and stride == padding == dilation == (1, 1)
 
 
-def pending_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor):
+def pending_args(
+    pending: PendingNorm | None, c: int, dummy: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], float, dict]:
     """(pointers, alpha, constexprs) of a kernel's IN_NORM arguments for ``pending``."""
     ptrs, alpha, flags = pending_norm_args(pending, c, dummy, "depthwise: pending")
     return ptrs, alpha, ({**flags, "IN_NORM": True} if pending is not None else flags)
