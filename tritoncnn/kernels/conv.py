@@ -825,7 +825,7 @@ def bias_grad_kernel(
 
     Grid: (channel blocks, splits). Each program writes (or with ACCUMULATE adds) its sum at
     out_ptr + split*s_split + c*s_out; several splits write a partial buffer that
-    ``splitk_reduce_kernel`` sums in order (deterministic, no atomics).
+    ``splitk_reduce_kernel`` sums in a fixed order (deterministic, no atomics).
 
     dy_ptr: output gradient, logical N,C,HO,WO, strides sdy_*.
     out_ptr: fp32 destination (C,) per split, element stride s_out.
@@ -861,19 +861,25 @@ def bias_grad_kernel(
 def splitk_reduce_kernel(
     part_ptr, out_ptr, numel, n_split,
     D1, D2, D3, s0, s1, s2, s3,
-    ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[e] (+)= sum over s of part[s, e], summed in split order (deterministic).
+    """out[e] (+)= sum over s of part[s, e], summed in a fixed order (deterministic).
 
     part_ptr: contiguous fp32 (n_split, numel) partial sums; element e decodes as the 4-d index
     (i0, i1, i2, i3) of a row-major D0 x D1 x D2 x D3 array (wgrad: o, kh, kw, c), and out_ptr
-    is the fp32 destination addressed by strides s0..s3 of that index order.
+    is the fp32 destination addressed by strides s0..s3 of that index order. One program owns
+    BLOCK elements and loads SPLIT_BLOCK partial rows per step into a SPLIT_BLOCK x BLOCK
+    accumulator, summed over its rows once at the end: a small weight gradient's 64 splits are
+    8 dependent loads, not 64 (one per split, each waiting out the L2 latency of the last).
     """
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, n_split):
-        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    rows = tl.zeros((SPLIT_BLOCK, BLOCK), dtype=tl.float32)
+    for first in range(0, n_split, SPLIT_BLOCK):
+        s = first + tl.arange(0, SPLIT_BLOCK)
+        ptrs = part_ptr + s.to(tl.int64)[:, None] * numel + offs[None, :]
+        rows += tl.load(ptrs, mask=(s < n_split)[:, None] & mask[None, :], other=0.0)
+    acc = tl.sum(rows, axis=0)
     i3 = offs % D3
     t = offs // D3
     i2 = t % D2
@@ -1284,10 +1290,12 @@ def _max_split(pixels: int, block: int, numel: int) -> int:
 
 def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumulate: bool):
     n_split, numel = part.shape
-    block = 1024
+    # 2048-element tiles: 8 partial rows of 256 elements per step (16 fp32 per thread)
+    split_block = min(8, triton.next_power_of_2(n_split))
+    block = 2048 // split_block
     splitk_reduce_kernel[(triton.cdiv(numel, block),)](
         part, out, numel, n_split, dims[1], dims[2], dims[3], *strides,
-        ACCUMULATE=accumulate, BLOCK=block,
+        ACCUMULATE=accumulate, BLOCK=block, SPLIT_BLOCK=split_block,
     )  # fmt: skip
 
 
