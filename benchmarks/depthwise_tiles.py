@@ -18,7 +18,6 @@ bandwidth (bytes read + written once) and writes every timing to
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reduction_tiles import bench, mobilenetv2_layers, nhwc  # noqa: E402
+from reduction_tiles import bench, mobilenetv2_layers, nhwc, write_csv  # noqa: E402
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import depthwise  # noqa: E402
@@ -168,21 +167,7 @@ def main() -> None:
     for (kernel, tile), (ours, ref) in totals.items():
         ratio = ref / ours
         print(f"{kernel:<9} {tile:<11} {ours:9.1f} us   cuDNN {ref:9.1f} us   ratio {ratio:5.2f}")
-    gpu = torch.cuda.get_device_name()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"depthwise_tiles_{gpu.replace(' ', '_')}.csv"
-    import triton
-
-    with path.open("w", newline="") as f:
-        fields = ["gpu", "torch", "triton", *dict.fromkeys(k for r in rows for k in r)]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, **r}
-            )
-    print(f"wrote {path}")
+    write_csv(rows, Path(args.out), "depthwise_tiles")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,25 @@ def bench(fn) -> float:
         return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
+def write_csv(rows: list[dict], out: Path, stem: str) -> None:
+    """rows to ``<stem>_<gpu>.csv`` under ``out``, each with the GPU name and torch / triton
+    versions (the tile benchmarks' shared writer)."""
+    import triton
+
+    gpu = torch.cuda.get_device_name()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}_{gpu.replace(' ', '_')}.csv"
+    with path.open("w", newline="") as f:
+        fields = ["gpu", "torch", "triton", *dict.fromkeys(k for r in rows for k in r)]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, **r}
+            )
+    print(f"wrote {path}")
+
+
 def mobilenetv2_layers(size: int = 32) -> tuple[Counter, Counter]:
     """(batch-norm (channels, size) counts, depthwise (channels, input size, stride) counts)
     of MobileNetV2-CIFAR (stride-1 stem and first stride-2 stage) on size x size images."""
@@ -245,21 +264,7 @@ def main() -> None:
             f"{kernel:<12} stages {st}  programs {progs:<5} tile {tile:<8} {ours:9.1f} us   "
             f"torch {ref:9.1f} us   ratio {ref / ours:5.2f}"
         )
-    gpu = torch.cuda.get_device_name()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"reduction_tiles_{gpu.replace(' ', '_')}.csv"
-    import triton
-
-    with path.open("w", newline="") as f:
-        fields = ["gpu", "torch", "triton", *dict.fromkeys(k for r in rows for k in r)]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, **r}
-            )
-    print(f"wrote {path}")
+    write_csv(rows, Path(args.out), "reduction_tiles")
 
 
 if __name__ == "__main__":

@@ -185,11 +185,10 @@ def depthwise_fwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = p < P
     c_mask = c < C
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
+    # fmt: off
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_C)
+    # fmt: on
     ow = p % WO
     oh = (p // WO) % HO
     n = p // (WO * HO)
@@ -390,12 +389,10 @@ def depthwise_wgrad_partial_kernel(
     kw_d = (t % KW) * dil_w
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
+    # fmt: off
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_C)
+    # fmt: on
     x_c = (c * sx_c)[None, :]
     g_c = (c * sg_c)[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -438,12 +435,10 @@ def depthwise_wgrad_taps_kernel(
     chunk, pid_c = row_channel_tile(C, BLOCK_C)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
+    # fmt: off
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_C)
+    # fmt: on
     x_c = (c * sx_c)[None, :]
     g_c = (c * sg_c)[None, :]
     acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)

@@ -157,12 +157,10 @@ def depthwise_rows_kernel(
     pix = (n < N) & (col < W)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
+    # fmt: off
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_C)
+    # fmt: on
     x_img = n.to(tl.int64) * sx_n
     y_img = n.to(tl.int64) * sy_n
     col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
@@ -287,12 +285,10 @@ def depthwise_rows_wgrad_kernel(
     col = i % BLOCK_W
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    n_mean, n_scale, n_b = 0.0, 0.0, 0.0  # stand-ins when x needs no normalisation
-    if IN_NORM:
-        # fmt: off
-        n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c,
-                                                 c_mask, IN_HAS_W, IN_HAS_B, BLOCK_C)
-        # fmt: on
+    # fmt: off
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_C)
+    # fmt: on
     col_l, col_c, col_r = (col - 1) * sx_w, col * sx_w, (col + 1) * sx_w
     x_c = c * sx_c
     g_c = (c * sg_c)[None, :]

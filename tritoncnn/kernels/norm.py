@@ -360,13 +360,17 @@ def store_tile_moments(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, 
 
 @triton.jit
 def load_pending_norm(
-    mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c,
+    mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, IN_NORM: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """(mean, scale = invstd * weight, bias) per channel of a ``PendingNorm``, in fp32."""
-    mean, invstd = _channel_stats(mean_ptr, invstd_ptr, offs_c, mask_c, 0.0, False)
-    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
-    return mean, invstd * w, b
+    """(mean, scale = invstd * weight, bias) per channel of a ``PendingNorm``, in fp32; scalar
+    stand-ins (nothing loaded) when not IN_NORM, for a kernel whose input needs no apply."""
+    mean, scale, b = 0.0, 0.0, 0.0
+    if IN_NORM:
+        mean, invstd = _channel_stats(mean_ptr, invstd_ptr, offs_c, mask_c, 0.0, False)
+        w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+        scale = invstd * w
+    return mean, scale, b
 
 
 @triton.jit
