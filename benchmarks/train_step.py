@@ -93,7 +93,7 @@ def ours_step(
     bn_grad_sums: bool = False,
     fuse_residual: bool = True,
     dw_wgrad_all_taps: bool = True,
-    dw_wgrad_rows: bool = False,
+    dw_wgrad_rows: bool = True,
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
 ):
@@ -110,7 +110,7 @@ def ours_step(
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply
     (models.build's default).
     ``dw_wgrad_rows``: 3x3 stride-1 depthwise weight gradients by rolling rows
-    (kernels.depthwise.WGRAD_ROLLING_ROWS, read at every launch).
+    (kernels.depthwise.WGRAD_ROLLING_ROWS, the default, read at every launch).
     ``dw_wgrad_all_taps``: 3x3 depthwise weight gradients with all nine taps in one program
     (kernels.depthwise.WGRAD_ALL_TAPS, the default, read at every launch).
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
@@ -267,10 +267,10 @@ def main() -> None:
         "backward in that epilogue (no ReLU backward kernel)",
     )
     ap.add_argument(
-        "--dw-wgrad-rows",
+        "--dw-wgrad-flat",
         action="store_true",
-        help="add graph rows whose 3x3 stride-1 depthwise weight gradients walk image rows "
-        "(depthwise_rows_wgrad_kernel), without and with --bn-into-depthwise",
+        help="add a graph row whose 3x3 stride-1 depthwise weight gradients take the flat "
+        "all-taps kernel (not depthwise_rows_wgrad_kernel)",
     )
     ap.add_argument(
         "--dw-wgrad-per-tap",
@@ -326,10 +326,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_relu_grad_dgrad"] = {**graph, "relu_grad_in_dgrad": True}
             if args.dw_wgrad_per_tap:
                 ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
-            if args.dw_wgrad_rows:
-                ours["tritoncnn_fp16_graph_dw_rows_wgrad"] = {**graph, "dw_wgrad_rows": True}
-                both = {**graph, "dw_wgrad_rows": True, "bn_into_depthwise": True}
-                ours["tritoncnn_fp16_graph_dw_rows_wgrad_deferred"] = both
+            if args.dw_wgrad_flat:
+                ours["tritoncnn_fp16_graph_dw_flat_wgrad"] = {**graph, "dw_wgrad_rows": False}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")
@@ -338,6 +336,7 @@ def main() -> None:
     if args.max_autotune:
         modes.append("compile_max_autotune")
     rows = []
+    csv_path = Path(args.out) / f"train_step_{meta['gpu'].replace(' ', '_')}.csv"
     for name in args.models:
         for batch in args.batches:
             torch.manual_seed(0)
@@ -382,6 +381,7 @@ def main() -> None:
                         "setup_s": setup_s,
                     }
                 )
+                _write_csv(rows, csv_path)
                 print(
                     f"{name:<12} b{batch:<4} {variant:<28} {ms:8.3f} ms  "
                     f"{batch / ms * 1e3:9.0f} img/s  {fpi * batch / ms / 1e9:7.2f} TFLOP/s  "
@@ -390,16 +390,17 @@ def main() -> None:
                 )
     if not rows:
         sys.exit("no configuration ran")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = meta["gpu"].replace(" ", "_")
-    path = out / f"train_step_{tag}.csv"
+    print(f"wrote {csv_path}")
+    _plot(rows, csv_path.with_suffix(".png"))
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    """All rows so far, rewritten after each one: a run cut off by a time limit keeps them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {path}")
-    _plot(rows, out / f"train_step_{tag}.png")
 
 
 def _plot(rows, path: Path) -> None:

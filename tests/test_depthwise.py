@@ -140,8 +140,9 @@ def test_heuristics_pick_listed_configs(monkeypatch):
 
 @pytest.mark.parametrize("all_taps", [False, True])
 def test_wgrad_multi_tile_programs(monkeypatch, all_taps):
-    """Few stage-1 programs: each loops over several pixel tiles (ITERS > 1), one tap or all
-    nine per program."""
+    """Few stage-1 programs of the flat kernels: each loops over several pixel tiles
+    (ITERS > 1), one tap or all nine per program."""
+    monkeypatch.setattr(dw, "WGRAD_ROLLING_ROWS", False)  # a stride-1 3x3 would take the rows
     monkeypatch.setattr(dw, "_WGRAD_TARGET_PROGRAMS", 3)
     monkeypatch.setattr(dw, "_WGRAD_ALL_TAPS_PROGRAMS", 3)
     monkeypatch.setattr(dw, "WGRAD_ALL_TAPS", all_taps)
@@ -199,10 +200,12 @@ def test_rolling_rows_is_the_default_when_on(monkeypatch):
     assert len(calls) == 2
 
 
-def test_rolling_rows_wgrad_is_the_default_when_on(monkeypatch):
-    """With WGRAD_ROLLING_ROWS, qualifying weight gradients take depthwise_rows_wgrad_kernel
+def test_rolling_rows_wgrad_is_the_default(monkeypatch):
+    """WGRAD_ROLLING_ROWS is on: qualifying weight gradients take depthwise_rows_wgrad_kernel
     (the flat kernels' numbers to fp32 rounding; deterministic) and the others don't."""
+    assert dw.WGRAD_ROLLING_ROWS
     x, g = randn(3, 20, 7, 5, channels_last=True), randn(3, 20, 7, 5, channels_last=True)
+    monkeypatch.setattr(dw, "WGRAD_ROLLING_ROWS", False)
     flat = dw.depthwise_conv2d_wgrad(x, g, (20, 1, 3, 3), 1, 1, 1)
     monkeypatch.setattr(dw, "WGRAD_ROLLING_ROWS", True)
     calls = []

@@ -16,8 +16,8 @@ Weights are C,1,KH,KW fp32 (any strides), math is fp32, outputs take the activat
 - wgrad: deterministic two-stage reduction over N*HO*WO: per-program partial sums for a
   channel block and one tap (all nine of a 3x3 kernel in one program) into an fp32 scratch
   buffer, then a small kernel sums the partials in a fixed order and writes (or, with
-  ACCUMULATE, adds into) the weight gradient. With WGRAD_ROLLING_ROWS (off until measured),
-  3x3 stride-1 convs take depthwise_rows.py's stage 1 (rows of images, each row loaded once).
+  ACCUMULATE, adds into) the weight gradient. 3x3 stride-1 convs take depthwise_rows.py's
+  stage 1 instead (WGRAD_ROLLING_ROWS: rows of images, each row loaded once).
 
 The heuristics (pick_config, pick_rows_config, pick_wgrad_config) fix every tile and program
 count without reading the device, so a result is the same bits on every GPU.
@@ -111,10 +111,13 @@ WGRAD_ALL_TAPS = True
 # graphed step 13.21 -> 11.77 ms.
 ROLLING_ROWS = True
 # The weight gradient of those convs by rolling rows (depthwise_rows_wgrad_kernel: x and grad_out
-# each loaded once, against nine shifted x tiles per pixel tile). Off until measured on the GPU.
-WGRAD_ROLLING_ROWS = False
-# Its programs in all (96 registers, 24 KB of pipelined rows each: 5 per SM).
-_WGRAD_ROWS_PROGRAMS = 1024
+# each loaded once, against nine shifted x tiles per pixel tile). H100, MobileNetV2's stride-1
+# layers at batch 512 (benchmarks/depthwise_tiles.py): 1168 us (flat all-taps) -> 850 us, cuDNN
+# 1007; the graphed step 12.39 -> 12.15 ms.
+WGRAD_ROLLING_ROWS = True
+# Its programs in all (96 registers, 24 KB of pipelined rows each: 5 per SM). H100, the same
+# layers: 512 programs 850 us, 1024 878 us, 2048 951 us (fewer partial rows for stage 2).
+_WGRAD_ROWS_PROGRAMS = 512
 # Its row tile (elements: 4 per thread on 4 warps) and input rows in flight per program. H200,
 # the 32x16-element tile over the stride-1 layers (fwd / dgrad us): 2 stages 918 / 754,
 # 4 (the picks) 644 / 543, 6 679 / 623, 8 710 / 652; 8 elements per thread (64x16, 4 stages)

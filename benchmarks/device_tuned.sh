@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# On the GPU machine (the device tool), one call: heuristic tiles against the autotuner's.
+#
+#   bash benchmarks/device_tuned.sh          # carry .whl
+#
+# 1. train_step.py, ResNet-18 and MobileNetV2 at b512: our graphed step with heuristic tiles
+#    (TRITONCNN_AUTOTUNE=0; MobileNetV2 also with the flat depthwise weight gradient) and
+#    torch's eager fp32 and eager AMP + channels_last rows, in one run ($OUT/heuristic);
+# 2. ResNet-18's graphed step with the autotuner on ($OUT/tuned), tuning from an empty cache
+#    kept in $OUT/cache/autotune.json: the tuned choice for every conv problem of the step;
+# 3. the rolling-rows depthwise gpu tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+TRITONCNN_AUTOTUNE=0 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 \
+    --batches 512 --graph-only --no-compile --dw-wgrad-flat --out "$OUT/heuristic" 2>&1 \
+    | grep -v -i warn | grep " ms "
+TRITONCNN_AUTOTUNE=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 260 python3 \
+    benchmarks/train_step.py --models resnet18 --batches 512 --ours-only --graph-only \
+    --out "$OUT/tuned" 2>&1 | grep -v -i warn | grep " ms "
+TRITONCNN_AUTOTUNE=0 timeout 100 python3 -m pytest -m gpu -n 16 -q -rf -p no:cacheprovider \
+    tests/test_depthwise.py -k rows > "$OUT/gpu_tests.log" 2>&1
+grep -E "FAILED|[0-9]+ passed|[0-9]+ failed" "$OUT/gpu_tests.log" | tail -12
