@@ -15,6 +15,7 @@ counted as often as the network has it) and writes every timing to
     python benchmarks/reduction_tiles.py --batch 512
     python benchmarks/reduction_tiles.py --kernels bn --stages 3 --bn-programs 4 \
         --bn-elementwise-tiles default c32 c64
+    python benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 2 3 4
 """
 
 from __future__ import annotations
@@ -121,7 +122,12 @@ ELEMENTWISE_TILES = {
 
 
 def bn_rows(
-    batch: int, stages: list[int], programs: list[int], tiles: list[str], ew_tiles: list[str]
+    batch: int,
+    stages: list[int],
+    programs: list[int],
+    tiles: list[str],
+    ew_tiles: list[str],
+    ops: list[str],
 ):
     layers, _ = mobilenetv2_layers()
     pick = norm.pick_config
@@ -133,13 +139,13 @@ def bn_rows(
                     ew(pick(c, True), c) if elementwise else change(pick(c))
                 )
                 for (c, hw), count in layers.items():
-                    for row in bn_layer_rows(batch, c, hw, count, stages, programs):
+                    for row in bn_layer_rows(batch, c, hw, count, stages, programs, ops):
                         yield {**row, "tile": f"{tile}/{ew_tile}"}
     finally:
         norm.pick_config = pick
 
 
-def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
+def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs, ops):
     x, gy = nhwc(batch, c, hw, hw), nhwc(batch, c, hw, hw)
     w = torch.rand(c, device="cuda") + 0.5
     b = torch.randn(c, device="cuda")
@@ -153,12 +159,16 @@ def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
         "apply": bench(lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False)),
         "backward": bench(lambda: torch.autograd.grad(yr, (xr, wr, br), gy, retain_graph=True)),
     }
+    backward = lambda: norm.batch_norm_backward(gy, x, w, mean, invstd, bias=b)  # noqa: E731
     ours = {
         "stats": lambda: norm.batch_norm_local_moments(x),
         # bn_apply_kernel alone (the training step's apply after the conv-epilogue moments)
         "apply": lambda: norm.batch_norm_forward_eval(x, w, b, rm, rv, 1e-5),
-        "backward": lambda: norm.batch_norm_backward(gy, x, w, mean, invstd, bias=b),
+        "backward": backward,
+        "bwd_reduce": lambda: _without_input_grad(backward),
     }
+    t_torch["bwd_reduce"] = float("nan")  # cuDNN's backward is one call
+    ours = {op: fn for op, fn in ours.items() if op in ops}
     one_pass = x.numel() * x.element_size() / 1e9  # GB
     for st in stages:
         for pps in programs:
@@ -174,9 +184,27 @@ def bn_layer_rows(batch: int, c: int, hw: int, count: int, stages, programs):
                     "us": us,
                     "torch_us": 1e3 * t_torch[op],
                     # stats read x; apply reads x and writes y; the backward reads g and x
-                    # twice and writes dx
-                    "GB/s": {"stats": 1, "apply": 2, "backward": 5}[op] * one_pass / (us * 1e-6),
+                    # twice and writes dx, its reductions read g and x once
+                    "GB/s": {"stats": 1, "apply": 2, "backward": 5, "bwd_reduce": 2}[op]
+                    * one_pass
+                    / (us * 1e-6),
                 }
+
+
+class _NoLaunch:
+    """Stands in for a @triton.jit kernel: ``kernel[grid](...)`` launches nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _without_input_grad(backward) -> None:
+    """``backward`` with bn_bwd_input_kernel not launched: bn_bwd_reduce_kernel's time alone."""
+    kernel, norm.bn_bwd_input_kernel = norm.bn_bwd_input_kernel, _NoLaunch()
+    try:
+        backward()
+    finally:
+        norm.bn_bwd_input_kernel = kernel
 
 
 def dw_rows(batch: int, stages: list[int], programs: list[int]):
@@ -235,6 +263,13 @@ def main() -> None:
         default=[264, 396, 512, 1024],
         help="in all (3x3: all taps; 146 registers and 60 KB of pipelined tiles each: 3 per SM)",
     )
+    ap.add_argument(
+        "--bn-ops",
+        nargs="+",
+        default=["stats", "apply", "backward"],
+        choices=["stats", "apply", "backward", "bwd_reduce"],
+        help="bwd_reduce: bn_bwd_reduce_kernel alone (the backward without its input grad)",
+    )
     ap.add_argument("--kernels", nargs="+", default=["bn", "dw"])
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
@@ -247,7 +282,7 @@ def main() -> None:
         rows += list(
             bn_rows(
                 args.batch, args.stages, args.bn_programs, args.bn_tiles,
-                args.bn_elementwise_tiles,
+                args.bn_elementwise_tiles, args.bn_ops,
             )
         )  # fmt: skip
     if "dw" in args.kernels:

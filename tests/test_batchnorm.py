@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from helpers import DEVICE, assert_close, f64, randn
 
 from tritoncnn import nn, runtime
@@ -301,6 +302,20 @@ def test_split_rows_keeps_partials_few(monkeypatch):
     rows, parts = norm._split_rows(8192, 128, cfg)
     assert rows == norm.MIN_STAGE1_TILES * cfg.block_m
     assert parts == 8192 // rows
+
+
+@pytest.mark.parametrize("m,c", [(512 * 32 * 32, 144), (512 * 16 * 16, 192), (512 * 16, 1280)])
+def test_split_rows_stays_within_one_wave(monkeypatch, m, c):
+    """MobileNetV2's layers at b512 on an H100 (528 programs: 4 per SM x 132): stage 1 never
+    launches more programs than that, which would leave a second wave of full-length slabs,
+    nor fewer than half of it."""
+    monkeypatch.setattr(norm, "_target_programs", lambda: 528)
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    cfg = norm.pick_config(c)
+    rows, parts = norm._split_rows(m, c, cfg)
+    programs = parts * triton.cdiv(c, cfg.block_c)
+    assert 264 <= programs <= 528, (rows, parts, programs)
+    assert rows * parts >= m > rows * (parts - 1)
 
 
 def test_pick_config_pads_wide_channels_little(monkeypatch):

@@ -1094,9 +1094,12 @@ MIN_STAGE1_TILES = 2
 
 
 def _split_rows(m: int, c: int, cfg: NormConfig) -> tuple[int, int]:
-    """(rows per stage-1 program, number of partials): enough programs to fill the device."""
+    """(rows per stage-1 program, number of partials): enough programs to fill the device and
+    no more than _target_programs() in all. Every program walks a slab of equal length, so one
+    program beyond the ones resident at once is a second wave as long as the first (144
+    channels at 32x32, b512: 106 partials x 5 channel blocks = 530 programs for an H100's 528)."""
     c_blocks = triton.cdiv(c, cfg.block_c)
-    want = max(1, triton.cdiv(_target_programs(), c_blocks))
+    want = max(1, _target_programs() // c_blocks)
     tiles = max(triton.cdiv(triton.cdiv(m, want), cfg.block_m), MIN_STAGE1_TILES)
     rows = tiles * cfg.block_m
     return rows, triton.cdiv(m, rows)
