@@ -6,8 +6,8 @@
 # 1. train_step.py, ResNet-18 and MobileNetV2 at b512: our graphed step with heuristic tiles
 #    (TRITONCNN_AUTOTUNE=0; MobileNetV2 also with the flat depthwise weight gradient) and
 #    torch's eager fp32 and eager AMP + channels_last rows, in one run ($OUT/heuristic);
-# 2. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) and with the input grad,
-#    per MobileNetV2 layer, by loop stages and programs per SM (reduction_tiles.py);
+# 2. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
+#    tile, loop stages and programs per SM (reduction_tiles.py);
 # 3. the rolling-rows depthwise and batch-norm partials gpu tests;
 # 4. ResNet-18's graphed step with the autotuner on ($OUT/tuned), tuning from an empty cache
 #    kept in $OUT/cache/autotune.json: the tuned choice for every conv problem of the step.
@@ -22,7 +22,8 @@ TRITONCNN_AUTOTUNE=0 timeout 200 python3 benchmarks/train_step.py --models resne
     --batches 512 --graph-only --no-compile --dw-wgrad-flat --out "$OUT/heuristic" 2>&1 \
     | grep -v -i warn | grep " ms "
 TRITONCNN_AUTOTUNE=0 timeout 150 python3 benchmarks/reduction_tiles.py --kernels bn \
-    --bn-ops bwd_reduce backward --stages 2 3 4 --bn-programs 2 4 8 --out "$OUT" \
+    --bn-ops bwd_reduce --bn-tiles default half w8 --stages 2 3 4 --bn-programs 4 8 \
+    --out "$OUT" \
     > "$OUT/reduction_tiles.log" 2>&1
 grep -A30 "totals" "$OUT/reduction_tiles.log"
 TRITONCNN_AUTOTUNE=0 timeout 100 python3 -m pytest -m gpu -n 16 -q -rf -p no:cacheprovider \
