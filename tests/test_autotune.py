@@ -86,6 +86,7 @@ def test_cache_round_trip(tmp_path):
     (key, entry), = data["entries"].items()  # fmt: skip
     assert key == autotune.make_key("op", PROBLEM)
     assert entry["config"] == {"block": 64} and entry["ms"] == 1.0 and entry["candidates"] == 3
+    assert entry["heuristic"] == {"block": 16} and entry["heuristic_ms"] == 3.0
     assert not list(path.parent.glob(".autotune.*"))  # no temp file left behind
     # A fresh tuner (a new process) reads the choice without timing.
     fresh = autotune.Tuner(path, enabled=True, timer=_never_timed)

@@ -18,7 +18,8 @@ timing anything.
   step runs its first step eagerly, so tuning happens there, before capture.
 
 Candidates are frozen dataclasses (a config, or a config plus a split factor); the cache stores
-their fields, so a choice is found again only if it is still among the candidates.
+their fields, so a choice is found again only if it is still among the candidates. Each entry
+also keeps the heuristic's config and time (``heuristic_ms``): how far the heuristic is off.
 """
 
 from __future__ import annotations
@@ -212,12 +213,14 @@ class Tuner:
             # A stale entry (the candidate list changed since it was written): retune.
         if _capturing():  # no timing inside a CUDA graph; not remembered, so tuned later
             return default
-        best, entry = self._tune(key, cands, make_runner)
+        best, entry = self._tune(key, cands, make_runner, default)
         self.memory[fast_key] = best
         self._write_disk(key, entry)
         return best
 
-    def _tune(self, key: str, candidates: Sequence[C], make_runner: Callable[[], Runner]):
+    def _tune(
+        self, key: str, candidates: Sequence[C], make_runner: Callable[[], Runner], default: C
+    ):
         runner = make_runner()
         times: list[float] = []
         for cand in candidates:
@@ -233,7 +236,18 @@ class Tuner:
         self.tunings += 1
         best = candidates[best_i]
         log.info("tritoncnn autotune %s: %s (%.4f ms of %d)", key, best, times[best_i], len(times))
-        return best, {"config": encode(best), "ms": times[best_i], "candidates": len(candidates)}
+        # the heuristic's own time beside the best one: how far the heuristic is off, per
+        # problem, read from the file (None when the heuristic's config is not a candidate)
+        timed = zip(candidates, times, strict=True)
+        heuristic_ms = next((t for c, t in timed if c == default), None)
+        entry = {
+            "config": encode(best),
+            "ms": times[best_i],
+            "candidates": len(candidates),
+            "heuristic": encode(default),
+            "heuristic_ms": heuristic_ms if heuristic_ms != math.inf else None,
+        }
+        return best, entry
 
 
 _DEFAULT: Tuner | None = None
