@@ -18,18 +18,18 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-TRITONCNN_AUTOTUNE=0 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 \
+TRITONCNN_AUTOTUNE=0 timeout 170 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 \
     --batches 512 --graph-only --no-compile --dw-wgrad-flat --out "$OUT/heuristic" 2>&1 \
     | grep -v -i warn | grep " ms "
-TRITONCNN_AUTOTUNE=0 timeout 150 python3 benchmarks/reduction_tiles.py --kernels bn \
+TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
     --bn-ops bwd_reduce --bn-tiles default half w8 --stages 2 3 4 --bn-programs 4 8 \
     --out "$OUT" \
     > "$OUT/reduction_tiles.log" 2>&1
 grep -A30 "totals" "$OUT/reduction_tiles.log"
-TRITONCNN_AUTOTUNE=0 timeout 100 python3 -m pytest -m gpu -n 16 -q -rf -p no:cacheprovider \
+TRITONCNN_AUTOTUNE=0 timeout 70 python3 -m pytest -m gpu -n 16 -q -rf -p no:cacheprovider \
     tests/test_depthwise.py tests/test_batchnorm.py -k "rows or partials or split" \
     > "$OUT/gpu_tests.log" 2>&1
 grep -E "FAILED|[0-9]+ passed|[0-9]+ failed" "$OUT/gpu_tests.log" | tail -12
-TRITONCNN_AUTOTUNE=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 200 python3 \
+TRITONCNN_AUTOTUNE=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 180 python3 \
     benchmarks/train_step.py --models resnet18 --batches 512 --ours-only --graph-only \
     --out "$OUT/tuned" 2>&1 | grep -v -i warn | grep " ms "
