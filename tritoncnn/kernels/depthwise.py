@@ -113,7 +113,7 @@ ROLLING_ROWS = True
 # The weight gradient of those convs by rolling rows (depthwise_rows_wgrad_kernel: x and grad_out
 # each loaded once, against nine shifted x tiles per pixel tile). H100, MobileNetV2's stride-1
 # layers at batch 512 (benchmarks/depthwise_tiles.py): 1168 us (flat all-taps) -> 850 us, cuDNN
-# 1007; the graphed step 12.39 -> 12.15 ms.
+# 1007; the graphed step 12.39 -> 12.15 ms (that step ran with 1024 programs, not the 512 below).
 WGRAD_ROLLING_ROWS = True
 # Its programs in all (96 registers, 24 KB of pipelined rows each: 5 per SM). H100, the same
 # layers: 512 programs 850 us, 1024 878 us, 2048 951 us (fewer partial rows for stage 2).
