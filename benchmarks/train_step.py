@@ -9,9 +9,10 @@ For each model and batch size: ms/step, images/s, achieved TFLOP/s and peak GPU 
   - torch.compile of the whole step (default), with --reduce-overhead
     torch.compile(mode="reduce-overhead") (its CUDA graphs), and with --max-autotune
     torch.compile(mode="max-autotune"),
-all with SGD(momentum); torch's batch is already a float tensor on the GPU. Writes
-``train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar chart to ``--out``
-(default ``$OUT``, else ``benchmarks/results/``).
+all with SGD(momentum). With TRITONCNN_PDL=1 (kernels/pdl.py; sm_90+) our rows are named
+``..._pdl``: run once without and once with to compare. Torch's batch is already a float
+tensor on the GPU. Writes ``train_step_<gpu>.csv`` (GPU, versions, date in every row) and a bar
+chart to ``--out`` (default ``$OUT``, else ``benchmarks/results/``).
 
 TFLOP/s counts 3x the forward's conv/linear FLOPs (forward + the two backward GEMMs).
 ``peak_mem_mib`` is ``torch.cuda.max_memory_allocated`` while that configuration alone is built
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
+from tritoncnn.kernels import pdl  # noqa: E402
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
 
@@ -293,6 +295,7 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
         "autotune": os.environ.get("TRITONCNN_AUTOTUNE", "1") != "0",
+        "pdl": pdl.LAUNCH_PDL,  # programmatic dependent launch (TRITONCNN_PDL=1, sm_90+)
     }
     # variant: ours_step's keyword arguments (the defaults where not given)
     ours = {} if args.graph_only else {"tritoncnn_fp16": {"graph": False}}
@@ -328,6 +331,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
             if args.dw_wgrad_flat:
                 ours["tritoncnn_fp16_graph_dw_flat_wgrad"] = {**graph, "dw_wgrad_rows": False}
+    if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
+        ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]
     if not (args.no_compile or args.ours_only):
         modes.append("compile")

@@ -14,6 +14,7 @@ import torch
 from tritoncnn import runtime
 from tritoncnn.kernels import augment as K
 from tritoncnn.kernels.distributed import shard_permutation
+from tritoncnn.kernels.pdl import LAUNCH_PDL
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,25 @@ class GPULoader:
         if self.shuffle:
             key = (self.seed * 1_000_003 + epoch * 7919 + 1) & 0x7FFFFFFF
             K.epoch_permutation_kernel[K.launch_grid(self.n, 1024)](
-                self.perm, self.n, key, HALF_BITS=K.permutation_bits(self.n), BLOCK=1024
-            )
+                self.perm, self.n, key, HALF_BITS=K.permutation_bits(self.n), BLOCK=1024,
+                launch_pdl=LAUNCH_PDL,
+            )  # fmt: skip
             if self.world_size > 1:
                 shard_permutation(
                     self.perm, self.rank_perm, self.n, self.batch_size, self.rank, self.world_size
                 )
-        K.set_position_kernel[(1,)](self.step, self.draw_seed, 0, self._draw_seed(epoch))
+        K.set_position_kernel[(1,)](
+            self.step, self.draw_seed, 0, self._draw_seed(epoch), launch_pdl=LAUNCH_PDL
+        )
 
     def seek(self, step: int) -> None:
         """Continue the current epoch at batch ``step`` (a resume inside an epoch); call after
         ``set_epoch``. The batches that follow are those an uninterrupted epoch gathers."""
         if not 0 <= step <= len(self):
             raise ValueError(f"step must be in [0, {len(self)}], got {step}")
-        K.set_position_kernel[(1,)](self.step, self.draw_seed, step, self._draw_seed(self.epoch))
+        K.set_position_kernel[(1,)](
+            self.step, self.draw_seed, step, self._draw_seed(self.epoch), launch_pdl=LAUNCH_PDL
+        )
 
     def _draw_seed(self, epoch: int) -> int:
         """Philox seed of ``epoch``'s augmentation draws; ranks draw from their own streams
@@ -189,6 +195,7 @@ class GPULoader:
                 self.h,
                 self.w,
                 BLOCK=128,
+                launch_pdl=LAUNCH_PDL,
             )
         block_p, block_s = self._gather_blocks()
         K.gather_augment_kernel[K.launch_grid(b, block_s)](
@@ -214,8 +221,9 @@ class GPULoader:
             BLOCK_S=block_s,
             BLOCK_P=block_p,
             BLOCK_C=_pow2(self.c),
+            launch_pdl=LAUNCH_PDL,
         )
-        K.advance_step_kernel[(1,)](self.step, 0)
+        K.advance_step_kernel[(1,)](self.step, 0, launch_pdl=LAUNCH_PDL)
         return self.inputs, self.targets
 
     def _gather_blocks(self) -> tuple[int, int]:

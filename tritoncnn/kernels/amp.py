@@ -18,6 +18,7 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.optim import as_mask
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 BLOCK = 1024
 
@@ -35,6 +36,7 @@ def update_scale_kernel(
     scale_ptr: fp32 [1]; growth_tracker_ptr, skipped_ptr: int32 [1]; found_inf_ptr: fp32 [1];
     factors_ptr: fp64 [2] (growth_factor, backoff_factor); growth_interval: int.
     """
+    wait_for_inputs()
     scale = tl.load(scale_ptr)
     tracker = tl.load(growth_tracker_ptr)
     found = (tl.load(found_inf_ptr) != 0.0).to(tl.int32)  # 0/1 (int: see optim.as_mask)
@@ -61,6 +63,7 @@ def scale_kernel(x_ptr, out_ptr, scale_ptr, numel, BLOCK: tl.constexpr):
 
     scale_ptr: fp32 [1] loss scale. One program scales BLOCK consecutive elements.
     """
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     s = tl.load(scale_ptr)
@@ -80,7 +83,9 @@ def update_scale(
     growth_interval: int,
 ) -> None:
     """Adjust the loss scale after a step, on the device (see ``update_scale_kernel``)."""
-    update_scale_kernel[(1,)](scale, growth_tracker, found_inf, skipped, factors, growth_interval)
+    update_scale_kernel[(1,)](
+        scale, growth_tracker, found_inf, skipped, factors, growth_interval, launch_pdl=LAUNCH_PDL
+    )
 
 
 def _check_dense(*ts: torch.Tensor) -> None:
@@ -95,12 +100,16 @@ def scale(x: torch.Tensor, loss_scale: torch.Tensor) -> torch.Tensor:
     """x * loss_scale into a new tensor (x's shape, dtype, layout); loss_scale fp32 [1]."""
     _check_dense(x)
     out = runtime.empty_like(x)
-    scale_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, out, loss_scale, x.numel(), BLOCK=BLOCK)
+    scale_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+        x, out, loss_scale, x.numel(), BLOCK=BLOCK, launch_pdl=LAUNCH_PDL
+    )
     return out
 
 
 def scale_(x: torch.Tensor, loss_scale: torch.Tensor) -> torch.Tensor:
     """x *= loss_scale in place (e.g. the loss gradient before the backward pass)."""
     _check_dense(x)
-    scale_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, x, loss_scale, x.numel(), BLOCK=BLOCK)
+    scale_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+        x, x, loss_scale, x.numel(), BLOCK=BLOCK, launch_pdl=LAUNCH_PDL
+    )
     return x

@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from tritoncnn.kernels.pdl import wait_for_inputs
+
 # Columns of the per-sample parameter table written by augment_params_kernel.
 P_DY, P_DX, P_FLIP, P_ANGLE, P_BRIGHT, P_CONTRAST, P_SAT, P_CUT_Y, P_CUT_X = range(9)
 N_PARAMS = 9
@@ -47,6 +49,7 @@ def epoch_permutation_kernel(perm_ptr, n, key, HALF_BITS: tl.constexpr, BLOCK: t
     >= n); values that land >= n are walked through the network again until they fall inside
     (cycle walking), which keeps it a bijection on [0, n). ``key`` mixes seed and epoch.
     """
+    wait_for_inputs()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = offs.to(tl.int64)
@@ -90,6 +93,7 @@ def augment_params_kernel(
     (seed, (step*batch + j) * N_DRAWS + k). The step and the seed (int64 [1], which mixes
     the epoch) are read from the device, so a captured graph follows epochs and steps.
     """
+    wait_for_inputs()
     j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = j < batch
     step = tl.load(step_ptr).to(tl.int64)
@@ -196,6 +200,7 @@ def gather_augment_kernel(
     mean/std normalisation; cutout zeroes a cut_len square in normalised space.
     Also writes out_labels[j] = labels[perm[k]].
     """
+    wait_for_inputs()
     rows = tl.arange(0, BLOCK_S * BLOCK_P)
     j = tl.program_id(0) * BLOCK_S + rows // BLOCK_P  # sample of each row
     smask = j < batch
@@ -280,6 +285,7 @@ def _gray(v, cs, C):
 @triton.jit
 def advance_step_kernel(step_ptr, reset):
     """step += 1, or step = 0 when reset (a new epoch); keeps the host out of the loop."""
+    wait_for_inputs()
     s = tl.load(step_ptr)
     tl.store(step_ptr, tl.where(reset != 0, 0, s + 1))
 
@@ -288,6 +294,7 @@ def advance_step_kernel(step_ptr, reset):
 def set_position_kernel(step_ptr, seed_ptr, step, seed):
     """step = ``step``, draw seed = ``seed``: the start of an epoch (or a resume point inside
     one). Launched between steps, outside any captured graph."""
+    wait_for_inputs()
     tl.store(step_ptr, step.to(tl.int64))
     tl.store(seed_ptr, seed.to(tl.int64))
 

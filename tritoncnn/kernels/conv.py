@@ -61,6 +61,7 @@ from tritoncnn.kernels.norm import (
     store_tile_moments,
     tile_moments,
 )
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
 # (Triton's matmul tutorial ordering).
@@ -309,6 +310,7 @@ def conv2d_fwd_kernel(
     Y_ALIGN: the same for y's row offsets and C_out_g (a 144 -> 24 projection stores 48-byte
     rows: 16-byte vectors instead of 2-byte stores).
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     g = tl.program_id(1)
     M = N * HO * WO
@@ -479,6 +481,7 @@ def conv2d_dgrad_kernel(
     returns the gradient of the ReLU's input (its backward, as activation_backward does it
     from the output).
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     n_phase = stride_h * stride_w
     g = tl.program_id(1) // n_phase
@@ -674,6 +677,7 @@ def conv2d_wgrad_kernel(
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     split = tl.program_id(2)
     if FLAT_N:
@@ -831,6 +835,7 @@ def bias_grad_kernel(
     out_ptr: fp32 destination (C,) per split, element stride s_out.
     pix_per_split: pixels per split, a multiple of BLOCK_P.
     """
+    wait_for_inputs()
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
     mask_c = offs_c < C
@@ -872,6 +877,7 @@ def splitk_reduce_kernel(
     accumulator, summed over its rows once at the end: a small weight gradient's 64 splits are
     8 dependent loads, not 64 (one per split, each waiting out the L2 latency of the last).
     """
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     rows = tl.zeros((SPLIT_BLOCK, BLOCK), dtype=tl.float32)
@@ -1059,6 +1065,7 @@ def _forward(
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
             W_ALIGN=_input_channel_align(x, weight), Y_ALIGN=vector_align(out, c_out_g),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         return tiles
 
@@ -1218,6 +1225,7 @@ def _dgrad(
             GRAD_SUMS=bn is not None, **norm_flags, ADD_GRAD=add is not None,
             RELU_INPUT=relu_out is not None,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         return sums
 
@@ -1296,6 +1304,7 @@ def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumul
     splitk_reduce_kernel[(triton.cdiv(numel, block),)](
         part, out, numel, n_split, dims[1], dims[2], dims[3], *strides,
         ACCUMULATE=accumulate, BLOCK=block, SPLIT_BLOCK=split_block,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
 
 
@@ -1393,6 +1402,7 @@ def conv2d_wgrad(
             X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
             DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         if split > 1:
             so, si, s_h, s_w = gw.stride()
@@ -1492,6 +1502,7 @@ def conv2d_bias_grad(
             grad_out, dst, n, ho, wo, c, *runtime.nhwc_strides(grad_out),
             s_out, s_split, per_split,
             ACCUMULATE=dst_acc, BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C,
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         if n_split > 1:
             _reduce_splits(dst, gb, (c, 1, 1, 1), (gb.stride(0), 0, 0, 0), accumulate)

@@ -53,6 +53,7 @@ from tritoncnn.kernels.norm import (
     store_tile_moments,
     tile_moments,
 )
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
 
@@ -183,6 +184,7 @@ def depthwise_fwd_kernel(
     ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C] statistics and parameters (weight / bias read
     only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
+    wait_for_inputs()
     pid_p, pid_c = row_channel_tile(C, BLOCK_C)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -271,6 +273,7 @@ def depthwise_dgrad_kernel(
     the batch norm's input; nmean_ptr, ninvstd_ptr its fp32 batch statistics, nw_ptr, nb_ptr
     its affine parameters (read when IN_HAS_W / IN_HAS_B).
     """
+    wait_for_inputs()
     pid_p, pid_c = row_channel_tile(C, BLOCK_C)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -385,6 +388,7 @@ def depthwise_wgrad_partial_kernel(
     IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
     is normalised as it is loaded, as in depthwise_fwd_kernel.
     """
+    wait_for_inputs()
     pid, pid_c = row_channel_tile(C, BLOCK_C)
     chunk = pid // (KH * KW)
     t = pid - chunk * (KH * KW)
@@ -435,6 +439,7 @@ def depthwise_wgrad_taps_kernel(
     nine BLOCK_P x BLOCK_C fp32 tiles, each reduced over pixels once at the end (a fixed
     order: deterministic). Arguments as depthwise_wgrad_partial_kernel's, KH = KW = 3.
     """
+    wait_for_inputs()
     chunk, pid_c = row_channel_tile(C, BLOCK_C)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -499,6 +504,7 @@ def depthwise_wgrad_reduce_kernel(
     K: number of partial rows. C: channels. J: entries per row. KW: kernel width.
     ACCUMULATE: add into gw instead of overwriting it. One program owns BLOCK_J entries.
     """
+    wait_for_inputs()
     j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     j_mask = j < J
     acc = tl.zeros((BLOCK_K, BLOCK_J), dtype=tl.float32)
@@ -694,6 +700,7 @@ def _forward(
         HAS_BIAS=bias is not None, ACT=act,
         BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, MOMENTS=moments, **in_flags,
         num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return y, tiles
 
@@ -787,6 +794,7 @@ def _dgrad(
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw,
         BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c,
         GRAD_SUMS=bn is not None, **norm_flags, num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return grad_in, sums
 
@@ -854,10 +862,12 @@ def depthwise_conv2d_wgrad(
     meta = dict(STRIDE_H=sh, STRIDE_W=sw, BLOCK_P=block_p, BLOCK_C=cfg.block_c,
                 STAGES=WGRAD_STAGES, num_warps=cfg.num_warps, **in_flags)  # fmt: skip
     if all_taps:
-        depthwise_wgrad_taps_kernel[row_channel_grid(chunks, 1, c, cfg.block_c)](*args, **meta)
+        depthwise_wgrad_taps_kernel[row_channel_grid(chunks, 1, c, cfg.block_c)](
+            *args, **meta, launch_pdl=LAUNCH_PDL
+        )
     else:
         grid = row_channel_grid(chunks * kh * kw, 1, c, cfg.block_c)
-        depthwise_wgrad_partial_kernel[grid](*args, KH=kh, KW=kw, **meta)
+        depthwise_wgrad_partial_kernel[grid](*args, KH=kh, KW=kw, **meta, launch_pdl=LAUNCH_PDL)
     _wgrad_reduce(partials, grad_weight, accumulate)
     return grad_weight
 
@@ -883,4 +893,5 @@ def _wgrad_reduce(partials: torch.Tensor, grad_weight: torch.Tensor, accumulate:
         grad_weight.stride(0), grad_weight.stride(2), grad_weight.stride(3),
         KW=grad_weight.shape[3], ACCUMULATE=accumulate,
         BLOCK_K=_REDUCE_BLOCK_K, BLOCK_J=_REDUCE_BLOCK_J, num_warps=4,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip

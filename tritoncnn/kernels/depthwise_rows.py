@@ -40,6 +40,7 @@ from tritoncnn.kernels.norm import (
     pending_norm_args,
     tile_moments,
 )
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
 
@@ -150,6 +151,7 @@ def depthwise_rows_kernel(
     is a batch norm's input whose apply was left to this kernel (norm.PendingNorm), applied
     to each loaded row as in depthwise_fwd_kernel.
     """
+    wait_for_inputs()
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
     i = tl.arange(0, BLOCK_N * BLOCK_W)
     n = pid_g * BLOCK_N + i // BLOCK_W
@@ -279,6 +281,7 @@ def depthwise_rows_wgrad_kernel(
     flight. IN_NORM and the n* arguments: x is normalised as it is loaded, as in
     depthwise_rows_kernel.
     """
+    wait_for_inputs()
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
     i = tl.arange(0, BLOCK_N * BLOCK_W)
     lane_n = i // BLOCK_W
@@ -397,6 +400,7 @@ def rows_conv(
         HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
         BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
         num_warps=cfg.num_warps, **in_flags,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return y, tiles
 
@@ -426,5 +430,6 @@ def rows_wgrad_partials(
         in_alpha,
         BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
         num_warps=cfg.num_warps, **in_flags,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return partials

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
+
 BLOCK = 1024
 
 
@@ -26,6 +28,7 @@ def shard_permutation_kernel(
     Positions past the end of the epoch (>= n) read sample 0: the gather writes a full batch
     every step and the loader trims those rows away. One program writes BLOCK entries.
     """
+    wait_for_inputs()
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n_out
     pos = (i // batch) * world_batch + rank_offset + i % batch
@@ -39,6 +42,7 @@ def shard_permutation(
     """Write rank ``rank``'s slice of the global order ``perm`` (n entries) into ``out``."""
     n_out = out.numel()
     shard_permutation_kernel[(triton.cdiv(n_out, BLOCK),)](
-        perm, out, n_out, n, batch, world_size * batch, rank * batch, BLOCK=BLOCK
-    )
+        perm, out, n_out, n, batch, world_size * batch, rank * batch,
+        BLOCK=BLOCK, launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
     return out

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tickets import last_to_finish
 
 BLOCK = 4096  # elements per program (4 Philox words x 1024 counters); part of the RNG mapping
@@ -67,6 +68,7 @@ def dropout_kernel(
         stores step + steps into state[1] (every program has read the old step by then, so
         all draw the same mask); ignored otherwise (mask of step, state unchanged).
     """
+    wait_for_inputs()
     Q: tl.constexpr = BLOCK // 4
     pid = tl.program_id(0).to(tl.int64)
     key = tl.load(state_ptr)
@@ -100,6 +102,7 @@ def advance_seed_kernel(state_ptr, steps):
 
     state_ptr: int64 [key, step] RNG state; steps: how far to advance.
     """
+    wait_for_inputs()
     step = tl.load(state_ptr + 1)
     tl.store(state_ptr + 1, step + steps)
 
@@ -131,7 +134,7 @@ def reseed_(state: torch.Tensor, seed: int) -> torch.Tensor:
 def advance_seed_(state: torch.Tensor, steps: int = 1) -> torch.Tensor:
     """Bump the step counter of ``state`` on the device (no host sync)."""
     _check_state(state)
-    advance_seed_kernel[(1,)](state, int(steps))
+    advance_seed_kernel[(1,)](state, int(steps), launch_pdl=LAUNCH_PDL)
     return state
 
 
@@ -163,6 +166,7 @@ def _launch(
     dropout_kernel[grid](
         src, out, state, runtime.tickets(1), n, float(p), scale, int(steps),
         ADVANCE=steps != 0, BLOCK=BLOCK,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return out
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 # Activation codes: the ``ACT`` constexpr of every kernel that can fuse one.
 ACT_NONE, ACT_RELU, ACT_RELU6, ACT_ELU, ACT_LEAKY_RELU, ACT_SILU = 0, 1, 2, 3, 4, 5
@@ -77,6 +78,7 @@ def activation_fwd_kernel(x_ptr, y_ptr, numel, alpha, ACT: tl.constexpr, BLOCK: 
     x_ptr, y_ptr: dense buffers of ``numel`` elements (same layout, any float dtype).
     alpha: ELU alpha / LeakyReLU slope (ignored by other activations).
     """
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -89,6 +91,7 @@ def activation_bwd_kernel(
     g_ptr, x_ptr, dx_ptr, numel, alpha, ACT: tl.constexpr, BLOCK: tl.constexpr
 ):
     """dx[i] = g[i] * act'(x[i]) for this program's BLOCK (x is the forward input)."""
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -100,6 +103,7 @@ def activation_bwd_kernel(
 @triton.jit
 def add_kernel(a_ptr, b_ptr, out_ptr, numel, ACT: tl.constexpr, BLOCK: tl.constexpr):
     """out[i] = act(a[i] + b[i]): the residual join, optionally with its activation fused."""
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -111,6 +115,7 @@ def add_kernel(a_ptr, b_ptr, out_ptr, numel, ACT: tl.constexpr, BLOCK: tl.conste
 @triton.jit
 def accumulate_kernel(acc_ptr, x_ptr, numel, BLOCK: tl.constexpr):
     """acc[i] += x[i]: sums the gradients of two paths that met at a fork (skip connections)."""
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     a = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -121,6 +126,7 @@ def accumulate_kernel(acc_ptr, x_ptr, numel, BLOCK: tl.constexpr):
 @triton.jit
 def fill_kernel(out_ptr, numel, value, BLOCK: tl.constexpr):
     """out[i] = value: our zero-fill, so no torch kernel runs in the training step."""
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     v = tl.zeros((BLOCK,), dtype=tl.float32) + value
@@ -130,6 +136,7 @@ def fill_kernel(out_ptr, numel, value, BLOCK: tl.constexpr):
 @triton.jit
 def cast_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
     """out[i] = x[i] rounded to out's dtype (round to nearest even, as ``Tensor.to``)."""
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
@@ -156,7 +163,9 @@ def activation_forward(x: torch.Tensor, act: int, alpha: float = 0.0) -> torch.T
     """act(x) into a new tensor with x's shape, dtype and layout."""
     _check_dense(x)
     y = runtime.empty_like(x)
-    activation_fwd_kernel[_grid(x.numel())](x, y, x.numel(), alpha, ACT=act, BLOCK=BLOCK)
+    activation_fwd_kernel[_grid(x.numel())](
+        x, y, x.numel(), alpha, ACT=act, BLOCK=BLOCK, launch_pdl=LAUNCH_PDL
+    )
     return y
 
 
@@ -166,7 +175,9 @@ def activation_backward(
     """Gradient of act at input ``x``, times ``grad_out``."""
     _check_dense(grad_out, x)
     dx = runtime.empty_like(x)
-    activation_bwd_kernel[_grid(x.numel())](grad_out, x, dx, x.numel(), alpha, ACT=act, BLOCK=BLOCK)
+    activation_bwd_kernel[_grid(x.numel())](
+        grad_out, x, dx, x.numel(), alpha, ACT=act, BLOCK=BLOCK, launch_pdl=LAUNCH_PDL
+    )
     return dx
 
 
@@ -176,21 +187,21 @@ def add(a: torch.Tensor, b: torch.Tensor, act: int = ACT_NONE) -> torch.Tensor:
         raise ValueError(f"add: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
     _check_dense(a, b)
     out = runtime.empty_like(a)
-    add_kernel[_grid(a.numel())](a, b, out, a.numel(), ACT=act, BLOCK=BLOCK)
+    add_kernel[_grid(a.numel())](a, b, out, a.numel(), ACT=act, BLOCK=BLOCK, launch_pdl=LAUNCH_PDL)
     return out
 
 
 def accumulate_(acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """acc += x in place (same shape and layout)."""
     _check_dense(acc, x)
-    accumulate_kernel[_grid(acc.numel())](acc, x, acc.numel(), BLOCK=BLOCK)
+    accumulate_kernel[_grid(acc.numel())](acc, x, acc.numel(), BLOCK=BLOCK, launch_pdl=LAUNCH_PDL)
     return acc
 
 
 def fill_(out: torch.Tensor, value: float) -> torch.Tensor:
     """Set every element of a dense tensor to ``value``."""
     _check_dense(out)
-    fill_kernel[_grid(out.numel())](out, out.numel(), value, BLOCK=BLOCK)
+    fill_kernel[_grid(out.numel())](out, out.numel(), value, BLOCK=BLOCK, launch_pdl=LAUNCH_PDL)
     return out
 
 
@@ -199,5 +210,5 @@ def cast_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if out.shape != x.shape:
         raise ValueError(f"cast_: shapes differ {tuple(out.shape)} vs {tuple(x.shape)}")
     _check_dense(out, x)
-    cast_kernel[_grid(x.numel())](x, out, x.numel(), BLOCK=BLOCK)
+    cast_kernel[_grid(x.numel())](x, out, x.numel(), BLOCK=BLOCK, launch_pdl=LAUNCH_PDL)
     return out

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 BLOCK = 1 << 16 if runtime.INTERPRETED else 1024  # the interpreter pays per program
 
@@ -41,6 +42,7 @@ def strided_copy_4d_kernel(
     NCHW) so that stores are coalesced; the source is read through its element strides
     (s_*) and the destination written through d_*.
     """
+    wait_for_inputs()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     if DST_NHWC:
@@ -61,8 +63,9 @@ def _copy(x: torch.Tensor, out: torch.Tensor, dst_nhwc: bool) -> torch.Tensor:
     n, c, h, w = x.shape
     grid = (triton.cdiv(x.numel(), BLOCK),)
     strided_copy_4d_kernel[grid](
-        x, out, x.numel(), c, h, w, *x.stride(), *out.stride(), DST_NHWC=dst_nhwc, BLOCK=BLOCK
-    )
+        x, out, x.numel(), c, h, w, *x.stride(), *out.stride(),
+        DST_NHWC=dst_nhwc, BLOCK=BLOCK, launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
     return out
 
 

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tickets import last_to_finish
 
 # Row tiles: BLOCK_K = next power of two >= K, clamped to [16, MAX_BLOCK_K] (wider rows loop
@@ -118,6 +119,7 @@ def ce_forward_kernel(
     smoothing: label smoothing eps in [0, 1]. ignore_index: target value meaning "skip row".
     P: number of programs (stride of the count partials). MEAN: 'mean' (else 'sum') reduction.
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -184,6 +186,7 @@ def ce_backward_kernel(
     dx_ptr: (N, K) out in its own strides (d_n, d_k) and dtype. Ignored rows get 0, rows with an
         out-of-range target get NaN. smoothed_onehot = (1-eps)*onehot + eps/K.
     """
+    wait_for_inputs()
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < N
@@ -283,6 +286,7 @@ def cross_entropy_forward(
         float(label_smoothing), int(ignore_index), p,
         COUNT_CORRECT=correct is not None, MEAN=reduction == "mean",
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=BLOCK_P,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     ctx = CrossEntropyContext(lse, inv_denom, n_bad, float(label_smoothing), int(ignore_index))
     return loss, ctx
@@ -313,6 +317,7 @@ def cross_entropy_backward(
         n, k, logits.stride(0), logits.stride(1), target.stride(0), dx.stride(0), dx.stride(1),
         ctx.label_smoothing, ctx.ignore_index,
         HAS_SCALE=grad_scale is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return dx
 
@@ -328,6 +333,7 @@ def count_correct_kernel(
     correct_ptr: one int32/int64 counter, added to with an integer atomic (exact, so the final
         count does not depend on program order).
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -365,6 +371,7 @@ def count_correct(
     count_correct_kernel[(triton.cdiv(n, block_n),)](
         logits, target, out, n, k, logits.stride(0), logits.stride(1), target.stride(0),
         BLOCK_N=block_n, BLOCK_K=block_k,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return out
 
@@ -372,11 +379,14 @@ def count_correct(
 @triton.jit
 def zero_counter_kernel(ptr, numel, BLOCK: tl.constexpr):
     """ptr[i] = 0 for an integer buffer of ``numel`` elements (one program per BLOCK)."""
+    wait_for_inputs()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(ptr + offs, tl.zeros([BLOCK], ptr.dtype.element_ty), mask=offs < numel)
 
 
 def zero_counter_(counter: torch.Tensor) -> torch.Tensor:
     """Reset an integer counter (e.g. at the start of an epoch) with our kernel."""
-    zero_counter_kernel[(triton.cdiv(counter.numel(), 256),)](counter, counter.numel(), BLOCK=256)
+    zero_counter_kernel[(triton.cdiv(counter.numel(), 256),)](
+        counter, counter.numel(), BLOCK=256, launch_pdl=LAUNCH_PDL
+    )
     return counter

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 
 class MatmulConfig(NamedTuple):
@@ -92,6 +93,7 @@ def matmul_kernel(
     Offsets along M and N are int64 (large activations); K offsets are int32, which the launch
     helper checks (BLOCK_K * stride along K < 2**31).
     """
+    wait_for_inputs()
     # Grouped ordering: consecutive program ids sweep GROUP_M tile-rows down one tile-column
     # before moving right, so a group reuses the same B tiles while they are hot in L2.
     pid = tl.program_id(0)
@@ -156,6 +158,7 @@ def column_sum_kernel(
         short input runs no empty iterations).
     ACCUMULATE: out += sum (adds the bias gradient into an existing p.grad) instead of out = sum.
     """
+    wait_for_inputs()
     pid_c = tl.program_id(0)
     pid_p = tl.program_id(1)
     cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -295,6 +298,7 @@ def matmul(
                 UPCAST_DOT=upcast,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                 GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=stages,
+                launch_pdl=LAUNCH_PDL,
             )  # fmt: skip
             break
         except triton.runtime.errors.OutOfResources:
@@ -398,17 +402,20 @@ def column_sum(
         column_sum_kernel[(col_blocks, 1)](
             x, out, r, c, rows_per_program, x.stride(0), x.stride(1), 0, out.stride(0),
             ACCUMULATE=accumulate, BLOCK_R=SUM_BLOCK_R, BLOCK_C=SUM_BLOCK_C,
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         return out
     partial = runtime.empty((slabs, c), torch.float32)
     column_sum_kernel[(col_blocks, slabs)](
         x, partial, r, c, rows_per_program, x.stride(0), x.stride(1), *partial.stride(),
         ACCUMULATE=False, BLOCK_R=SUM_BLOCK_R, BLOCK_C=SUM_BLOCK_C,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     rows2 = triton.cdiv(slabs, SUM_BLOCK_R) * SUM_BLOCK_R
     column_sum_kernel[(col_blocks, 1)](
         partial, out, slabs, c, rows2, *partial.stride(), 0, out.stride(0),
         ACCUMULATE=accumulate, BLOCK_R=SUM_BLOCK_R, BLOCK_C=SUM_BLOCK_C,
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return out
 

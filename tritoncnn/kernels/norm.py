@@ -54,6 +54,7 @@ from tritoncnn import runtime
 from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tickets import last_to_finish
 from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
 
@@ -385,6 +386,7 @@ def apply_pending_norm(x, mean, scale, b, ACT: tl.constexpr, alpha, DTYPE: tl.co
 def count_batch_kernel(nbt_ptr):
     """num_batches_tracked += 1, for a training forward that leaves the apply (whose
     INC_NBT does it otherwise) to the next kernel: ``batch_norm_train_statistics``."""
+    wait_for_inputs()
     tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
 
 
@@ -447,6 +449,7 @@ def bn_stats_kernel(
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
     """
+    wait_for_inputs()
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -519,6 +522,7 @@ def bn_stats_merge_ranks_kernel(
     stays centred (no large sums of squares). Outputs and running-stat update as
     _finalize_stats with M = world * M_RANK rows.
     """
+    wait_for_inputs()
     pid = tl.program_id(0)
     offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -562,6 +566,7 @@ def bn_stats_from_tiles_kernel(
     tickets_ptr, left zero) merges the slabs in order, stores save_mean / save_invstd and
     updates the running stats exactly as bn_stats_kernel does (same arguments).
     """
+    wait_for_inputs()
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -643,6 +648,7 @@ def bn_apply_kernel(
     r_ptr: the residual, an M x C row matrix through strides sr_* (read only if HAS_RESIDUAL).
     RES_ACT: activation after the residual add (ELU / LeakyReLU parameter: alpha too).
     """
+    wait_for_inputs()
     pid_m, pid_c = row_channel_tile(C, BLOCK_C)
     if INC_NBT:
         if (pid_m == 0) & (pid_c == 0):
@@ -765,6 +771,7 @@ def bn_bwd_sums_from_tiles_kernel(
     tickets_ptr, left zero) adds the slabs in order and writes means_ptr, gw_ptr, gb_ptr as
     bn_bwd_reduce_kernel does (same arguments). M: rows of the batch norm's input.
     """
+    wait_for_inputs()
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -866,6 +873,7 @@ def bn_bwd_reduce_kernel(
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
     """
+    wait_for_inputs()
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -974,6 +982,7 @@ def bn_bwd_input_kernel(
     when BATCH_STATS).
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
     """
+    wait_for_inputs()
     pid_m, pid_c = row_channel_tile(C, BLOCK_C)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = below(offs_c, C, ALIGN)
@@ -1173,6 +1182,7 @@ def _apply_batch_stats(
         STAT_IS_VAR=False, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         INC_NBT=inc, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
         ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return y
@@ -1242,6 +1252,7 @@ def _stats_from_tiles(
         0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_P=block_p, BLOCK_C=cfg.block_c,
         num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return save_mean, save_invstd
@@ -1309,7 +1320,7 @@ def batch_norm_train_statistics(
         x, running_mean, running_var, num_batches_tracked, momentum, eps, config, moments
     )
     if inc:
-        count_batch_kernel[(1,)](num_batches_tracked)
+        count_batch_kernel[(1,)](num_batches_tracked, launch_pdl=LAUNCH_PDL)
     return save_mean, save_invstd
 
 
@@ -1356,6 +1367,7 @@ def _train_statistics(
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, STORE_M2=False,
         BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
         ALIGN=_align(c, x), **tile,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return save_mean, save_invstd, inc
@@ -1381,6 +1393,7 @@ def batch_norm_local_moments(x: torch.Tensor, config: NormConfig | None = None) 
         UPDATE_RUNNING=False, CUMULATIVE=False, STORE_M2=True,
         BLOCK_M=cfg.block_m, BLOCK_P=stage2_block(cfg), STAGES=LOOP_STAGES,
         ALIGN=_align(c, x), **tile,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return moments
@@ -1427,6 +1440,7 @@ def batch_norm_forward_train_synced(
         world, c, m, 0.0 if momentum is None else float(momentum), float(eps),
         UPDATE_RUNNING=update, CUMULATIVE=cumulative, BLOCK_C=cfg.block_c,
         num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     nbt = num_batches_tracked if inc else None
@@ -1470,6 +1484,7 @@ def batch_norm_forward_eval(
         STAT_IS_VAR=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         INC_NBT=False, ACT=act, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
         ALIGN=_align(c, x, y, r), num_warps=cfg.num_warps, **r_flags,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return y
@@ -1555,6 +1570,7 @@ def _backward(
                 m, c, hw, w, *sg, *sx, rows, n_parts, group, n_groups, float(eps), float(alpha),
                 BLOCK_M=cfg.block_m, STAGES=LOOP_STAGES, ALIGN=_align(c, grad_out, x),
                 **writes, **flags, **tile,
+                launch_pdl=LAUNCH_PDL,
             )
             # fmt: on
         if average_means is not None and batch_stats:
@@ -1566,6 +1582,7 @@ def _backward(
         m, c, hw, w, *sg, *sx, *sd, float(eps), float(alpha),
         BATCH_STATS=batch_stats, BLOCK_M=ew.block_m, BLOCK_C=ew.block_c,
         ALIGN=_align(c, grad_out, x, grad_in), num_warps=ew.num_warps, **flags,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
     return grad_in, (grad_weight if want_gw else None), (grad_bias if want_gb else None)
@@ -1592,6 +1609,7 @@ def _grad_sums_from_tiles(
         partials[0], partials[1], slabs[0], slabs[1], runtime.tickets(c_blocks), *outputs,
         m, c, n_parts, slab, n_slabs,
         BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, **writes,
+        launch_pdl=LAUNCH_PDL,
     )
     # fmt: on
 

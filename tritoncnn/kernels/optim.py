@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 # Tensor-table columns (int64).
 DATA, GRAD, STATE, NUMEL, GROUP, SLOT, NCHUNKS = 0, 1, 2, 3, 4, 5, 6
@@ -149,6 +150,7 @@ def sgd_step_kernel(
     NESTEROV, MAXIMIZE: torch's flags (uniform across groups).
     BLOCK, ITERS: the chunk is ITERS blocks of BLOCK elements.
     """
+    wait_for_inputs()
     row_ptr, chunk, numel = _chunk(tensors_ptr, chunks_ptr)
     p_ptr = tl.load(row_ptr + 0).to(tl.pointer_type(tl.float32))
     g_ptr = tl.load(row_ptr + 1).to(tl.pointer_type(tl.float32))
@@ -221,6 +223,7 @@ def adam_step_kernel(
     found_inf_ptr: fp32 [1] overflow flag (read only when HAS_FOUND_INF).
     BLOCK, ITERS: the chunk is ITERS blocks of BLOCK elements.
     """
+    wait_for_inputs()
     row_ptr, chunk, numel = _chunk(tensors_ptr, chunks_ptr)
     p_ptr = tl.load(row_ptr + 0).to(tl.pointer_type(tl.float32))
     g_ptr = tl.load(row_ptr + 1).to(tl.pointer_type(tl.float32))
@@ -289,6 +292,7 @@ def unscale_grads_kernel(
     tensors_ptr, chunks_ptr: the multi-tensor tables (the GRAD column is used).
     scale_ptr: fp32 [1] current loss scale; found_inf_ptr: fp32 [1] overflow flag.
     """
+    wait_for_inputs()
     row_ptr, chunk, numel = _chunk(tensors_ptr, chunks_ptr)
     g_ptr = tl.load(row_ptr + 1).to(tl.pointer_type(tl.float32))
     # torch: scale.double().reciprocal().float()
@@ -312,6 +316,7 @@ def fill_tensors_kernel(
 
     tensors_ptr, chunks_ptr: the multi-tensor tables; value: fp32 scalar.
     """
+    wait_for_inputs()
     row_ptr, chunk, numel = _chunk(tensors_ptr, chunks_ptr)
     t_ptr = tl.load(row_ptr + COL).to(tl.pointer_type(tl.float32))
     for it in tl.static_range(ITERS):
@@ -344,6 +349,7 @@ def lr_schedule_kernel(
     hyper_ptr: fp64 [n_groups, N_HYPER] optimizer hyper-parameters.
     BLOCK_G: power of two >= n_groups.
     """
+    wait_for_inputs()
     count = tl.load(counter_ptr)
     if ADVANCE:
         count += 1
@@ -410,6 +416,7 @@ def sgd_step(
         HAS_FOUND_INF=found_inf is not None,
         BLOCK=block,
         ITERS=iters,
+        launch_pdl=LAUNCH_PDL,
     )
 
 
@@ -449,6 +456,7 @@ def adam_step(
         HAS_FOUND_INF=found_inf is not None,
         BLOCK=block,
         ITERS=iters,
+        launch_pdl=LAUNCH_PDL,
     )
 
 
@@ -464,7 +472,9 @@ def unscale_grads(
     """grads *= 1/scale in place for every tensor in the table; found_inf = 1 on inf/NaN."""
     if chunks.shape[0] == 0:
         return
-    unscale_grads_kernel[_grid(chunks)](tensors, chunks, scale, found_inf, BLOCK=block, ITERS=iters)
+    unscale_grads_kernel[_grid(chunks)](
+        tensors, chunks, scale, found_inf, BLOCK=block, ITERS=iters, launch_pdl=LAUNCH_PDL
+    )
 
 
 def fill_grads(
@@ -478,7 +488,9 @@ def fill_grads(
     """Every gradient in the table set to ``value`` in one launch (zero_grad keeping tensors)."""
     if chunks.shape[0] == 0:
         return
-    fill_tensors_kernel[_grid(chunks)](tensors, chunks, value, COL=GRAD, BLOCK=block, ITERS=iters)
+    fill_tensors_kernel[_grid(chunks)](
+        tensors, chunks, value, COL=GRAD, BLOCK=block, ITERS=iters, launch_pdl=LAUNCH_PDL
+    )
 
 
 def lr_schedule_step(
@@ -510,6 +522,7 @@ def lr_schedule_step(
         COL1=col1,
         GEOMETRIC=geometric,
         BLOCK_G=max(2, triton.next_power_of_2(n_groups)),
+        launch_pdl=LAUNCH_PDL,
     )
 
 

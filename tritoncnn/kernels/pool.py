@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 # (BLOCK_P, BLOCK_C, num_warps) tiles of the max/avg/adaptive kernels; the helper picks the one
 # whose BLOCK_C fits the channel count (each tile holds 1024 elements).
@@ -71,6 +72,7 @@ def max_pool2d_fwd_kernel(
     KH, KW: kernel size; SH, SW: stride; PH, PW: padding; DH, DW: dilation.
     BLOCK_P, BLOCK_C: tile size over output pixels and channels.
     """
+    wait_for_inputs()
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P
@@ -128,6 +130,7 @@ def max_pool2d_bwd_kernel(
     KH, KW, SH, SW, PH, PW, DH, DW: the forward's kernel, stride, padding and dilation.
     BLOCK_P, BLOCK_C: tile size over input pixels and channels.
     """
+    wait_for_inputs()
     q = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < Q
@@ -207,6 +210,7 @@ def avg_pool2d_fwd_kernel(
     KH, KW: kernel; SH, SW: stride; PH, PW: padding; COUNT_INCLUDE_PAD: torch's flag.
     BLOCK_P, BLOCK_C: tile size over output pixels and channels.
     """
+    wait_for_inputs()
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P
@@ -254,6 +258,7 @@ def avg_pool2d_bwd_kernel(
     KH, KW, SH, SW, PH, PW, COUNT_INCLUDE_PAD: the forward's arguments.
     BLOCK_P, BLOCK_C: tile size over input pixels and channels.
     """
+    wait_for_inputs()
     q = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < Q
@@ -307,6 +312,7 @@ def adaptive_avg_pool2d_fwd_kernel(
     C, H, W, OH, OW, P: sizes; MAX_KH, MAX_KW: the largest window height and width.
     BLOCK_P, BLOCK_C: tile size over output pixels and channels.
     """
+    wait_for_inputs()
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P
@@ -355,6 +361,7 @@ def adaptive_avg_pool2d_bwd_kernel(
     MAX_RH, MAX_RW: the most windows that share one input row / column.
     BLOCK_P, BLOCK_C: tile size over input pixels and channels.
     """
+    wait_for_inputs()
     q = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < Q
@@ -406,6 +413,7 @@ def global_avg_pool_fwd_kernel(
     C: channels; W: input width (to split the pixel index); HW: H * W; inv_hw: 1 / HW.
     BLOCK_HW, BLOCK_C: tile size over pixels and channels.
     """
+    wait_for_inputs()
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -520,6 +528,7 @@ def max_pool2d_forward(
         *runtime.nhwc_strides(x), *runtime.nhwc_strides(y),
         KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return y, argmax
 
@@ -558,6 +567,7 @@ def max_pool2d_backward(
         *runtime.nhwc_strides(dx),
         KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw,
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return dx
 
@@ -595,6 +605,7 @@ def avg_pool2d_forward(
         KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1],
         COUNT_INCLUDE_PAD=bool(count_include_pad),
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return y
 
@@ -631,6 +642,7 @@ def avg_pool2d_backward(
         KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
         COUNT_INCLUDE_PAD=bool(count_include_pad),
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return dx
 
@@ -679,6 +691,7 @@ def adaptive_avg_pool2d_forward(
         global_avg_pool_fwd_kernel[(n, triton.cdiv(c, cfg[1]))](
             x, y, c, w, h * w, 1.0 / (h * w), *sx, sy_n, sy_c,
             BLOCK_HW=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+            launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
         return y
     cfg = _pick_config(c, POOL_CONFIGS, config)
@@ -687,6 +700,7 @@ def adaptive_avg_pool2d_forward(
         c, h, w, oh, ow, n * oh * ow, _max_window(h, oh), _max_window(w, ow),
         *sx, *runtime.nhwc_strides(y),
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return y
 
@@ -714,5 +728,6 @@ def adaptive_avg_pool2d_backward(
         c, h, w, oh, ow, n * h * w, _max_windows_per_index(h, oh), _max_windows_per_index(w, ow),
         *runtime.nhwc_strides(grad_out), *runtime.nhwc_strides(dx),
         BLOCK_P=cfg[0], BLOCK_C=cfg[1], num_warps=cfg[2],
+        launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return dx
