@@ -8,9 +8,11 @@ channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``); ``--ops wgra
 wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 convs, every
 4-warp tile whose KW accumulators take at most 192 registers a thread); ``--ops wgrad_8w`` the
 tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
-loops in other conv kernels). Each timing row carries its error against cuDNN's result.
-Prints one line per (shape, op, weight dtype): the heuristic tile's time, the best tile and
-its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
+loops in other conv kernels); ``--ops fwd_tma`` the forward through conv_tma's TMA kernel
+(stride-1 shapes, fp16 weight copy), every ``conv_tma.tma_candidates`` tile. Each timing row
+carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the
+heuristic tile's time, the best tile and its time, cuDNN's time; writes
+``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
+from tritoncnn.kernels import conv_tma  # noqa: E402
 
 
 def bench(fn) -> float:
@@ -69,12 +72,14 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad_other": (cout, cin if cin < conv_k.FLAT_MAX_CHANNELS else cin * k * k, m),
         "wgrad_rows": (cout, cin, m),
         "wgrad_8w": (cout, cin, m),
+        "fwd_tma": (m, cout, cin * k * k),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
     for w_name, w in (("fp32", w32), ("fp16", w32.to(dtype))):
         ops = {
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
@@ -99,6 +104,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
         }  # fmt: skip
         cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
+        cudnn["fwd_tma"] = cudnn["fwd"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -110,6 +116,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 continue
             if op.startswith("wgrad") and w_name == "fp16":
                 continue  # wgrad never reads the weight
+            tma = op == "fwd_tma"
+            if tma and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
+                continue  # (an fp32 weight, a stride, a channel count TMA can't take)
             mm, nn_, kk = gemm[op]
             b_bytes = 2 if op.startswith("wgrad") else w.element_size()
             heuristic = conv_k.pick_config(mm, nn_, kk, dtype)
@@ -122,6 +131,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cands = [c for c in conv_k.CONFIGS if c.num_warps == 8]
                 cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
                 heuristic = cands[0]
+            if tma:
+                cands = conv_tma.tma_candidates(cin, cout, ho, ho, is_1x1, conv_k._smem_limit())
+                heuristic = conv_tma.pick_tma_config(cin, cout)
             t_cudnn = bench(cudnn[op])
             reference = cudnn[op]()  # convolution_backward: (grad_input, grad_weight, None)
             if isinstance(reference, tuple):
@@ -139,7 +151,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "op": op,
                     "weight": w_name,
                     "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
-                    f"s{cfg.num_stages}",
+                    f"s{cfg.num_stages}" + (" tma" if tma else ""),
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels import alignment, autotune
+from tritoncnn.kernels import alignment, autotune, conv_tma
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
@@ -62,10 +62,16 @@ from tritoncnn.kernels.norm import (
     tile_moments,
 )
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
+from tritoncnn.kernels.tile_order import grouped_tile
 
 # Programs that share a band of GROUP_M row tiles run together so their operand tiles stay in L2
 # (Triton's matmul tutorial ordering).
 GROUP_M = 8
+
+# The heuristic forward takes conv_tma's kernel wherever it applies (stride 1, fp16/bf16,
+# power-of-two output sizes, sm_90+). Off until measured on the GPU; the autotuner times the
+# TMA tiles beside the others either way.
+TMA_FORWARD = False
 
 # Below this many reduced channels per group (C_in_g for the forward and wgrad, C_out_g for dgrad)
 # the GEMM flattens (kh, kw, channel) into one axis, so that a small count (the RGB stem) doesn't
@@ -242,18 +248,6 @@ def split_candidates(base: int, max_split: int) -> list[SplitChoice]:
 
 
 @triton.jit
-def _grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M row tiles sweep the columns
-    together, so the B tiles they share are reused from L2."""
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
-    return pid_m, pid_n
-
-
-@triton.jit
 def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """acc + a @ b, with ``b`` (fp32 weights or the same dtype) rounded to a's dtype first.
 
@@ -314,7 +308,7 @@ def conv2d_fwd_kernel(
     pid = tl.program_id(0)
     g = tl.program_id(1)
     M = N * HO * WO
-    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(C_out_g, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(C_out_g, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -493,7 +487,7 @@ def conv2d_dgrad_kernel(
     M = N * HP * WP
     # The grid is sized for phase (0, 0), the largest; other phases mask their extra rows.
     M0 = N * tl.cdiv(H, stride_h) * tl.cdiv(W, stride_w)
-    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M0, BLOCK_M), tl.cdiv(C_in_g, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M0, BLOCK_M), tl.cdiv(C_in_g, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -691,7 +685,7 @@ def conv2d_wgrad_kernel(
         g = tl.program_id(1) // (KH * KW)
         tap = tl.program_id(1) % (KH * KW)
         n_cols = C_in_g
-    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(C_out_g, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(C_out_g, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = below(offs_m, C_out_g, DY_ALIGN)
@@ -1046,7 +1040,13 @@ def _forward(
     m, k = n * ho * wo, kh * kw * c_in_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
 
-    def launch(out: torch.Tensor, cfg: ConvConfig) -> TileMoments | None:
+    tma = conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
+
+    def launch(out: torch.Tensor, cfg: ConvConfig | conv_tma.TmaConfig) -> TileMoments | None:
+        if isinstance(cfg, conv_tma.TmaConfig):
+            return conv_tma.conv2d_forward_tma(
+                x, weight, bias, out, (pt, pl), act, alpha, moments, cfg
+            )
         # the moments' tile is the launch's BLOCK_M: a tuning candidate gets buffers of its own
         tiles = tile_moments(m, c_out, cfg.BLOCK_M) if moments else None
         parts = tiles.partials if tiles is not None else (out, out)
@@ -1069,8 +1069,13 @@ def _forward(
         )  # fmt: skip
         return tiles
 
-    if config is not None or runtime.INTERPRETED:
-        cfg = _resolve_config(config, m, c_out_g, k, x.dtype)
+    heuristic = pick_config(m, c_out_g, k, x.dtype)
+    if tma and TMA_FORWARD:
+        heuristic = conv_tma.pick_tma_config(c_in, c_out)
+    if isinstance(config, conv_tma.TmaConfig):
+        cfg = config
+    elif config is not None or runtime.INTERPRETED:
+        cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
@@ -1079,11 +1084,18 @@ def _forward(
         )  # fmt: skip
         if moments:  # the epilogue's reductions shift the best tile; older keys stay valid
             problem["moments"] = True
+
+        def candidates():
+            out = gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1)
+            if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
+                out += conv_tma.tma_candidates(c_in, c_out, ho, wo, is_1x1, _smem_limit())
+            return out
+
         cfg = _tuned(
             "conv2d_fwd",
             problem,
-            lambda: gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1),
-            pick_config(m, c_out_g, k, x.dtype),
+            candidates,
+            heuristic,
             lambda: _scratch_runner(launch, runtime.empty_like(y)),
         )
     return y, launch(y, cfg)

@@ -27,3 +27,16 @@ def row_channel_tile(C, BLOCK_C: tl.constexpr):
 def row_channel_grid(rows: int, block_rows: int, channels: int, block_c: int) -> tuple[int]:
     """The flat grid of ``row_channel_tile``: every (row tile, channel block) once."""
     return (triton.cdiv(rows, block_rows) * triton.cdiv(channels, block_c),)
+
+
+@triton.jit
+def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` of a GEMM in grouped order: GROUP_M row tiles sweep
+    the columns together, so the B tiles they share are reused from L2 (Triton's matmul
+    tutorial ordering)."""
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    return pid_m, pid_n

@@ -1,0 +1,192 @@
+"""The TMA conv forward (kernels/conv_tma.py) against torch in float64, and its dispatch rules.
+
+CPU tier: Triton's interpreter emulates the tensor-descriptor copies (out-of-bounds elements
+read as zero), so the kernel's tiling, padding by box bounds, partial last tile, epilogues and
+moments are checked on small odd shapes. GPU tier: ResNet-18's stride-1 shapes at a real batch,
+every candidate tile, fp16 and bf16, and a CUDA-graph capture.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close, randn
+from test_conv import reference
+
+from tritoncnn import runtime
+from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import conv_tma as T
+from tritoncnn.kernels import elementwise as ew
+from tritoncnn.kernels import norm
+
+
+def _weight(c_out, c_in, k, dtype):
+    w = randn(c_out, c_in, k, k) / math.sqrt(c_in * k * k)
+    return w.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _moments_reference(y: torch.Tensor, rows: int):
+    """Per-tile (mean, M2) of y's M x C row matrix in float64, tiles of ``rows`` rows."""
+    n, c, h, w = y.shape
+    mat = y.detach().permute(0, 2, 3, 1).reshape(n * h * w, c).to("cpu", torch.float64)
+    means, m2s = [], []
+    for r0 in range(0, mat.shape[0], rows):
+        tile = mat[r0 : r0 + rows]
+        mean = tile.mean(0)
+        means.append(mean)
+        m2s.append(((tile - mean) ** 2).sum(0))
+    return torch.stack(means), torch.stack(m2s)
+
+
+# (n, c_in, h, w, c_out, k, padding): whole images per tile (4x4 outputs), row bands (8x8),
+# 'valid' 3x3 (10x10 -> 8x8), 1x1, a partial last tile (3 images of 16 pixels, 64-row tiles)
+# and more output channels than a column tile.
+SHAPES = {
+    "3x3_8x8": (2, 32, 8, 8, 24, 3, 1),
+    "3x3_4x4_partial_tile": (3, 16, 4, 4, 40, 3, 1),
+    "3x3_valid_10x10": (1, 16, 10, 10, 16, 3, 0),
+    "1x1_8x8": (2, 48, 8, 8, 72, 1, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("epilogue", ["plain", "bias_relu", "moments"])
+def test_tma_forward_matches_torch(name, epilogue):
+    n, c_in, h, w, c_out, k, pad = SHAPES[name]
+    dtype = torch.float16
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    bias = randn(c_out) if epilogue == "bias_relu" else None
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    assert T.tma_applicable(x, wt, (1, 1), (1, 1), 1, ho, wo)
+    cfg = T.pick_tma_config(c_in, c_out)
+    args = (x, wt, bias, 1, pad, 1, 1)
+    if epilogue == "moments":
+        y, tiles = K.conv2d_forward_moments(*args, config=cfg)
+    else:
+        act = ew.ACT_RELU if epilogue == "bias_relu" else ew.ACT_NONE
+        y = K.conv2d_forward(*args, act=act, config=cfg)
+    yr = reference(x, wt.float(), bias, None, 1, pad, 1, 1)[0]
+    if epilogue == "bias_relu":
+        yr = yr.clamp_min(0)
+    assert y.shape == (n, c_out, ho, wo) and y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, yr, dtype, what="TMA forward")
+    if epilogue == "moments":
+        assert tiles.rows == cfg.BLOCK_M
+        mean_r, m2_r = _moments_reference(y, tiles.rows)
+        assert_close(tiles.partials[0], mean_r, torch.float32, what="tile means")
+        assert_close(tiles.partials[1], m2_r, torch.float32, what="tile M2")
+
+
+def test_tma_forward_equals_the_pointer_kernel_through_the_batch_norm():
+    """The moments feed norm's statistics exactly as conv.py's kernel's do: same statistics."""
+    n, c_in, h, w, c_out = 2, 32, 8, 8, 24
+    x = randn(n, c_in, h, w, dtype=torch.float16, channels_last=True)
+    wt = _weight(c_out, c_in, 3, torch.float16)
+    y_tma, tiles_tma = K.conv2d_forward_moments(
+        x, wt, None, 1, 1, 1, 1, config=T.pick_tma_config(c_in, c_out)
+    )
+    y_ptr, tiles_ptr = K.conv2d_forward_moments(x, wt, None, 1, 1, 1, 1)
+    assert_close(y_tma, y_ptr.double(), torch.float16, what="TMA vs pointer forward")
+    stats = []
+    for y, tiles in ((y_tma, tiles_tma), (y_ptr, tiles_ptr)):
+        out = norm.batch_norm_forward_train(y, None, None, None, None, None, 0.1, 1e-5,
+                                            moments=tiles)  # fmt: skip
+        stats.append(out[1:3])
+    for a, b in zip(stats[0], stats[1], strict=True):
+        assert_close(a, b.double(), torch.float32, tol=1e-3, what="batch statistics")
+
+
+def test_tile_geometry():
+    assert T.tile_geometry(32, 32, 128) == (1, 4, 32)
+    assert T.tile_geometry(8, 8, 128) == (2, 8, 8)
+    assert T.tile_geometry(4, 4, 64) == (4, 4, 4)
+    assert T.tile_geometry(6, 8, 64) is None  # not a power of two
+    assert T.tile_geometry(64, 128, 64) is None  # a row wider than the tile
+
+
+def test_block_k_and_candidates():
+    assert T.block_k_for(256) == 64 and T.block_k_for(96) == 32 and T.block_k_for(144) == 16
+    assert T.block_k_for(24) is None
+    cands = T.tma_candidates(144, 64, 16, 16, is_1x1=False, smem_limit=200 * 1024)
+    assert cands and all(c.BLOCK_K == 16 and c.num_warps == 4 for c in cands)
+    assert all(c.BLOCK_N <= 128 for c in cands)  # 64 channels: no 256-wide column tiles
+    assert all(c.smem_bytes() <= 48 * 1024 for c in T.tma_candidates(64, 64, 8, 8, True, 48 * 1024))
+    # the cache tells a TMA tile from a pointer tile of the same numbers
+    assert T.TmaConfig(128, 64, 64, 4, 4) != K.ConvConfig(128, 64, 64, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["stride2", "groups2", "fp32", "c_in24", "out6x6", "weight_fp32", "nchw", "bf16_interp"],
+)
+def test_tma_not_applicable(change):
+    n, c_in, h, w, c_out, dtype = 2, 32, 8, 8, 32, torch.float16
+    stride, groups = (1, 1), 1
+    if change == "c_in24":
+        c_in = 24
+    if change == "out6x6":
+        h = w = 6
+    if change in ("fp32",):
+        dtype = torch.float32
+    if change == "bf16_interp":
+        if not runtime.INTERPRETED:
+            pytest.skip("the interpreter's bf16 rule")
+        dtype = torch.bfloat16
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=change != "nchw")
+    wt = _weight(c_out, c_in // (2 if change == "groups2" else 1), 3, dtype)
+    if change == "weight_fp32":
+        wt = wt.float()
+    if change == "stride2":
+        stride = (2, 2)
+    if change == "groups2":
+        groups = 2
+    ho = h if change != "stride2" else h // 2
+    assert not T.tma_applicable(x, wt, stride, (1, 1), groups, ho, ho)
+
+
+# --- GPU tier ------------------------------------------------------------------------------
+
+# ResNet-18 (CIFAR) stride-1 forward shapes at batch 64: (c_in, hw, c_out, k)
+GPU_SHAPES = [(64, 32, 64, 3), (128, 16, 128, 3), (256, 8, 256, 3), (512, 4, 512, 3),
+              (64, 16, 128, 1), (96, 8, 576, 1)]  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_tma_every_candidate(shape, dtype):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    c_in, hw, c_out, k = shape
+    n, pad = 64, k // 2
+    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    bias = randn(c_out)
+    yr = reference(x, wt.float(), bias, None, 1, pad, 1, 1, device="cuda")[0]
+    cands = T.tma_candidates(c_in, c_out, hw, hw, k == 1, K._smem_limit())
+    assert cands
+    for cfg in cands:
+        y, tiles = K.conv2d_forward_moments(x, wt, bias, 1, pad, 1, 1, config=cfg)
+        assert_close(y, yr, dtype, what=f"{cfg}")
+        mean_r, m2_r = _moments_reference(y, cfg.BLOCK_M)
+        assert_close(tiles.partials[0], mean_r, torch.float32, what=f"{cfg} tile means")
+        assert_close(tiles.partials[1], m2_r, torch.float32, what=f"{cfg} tile M2")
+
+
+@pytest.mark.gpu
+def test_gpu_tma_forward_in_a_cuda_graph():
+    """Descriptors are captured by value with the launch: a replay reads x changed in place."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    x = randn(32, 64, 16, 16, dtype=torch.float16, channels_last=True)
+    wt = _weight(64, 64, 3, torch.float16)
+    cfg = T.pick_tma_config(64, 64)
+    K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
+    x.copy_(randn(32, 64, 16, 16, dtype=torch.float16, channels_last=True))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, reference(x, wt.float(), None, None, 1, 1, 1, 1, "cuda")[0], torch.float16)
