@@ -98,7 +98,7 @@ def ours_step(
     dw_wgrad_rows: bool = True,
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
-    tma_forward: bool = False,
+    tma: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -119,8 +119,8 @@ def ours_step(
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
     epilogue (models.build's default).
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too.
-    ``tma_forward``: conv forwards through kernels/conv_tma.py's TMA kernel where it applies
-    (kernels.conv.TMA_FORWARD, read at every launch)."""
+    ``tma``: conv forwards and dgrads through kernels/conv_tma.py's TMA kernel where it
+    applies (kernels.conv.TMA_CONVS, read at every launch)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -128,7 +128,7 @@ def ours_step(
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
-    conv_k.TMA_FORWARD = tma_forward
+    conv_k.TMA_CONVS = tma
 
     torch.manual_seed(0)
     model = models.build(
@@ -285,9 +285,10 @@ def main() -> None:
         "(not all nine taps per program)",
     )
     ap.add_argument(
-        "--tma-forward",
+        "--tma",
         action="store_true",
-        help="add a graph row whose stride-1 conv forwards take the TMA kernel (conv_tma.py)",
+        help="add a graph row whose stride-1 conv forwards and dgrads take the TMA kernel "
+        "(kernels/conv_tma.py)",
     )
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
@@ -340,8 +341,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_dw_tap_wgrad"] = {**graph, "dw_wgrad_all_taps": False}
             if args.dw_wgrad_flat:
                 ours["tritoncnn_fp16_graph_dw_flat_wgrad"] = {**graph, "dw_wgrad_rows": False}
-            if args.tma_forward:
-                ours["tritoncnn_fp16_graph_tma_fwd"] = {**graph, "tma_forward": True}
+            if args.tma:
+                ours["tritoncnn_fp16_graph_tma"] = {**graph, "tma": True}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

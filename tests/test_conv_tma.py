@@ -1,4 +1,5 @@
-"""The TMA conv forward (kernels/conv_tma.py) against torch in float64, and its dispatch rules.
+"""The TMA conv forward and dgrad (kernels/conv_tma.py) against torch in float64, and their
+dispatch rules.
 
 CPU tier: Triton's interpreter emulates the tensor-descriptor copies (out-of-bounds elements
 read as zero), so the kernel's tiling, padding by box bounds, partial last tile, epilogues and
@@ -76,6 +77,31 @@ def test_tma_forward_matches_torch(name, epilogue):
         mean_r, m2_r = _moments_reference(y, tiles.rows)
         assert_close(tiles.partials[0], mean_r, torch.float32, what="tile means")
         assert_close(tiles.partials[1], m2_r, torch.float32, what="tile M2")
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("epilogue", ["plain", "add_relu"])
+def test_tma_dgrad_matches_torch(name, epilogue):
+    n, c_in, h, w, c_out, k, pad = SHAPES[name]
+    dtype = torch.float16
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    go = randn(n, c_out, ho, wo, dtype=dtype, channels_last=True)
+    add = relu_out = None
+    if epilogue == "add_relu":
+        add = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
+        relu_out = randn(n, c_in, h, w, dtype=dtype, channels_last=True).clamp_min(0)
+    if not T.tma_dgrad_applicable(go, wt, (1, 1), (1, 1), 1, h, w, add, relu_out):
+        assert h == 10, "every SHAPES dgrad but the 10x10 input qualifies"
+        return
+    cfg = T.pick_tma_config(c_out, c_in, dgrad=True)
+    dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg, add=add, relu_out=relu_out)
+    dxr = reference(x, wt.float(), None, go, 1, pad, 1, 1)[1]
+    if add is not None:
+        dxr = (dxr + add.double().cpu()) * (relu_out.cpu() > 0)
+    assert dx.shape == x.shape and dx.is_contiguous(memory_format=torch.channels_last)
+    assert_close(dx, dxr, dtype, what="TMA dgrad")
 
 
 def test_tma_forward_equals_the_pointer_kernel_through_the_batch_norm():
@@ -172,6 +198,28 @@ def test_gpu_tma_every_candidate(shape, dtype):
         mean_r, m2_r = _moments_reference(y, cfg.BLOCK_M)
         assert_close(tiles.partials[0], mean_r, torch.float32, what=f"{cfg} tile means")
         assert_close(tiles.partials[1], m2_r, torch.float32, what=f"{cfg} tile M2")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_tma_dgrad_every_candidate(shape, dtype):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    c_in, hw, c_out, k = shape
+    n, pad = 64, k // 2
+    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    go = randn(n, c_out, hw, hw, dtype=dtype, channels_last=True)
+    add = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
+    dxr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[1]
+    cands = T.tma_candidates(c_out, c_in, hw, hw, k == 1, K._smem_limit(), dgrad=True)
+    assert cands
+    for cfg in cands:
+        dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg)
+        assert_close(dx, dxr, dtype, what=f"{cfg}")
+        dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg, add=add)
+        assert_close(dx, dxr + add.double(), dtype, what=f"{cfg} + add")
 
 
 @pytest.mark.gpu

@@ -68,10 +68,10 @@ from tritoncnn.kernels.tile_order import grouped_tile
 # (Triton's matmul tutorial ordering).
 GROUP_M = 8
 
-# The heuristic forward takes conv_tma's kernel wherever it applies (stride 1, fp16/bf16,
-# power-of-two output sizes, sm_90+). Off until measured on the GPU; the autotuner times the
-# TMA tiles beside the others either way.
-TMA_FORWARD = False
+# The heuristic forward and dgrad take conv_tma's TMA kernel wherever it applies (stride 1,
+# fp16/bf16, power-of-two output sizes, sm_90+). Off until measured on the GPU; the autotuner
+# times the TMA tiles beside the others either way.
+TMA_CONVS = False
 
 # Below this many reduced channels per group (C_in_g for the forward and wgrad, C_out_g for dgrad)
 # the GEMM flattens (kh, kw, channel) into one axis, so that a small count (the RGB stem) doesn't
@@ -1070,7 +1070,7 @@ def _forward(
         return tiles
 
     heuristic = pick_config(m, c_out_g, k, x.dtype)
-    if tma and TMA_FORWARD:
+    if tma and TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if isinstance(config, conv_tma.TmaConfig):
         cfg = config
@@ -1216,7 +1216,14 @@ def _dgrad(
             )
         xn = relu_out
 
-    def launch(dst: torch.Tensor, cfg: ConvConfig) -> GradSums | None:
+    tma = bn is None and conv_tma.tma_dgrad_applicable(
+        grad_out, weight, (sh, sw), (dh, dw), groups, h, w, out, add, relu_out
+    )
+
+    def launch(dst: torch.Tensor, cfg: ConvConfig | conv_tma.TmaConfig) -> GradSums | None:
+        if isinstance(cfg, conv_tma.TmaConfig):
+            conv_tma.conv2d_dgrad_tma(grad_out, weight, dst, (pt, pl), cfg, add, relu_out)
+            return None
         # partials per (stride phase, row tile): a tuning candidate gets buffers of its own
         row_tiles = triton.cdiv(m0, cfg.BLOCK_M)
         sums = grad_sums(sh * sw * row_tiles, c_in) if bn is not None else None
@@ -1241,8 +1248,15 @@ def _dgrad(
         )  # fmt: skip
         return sums
 
-    if config is not None or runtime.INTERPRETED:
-        cfg = _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
+    heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
+    if tma and TMA_CONVS:
+        heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
+    if isinstance(config, conv_tma.TmaConfig):
+        cfg = config
+    elif config is not None or runtime.INTERPRETED:
+        cfg = (
+            heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
+        )
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
@@ -1256,11 +1270,18 @@ def _dgrad(
         if relu_out is not None:
             problem["relu_input"] = True
         a_bytes, b_bytes = grad_out.element_size(), weight.element_size()
+
+        def candidates():
+            out = gemm_candidates(m0, c_in_g, k, a_bytes, b_bytes, is_1x1)
+            if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
+                out += conv_tma.tma_candidates(c_out, c_in, h, w, is_1x1, _smem_limit(), True)
+            return out
+
         cfg = _tuned(
             "conv2d_dgrad",
             problem,
-            lambda: gemm_candidates(m0, c_in_g, k, a_bytes, b_bytes, is_1x1),
-            pick_config(m0, c_in_g, k, grad_out.dtype),
+            candidates,
+            heuristic,
             lambda: _scratch_runner(launch, runtime.empty_like(out)),
         )
     return out, launch(out, cfg)

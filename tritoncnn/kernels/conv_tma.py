@@ -1,19 +1,23 @@
-"""Convolution forward whose operand tiles are copied by the Tensor Memory Accelerator (TMA,
-sm_90+): the implicit GEMM of conv.py without address arithmetic or masks in its main loop.
+"""Convolution forward and input gradient whose operand tiles are copied by the Tensor Memory
+Accelerator (TMA, sm_90+): conv.py's implicit GEMMs without address arithmetic or masks in
+their main loops.
 
-Layout: x is dense NHWC (channels_last) in fp16 / bf16, the weight is the layer's copy in x's
-dtype, dense OHWI (channels_last), seen as a [C_out, KH*KW*C_in] matrix; y is a new dense NHWC
-tensor. Only stride-1, undilated, ungrouped convs whose output height and width are powers of
-two qualify (``tma_applicable``; everything else takes conv.py's kernel).
+Layout: activations are dense NHWC (channels_last) in fp16 / bf16; the weight is the layer's
+copy in their dtype, dense OHWI (channels_last), seen as a [C_out, KH*KW*C_in] matrix; outputs
+are new dense NHWC tensors. Only stride-1, undilated, ungrouped convs whose output height and
+width are powers of two qualify (``tma_applicable``, ``tma_dgrad_applicable``; everything
+else takes conv.py's kernels, as does a dgrad whose epilogue stores batch-norm sums).
 
-Tiles: a program's BLOCK_M output pixels are whole output rows: BIMG images x BH rows x WO
-columns (``tile_geometry``), which is a contiguous range of the M = N*HO*WO output rows, so
-the batch-norm moments the epilogue stores are the same ``TileMoments`` as conv.py's. For tap
-(kh, kw) and channel block c0 the input pixels of that tile are one 4-d box of x,
-[n0 : n0+BIMG, h0+kh-pad_h : +BH, kw-pad_w : +WO, c0 : c0+BLOCK_K]: one TMA copy, which fills
-the elements outside the tensor (the zero padding, and images past N) with zeros. The weight
-tile is the box [o0 : o0+BLOCK_N, tap*C_in + c0 : +BLOCK_K]. The copies land in shared memory
-in the swizzled layout the tensor cores read (wgmma), pipelined over num_stages.
+Tiles: a program's BLOCK_M output pixels are whole output rows: BIMG images x BH rows x W
+columns (``tile_geometry``), a contiguous range of the M = N*H*W output rows, so the batch-norm
+moments the forward's epilogue stores are the same ``TileMoments`` as conv.py's. For tap
+(kh, kw) and channel block k0 the A operand of that tile is one 4-d box: forward,
+x[n0 : n0+BIMG, h0+kh-pad_h : +BH, kw-pad_w : +W, k0 : k0+BLOCK_K]; dgrad, the same box of dy
+at h0+pad_h-kh, pad_w-kw. The TMA copy fills elements outside the tensor (the zero padding,
+images past N, channels past C) with zeros. The weight tile is the box
+[o0 : +BLOCK_N, tap*C_in + k0 : +BLOCK_K] (forward, used transposed) or
+[k0 : +BLOCK_K, tap*C_in + c0 : +BLOCK_N] (dgrad). The copies land in shared memory in the
+swizzled layout the tensor cores read (wgmma), pipelined over num_stages.
 
 Host side: the two TensorDescriptors are built per launch (they hold the tensors' addresses;
 a CUDA graph captures them by value with the launch, and its arena keeps the addresses).
@@ -70,65 +74,90 @@ TMA_CONFIGS: tuple[TmaConfig, ...] = (
 
 
 @triton.jit
-def conv2d_fwd_tma_kernel(
-    x_desc, w_desc, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
-    N, HO, WO, C_in, C_out, pad_h, pad_w, alpha,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    MOMENTS: tl.constexpr,
+def conv2d_tma_kernel(
+    a_desc, w_desc, b_ptr, out_ptr, pmean_ptr, pm2_ptr, add_ptr, relu_ptr,
+    N, H, W, C_red, C_cols, C_in_w, pad_h, pad_w, alpha,
+    KH: tl.constexpr, KW: tl.constexpr, DGRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
+    ADD_GRAD: tl.constexpr, RELU_INPUT: tl.constexpr,
     BIMG: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """y = act(conv2d(x, w) + b) for one tile of BIMG*BH*BW output pixels x BLOCK_N channels.
+    """One tile of BIMG*BH*BW output pixels x BLOCK_N channels of a stride-1 conv's forward
+    or input gradient (DGRAD), both an implicit GEMM over (tap, reduced channel):
+
+    - forward: y[p, o]  = act(sum_{tap, c} x[p + tap - pad, c] * w[o, tap, c] + b[o])
+    - DGRAD:   dx[p, c] = sum_{tap, o} dy[p - tap + pad, o] * w[o, tap, c] (+ add, ReLU mask)
 
     Grid: (row tiles * column tiles,) in grouped order (``grouped_tile``). Row tile pid_m is
-    output rows [pid_m*BLOCK_M, +BLOCK_M) of the M = N*HO*WO rows (BW == WO; BH divides HO, or
-    BH == HO and the tile spans BIMG images).
+    rows [pid_m*BLOCK_M, +BLOCK_M) of the out tensor's M = N*H*W rows (BW == W; BH divides
+    H, or BH == H and the tile spans BIMG images).
 
-    x_desc: TMA descriptor of x [N, H, W, C_in], box [BIMG, BH, BW, BLOCK_K].
-    w_desc: TMA descriptor of the weight [C_out, KH*KW*C_in] (OHWI), box [BLOCK_N, BLOCK_K].
-    b_ptr: fp32 bias (C_out,), read only when HAS_BIAS.
-    y_ptr: dense NHWC output [M, C_out], stored in its own dtype.
-    pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] per-tile batch-norm
-    moments of y as stored (partial pid_m), as conv2d_fwd_kernel's.
-    pad_h, pad_w: top / left padding. C_in: a multiple of BLOCK_K (a K step never straddles
-    two taps). alpha, ACT: the fused activation (elementwise.py codes).
+    a_desc: TMA descriptor of the A operand (x, or dy for DGRAD), [N, H_a, W_a, C_red], box
+    [BIMG, BH, BW, BLOCK_K]; boxes past its edges read zeros (the padding).
+    w_desc: TMA descriptor of the weight as [C_out, KH*KW*C_in_w] (OHWI); box
+    [BLOCK_N, BLOCK_K] (rows o, forward) or [BLOCK_K, BLOCK_N] (rows o, DGRAD).
+    out_ptr: dense NHWC output [M, C_cols] (y, or dx), stored in its own dtype.
+    C_red: channels reduced (C_in forward, a multiple of BLOCK_K, so a K step never straddles
+    two taps; C_out for DGRAD, where the boxes' zero fill past C_out ends the last step).
+    C_cols: the output's channels. H, W: the output's spatial size. pad_h, pad_w: top / left
+    padding of the forward conv. alpha, ACT: the forward's fused activation.
+    b_ptr: fp32 bias, read only with HAS_BIAS. pmean_ptr, pm2_ptr: with MOMENTS, fp32
+    [cdiv(M, BLOCK_M), C_cols] per-tile batch-norm moments of y as stored (as
+    conv2d_fwd_kernel's). add_ptr (ADD_GRAD): a dense NHWC gradient added before rounding.
+    relu_ptr (RELU_INPUT): dense NHWC output of a ReLU: dx is zeroed where it is not > 0.
     """
     wait_for_inputs()
     BLOCK_M: tl.constexpr = BIMG * BH * BW
-    M = N * HO * WO
+    M = N * H * W
     pid_m, pid_n = grouped_tile(
-        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_out, BLOCK_N), GROUP_M
+        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_cols, BLOCK_N), GROUP_M
     )
     row0 = pid_m * BLOCK_M
-    n0 = row0 // (HO * WO)
-    h0 = (row0 // WO) % HO
-    o0 = pid_n * BLOCK_N
-    c_steps = C_in // BLOCK_K
+    n0 = row0 // (H * W)
+    h0 = (row0 // W) % H
+    col0 = pid_n * BLOCK_N
+    k_steps = tl.cdiv(C_red, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # one flat loop over (tap, channel block): a single loop for the pipeliner
-    for it in range(0, KH * KW * c_steps):
-        tap = it // c_steps
-        c0 = (it - tap * c_steps) * BLOCK_K
+    for it in range(0, KH * KW * k_steps):
+        tap = it // k_steps
+        k0 = (it - tap * k_steps) * BLOCK_K
         kh = tap // KW
         kw = tap - kh * KW
-        a = x_desc.load([n0, h0 + kh - pad_h, kw - pad_w, c0])  # [BIMG, BH, BW, BLOCK_K]
-        b = w_desc.load([o0, tap * C_in + c0])  # [BLOCK_N, BLOCK_K]
-        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.trans(b), acc)
+        if DGRAD:
+            a = a_desc.load([n0, h0 + pad_h - kh, pad_w - kw, k0])  # [BIMG, BH, BW, BLOCK_K]
+            # columns past this tap's C_in_w read the next tap: they land in masked columns
+            b = w_desc.load([k0, tap * C_in_w + col0])  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), b, acc)
+        else:
+            a = a_desc.load([n0, h0 + kh - pad_h, kw - pad_w, k0])
+            b = w_desc.load([col0, tap * C_in_w + k0])  # [BLOCK_N, BLOCK_K]
+            acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.trans(b), acc)
 
-    # Epilogue on the fp32 accumulator, as conv2d_fwd_kernel's: bias, activation, one rounding.
+    # Epilogue on the fp32 accumulator, as conv.py's kernels': one rounding at the end.
     rows = row0 + tl.arange(0, BLOCK_M)
-    cols = o0 + tl.arange(0, BLOCK_N)
+    cols = col0 + tl.arange(0, BLOCK_N)
     mask_m = rows < M
-    mask_n = cols < C_out
+    mask_n = cols < C_cols
+    mask = mask_m[:, None] & mask_n[None, :]
+    # int32 offsets inside the tile from an int64 tile base: a [BLOCK_M, BLOCK_N] int64 offset
+    # tensor costs two registers an element (the dgrad's add epilogue spilled with them)
+    base = row0.to(tl.int64) * C_cols
+    offs = tl.arange(0, BLOCK_M)[:, None] * C_cols + cols[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACT, alpha)
-    y = acc.to(y_ptr.dtype.element_ty)
-    y_offs = rows.to(tl.int64)[:, None] * C_out + cols[None, :]
-    tl.store(y_ptr + y_offs, y, mask=mask_m[:, None] & mask_n[None, :])
+    if ADD_GRAD:
+        acc += tl.load(add_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    if RELU_INPUT:
+        acc = tl.where(tl.load(relu_ptr + base + offs, mask=mask, other=0.0) > 0, acc, 0.0)
+    out = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + base + offs, out, mask=mask)
     if MOMENTS:
-        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, pid_m, cols, mask_n, C_out)
+        store_tile_moments(pmean_ptr, pm2_ptr, out.to(tl.float32), mask_m, pid_m, cols, mask_n,
+                           C_cols)  # fmt: skip
 
 
 def _pow2(v: int) -> bool:
@@ -161,6 +190,27 @@ def _has_tma() -> bool:
     return torch.cuda.get_device_capability(runtime.DEVICE)[0] >= 9
 
 
+def _operands_ok(a: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
+    """The A operand (x or dy) and the weight can be TMA boxes of a stride-1 GEMM: sm_90+
+    (or the interpreter, fp16 only: it multiplies bf16 as raw bits), fp16/bf16 with the weight
+    in the same dtype, both dense channels_last and 16-byte aligned, one group."""
+    if runtime.INTERPRETED and a.dtype != torch.float16:
+        return False
+    cl = torch.channels_last
+    return (
+        _has_tma()
+        and a.dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype == a.dtype
+        and groups == 1
+        and tuple(stride) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and a.is_contiguous(memory_format=cl)
+        and weight.is_contiguous(memory_format=cl)
+        and a.data_ptr() % 16 == 0
+        and weight.data_ptr() % 16 == 0
+    )
+
+
 def tma_applicable(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -170,52 +220,116 @@ def tma_applicable(
     ho: int,
     wo: int,
 ) -> bool:
-    """Whether ``conv2d_fwd_tma_kernel`` can run this forward: the GPU (sm_90+; Triton's
-    interpreter emulates the copies too, for fp16), fp16/bf16 x with a weight of its dtype,
-    both dense channels_last and 16-byte aligned, stride 1, no dilation, one group, C_in a
-    multiple of 16, output height and width powers of two."""
-    if runtime.INTERPRETED and x.dtype != torch.float16:
-        return False  # the interpreter multiplies bf16 as raw bits
-    cl = torch.channels_last
+    """Whether ``conv2d_forward_tma`` can run this forward (``_operands_ok``, C_in a multiple
+    of 16, output height and width powers of two)."""
     return (
-        _has_tma()
-        and x.dtype in (torch.float16, torch.bfloat16)
-        and weight.dtype == x.dtype
-        and groups == 1
-        and tuple(stride) == (1, 1)
-        and tuple(dilation) == (1, 1)
-        and x.is_contiguous(memory_format=cl)
-        and weight.is_contiguous(memory_format=cl)
-        and x.data_ptr() % 16 == 0
-        and weight.data_ptr() % 16 == 0
+        _operands_ok(x, weight, stride, dilation, groups)
         and block_k_for(x.shape[1]) is not None
         and tile_geometry(ho, wo, 64) is not None
     )
 
 
-def tma_candidates(c_in: int, c_out: int, ho: int, wo: int, is_1x1: bool, smem_limit: int):
-    """The TMA_CONFIGS that fit this conv: a K step dividing C_in, tiles of whole output rows,
-    column tiles not far wider than C_out, within shared memory."""
-    bk = block_k_for(c_in)
+def tma_dgrad_applicable(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    h: int,
+    w: int,
+    *epilogue: torch.Tensor | None,
+) -> bool:
+    """Whether ``conv2d_dgrad_tma`` can run this input gradient (``_operands_ok`` for dy,
+    rows of whole 16-byte vectors, input height and width powers of two, the epilogue's
+    tensors dense NHWC)."""
+    c_out, c_in, kh, kw = weight.shape
+    return (
+        _operands_ok(grad_out, weight, stride, dilation, groups)
+        and c_out % 8 == 0
+        and (c_in * kh * kw) % 8 == 0
+        and tile_geometry(h, w, 64) is not None
+        and all(t is None or t.is_contiguous(memory_format=torch.channels_last) for t in epilogue)
+    )
+
+
+def tma_candidates(
+    c_red: int, c_cols: int, h: int, w: int, is_1x1: bool, smem_limit: int, dgrad: bool = False
+) -> list[TmaConfig]:
+    """The TMA_CONFIGS that fit this conv (``c_red`` channels reduced, ``c_cols`` computed, an
+    h x w output): a K step dividing the forward's C_in, tiles of whole output rows, column
+    tiles not far wider than c_cols, within shared memory."""
+    bk = _dgrad_block_k(c_red) if dgrad else block_k_for(c_red)
     out = []
     for cfg in TMA_CONFIGS:
         cfg = TmaConfig(cfg.BLOCK_M, cfg.BLOCK_N, min(cfg.BLOCK_K, bk), cfg.num_warps,
                         cfg.num_stages)  # fmt: skip
         if cfg.num_warps == 8 and not is_1x1:
             continue
-        if tile_geometry(ho, wo, cfg.BLOCK_M) is None or cfg.BLOCK_N > max(64, 2 * c_out):
+        if tile_geometry(h, w, cfg.BLOCK_M) is None or cfg.BLOCK_N > max(64, 2 * c_cols):
             continue
         if cfg.smem_bytes() <= smem_limit and cfg not in out:
             out.append(cfg)
     return out
 
 
-def pick_tma_config(c_in: int, c_out: int) -> TmaConfig:
+def _dgrad_block_k(c_out: int) -> int:
+    """The dgrad's K step: 64 output channels, or C_out rounded up to 16 when fewer (the
+    boxes read zeros past C_out)."""
+    return min(64, max(16, triton.next_power_of_2(c_out)))
+
+
+def pick_tma_config(c_red: int, c_cols: int, dgrad: bool = False) -> TmaConfig:
     """The heuristic tile: 128 output pixels x 64 or 128 channels, the widest K step."""
-    bk = block_k_for(c_in) or 16
+    bk = _dgrad_block_k(c_red) if dgrad else block_k_for(c_red) or 16
     if runtime.INTERPRETED:
-        return TmaConfig(64, 32 if c_out <= 32 else 64, bk, 4, 1)
-    return TmaConfig(128, 64 if c_out <= 64 else 128, bk, 4, 4 if c_out <= 64 else 3)
+        return TmaConfig(64, 32 if c_cols <= 32 else 64, bk, 4, 1)
+    return TmaConfig(128, 64 if c_cols <= 64 else 128, bk, 4, 4 if c_cols <= 64 else 3)
+
+
+def _launch(
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    padding: tuple[int, int],
+    cfg: TmaConfig,
+    dgrad: bool,
+    bias: torch.Tensor | None = None,
+    act: int = 0,
+    alpha: float = 0.0,
+    moments: bool = False,
+    add: torch.Tensor | None = None,
+    relu_out: torch.Tensor | None = None,
+) -> TileMoments | None:
+    """One ``conv2d_tma_kernel`` launch into dense NHWC ``out`` (see its docstring)."""
+    n, c_red, h_a, w_a = a.shape
+    c_out, c_in_w, kh, kw = weight.shape
+    _, c_cols, h, w = out.shape
+    geometry = tile_geometry(h, w, cfg.BLOCK_M)
+    if geometry is None or (not dgrad and c_red % cfg.BLOCK_K):
+        raise ValueError(f"conv2d TMA tile {cfg} doesn't fit a {h}x{w}, {c_red}-channel conv")
+    bimg, bh, bw = geometry
+    a_desc = TensorDescriptor(
+        a, [n, h_a, w_a, c_red], [h_a * w_a * c_red, w_a * c_red, c_red, 1],
+        [bimg, bh, bw, cfg.BLOCK_K],
+    )  # fmt: skip
+    k = kh * kw * c_in_w
+    w_box = [cfg.BLOCK_K, cfg.BLOCK_N] if dgrad else [cfg.BLOCK_N, cfg.BLOCK_K]
+    w_desc = TensorDescriptor(weight, [c_out, k], [k, 1], w_box)
+    m = n * h * w
+    tiles = tile_moments(m, c_cols, cfg.BLOCK_M) if moments else None
+    parts = tiles.partials if tiles is not None else (out, out)
+    grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_cols, cfg.BLOCK_N),)
+    conv2d_tma_kernel[grid](
+        a_desc, w_desc, out if bias is None else bias, out, parts[0], parts[1],
+        out if add is None else add, out if relu_out is None else relu_out,
+        n, h, w, c_red, c_cols, c_in_w, padding[0], padding[1], float(alpha),
+        KH=kh, KW=kw, DGRAD=dgrad, HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
+        ADD_GRAD=add is not None, RELU_INPUT=relu_out is not None,
+        BIMG=bimg, BH=bh, BW=bw, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
+    return tiles
 
 
 def conv2d_forward_tma(
@@ -229,30 +343,20 @@ def conv2d_forward_tma(
     moments: bool,
     cfg: TmaConfig,
 ) -> TileMoments | None:
-    """Launch ``conv2d_fwd_tma_kernel`` into ``y`` (dense NHWC, N x C_out x HO x WO); the
-    caller checked ``tma_applicable``. Returns the output's per-tile moments with ``moments``."""
-    n, c_in, h, w = x.shape
-    c_out, _, kh, kw = weight.shape
-    _, _, ho, wo = y.shape
-    geometry = tile_geometry(ho, wo, cfg.BLOCK_M)
-    if geometry is None or c_in % cfg.BLOCK_K:
-        raise ValueError(f"conv2d TMA tile {cfg} doesn't fit a {ho}x{wo}, {c_in}-channel conv")
-    bimg, bh, bw = geometry
-    m = n * ho * wo
-    x_desc = TensorDescriptor(
-        x, [n, h, w, c_in], [h * w * c_in, w * c_in, c_in, 1], [bimg, bh, bw, cfg.BLOCK_K]
-    )
-    k = kh * kw * c_in
-    w_desc = TensorDescriptor(weight, [c_out, k], [k, 1], [cfg.BLOCK_N, cfg.BLOCK_K])
-    tiles = tile_moments(m, c_out, cfg.BLOCK_M) if moments else None
-    parts = tiles.partials if tiles is not None else (y, y)
-    grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out, cfg.BLOCK_N),)
-    conv2d_fwd_tma_kernel[grid](
-        x_desc, w_desc, y if bias is None else bias, y, parts[0], parts[1],
-        n, ho, wo, c_in, c_out, padding[0], padding[1], float(alpha),
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
-        BIMG=bimg, BH=bh, BW=bw, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        launch_pdl=LAUNCH_PDL,
-    )  # fmt: skip
-    return tiles
+    """The forward into ``y`` (dense NHWC); the caller checked ``tma_applicable``. Returns the
+    output's per-tile moments with ``moments``."""
+    return _launch(x, weight, y, padding, cfg, False, bias, act, alpha, moments)
+
+
+def conv2d_dgrad_tma(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    dx: torch.Tensor,
+    padding: tuple[int, int],
+    cfg: TmaConfig,
+    add: torch.Tensor | None = None,
+    relu_out: torch.Tensor | None = None,
+) -> None:
+    """The input gradient into ``dx`` (dense NHWC), plus ``add``, zeroed where ``relu_out`` is
+    not > 0; the caller checked ``tma_dgrad_applicable``."""
+    _launch(grad_out, weight, dx, padding, cfg, True, add=add, relu_out=relu_out)
