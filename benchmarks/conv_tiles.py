@@ -8,11 +8,11 @@ channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``); ``--ops wgra
 wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 convs, every
 4-warp tile whose KW accumulators take at most 192 registers a thread); ``--ops wgrad_8w`` the
 tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
-loops in other conv kernels); ``--ops fwd_tma`` the forward through conv_tma's TMA kernel
-(stride-1 shapes, fp16 weight copy), every ``conv_tma.tma_candidates`` tile. Each timing row
-carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the
-heuristic tile's time, the best tile and its time, cuDNN's time; writes
-``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
+loops in other conv kernels); ``--ops fwd_tma dgrad_tma`` the forward and dgrad through
+conv_tma's TMA kernel (stride-1 shapes, fp16 weight copy), every ``conv_tma.tma_candidates``
+tile. Each timing row carries its error against cuDNN's result. Prints one line per (shape,
+op, weight dtype): the heuristic tile's time, the best tile and its time, cuDNN's time;
+writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -73,6 +73,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad_rows": (cout, cin, m),
         "wgrad_8w": (cout, cin, m),
         "fwd_tma": (m, cout, cin * k * k),
+        "dgrad_tma": (batch * hw * hw, cin, cout * k * k),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -80,6 +81,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         ops = {
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
@@ -104,7 +106,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
         }  # fmt: skip
         cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
-        cudnn["fwd_tma"] = cudnn["fwd"]
+        cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -116,9 +118,13 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 continue
             if op.startswith("wgrad") and w_name == "fp16":
                 continue  # wgrad never reads the weight
-            tma = op == "fwd_tma"
-            if tma and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
+            tma = op.endswith("_tma")
+            if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
+            if op == "dgrad_tma" and not conv_tma.tma_dgrad_applicable(
+                gy, w, (s, s), (1, 1), 1, hw, hw
+            ):
+                continue
             mm, nn_, kk = gemm[op]
             b_bytes = 2 if op.startswith("wgrad") else w.element_size()
             heuristic = conv_k.pick_config(mm, nn_, kk, dtype)
@@ -132,8 +138,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
                 heuristic = cands[0]
             if tma:
-                cands = conv_tma.tma_candidates(cin, cout, ho, ho, is_1x1, conv_k._smem_limit())
-                heuristic = conv_tma.pick_tma_config(cin, cout)
+                dgrad = op == "dgrad_tma"
+                red, cols = (cout, cin) if dgrad else (cin, cout)
+                smem = conv_k._smem_limit()
+                cands = conv_tma.tma_candidates(red, cols, hw, hw, is_1x1, smem, dgrad)
+                heuristic = conv_tma.pick_tma_config(red, cols, dgrad)
             t_cudnn = bench(cudnn[op])
             reference = cudnn[op]()  # convolution_backward: (grad_input, grad_weight, None)
             if isinstance(reference, tuple):
