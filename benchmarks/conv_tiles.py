@@ -8,9 +8,9 @@ channels, or one tap per program: ``conv2d_wgrad(flat_taps=...)``); ``--ops wgra
 wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 convs, every
 4-warp tile whose KW accumulators take at most 192 registers a thread); ``--ops wgrad_8w`` the
 tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
-loops in other conv kernels); ``--ops fwd_tma dgrad_tma`` the forward and dgrad through
-conv_tma's TMA kernel (stride-1 shapes, fp16 weight copy), every ``conv_tma.tma_candidates``
-tile. Each timing row carries its error against cuDNN's result. Prints one line per (shape,
+loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward, dgrad and
+wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
+candidate. Each timing row carries its error against cuDNN's result. Prints one line per (shape,
 op, weight dtype): the heuristic tile's time, the best tile and its time, cuDNN's time;
 writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
 
@@ -74,6 +74,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad_8w": (cout, cin, m),
         "fwd_tma": (m, cout, cin * k * k),
         "dgrad_tma": (batch * hw * hw, cin, cout * k * k),
+        "wgrad_tma": (cout, cin, m),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -82,6 +83,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
+            "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
@@ -107,6 +109,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         }  # fmt: skip
         cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
         cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
+        cudnn["wgrad_tma"] = cudnn["wgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -116,8 +119,8 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 or (op == "wgrad_rows" and k > 3)
             ):
                 continue
-            if op.startswith("wgrad") and w_name == "fp16":
-                continue  # wgrad never reads the weight
+            if op.startswith("wgrad") and w_name != weights[0]:
+                continue  # wgrad never reads the weight: once, under the first weight dtype
             tma = op.endswith("_tma")
             if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
@@ -137,7 +140,12 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cands = [c for c in conv_k.CONFIGS if c.num_warps == 8]
                 cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
                 heuristic = cands[0]
-            if tma:
+            if op == "wgrad_tma":
+                if not conv_tma.tma_wgrad_applicable(x, gy, (s, s), (1, 1), 1):
+                    continue
+                cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit())
+                heuristic = conv_tma.pick_tma_wgrad_config(cin, cout)
+            elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)
                 smem = conv_k._smem_limit()

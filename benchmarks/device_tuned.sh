@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/device_tuned.sh          # carry .whl
 #
-# 0. conv_tiles.py: ResNet-18's stride-1 3x3 forwards and dgrads, every pointer tile and
-#    every TMA tile (kernels/conv_tma.py) against cuDNN;
+# 0. conv_tiles.py: ResNet-18's stride-1 3x3 forwards, dgrads and wgrads, every pointer tile
+#    and every TMA tile (kernels/conv_tma.py) against cuDNN;
 # 1. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
 #    tile, loop stages and programs per SM (reduction_tiles.py);
 # 2. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
@@ -20,9 +20,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-TRITONCNN_AUTOTUNE=0 timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_tma dgrad dgrad_tma \
+TRITONCNN_AUTOTUNE=0 timeout 180 python3 benchmarks/conv_tiles.py \
+    --ops fwd fwd_tma dgrad dgrad_tma wgrad wgrad_tma \
     --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 512:512:3:1:4 \
-    --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+    --out "$OUT" 2>&1 | grep -v -i warn | tail -30
 TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
     --bn-ops bwd_reduce --bn-tiles default half w8 --stages 2 3 4 --bn-programs 4 8 \
     --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1

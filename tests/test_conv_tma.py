@@ -1,5 +1,5 @@
-"""The TMA conv forward and dgrad (kernels/conv_tma.py) against torch in float64, and their
-dispatch rules.
+"""The TMA conv forward, dgrad and wgrad (kernels/conv_tma.py) against torch in float64, and
+their dispatch rules.
 
 CPU tier: Triton's interpreter emulates the tensor-descriptor copies (out-of-bounds elements
 read as zero), so the kernel's tiling, padding by box bounds, partial last tile, epilogues and
@@ -102,6 +102,31 @@ def test_tma_dgrad_matches_torch(name, epilogue):
         dxr = (dxr + add.double().cpu()) * (relu_out.cpu() > 0)
     assert dx.shape == x.shape and dx.is_contiguous(memory_format=torch.channels_last)
     assert_close(dx, dxr, dtype, what="TMA dgrad")
+
+
+@pytest.mark.parametrize("name", ["3x3_8x8", "3x3_4x4_partial_tile", "1x1_8x8"])
+@pytest.mark.parametrize("split", [1, 3])
+def test_tma_wgrad_matches_torch(name, split):
+    """One tap per program over split pixel ranges; split 1 accumulates into an existing
+    gradient, split 3 goes through the partial sums and their in-order reduction."""
+    n, c_in, h, w, c_out, k, pad = SHAPES[name]
+    dtype = torch.float16
+    x = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    go = randn(n, c_out, h, w, dtype=dtype, channels_last=True)
+    assert T.tma_wgrad_applicable(x, go, (1, 1), (1, 1), 1)
+    dwr = reference(x, wt.float(), None, go, 1, pad, 1, 1)[2]
+    cfg = T.pick_tma_wgrad_config(c_in, c_out)
+    start = None
+    if split == 1:
+        start = randn(c_out, c_in, k, k).contiguous(memory_format=torch.channels_last)
+        dwr = dwr + start.double().cpu()
+    dw = K.conv2d_wgrad(
+        x, go, wt.shape, 1, pad, 1, 1, grad_weight=None if start is None else start.clone(),
+        config=cfg, split_k=split,
+    )  # fmt: skip
+    assert dw.dtype == torch.float32 and dw.is_contiguous(memory_format=torch.channels_last)
+    assert_close(dw, dwr, tol=1e-4, what="TMA wgrad")
 
 
 def test_tma_forward_equals_the_pointer_kernel_through_the_batch_norm():
@@ -220,6 +245,25 @@ def test_gpu_tma_dgrad_every_candidate(shape, dtype):
         assert_close(dx, dxr, dtype, what=f"{cfg}")
         dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg, add=add)
         assert_close(dx, dxr + add.double(), dtype, what=f"{cfg} + add")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
+def test_gpu_tma_wgrad_every_candidate(shape):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    c_in, hw, c_out, k = shape
+    n, pad, dtype = 64, k // 2, torch.float16
+    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
+    wt = _weight(c_out, c_in, k, dtype)
+    go = randn(n, c_out, hw, hw, dtype=dtype, channels_last=True)
+    dwr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[2]
+    cands = T.tma_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit())
+    assert cands
+    for cfg in cands:
+        for split in (1, 8):
+            dw = K.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1, config=cfg, split_k=split)
+            assert_close(dw, dwr, tol=1e-4, what=f"{cfg} split {split}")
 
 
 @pytest.mark.gpu

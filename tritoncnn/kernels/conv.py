@@ -1391,7 +1391,16 @@ def conv2d_wgrad(
             f"1x1={is_1x1}); pass row_taps=None"
         )
 
-    def rows_of(cfg: ConvConfig) -> bool:
+    tma = (
+        not flat_n
+        and row_taps is not True
+        and conv_tma.tma_wgrad_applicable(x, grad_out, (sh, sw), (dh, dw), groups)
+        and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
+    )
+
+    def rows_of(cfg: ConvConfig | conv_tma.TmaConfig) -> bool:
+        if isinstance(cfg, conv_tma.TmaConfig):
+            return False  # one tap per program
         if row_taps is not None:
             return row_taps
         return tap_loop and use_row_taps(cfg, kw)
@@ -1421,6 +1430,18 @@ def conv2d_wgrad(
             dst = runtime.empty((split, numel), torch.float32)
             dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
             split_stride, dst_acc = numel, False
+        if isinstance(cfg, conv_tma.TmaConfig):  # (o, kh, kw, c) with c contiguous
+            strides = (split_stride, dst_strides[0], dst_strides[3])
+            conv_tma.conv2d_wgrad_tma(
+                x, grad_out, dst, strides, (pt, pl), (kh, kw), cfg, split, per_split, dst_acc
+            )
+        else:
+            pointer_kernel(dst, dst_strides, split_stride, dst_acc, cfg, split, per_split)
+        if split > 1:
+            so, si, s_h, s_w = gw.stride()
+            _reduce_splits(dst, gw, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
+
+    def pointer_kernel(dst, dst_strides, split_stride, dst_acc, cfg, split, per_split):
         conv2d_wgrad_kernel[(tiles(cfg), grid_1(cfg), split)](
             x, grad_out, dst,
             n, h, w, c_in_g, ho, wo, c_out_g,
@@ -1437,12 +1458,14 @@ def conv2d_wgrad(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
-        if split > 1:
-            so, si, s_h, s_w = gw.stride()
-            _reduce_splits(dst, gw, (c_out, kh, kw, c_in_g), (so, s_h, s_w, si), accumulate)
 
+    heuristic = pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
+    if tma and TMA_CONVS:
+        heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out)
     if config is not None or split_k is not None or runtime.INTERPRETED:
-        cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
+        cfg = heuristic
+        if config is not None:
+            cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
         launch(grad_weight, cfg, split_k if split_k is not None else heuristic_split(cfg))
         return grad_weight
 
@@ -1465,18 +1488,18 @@ def conv2d_wgrad(
         gw = scratch_gw()
         return lambda c: launch(gw, c, heuristic_split(c))
 
-    cfg = _tuned(
-        "conv2d_wgrad",
-        problem,
-        lambda: [
+    def candidates():
+        out = [
             c
             for c in gemm_candidates(c_out_g, n_cols, pixels, act_bytes, act_bytes, is_1x1)
             # a row-tapped tile stages KW x tiles per K step
             if not rows_of(c) or c.smem_bytes(act_bytes, kw * act_bytes) <= _smem_limit()
-        ],
-        pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True),
-        tile_runner,
-    )
+        ]
+        if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
+            out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
+        return out
+
+    cfg = _tuned("conv2d_wgrad", problem, candidates, heuristic, tile_runner)
 
     def split_runner():
         gw = scratch_gw()

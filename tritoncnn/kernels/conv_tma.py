@@ -160,6 +160,57 @@ def conv2d_tma_kernel(
                            C_cols)  # fmt: skip
 
 
+@triton.jit
+def conv2d_wgrad_tma_kernel(
+    x_desc, dy_desc, dw_ptr,
+    N, HO, WO, C_in, C_out, pad_h, pad_w, per_split,
+    s_split, s_o, s_tap,
+    KW: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BIMG: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """Weight gradient of a stride-1 conv for one tap: dw[o, tap, c] = sum_p dy[p, o] *
+    x[p + tap - pad, c] over one split of the output pixels, a BLOCK_M x BLOCK_N tile of
+    (o, c), the pixels in K steps of BIMG*BH*BW (whole output rows, ``tile_geometry``).
+
+    Grid: (o tiles * c tiles in grouped order, KH*KW taps, splits). Split s reduces pixels
+    [s*per_split, +per_split) (per_split a multiple of the K step; pixels past N*HO*WO are
+    images past N, which the boxes read as zeros).
+    dy_desc: [N, HO, WO, C_out], box [BIMG, BH, BW, BLOCK_M]. x_desc: [N, H, W, C_in], box
+    [BIMG, BH, BW, BLOCK_N], taken at the tap's offset (zeros outside x: the padding).
+    dw_ptr: fp32 output element (split, o, tap, c) at split*s_split + o*s_o + tap*s_tap + c,
+    added into when ACCUMULATE.
+    """
+    wait_for_inputs()
+    BLOCK_K: tl.constexpr = BIMG * BH * BW
+    pid_m, pid_n = grouped_tile(
+        tl.program_id(0), tl.cdiv(C_out, BLOCK_M), tl.cdiv(C_in, BLOCK_N), GROUP_M
+    )
+    tap = tl.program_id(1)
+    split = tl.program_id(2)
+    kh = tap // KW
+    kw = tap - kh * KW
+    o0 = pid_m * BLOCK_M
+    c0 = pid_n * BLOCK_N
+    p_lo = split * per_split
+    p_hi = tl.minimum(p_lo + per_split, N * HO * WO)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p0 in range(p_lo, p_hi, BLOCK_K):
+        n0 = p0 // (HO * WO)
+        h0 = (p0 // WO) % HO
+        a = dy_desc.load([n0, h0, 0, o0])  # [BIMG, BH, BW, BLOCK_M]
+        b = x_desc.load([n0, h0 + kh - pad_h, kw - pad_w, c0])  # [BIMG, BH, BW, BLOCK_N]
+        a = tl.trans(tl.reshape(a, (BLOCK_K, BLOCK_M)))
+        acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc)
+    o = o0 + tl.arange(0, BLOCK_M)
+    c = c0 + tl.arange(0, BLOCK_N)
+    mask = (o < C_out)[:, None] & (c < C_in)[None, :]
+    offs = split.to(tl.int64) * s_split + tap * s_tap + o[:, None] * s_o + c[None, :]
+    if ACCUMULATE:
+        acc += tl.load(dw_ptr + offs, mask=mask, other=0.0)
+    tl.store(dw_ptr + offs, acc, mask=mask)
+
+
 def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
@@ -360,3 +411,102 @@ def conv2d_dgrad_tma(
     """The input gradient into ``dx`` (dense NHWC), plus ``add``, zeroed where ``relu_out`` is
     not > 0; the caller checked ``tma_dgrad_applicable``."""
     _launch(grad_out, weight, dx, padding, cfg, True, add=add, relu_out=relu_out)
+
+
+def tma_wgrad_applicable(
+    x: torch.Tensor, grad_out: torch.Tensor, stride, dilation, groups: int
+) -> bool:
+    """Whether ``conv2d_wgrad_tma`` can run this weight gradient: x and dy both TMA operands
+    (fp16/bf16, dense channels_last, 16-byte aligned, sm_90+), stride 1, no dilation, one
+    group, channel counts of whole 16-byte vectors, output height and width powers of two."""
+    if runtime.INTERPRETED and x.dtype != torch.float16:
+        return False
+    cl = torch.channels_last
+    _, c_in, _, _ = x.shape
+    _, c_out, ho, wo = grad_out.shape
+    return (
+        _has_tma()
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and grad_out.dtype == x.dtype
+        and groups == 1
+        and tuple(stride) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and x.is_contiguous(memory_format=cl)
+        and grad_out.is_contiguous(memory_format=cl)
+        and x.data_ptr() % 16 == 0
+        and grad_out.data_ptr() % 16 == 0
+        and c_in % 8 == 0
+        and c_out % 8 == 0
+        and tile_geometry(ho, wo, 64) is not None
+    )
+
+
+# (o, c, pixel) tiles the autotuner may time for the weight gradient (BLOCK_K: pixels).
+TMA_WGRAD_CONFIGS: tuple[TmaConfig, ...] = (
+    TmaConfig(128, 128, 64, 4, 3),
+    TmaConfig(128, 64, 64, 4, 4),
+    TmaConfig(64, 128, 64, 4, 4),
+    TmaConfig(64, 64, 64, 4, 4),
+    TmaConfig(64, 64, 128, 4, 3),
+)
+
+
+def tma_wgrad_candidates(c_in: int, c_out: int, ho: int, wo: int, smem_limit: int):
+    """The TMA_WGRAD_CONFIGS that fit: pixel steps of whole output rows, o / c tiles not far
+    wider than C_out / C_in, within shared memory."""
+    out = []
+    for cfg in TMA_WGRAD_CONFIGS:
+        if tile_geometry(ho, wo, cfg.BLOCK_K) is None:
+            continue
+        if cfg.BLOCK_M > max(64, 2 * c_out) or cfg.BLOCK_N > max(64, 2 * c_in):
+            continue
+        if cfg.smem_bytes() <= smem_limit:
+            out.append(cfg)
+    return out
+
+
+def pick_tma_wgrad_config(c_in: int, c_out: int) -> TmaConfig:
+    """The heuristic weight-gradient tile: 128 x 128 (64-wide for 64 channels), 64 pixels."""
+    if runtime.INTERPRETED:
+        return TmaConfig(64 if c_out > 32 else 32, 64 if c_in > 32 else 32, 64, 4, 1)
+    return TmaConfig(64 if c_out <= 64 else 128, 64 if c_in <= 64 else 128, 64, 4, 3)
+
+
+def conv2d_wgrad_tma(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    dst: torch.Tensor,
+    strides: tuple[int, int, int],
+    padding: tuple[int, int],
+    kernel: tuple[int, int],
+    cfg: TmaConfig,
+    split: int,
+    per_split: int,
+    accumulate: bool,
+) -> None:
+    """Launch ``conv2d_wgrad_tma_kernel`` (``split`` splits of ``per_split`` pixels, a multiple
+    of cfg.BLOCK_K) into fp32 ``dst`` with element strides (split, o, tap); c is contiguous.
+    The caller checked ``tma_wgrad_applicable`` and adds the splits."""
+    n, c_in, h, w = x.shape
+    _, c_out, ho, wo = grad_out.shape
+    kh, kw = kernel
+    geometry = tile_geometry(ho, wo, cfg.BLOCK_K)
+    if geometry is None or per_split % cfg.BLOCK_K:
+        raise ValueError(f"conv2d wgrad TMA tile {cfg} doesn't fit {ho}x{wo} / {per_split}")
+    bimg, bh, bw = geometry
+    x_desc = TensorDescriptor(
+        x, [n, h, w, c_in], [h * w * c_in, w * c_in, c_in, 1], [bimg, bh, bw, cfg.BLOCK_N]
+    )
+    dy_desc = TensorDescriptor(
+        grad_out, [n, ho, wo, c_out], [ho * wo * c_out, wo * c_out, c_out, 1],
+        [bimg, bh, bw, cfg.BLOCK_M],
+    )  # fmt: skip
+    tiles = triton.cdiv(c_out, cfg.BLOCK_M) * triton.cdiv(c_in, cfg.BLOCK_N)
+    conv2d_wgrad_tma_kernel[(tiles, kh * kw, split)](
+        x_desc, dy_desc, dst, n, ho, wo, c_in, c_out, padding[0], padding[1], per_split,
+        *strides,
+        KW=kw, ACCUMULATE=accumulate, BIMG=bimg, BH=bh, BW=bw,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, GROUP_M=GROUP_M,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
