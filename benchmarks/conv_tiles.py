@@ -188,6 +188,7 @@ def main() -> None:
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
+    conv_tma.ENABLED = True  # the TMA ops are what this measures (off by default elsewhere)
     if runtime.INTERPRETED:
         sys.exit("benchmarks/conv_tiles.py needs a CUDA GPU")
     rows = []

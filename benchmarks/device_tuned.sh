@@ -10,9 +10,9 @@
 #    tile, loop stages and programs per SM (reduction_tiles.py);
 # 2. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
 #    its time, and the kernels' sum against the graphed step;
-# 3. ResNet-18's graphed step with the autotuner on ($OUT/tuned), tuning from an empty cache
-#    kept in $OUT/cache/autotune.json: the tuned choice for every conv problem of the step
-#    (benchmarks/autotune_report.py reads it).
+# 3. ResNet-18's graphed step with the autotuner on and the TMA tiles among its candidates
+#    ($OUT/tuned), tuning from an empty cache kept in $OUT/cache/autotune.json: the tuned
+#    choice for every conv problem of the step (benchmarks/autotune_report.py reads it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -31,7 +31,7 @@ grep -A30 "totals" "$OUT/reduction_tiles.log"
 TRITONCNN_AUTOTUNE=0 timeout 140 python3 benchmarks/profile_step.py --models resnet18 \
     mobilenetv2 --batches 512 --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
 grep -A12 "launches" "$OUT/profile_step.log"
-TRITONCNN_AUTOTUNE=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 150 python3 \
+TRITONCNN_AUTOTUNE=1 TRITONCNN_TMA=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 150 python3 \
     benchmarks/train_step.py --models resnet18 --batches 512 --ours-only --graph-only \
     --out "$OUT/tuned" 2>&1 | grep -v -i warn | grep " ms "
 python3 benchmarks/autotune_report.py "$OUT/cache/autotune.json" | tail -3

@@ -119,16 +119,19 @@ def ours_step(
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
     epilogue (models.build's default).
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too.
-    ``tma``: conv forwards and dgrads through kernels/conv_tma.py's TMA kernel where it
-    applies (kernels.conv.TMA_CONVS, read at every launch)."""
+    ``tma``: conv forwards, dgrads and wgrads through kernels/conv_tma.py's TMA kernels where
+    they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every launch; other rows
+    leave them to TRITONCNN_TMA)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv as conv_k
+    from tritoncnn.kernels import conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
     conv_k.TMA_CONVS = tma
+    conv_tma.ENABLED = tma or conv_tma.env_enabled()
 
     torch.manual_seed(0)
     model = models.build(

@@ -21,6 +21,26 @@ from tritoncnn.kernels import elementwise as ew
 from tritoncnn.kernels import norm
 
 
+@pytest.fixture(autouse=True)
+def _tma_enabled(monkeypatch):
+    """These kernels are off unless TRITONCNN_TMA=1 (conv_tma.ENABLED); on for these tests."""
+    monkeypatch.setattr(T, "ENABLED", True)
+
+
+def test_tma_is_off_unless_asked(monkeypatch):
+    """Without TRITONCNN_TMA=1 no conv takes (or is tuned with) the TMA kernels."""
+    monkeypatch.delenv("TRITONCNN_TMA", raising=False)
+    monkeypatch.setattr(T, "ENABLED", T.env_enabled())
+    x = randn(2, 32, 8, 8, dtype=torch.float16, channels_last=True)
+    wt = _weight(32, 32, 3, torch.float16)
+    assert not T.tma_applicable(x, wt, (1, 1), (1, 1), 1, 8, 8)
+    assert not T.tma_dgrad_applicable(x, wt, (1, 1), (1, 1), 1, 8, 8)
+    assert not T.tma_wgrad_applicable(x, x, (1, 1), (1, 1), 1)
+    monkeypatch.setenv("TRITONCNN_TMA", "1")
+    monkeypatch.setattr(T, "ENABLED", T.env_enabled())
+    assert T.tma_applicable(x, wt, (1, 1), (1, 1), 1, 8, 8)
+
+
 def _weight(c_out, c_in, k, dtype):
     w = randn(c_out, c_in, k, k) / math.sqrt(c_in * k * k)
     return w.to(dtype).contiguous(memory_format=torch.channels_last)

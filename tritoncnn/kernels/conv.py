@@ -68,9 +68,9 @@ from tritoncnn.kernels.tile_order import grouped_tile
 # (Triton's matmul tutorial ordering).
 GROUP_M = 8
 
-# The heuristic forward and dgrad take conv_tma's TMA kernel wherever it applies (stride 1,
-# fp16/bf16, power-of-two output sizes, sm_90+). Off until measured on the GPU; the autotuner
-# times the TMA tiles beside the others either way.
+# The heuristic forward, dgrad and wgrad take conv_tma's TMA kernels wherever they apply
+# (stride 1, fp16/bf16, power-of-two output sizes, sm_90+, conv_tma.ENABLED). Off until
+# measured on the GPU; with conv_tma.ENABLED the autotuner times the TMA tiles either way.
 TMA_CONVS = False
 
 # Below this many reduced channels per group (C_in_g for the forward and wgrad, C_out_g for dgrad)

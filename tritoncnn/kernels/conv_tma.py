@@ -26,6 +26,7 @@ a CUDA graph captures them by value with the launch, and its arena keeps the add
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,18 @@ from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tile_order import grouped_tile
 
 GROUP_M = 8
+
+
+def env_enabled() -> bool:
+    """TRITONCNN_TMA=1: offer these kernels (see ENABLED)."""
+    return os.environ.get("TRITONCNN_TMA", "0") == "1"
+
+
+# Whether conv.py may use these kernels at all (the autotuner's candidates, and the heuristic
+# with conv.TMA_CONVS). Off unless TRITONCNN_TMA=1 until they have run on a GPU: the autotuner
+# times candidates but never checks their results, so a kernel wrong only on the GPU would be
+# chosen silently. Read at every launch (benchmarks and tests set it).
+ENABLED: bool = env_enabled()
 
 
 @dataclass(frozen=True)
@@ -249,7 +262,8 @@ def _operands_ok(a: torch.Tensor, weight: torch.Tensor, stride, dilation, groups
         return False
     cl = torch.channels_last
     return (
-        _has_tma()
+        ENABLED
+        and _has_tma()
         and a.dtype in (torch.float16, torch.bfloat16)
         and weight.dtype == a.dtype
         and groups == 1
@@ -425,7 +439,8 @@ def tma_wgrad_applicable(
     _, c_in, _, _ = x.shape
     _, c_out, ho, wo = grad_out.shape
     return (
-        _has_tma()
+        ENABLED
+        and _has_tma()
         and x.dtype in (torch.float16, torch.bfloat16)
         and grad_out.dtype == x.dtype
         and groups == 1
