@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# On the GPU machine (the device tool), one call: where the step's time goes, and heuristic
-# tiles against the autotuner's (after benchmarks/device_pdl.sh, which has the step's table).
+# On the GPU machine (the device tool), one call: tiles, the autotuner, where the step's time
+# goes (after benchmarks/device_pdl.sh, which has the step's table). Most wanted first:
 #
 #   bash benchmarks/device_tuned.sh          # carry .whl
 #
-# 0. conv_tiles.py: ResNet-18's stride-1 3x3 forwards, dgrads and wgrads, every pointer tile
+# 1. conv_tiles.py: ResNet-18's stride-1 3x3 forwards, dgrads and wgrads, every pointer tile
 #    and every TMA tile (kernels/conv_tma.py) against cuDNN;
-# 1. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
-#    tile, loop stages and programs per SM (reduction_tiles.py);
-# 2. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
-#    its time, and the kernels' sum against the graphed step;
-# 3. ResNet-18's graphed step with the autotuner on and the TMA tiles among its candidates
+# 2. ResNet-18's graphed step with the autotuner on and the TMA tiles among its candidates
 #    ($OUT/tuned), tuning from an empty cache kept in $OUT/cache/autotune.json: the tuned
-#    choice for every conv problem of the step (benchmarks/autotune_report.py reads it).
+#    choice for every conv problem of the step (benchmarks/autotune_report.py reads it);
+# 3. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
+#    its time, and the kernels' sum against the graphed step;
+# 4. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
+#    tile, loop stages and programs per SM (reduction_tiles.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -24,14 +24,14 @@ TRITONCNN_AUTOTUNE=0 timeout 180 python3 benchmarks/conv_tiles.py \
     --ops fwd fwd_tma dgrad dgrad_tma wgrad wgrad_tma \
     --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 512:512:3:1:4 \
     --out "$OUT" 2>&1 | grep -v -i warn | tail -30
-TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
-    --bn-ops bwd_reduce --bn-tiles default half w8 --stages 2 3 4 --bn-programs 4 8 \
-    --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
-grep -A30 "totals" "$OUT/reduction_tiles.log"
-TRITONCNN_AUTOTUNE=0 timeout 140 python3 benchmarks/profile_step.py --models resnet18 \
-    mobilenetv2 --batches 512 --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
-grep -A12 "launches" "$OUT/profile_step.log"
 TRITONCNN_AUTOTUNE=1 TRITONCNN_TMA=1 TRITONCNN_CACHE_DIR="$OUT/cache" timeout 150 python3 \
     benchmarks/train_step.py --models resnet18 --batches 512 --ours-only --graph-only \
     --out "$OUT/tuned" 2>&1 | grep -v -i warn | grep " ms "
 python3 benchmarks/autotune_report.py "$OUT/cache/autotune.json" | tail -3
+TRITONCNN_AUTOTUNE=0 timeout 140 python3 benchmarks/profile_step.py --models resnet18 \
+    mobilenetv2 --batches 512 --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
+grep -A12 "launches" "$OUT/profile_step.log"
+TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
+    --bn-ops bwd_reduce --bn-tiles default half w8 --stages 2 3 4 --bn-programs 4 8 \
+    --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
+grep -A30 "totals" "$OUT/reduction_tiles.log"
