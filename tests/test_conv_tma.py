@@ -124,12 +124,14 @@ def test_tma_dgrad_matches_torch(name, epilogue):
     assert_close(dx, dxr, dtype, what="TMA dgrad")
 
 
-@pytest.mark.parametrize("name", ["3x3_8x8", "3x3_4x4_partial_tile", "1x1_8x8"])
+@pytest.mark.parametrize("name", ["3x3_8x8", "3x3_4x4_partial_tile", "1x1_8x8", "rows_8x8"])
 @pytest.mark.parametrize("split", [1, 3])
 def test_tma_wgrad_matches_torch(name, split):
-    """One tap per program over split pixel ranges; split 1 accumulates into an existing
-    gradient, split 3 goes through the partial sums and their in-order reduction."""
-    n, c_in, h, w, c_out, k, pad = SHAPES[name]
+    """One tap (or, "rows_", one filter row of three taps) per program over split pixel
+    ranges; split 1 accumulates into an existing gradient, split 3 goes through the partial
+    sums and their in-order reduction."""
+    rows = name.startswith("rows_")
+    n, c_in, h, w, c_out, k, pad = SHAPES["3x3_8x8" if rows else name]
     dtype = torch.float16
     x = randn(n, c_in, h, w, dtype=dtype, channels_last=True)
     wt = _weight(c_out, c_in, k, dtype)
@@ -137,6 +139,8 @@ def test_tma_wgrad_matches_torch(name, split):
     assert T.tma_wgrad_applicable(x, go, (1, 1), (1, 1), 1)
     dwr = reference(x, wt.float(), None, go, 1, pad, 1, 1)[2]
     cfg = T.pick_tma_wgrad_config(c_in, c_out)
+    if rows:
+        cfg = T.TmaConfig(cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K, 4, 1, row_taps=True)
     start = None
     if split == 1:
         start = randn(c_out, c_in, k, k).contiguous(memory_format=torch.channels_last)

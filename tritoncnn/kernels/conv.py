@@ -1400,7 +1400,7 @@ def conv2d_wgrad(
 
     def rows_of(cfg: ConvConfig | conv_tma.TmaConfig) -> bool:
         if isinstance(cfg, conv_tma.TmaConfig):
-            return False  # one tap per program
+            return cfg.row_taps
         if row_taps is not None:
             return row_taps
         return tap_loop and use_row_taps(cfg, kw)
@@ -1496,7 +1496,7 @@ def conv2d_wgrad(
             if not rows_of(c) or c.smem_bytes(act_bytes, kw * act_bytes) <= _smem_limit()
         ]
         if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
-            out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
+            out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
         return out
 
     cfg = _tuned("conv2d_wgrad", problem, candidates, heuristic, tile_runner)

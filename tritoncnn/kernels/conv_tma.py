@@ -57,9 +57,10 @@ ENABLED: bool = env_enabled()
 
 @dataclass(frozen=True)
 class TmaConfig:
-    """A tile of ``conv2d_fwd_tma_kernel``. ``tma`` is always True: it tells this config from
-    conv.ConvConfig's of the same numbers in the autotuner's cache, where the forward's
-    candidates of both kinds are timed side by side."""
+    """A tile of ``conv2d_tma_kernel`` or ``conv2d_wgrad_tma_kernel``. ``tma`` is always True:
+    it tells this config from conv.ConvConfig's of the same numbers in the autotuner's cache,
+    where candidates of both kinds are timed side by side. ``row_taps`` (wgrad of 3-wide
+    kernels): a program computes a filter row's three taps from one dy tile per K step."""
 
     BLOCK_M: int
     BLOCK_N: int
@@ -67,10 +68,13 @@ class TmaConfig:
     num_warps: int
     num_stages: int
     tma: bool = True
+    row_taps: bool = False
 
     def smem_bytes(self, elem_bytes: int = 2) -> int:
-        """Shared memory of the pipelined A and B tiles, one copy per stage."""
-        return self.num_stages * (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * elem_bytes
+        """Shared memory of the pipelined A and B tiles (three B tiles with row_taps), one copy
+        per stage."""
+        b_tiles = 3 if self.row_taps else 1
+        return self.num_stages * (self.BLOCK_M + b_tiles * self.BLOCK_N) * self.BLOCK_K * elem_bytes
 
 
 # Every tile the autotuner may time (``tma_candidates`` keeps those that fit the problem).
@@ -178,17 +182,19 @@ def conv2d_wgrad_tma_kernel(
     x_desc, dy_desc, dw_ptr,
     N, HO, WO, C_in, C_out, pad_h, pad_w, per_split,
     s_split, s_o, s_tap,
-    KW: tl.constexpr, ACCUMULATE: tl.constexpr,
+    KW: tl.constexpr, ACCUMULATE: tl.constexpr, ROW_TAPS: tl.constexpr,
     BIMG: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """Weight gradient of a stride-1 conv for one tap: dw[o, tap, c] = sum_p dy[p, o] *
     x[p + tap - pad, c] over one split of the output pixels, a BLOCK_M x BLOCK_N tile of
     (o, c), the pixels in K steps of BIMG*BH*BW (whole output rows, ``tile_geometry``).
+    ROW_TAPS (KW == 3): the program computes the three taps of filter row kh, with three
+    accumulators and the dy tile of each K step loaded once, not three times.
 
-    Grid: (o tiles * c tiles in grouped order, KH*KW taps, splits). Split s reduces pixels
-    [s*per_split, +per_split) (per_split a multiple of the K step; pixels past N*HO*WO are
-    images past N, which the boxes read as zeros).
+    Grid: (o tiles * c tiles in grouped order, KH*KW taps or KH rows, splits). Split s
+    reduces pixels [s*per_split, +per_split) (per_split a multiple of the K step; pixels past
+    N*HO*WO are images past N, which the boxes read as zeros).
     dy_desc: [N, HO, WO, C_out], box [BIMG, BH, BW, BLOCK_M]. x_desc: [N, H, W, C_in], box
     [BIMG, BH, BW, BLOCK_N], taken at the tap's offset (zeros outside x: the padding).
     dw_ptr: fp32 output element (split, o, tap, c) at split*s_split + o*s_o + tap*s_tap + c,
@@ -199,29 +205,49 @@ def conv2d_wgrad_tma_kernel(
     pid_m, pid_n = grouped_tile(
         tl.program_id(0), tl.cdiv(C_out, BLOCK_M), tl.cdiv(C_in, BLOCK_N), GROUP_M
     )
-    tap = tl.program_id(1)
     split = tl.program_id(2)
-    kh = tap // KW
-    kw = tap - kh * KW
+    if ROW_TAPS:
+        kh = tl.program_id(1)
+        kw = 0
+    else:
+        kh = tl.program_id(1) // KW
+        kw = tl.program_id(1) - kh * KW
     o0 = pid_m * BLOCK_M
     c0 = pid_n * BLOCK_N
     p_lo = split * per_split
     p_hi = tl.minimum(p_lo + per_split, N * HO * WO)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ROW_TAPS:
+        acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p0 in range(p_lo, p_hi, BLOCK_K):
         n0 = p0 // (HO * WO)
         h0 = (p0 // WO) % HO
         a = dy_desc.load([n0, h0, 0, o0])  # [BIMG, BH, BW, BLOCK_M]
-        b = x_desc.load([n0, h0 + kh - pad_h, kw - pad_w, c0])  # [BIMG, BH, BW, BLOCK_N]
         a = tl.trans(tl.reshape(a, (BLOCK_K, BLOCK_M)))
+        b = x_desc.load([n0, h0 + kh - pad_h, kw - pad_w, c0])  # [BIMG, BH, BW, BLOCK_N]
         acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc)
+        if ROW_TAPS:  # the row's other two taps, one column to the right each
+            b = x_desc.load([n0, h0 + kh - pad_h, 1 - pad_w, c0])
+            acc1 = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc1)
+            b = x_desc.load([n0, h0 + kh - pad_h, 2 - pad_w, c0])
+            acc2 = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc2)
     o = o0 + tl.arange(0, BLOCK_M)
     c = c0 + tl.arange(0, BLOCK_N)
     mask = (o < C_out)[:, None] & (c < C_in)[None, :]
-    offs = split.to(tl.int64) * s_split + tap * s_tap + o[:, None] * s_o + c[None, :]
+    offs = split.to(tl.int64) * s_split + (kh * KW + kw) * s_tap + o[:, None] * s_o + c[None, :]
+    _store_wgrad(dw_ptr + offs, acc, mask, ACCUMULATE)
+    if ROW_TAPS:
+        _store_wgrad(dw_ptr + offs + s_tap, acc1, mask, ACCUMULATE)
+        _store_wgrad(dw_ptr + offs + 2 * s_tap, acc2, mask, ACCUMULATE)
+
+
+@triton.jit
+def _store_wgrad(ptrs, acc, mask, ACCUMULATE: tl.constexpr):
+    """Store one tap's fp32 tile, added to what is there when ACCUMULATE."""
     if ACCUMULATE:
-        acc += tl.load(dw_ptr + offs, mask=mask, other=0.0)
-    tl.store(dw_ptr + offs, acc, mask=mask)
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+    tl.store(ptrs, acc, mask=mask)
 
 
 def _pow2(v: int) -> bool:
@@ -456,21 +482,29 @@ def tma_wgrad_applicable(
     )
 
 
-# (o, c, pixel) tiles the autotuner may time for the weight gradient (BLOCK_K: pixels).
+# (o, c, pixel) tiles the autotuner may time for the weight gradient (BLOCK_K: pixels). The
+# row-taps tiles keep three accumulators: 64 x 64 only (ptxas sm_90: 206 registers; 64 x 128
+# and 128 x 64 spill 280 and 1304 bytes).
 TMA_WGRAD_CONFIGS: tuple[TmaConfig, ...] = (
     TmaConfig(128, 128, 64, 4, 3),
     TmaConfig(128, 64, 64, 4, 4),
     TmaConfig(64, 128, 64, 4, 4),
     TmaConfig(64, 64, 64, 4, 4),
     TmaConfig(64, 64, 128, 4, 3),
+    TmaConfig(64, 64, 64, 4, 3, row_taps=True),
+    TmaConfig(64, 64, 64, 4, 4, row_taps=True),
 )
 
 
-def tma_wgrad_candidates(c_in: int, c_out: int, ho: int, wo: int, smem_limit: int):
+def tma_wgrad_candidates(
+    c_in: int, c_out: int, ho: int, wo: int, smem_limit: int, kw: int = 3
+) -> list[TmaConfig]:
     """The TMA_WGRAD_CONFIGS that fit: pixel steps of whole output rows, o / c tiles not far
-    wider than C_out / C_in, within shared memory."""
+    wider than C_out / C_in, row taps only for 3-wide kernels, within shared memory."""
     out = []
     for cfg in TMA_WGRAD_CONFIGS:
+        if cfg.row_taps and kw != 3:
+            continue
         if tile_geometry(ho, wo, cfg.BLOCK_K) is None:
             continue
         if cfg.BLOCK_M > max(64, 2 * c_out) or cfg.BLOCK_N > max(64, 2 * c_in):
@@ -516,11 +550,13 @@ def conv2d_wgrad_tma(
         grad_out, [n, ho, wo, c_out], [ho * wo * c_out, wo * c_out, c_out, 1],
         [bimg, bh, bw, cfg.BLOCK_M],
     )  # fmt: skip
+    if cfg.row_taps and kw != 3:
+        raise ValueError(f"conv2d wgrad TMA row taps need a 3-wide kernel, got {kh}x{kw}")
     tiles = triton.cdiv(c_out, cfg.BLOCK_M) * triton.cdiv(c_in, cfg.BLOCK_N)
-    conv2d_wgrad_tma_kernel[(tiles, kh * kw, split)](
+    conv2d_wgrad_tma_kernel[(tiles, kh if cfg.row_taps else kh * kw, split)](
         x_desc, dy_desc, dst, n, ho, wo, c_in, c_out, padding[0], padding[1], per_split,
         *strides,
-        KW=kw, ACCUMULATE=accumulate, BIMG=bimg, BH=bh, BW=bw,
+        KW=kw, ACCUMULATE=accumulate, ROW_TAPS=cfg.row_taps, BIMG=bimg, BH=bh, BW=bw,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, GROUP_M=GROUP_M,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         launch_pdl=LAUNCH_PDL,
