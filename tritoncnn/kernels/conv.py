@@ -1461,7 +1461,7 @@ def conv2d_wgrad(
 
     heuristic = pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
     if tma and TMA_CONVS:
-        heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out)
+        heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
         if config is not None:

@@ -514,10 +514,14 @@ def tma_wgrad_candidates(
     return out
 
 
-def pick_tma_wgrad_config(c_in: int, c_out: int) -> TmaConfig:
-    """The heuristic weight-gradient tile: 128 x 128 (64-wide for 64 channels), 64 pixels."""
+def pick_tma_wgrad_config(c_in: int, c_out: int, kw: int = 1) -> TmaConfig:
+    """The heuristic weight-gradient tile: for 3-wide kernels a filter row per program on
+    64 x 64 tiles (the pointer kernel's ROW_TAPS default), else 128 x 128 (64-wide for 64
+    channels); 64 pixels per K step."""
     if runtime.INTERPRETED:
         return TmaConfig(64 if c_out > 32 else 32, 64 if c_in > 32 else 32, 64, 4, 1)
+    if kw == 3:
+        return TmaConfig(64, 64, 64, 4, 4, row_taps=True)
     return TmaConfig(64 if c_out <= 64 else 128, 64 if c_in <= 64 else 128, 64, 4, 3)
 
 
