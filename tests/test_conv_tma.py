@@ -227,16 +227,22 @@ GPU_SHAPES = [(64, 32, 64, 3), (128, 16, 128, 3), (256, 8, 256, 3), (512, 4, 512
               (64, 16, 128, 1), (96, 8, 576, 1)]  # fmt: skip
 
 
+def _gpu_case(shape, dtype):
+    """(x, weight, dy, padding) of a GPU_SHAPES conv at batch 64; skips before sm_90."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    c_in, hw, c_out, k = shape
+    x = randn(64, c_in, hw, hw, dtype=dtype, channels_last=True)
+    go = randn(64, c_out, hw, hw, dtype=dtype, channels_last=True)
+    return x, _weight(c_out, c_in, k, dtype), go, k // 2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_tma_every_candidate(shape, dtype):
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("TMA needs sm_90")
+    x, wt, _, pad = _gpu_case(shape, dtype)
     c_in, hw, c_out, k = shape
-    n, pad = 64, k // 2
-    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
-    wt = _weight(c_out, c_in, k, dtype)
     bias = randn(c_out)
     yr = reference(x, wt.float(), bias, None, 1, pad, 1, 1, device="cuda")[0]
     cands = T.tma_candidates(c_in, c_out, hw, hw, k == 1, K._smem_limit())
@@ -253,14 +259,9 @@ def test_gpu_tma_every_candidate(shape, dtype):
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_tma_dgrad_every_candidate(shape, dtype):
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("TMA needs sm_90")
+    x, wt, go, pad = _gpu_case(shape, dtype)
     c_in, hw, c_out, k = shape
-    n, pad = 64, k // 2
-    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
-    wt = _weight(c_out, c_in, k, dtype)
-    go = randn(n, c_out, hw, hw, dtype=dtype, channels_last=True)
-    add = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
+    add = randn(*x.shape, dtype=dtype, channels_last=True)
     dxr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[1]
     cands = T.tma_candidates(c_out, c_in, hw, hw, k == 1, K._smem_limit(), dgrad=True)
     assert cands
@@ -274,15 +275,10 @@ def test_gpu_tma_dgrad_every_candidate(shape, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}k{s[3]}")
 def test_gpu_tma_wgrad_every_candidate(shape):
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("TMA needs sm_90")
+    x, wt, go, pad = _gpu_case(shape, torch.float16)
     c_in, hw, c_out, k = shape
-    n, pad, dtype = 64, k // 2, torch.float16
-    x = randn(n, c_in, hw, hw, dtype=dtype, channels_last=True)
-    wt = _weight(c_out, c_in, k, dtype)
-    go = randn(n, c_out, hw, hw, dtype=dtype, channels_last=True)
     dwr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[2]
-    cands = T.tma_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit())
+    cands = T.tma_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), k)
     assert cands
     for cfg in cands:
         for split in (1, 8):

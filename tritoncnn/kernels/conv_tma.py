@@ -280,10 +280,10 @@ def _has_tma() -> bool:
     return torch.cuda.get_device_capability(runtime.DEVICE)[0] >= 9
 
 
-def _operands_ok(a: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
-    """The A operand (x or dy) and the weight can be TMA boxes of a stride-1 GEMM: sm_90+
-    (or the interpreter, fp16 only: it multiplies bf16 as raw bits), fp16/bf16 with the weight
-    in the same dtype, both dense channels_last and 16-byte aligned, one group."""
+def _operands_ok(a: torch.Tensor, b: torch.Tensor, stride, dilation, groups: int) -> bool:
+    """Two GEMM operands (x or dy, and the weight or the other activation) can be TMA boxes
+    of a stride-1 conv: sm_90+ (or the interpreter, fp16 only: it multiplies bf16 as raw
+    bits), fp16/bf16 in one dtype, both dense channels_last and 16-byte aligned, one group."""
     if runtime.INTERPRETED and a.dtype != torch.float16:
         return False
     cl = torch.channels_last
@@ -291,14 +291,11 @@ def _operands_ok(a: torch.Tensor, weight: torch.Tensor, stride, dilation, groups
         ENABLED
         and _has_tma()
         and a.dtype in (torch.float16, torch.bfloat16)
-        and weight.dtype == a.dtype
+        and b.dtype == a.dtype
         and groups == 1
         and tuple(stride) == (1, 1)
         and tuple(dilation) == (1, 1)
-        and a.is_contiguous(memory_format=cl)
-        and weight.is_contiguous(memory_format=cl)
-        and a.data_ptr() % 16 == 0
-        and weight.data_ptr() % 16 == 0
+        and all(t.is_contiguous(memory_format=cl) and t.data_ptr() % 16 == 0 for t in (a, b))
     )
 
 
@@ -457,26 +454,12 @@ def tma_wgrad_applicable(
     x: torch.Tensor, grad_out: torch.Tensor, stride, dilation, groups: int
 ) -> bool:
     """Whether ``conv2d_wgrad_tma`` can run this weight gradient: x and dy both TMA operands
-    (fp16/bf16, dense channels_last, 16-byte aligned, sm_90+), stride 1, no dilation, one
-    group, channel counts of whole 16-byte vectors, output height and width powers of two."""
-    if runtime.INTERPRETED and x.dtype != torch.float16:
-        return False
-    cl = torch.channels_last
-    _, c_in, _, _ = x.shape
+    (``_operands_ok``), channel counts of whole 16-byte vectors, output height and width
+    powers of two."""
     _, c_out, ho, wo = grad_out.shape
     return (
-        ENABLED
-        and _has_tma()
-        and x.dtype in (torch.float16, torch.bfloat16)
-        and grad_out.dtype == x.dtype
-        and groups == 1
-        and tuple(stride) == (1, 1)
-        and tuple(dilation) == (1, 1)
-        and x.is_contiguous(memory_format=cl)
-        and grad_out.is_contiguous(memory_format=cl)
-        and x.data_ptr() % 16 == 0
-        and grad_out.data_ptr() % 16 == 0
-        and c_in % 8 == 0
+        _operands_ok(x, grad_out, stride, dilation, groups)
+        and x.shape[1] % 8 == 0
         and c_out % 8 == 0
         and tile_geometry(ho, wo, 64) is not None
     )
