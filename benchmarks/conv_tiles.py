@@ -143,7 +143,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             if op == "wgrad_tma":
                 if not conv_tma.tma_wgrad_applicable(x, gy, (s, s), (1, 1), 1):
                     continue
-                cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit())
+                cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit(), k)
                 heuristic = conv_tma.pick_tma_wgrad_config(cin, cout, k)
             elif tma:
                 dgrad = op == "dgrad_tma"
