@@ -1,12 +1,13 @@
-"""Convolution forward and input gradient whose operand tiles are copied by the Tensor Memory
-Accelerator (TMA, sm_90+): conv.py's implicit GEMMs without address arithmetic or masks in
-their main loops.
+"""Convolution forward, input gradient and weight gradient whose operand tiles are copied by
+the Tensor Memory Accelerator (TMA, sm_90+): conv.py's implicit GEMMs without address
+arithmetic or masks in their main loops. Off unless TRITONCNN_TMA=1 (``ENABLED``).
 
 Layout: activations are dense NHWC (channels_last) in fp16 / bf16; the weight is the layer's
 copy in their dtype, dense OHWI (channels_last), seen as a [C_out, KH*KW*C_in] matrix; outputs
 are new dense NHWC tensors. Only stride-1, undilated, ungrouped convs whose output height and
-width are powers of two qualify (``tma_applicable``, ``tma_dgrad_applicable``; everything
-else takes conv.py's kernels, as does a dgrad whose epilogue stores batch-norm sums).
+width are powers of two qualify (``tma_applicable``, ``tma_dgrad_applicable``,
+``tma_wgrad_applicable``; everything else takes conv.py's kernels, as does a dgrad whose
+epilogue stores batch-norm sums).
 
 Tiles: a program's BLOCK_M output pixels are whole output rows: BIMG images x BH rows x W
 columns (``tile_geometry``), a contiguous range of the M = N*H*W output rows, so the batch-norm
@@ -16,8 +17,11 @@ x[n0 : n0+BIMG, h0+kh-pad_h : +BH, kw-pad_w : +W, k0 : k0+BLOCK_K]; dgrad, the s
 at h0+pad_h-kh, pad_w-kw. The TMA copy fills elements outside the tensor (the zero padding,
 images past N, channels past C) with zeros. The weight tile is the box
 [o0 : +BLOCK_N, tap*C_in + k0 : +BLOCK_K] (forward, used transposed) or
-[k0 : +BLOCK_K, tap*C_in + c0 : +BLOCK_N] (dgrad). The copies land in shared memory in the
-swizzled layout the tensor cores read (wgmma), pipelined over num_stages.
+[k0 : +BLOCK_K, tap*C_in + c0 : +BLOCK_N] (dgrad). The weight gradient reduces over pixels
+instead: per K step of whole output rows, the dy box [.., o0 : +BLOCK_M] (transposed) times
+the x box at the tap's offset [.., c0 : +BLOCK_N] (``conv2d_wgrad_tma_kernel``). The copies
+land in shared memory in the swizzled layout the tensor cores read (wgmma), pipelined over
+num_stages.
 
 Host side: the two TensorDescriptors are built per launch (they hold the tensors' addresses;
 a CUDA graph captures them by value with the launch, and its arena keeps the addresses).
