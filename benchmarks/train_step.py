@@ -290,8 +290,8 @@ def main() -> None:
     ap.add_argument(
         "--tma",
         action="store_true",
-        help="add a graph row whose stride-1 conv forwards and dgrads take the TMA kernel "
-        "(kernels/conv_tma.py)",
+        help="add a graph row whose stride-1 conv forwards, dgrads and wgrads take the TMA "
+        "kernels (kernels/conv_tma.py)",
     )
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")

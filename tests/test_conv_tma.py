@@ -220,6 +220,24 @@ def test_tma_not_applicable(change):
     assert not T.tma_applicable(x, wt, stride, (1, 1), groups, ho, ho)
 
 
+def test_forced_tma_tile_where_it_cannot_run_is_an_error(monkeypatch):
+    """A TMA tile asked for a stride-2 conv, or with TRITONCNN_TMA unset, raises rather than
+    computing a stride-1 conv."""
+    x = randn(2, 32, 8, 8, dtype=torch.float16, channels_last=True)
+    wt = _weight(32, 32, 3, torch.float16)
+    cfg = T.pick_tma_config(32, 32)
+    with pytest.raises(ValueError, match="TMA tile"):
+        K.conv2d_forward(x, wt, None, 2, 1, 1, 1, config=cfg)
+    go = randn(2, 32, 4, 4, dtype=torch.float16, channels_last=True)
+    with pytest.raises(ValueError, match="TMA tile"):
+        K.conv2d_dgrad(go, wt, x.shape, 2, 1, 1, 1, config=cfg)
+    with pytest.raises(ValueError, match="TMA tile"):
+        K.conv2d_wgrad(x, go, wt.shape, 2, 1, 1, 1, config=T.pick_tma_wgrad_config(32, 32, 3))
+    monkeypatch.setattr(T, "ENABLED", False)
+    with pytest.raises(ValueError, match="TMA tile"):
+        K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
+
+
 # --- GPU tier ------------------------------------------------------------------------------
 
 # ResNet-18 (CIFAR) stride-1 forward shapes at batch 64: (c_in, hw, c_out, k)

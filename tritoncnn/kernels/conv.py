@@ -937,6 +937,17 @@ def _tuned(op: str, problem: dict, candidates, default, make_runner):
     return autotune.default_tuner().choose(op, problem, with_default, default, make_runner)
 
 
+def _check_tma_config(cfg, tma: bool, op: str) -> None:
+    """A forced conv_tma tile runs only where its kernel applies: elsewhere (a stride, a
+    group, a layout, TRITONCNN_TMA unset) it would compute the wrong conv, not fail."""
+    if isinstance(cfg, conv_tma.TmaConfig) and not tma:
+        raise ValueError(
+            f"{op}: config {cfg} is a TMA tile, but the TMA kernels can't run this conv "
+            "(stride 1, no dilation, one group, fp16/bf16 dense channels_last operands, "
+            "power-of-two output sizes, sm_90+, TRITONCNN_TMA=1: see kernels/conv_tma.py)"
+        )
+
+
 def _check_act(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-d N,C,H,W, got shape {tuple(x.shape)}")
@@ -1072,10 +1083,9 @@ def _forward(
     heuristic = pick_config(m, c_out_g, k, x.dtype)
     if tma and TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
-    if isinstance(config, conv_tma.TmaConfig):
-        cfg = config
-    elif config is not None or runtime.INTERPRETED:
+    if config is not None or runtime.INTERPRETED:
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
+        _check_tma_config(cfg, tma, "conv2d_forward")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
@@ -1251,12 +1261,11 @@ def _dgrad(
     heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
     if tma and TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
-    if isinstance(config, conv_tma.TmaConfig):
-        cfg = config
-    elif config is not None or runtime.INTERPRETED:
+    if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
         )
+        _check_tma_config(cfg, tma, "conv2d_dgrad")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
@@ -1466,6 +1475,7 @@ def conv2d_wgrad(
         cfg = heuristic
         if config is not None:
             cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
+        _check_tma_config(cfg, tma, "conv2d_wgrad")
         launch(grad_weight, cfg, split_k if split_k is not None else heuristic_split(cfg))
         return grad_weight
 
