@@ -470,8 +470,9 @@ def tma_wgrad_applicable(
 
 
 # (o, c, pixel) tiles the autotuner may time for the weight gradient (BLOCK_K: pixels). The
-# row-taps tiles keep three accumulators: 64 x 64 only (ptxas sm_90: 206 registers; 64 x 128
-# and 128 x 64 spill 280 and 1304 bytes).
+# row-taps tiles keep three accumulators: 64 x 64 on 4 warps (ptxas sm_90: 206 registers;
+# 64 x 128 and 128 x 64 spill 280 and 1304 bytes there), 128 x 64 and 64 x 128 on 8 warps
+# (204 / 206 registers, no spills; 128 x 128 spills 264 bytes even so).
 TMA_WGRAD_CONFIGS: tuple[TmaConfig, ...] = (
     TmaConfig(128, 128, 64, 4, 3),
     TmaConfig(128, 64, 64, 4, 4),
@@ -480,6 +481,8 @@ TMA_WGRAD_CONFIGS: tuple[TmaConfig, ...] = (
     TmaConfig(64, 64, 128, 4, 3),
     TmaConfig(64, 64, 64, 4, 3, row_taps=True),
     TmaConfig(64, 64, 64, 4, 4, row_taps=True),
+    TmaConfig(128, 64, 64, 8, 3, row_taps=True),
+    TmaConfig(64, 128, 64, 8, 3, row_taps=True),
 )
 
 
