@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
+from tritoncnn.kernels import conv as conv_k  # noqa: E402
 from tritoncnn.kernels import pdl  # noqa: E402
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
@@ -98,7 +99,7 @@ def ours_step(
     dw_wgrad_rows: bool = True,
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
-    tma: bool = False,
+    tma: tuple[str, ...] = (),
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -119,19 +120,18 @@ def ours_step(
     ``skip_grad_in_dgrad``: residual blocks add their skip gradient in their first conv's dgrad
     epilogue (models.build's default).
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too.
-    ``tma``: conv forwards, dgrads and wgrads through kernels/conv_tma.py's TMA kernels where
-    they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every launch; other rows
-    leave them to TRITONCNN_TMA)."""
+    ``tma``: the conv ops ("fwd", "dgrad", "wgrad") that take kernels/conv_tma.py's TMA
+    kernels where they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every
+    launch; rows without leave conv_tma.ENABLED to TRITONCNN_TMA)."""
     from tritoncnn.data.loader import GPULoader
-    from tritoncnn.kernels import conv as conv_k
     from tritoncnn.kernels import conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
-    conv_k.TMA_CONVS = tma
-    conv_tma.ENABLED = tma or conv_tma.env_enabled()
+    conv_k.TMA_CONVS = frozenset(tma)
+    conv_tma.ENABLED = bool(tma) or conv_tma.env_enabled()
 
     torch.manual_seed(0)
     model = models.build(
@@ -294,6 +294,11 @@ def main() -> None:
         "kernels (kernels/conv_tma.py)",
     )
     ap.add_argument(
+        "--tma-each",
+        action="store_true",
+        help="add a graph row per conv op (fwd, dgrad, wgrad) that alone takes the TMA kernels",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -345,7 +350,9 @@ def main() -> None:
             if args.dw_wgrad_flat:
                 ours["tritoncnn_fp16_graph_dw_flat_wgrad"] = {**graph, "dw_wgrad_rows": False}
             if args.tma:
-                ours["tritoncnn_fp16_graph_tma"] = {**graph, "tma": True}
+                ours["tritoncnn_fp16_graph_tma"] = {**graph, "tma": conv_k.TMA_OPS}
+            for op in conv_k.TMA_OPS if args.tma_each else ():
+                ours[f"tritoncnn_fp16_graph_tma_{op}"] = {**graph, "tma": (op,)}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -238,6 +238,35 @@ def test_forced_tma_tile_where_it_cannot_run_is_an_error(monkeypatch):
         K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
 
 
+
+@pytest.mark.parametrize("ops", [(), ("fwd",), ("dgrad",), ("wgrad",), K.TMA_OPS])
+def test_heuristic_takes_the_tma_kernels_for_the_ops_in_tma_convs(monkeypatch, ops):
+    """conv.TMA_CONVS names the ops whose heuristic tile is a TMA kernel's; the others keep
+    the pointer kernels, and every op's result is the conv's either way."""
+    monkeypatch.setattr(K, "TMA_CONVS", frozenset(ops))
+    calls = []
+    for op, name in (("fwd", "conv2d_forward_tma"), ("dgrad", "conv2d_dgrad_tma"),
+                     ("wgrad", "conv2d_wgrad_tma")):  # fmt: skip
+        real = getattr(T, name)
+
+        def counted(*args, _real=real, _op=op, **kwargs):
+            calls.append(_op)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(T, name, counted)
+    n, c_in, h, w, c_out, k, pad = SHAPES["3x3_8x8"]
+    x = randn(n, c_in, h, w, dtype=torch.float16, channels_last=True)
+    wt = _weight(c_out, c_in, k, torch.float16)
+    go = randn(n, c_out, h, w, dtype=torch.float16, channels_last=True)
+    yr, dxr, dwr, _ = reference(x, wt.float(), None, go, 1, pad, 1, 1)
+    assert_close(K.conv2d_forward(x, wt, None, 1, pad, 1, 1), yr, torch.float16, what="fwd")
+    dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1)
+    assert_close(dx, dxr, torch.float16, what="dgrad")
+    dw = K.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1)
+    assert_close(dw, dwr, tol=1e-4, what="wgrad")
+    assert sorted(set(calls)) == sorted(ops)
+
+
 # --- GPU tier ------------------------------------------------------------------------------
 
 # ResNet-18 (CIFAR) stride-1 forward shapes at batch 64: (c_in, hw, c_out, k)

@@ -68,10 +68,12 @@ from tritoncnn.kernels.tile_order import grouped_tile
 # (Triton's matmul tutorial ordering).
 GROUP_M = 8
 
-# The heuristic forward, dgrad and wgrad take conv_tma's TMA kernels wherever they apply
-# (stride 1, fp16/bf16, power-of-two output sizes, sm_90+, conv_tma.ENABLED). Off until
-# measured on the GPU; with conv_tma.ENABLED the autotuner times the TMA tiles either way.
-TMA_CONVS = False
+# The ops ("fwd", "dgrad", "wgrad": TMA_OPS) whose heuristic tile is one of conv_tma's TMA
+# kernels wherever they apply (stride 1, fp16/bf16, power-of-two output sizes, sm_90+,
+# conv_tma.ENABLED); one op can win where another doesn't. None until measured on the GPU;
+# with conv_tma.ENABLED the autotuner times the TMA tiles either way.
+TMA_OPS: tuple[str, ...] = ("fwd", "dgrad", "wgrad")
+TMA_CONVS: frozenset[str] = frozenset()
 
 # Below this many reduced channels per group (C_in_g for the forward and wgrad, C_out_g for dgrad)
 # the GEMM flattens (kh, kw, channel) into one axis, so that a small count (the RGB stem) doesn't
@@ -1081,7 +1083,7 @@ def _forward(
         return tiles
 
     heuristic = pick_config(m, c_out_g, k, x.dtype)
-    if tma and TMA_CONVS:
+    if tma and "fwd" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if config is not None or runtime.INTERPRETED:
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
@@ -1259,7 +1261,7 @@ def _dgrad(
         return sums
 
     heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
-    if tma and TMA_CONVS:
+    if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if config is not None or runtime.INTERPRETED:
         cfg = (
@@ -1469,7 +1471,7 @@ def conv2d_wgrad(
         )  # fmt: skip
 
     heuristic = pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
-    if tma and TMA_CONVS:
+    if tma and "wgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
