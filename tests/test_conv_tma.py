@@ -238,7 +238,6 @@ def test_forced_tma_tile_where_it_cannot_run_is_an_error(monkeypatch):
         K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
 
 
-
 @pytest.mark.parametrize("ops", [(), ("fwd",), ("dgrad",), ("wgrad",), K.TMA_OPS])
 def test_heuristic_takes_the_tma_kernels_for_the_ops_in_tma_convs(monkeypatch, ops):
     """conv.TMA_CONVS names the ops whose heuristic tile is a TMA kernel's; the others keep
