@@ -2,8 +2,8 @@
 
 The autotuner (``tritoncnn/kernels/autotune.py``) keeps, for every problem it timed, the fastest
 candidate and the heuristic's config with its own time. This prints one line per problem
-(op, problem fields, heuristic -> tuned config, their times) and the sum over the file; no GPU
-needed.
+(op, problem fields, heuristic -> tuned config, their times, candidates whose results the tuner
+rejected) and the sum over the file; no GPU needed.
 
     python benchmarks/autotune_report.py ~/.cache/tritoncnn/autotune.json
 """
@@ -29,6 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     entries = json.loads(args.cache.read_text())["entries"]
     total_heuristic = total_tuned = 0.0
+    rejected = 0
     for key, entry in sorted(entries.items()):
         op, problem = key.split("|")[:2]
         tuned, heuristic = entry["ms"], entry.get("heuristic_ms")
@@ -41,11 +42,15 @@ def main() -> None:
             f"{heuristic if heuristic else float('nan'):.4f} ms -> tuned {short(entry['config'])} "
             f"{tuned:.4f} ms ({ratio})"
         )
+        for config in entry.get("rejected", []):  # results off the heuristic's: a wrong kernel
+            print(f"    REJECTED (result differs from the heuristic's) {short(config)}")
+        rejected += len(entry.get("rejected", []))
     if total_tuned:
         print(
             f"sum over problems with both times: heuristic {total_heuristic:.3f} ms, tuned "
             f"{total_tuned:.3f} ms ({total_heuristic / total_tuned:.2f}x)"
         )
+    print(f"candidates rejected by the tuner's result check: {rejected}")
 
 
 if __name__ == "__main__":

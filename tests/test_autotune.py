@@ -127,6 +127,75 @@ def test_corrupt_cache_warns_once_and_retunes(tmp_path, content):
         tuner.choose("op", {**PROBLEM, "m": 5}, CANDS, Cfg(16), clock.runner)
 
 
+def _checked_runner(clock, results, output):
+    """A CheckedRunner for FakeClock: candidate c adds results[c] into ``output``."""
+
+    def run(cand):
+        clock.last = cand
+        output.add_(results[cand])
+
+    return autotune.CheckedRunner(run, output)
+
+
+def test_checked_tuning_never_chooses_a_wrong_candidate(tmp_path, caplog):
+    """The fastest candidate computes the wrong thing (or NaN): it is rejected, logged and
+    listed in the entry; candidates off by rounding only are timed as usual."""
+    ref = randn(50)
+    results = {Cfg(16): ref, Cfg(32): ref + 1.0, Cfg(64): ref * (1 + 2**-11)}
+    clock = FakeClock({Cfg(16): 3.0, Cfg(32): 1.0, Cfg(64): 2.0})
+    path = tmp_path / "autotune.json"
+    tuner = autotune.Tuner(path, enabled=True, timer=clock)
+    out = torch.full((50,), float("nan"))  # poisoned: every checked run starts from zero
+    with caplog.at_level("WARNING", logger="tritoncnn.autotune"):
+        choice = tuner.choose(
+            "op", PROBLEM, CANDS, Cfg(16), lambda: _checked_runner(clock, results, out)
+        )
+    assert choice == Cfg(64)
+    assert "Cfg(block=32) computes a different result" in caplog.text
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert entry["rejected"] == [{"block": 32}] and entry["config"] == {"block": 64}
+    # NaN where the reference is finite is wrong too, even with a huge scale elsewhere
+    nan = ref.clone()
+    nan[7] = float("nan")
+    results = {Cfg(16): ref, Cfg(32): ref, Cfg(64): nan}
+    clock = FakeClock({Cfg(16): 3.0, Cfg(32): 2.0, Cfg(64): 1.0})
+    tuner = autotune.Tuner(None, enabled=True, timer=clock)
+    out = torch.zeros(50)
+    assert tuner.choose(
+        "op", PROBLEM, CANDS, Cfg(16), lambda: _checked_runner(clock, results, out)
+    ) == Cfg(32)
+
+
+def test_checked_tuning_of_an_accumulating_runner(tmp_path):
+    """A runner that adds into its output (an accumulated gradient) is checked from zero each
+    time, so repeated runs (the timing's) don't make correct candidates disagree."""
+    ref = randn(50)
+    results = dict.fromkeys(CANDS, ref)
+    clock = FakeClock({Cfg(16): 3.0, Cfg(32): 1.0, Cfg(64): 2.0})
+    path = tmp_path / "autotune.json"
+    tuner = autotune.Tuner(path, enabled=True, timer=clock)
+    out = torch.zeros(50)
+    assert tuner.choose(
+        "op", PROBLEM, CANDS, Cfg(16), lambda: _checked_runner(clock, results, out)
+    ) == Cfg(32)
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert entry["rejected"] == []
+
+
+def test_agrees_is_rounding_not_values():
+    ref = randn(1000)
+    half = ref.half()
+    assert autotune.agrees(half, ref)  # fp16 rounding of every element
+    assert autotune.agrees(torch.zeros(4), torch.zeros(4))
+    assert not autotune.agrees(torch.tensor([0.0, 1e-3]), torch.zeros(2))
+    off = ref.clone()
+    off[-1] += 0.05 * ref.abs().max()  # one element off by 5% of the scale
+    assert not autotune.agrees(off, ref)
+    inf = ref.clone()
+    inf[3] = float("inf")
+    assert not autotune.agrees(inf, ref)
+
+
 def test_key_contents(monkeypatch):
     monkeypatch.setattr(autotune, "device_name", lambda: "NVIDIA H100 80GB HBM3")
     key = autotune.make_key("conv2d_fwd", {"n": 8, "groups": 2, "x": "float16/nhwc"})
@@ -219,7 +288,61 @@ def test_tuned_conv_uses_scratch_outputs(gpu_like, tmp_path):
     assert_close(dw, 2 * wr.grad, what="tuned wgrad, accumulated once")
     assert_close(db, 2 * br.grad, what="tuned bias grad, accumulated once")
     assert tuner.tunings >= 6 and len(seen) > tuner.tunings
-    assert len(json.loads((tmp_path / "autotune.json").read_text())["entries"]) == tuner.tunings
+    entries = json.loads((tmp_path / "autotune.json").read_text())["entries"]
+    assert len(entries) == tuner.tunings
+    assert all(e["rejected"] == [] for e in entries.values())  # every candidate was checked
+
+
+def test_tuned_conv_rejects_a_wrong_kernel(gpu_like, tmp_path, monkeypatch):
+    """A TMA forward tile that writes garbage (as a miscompiled kernel would) and times
+    fastest is rejected by the tuner's check: the conv's result is still right. Without the
+    sabotage the same clock chooses it (the check, not the clock, keeps it out)."""
+    from tritoncnn.kernels import conv_tma as T
+
+    monkeypatch.setattr(T, "ENABLED", True)
+    picked = []  # "tma" / "pointer" per launch
+    monkeypatch.setattr(K, "conv2d_fwd_kernel", _CountedKernel(K.conv2d_fwd_kernel, picked))
+    real = T.conv2d_forward_tma
+
+    def timer(fn):
+        fn()
+        return 0.5 if picked[-1] == "tma" else 1.0
+
+    x = randn(2, 16, 4, 4, dtype=torch.float16, channels_last=True)
+    wt = (randn(16, 16, 3, 3) / 12).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    yr = torch.nn.functional.conv2d(f64(x), f64(wt), None, 1, 1)
+    for broken in (False, True):
+
+        def fwd_tma(x, weight, bias, y, *args, _broken=broken, **kwargs):
+            picked.append("tma")
+            tiles = real(x, weight, bias, y, *args, **kwargs)
+            if _broken:
+                y[:, :, 0, 0] = 7.0  # one wrong pixel per image
+            return tiles
+
+        monkeypatch.setattr(T, "conv2d_forward_tma", fwd_tma)
+        path = tmp_path / f"{broken}.json"
+        previous = autotune.set_default_tuner(autotune.Tuner(path, enabled=True, timer=timer))
+        try:
+            y = K.conv2d_forward(x, wt, None, 1, 1, 1, 1)
+        finally:
+            autotune.set_default_tuner(previous)
+        (entry,) = json.loads(path.read_text())["entries"].values()
+        assert entry["config"].get("tma", False) is not broken
+        assert bool(entry["rejected"]) is broken
+        assert picked[-1] == ("pointer" if broken else "tma")  # the real launch
+        assert_close(y, yr, torch.float16, what=f"tuned forward, broken TMA tile {broken}")
+
+
+class _CountedKernel:
+    """A @triton.jit kernel whose launches are recorded as "pointer" in ``picked``."""
+
+    def __init__(self, kernel, picked):
+        self.kernel, self.picked = kernel, picked
+
+    def __getitem__(self, grid):
+        self.picked.append("pointer")
+        return self.kernel[grid]
 
 
 def test_autotune_off_switch(monkeypatch, tmp_path):

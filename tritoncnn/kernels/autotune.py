@@ -20,6 +20,14 @@ timing anything.
 Candidates are frozen dataclasses (a config, or a config plus a split factor); the cache stores
 their fields, so a choice is found again only if it is still among the candidates. Each entry
 also keeps the heuristic's config and time (``heuristic_ms``): how far the heuristic is off.
+
+Checked tuning: timing says nothing about results, and a tile can compile into a wrong kernel
+on one GPU and triton version only (non-1x1 conv tiles with 8 warps were, pytorch #173068).
+When the runner is a ``CheckedRunner`` (every candidate writes one output tensor, and only
+it), the tuner first runs the default config into the zeroed output as the reference, then
+each candidate into the zeroed output before timing it; one whose result is off by more than
+rounding (``agrees``) is never chosen, gets one log warning, and is listed under ``rejected``
+in the cache entry. The default itself is the reference: the gpu tests check it against torch.
 """
 
 from __future__ import annotations
@@ -99,6 +107,41 @@ def encode(candidate: Any) -> dict:
 def do_bench_timer(fn: Callable[[], None]) -> float:
     """Median milliseconds of fn by CUDA events (short warm-up: tuning runs once per key)."""
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+# A candidate's output may differ from the default's by rounding (another summation order, a
+# split reduction): a few fp16 / bf16 ulps of the largest magnitude at most. A wrong kernel (a
+# miscompiled tile, a tap at the wrong offset, an unwritten tile) is off by the values
+# themselves. The check is a guard against those, not a test of the last ulp.
+CHECK_RTOL = 1 / 64
+
+
+def agrees(output: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether ``output`` is ``reference`` (fp32) up to rounding: max |output - reference| <=
+    CHECK_RTOL * max |reference|. NaN or inf where the reference is finite disagrees."""
+    scale = reference.abs().max()
+    err = (output.to(torch.float32) - reference).abs().max()
+    return bool(err <= CHECK_RTOL * scale)  # NaN compares False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedRunner:
+    """A runner whose candidates all write ``output``, and nothing else the tuner could see:
+    the tuner checks each candidate's result against the default config's (module docstring).
+    ``run(candidate)`` launches the kernel once into ``output``; it may add into what is there
+    (an accumulating gradient): the tuner zeroes ``output`` before each checked run."""
+
+    run: Callable[[Any], None]
+    output: torch.Tensor
+
+    def __call__(self, candidate: Any) -> None:
+        self.run(candidate)
+
+
+def _run_zeroed(runner: CheckedRunner, candidate: Any) -> torch.Tensor:
+    runner.output.zero_()
+    runner(candidate)
+    return runner.output
 
 
 def _capturing() -> bool:
@@ -222,8 +265,14 @@ class Tuner:
         self, key: str, candidates: Sequence[C], make_runner: Callable[[], Runner], default: C
     ):
         runner = make_runner()
+        reference = self._reference(key, runner, default)
         times: list[float] = []
+        rejected: list[C] = []
         for cand in candidates:
+            if reference is not None and not self._agrees(key, runner, cand, default, reference):
+                rejected.append(cand)
+                times.append(math.inf)
+                continue
             try:
                 ms = float(self.timer(lambda c=cand: runner(c)))
             except Exception as e:  # noqa: BLE001 - e.g. OutOfResources: never choose it
@@ -246,8 +295,42 @@ class Tuner:
             "candidates": len(candidates),
             "heuristic": encode(default),
             "heuristic_ms": heuristic_ms if heuristic_ms != math.inf else None,
+            "rejected": [encode(c) for c in rejected],
         }
         return best, entry
+
+    @staticmethod
+    def _reference(key: str, runner: Runner, default: Any) -> torch.Tensor | None:
+        """The default config's output (fp32 copy) for a CheckedRunner, else None; None too
+        when the default can't run or gives non-finite values (nothing to check against)."""
+        if not isinstance(runner, CheckedRunner):
+            return None
+        try:
+            reference = _run_zeroed(runner, default).to(torch.float32, copy=True)
+        except Exception as e:  # noqa: BLE001 - the candidates are still timed, unchecked
+            log.info("tritoncnn autotune %s: default %s failed, unchecked: %s", key, default, e)
+            return None
+        if not bool(torch.isfinite(reference).all()):
+            log.info("tritoncnn autotune %s: non-finite reference, unchecked", key)
+            return None
+        return reference
+
+    @staticmethod
+    def _agrees(
+        key: str, runner: CheckedRunner, cand: Any, default: Any, reference: torch.Tensor
+    ) -> bool:
+        """Run ``cand`` once into the zeroed output and compare it with the reference; a
+        candidate that fails to run here is left to the timing (which skips it too)."""
+        try:
+            ok = agrees(_run_zeroed(runner, cand), reference)
+        except Exception:  # noqa: BLE001
+            return True
+        if not ok:
+            log.warning(
+                "tritoncnn autotune %s: %s computes a different result from %s: never chosen",
+                key, cand, default,
+            )  # fmt: skip
+        return ok
 
 
 _DEFAULT: Tuner | None = None

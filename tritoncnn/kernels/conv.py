@@ -1113,9 +1113,10 @@ def _forward(
     return y, launch(y, cfg)
 
 
-def _scratch_runner(launch, scratch: torch.Tensor):
-    """runner(candidate) for the tuner: launch into ``scratch``, never the real output."""
-    return lambda cand: launch(scratch, cand)
+def _scratch_runner(launch, scratch: torch.Tensor) -> autotune.CheckedRunner:
+    """runner(candidate) for the tuner: launch into ``scratch``, never the real output; the
+    tuner checks each candidate's scratch against the heuristic's."""
+    return autotune.CheckedRunner(lambda cand: launch(scratch, cand), scratch)
 
 
 def _input_channel_align(t: torch.Tensor, weight: torch.Tensor) -> int:
@@ -1498,7 +1499,7 @@ def conv2d_wgrad(
 
     def tile_runner():
         gw = scratch_gw()
-        return lambda c: launch(gw, c, heuristic_split(c))
+        return autotune.CheckedRunner(lambda c: launch(gw, c, heuristic_split(c)), gw)
 
     def candidates():
         out = [
@@ -1515,7 +1516,7 @@ def conv2d_wgrad(
 
     def split_runner():
         gw = scratch_gw()
-        return lambda s: launch(gw, cfg, s.split)
+        return autotune.CheckedRunner(lambda s: launch(gw, cfg, s.split), gw)
 
     base = heuristic_split(cfg)
     choice = _tuned(
