@@ -193,13 +193,16 @@ def test_block_k_and_candidates():
 
 @pytest.mark.parametrize(
     "change",
-    ["stride2", "groups2", "fp32", "c_in24", "out6x6", "weight_fp32", "nchw", "bf16_interp"],
-)
+    ["stride2", "groups2", "fp32", "c_in24", "c_out20", "out6x6", "weight_fp32", "nchw",
+     "bf16_interp"],
+)  # fmt: skip
 def test_tma_not_applicable(change):
     n, c_in, h, w, c_out, dtype = 2, 32, 8, 8, 32, torch.float16
     stride, groups = (1, 1), 1
     if change == "c_in24":
         c_in = 24
+    if change == "c_out20":  # output rows of 40 bytes: not whole 16-byte TMA vectors
+        c_out = 20
     if change == "out6x6":
         h = w = 6
     if change in ("fp32",):
@@ -236,6 +239,27 @@ def test_forced_tma_tile_where_it_cannot_run_is_an_error(monkeypatch):
     monkeypatch.setattr(T, "ENABLED", False)
     with pytest.raises(ValueError, match="TMA tile"):
         K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
+
+
+def test_tma_dgrad_into_a_misaligned_output_takes_the_pointer_kernel(monkeypatch):
+    """dx is stored by a TMA copy: an ``out=`` 8 bytes off a 16-byte boundary can't be, so the
+    heuristic takes the pointer kernel (right result) and a forced TMA tile raises."""
+    monkeypatch.setattr(K, "TMA_CONVS", frozenset({"dgrad"}))
+    n, c_in, h, w, c_out, k, pad = SHAPES["3x3_8x8"]
+    x = randn(n, c_in, h, w, dtype=torch.float16, channels_last=True)
+    wt = _weight(c_out, c_in, k, torch.float16)
+    go = randn(n, c_out, h, w, dtype=torch.float16, channels_last=True)
+    buf = torch.full((x.numel() + 4,), float("nan"), dtype=torch.float16, device=x.device)
+    out = buf[4:].view(n, h, w, c_in).permute(0, 3, 1, 2)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.data_ptr() % 16 == 8
+    assert not T.tma_dgrad_applicable(go, wt, (1, 1), (1, 1), 1, h, w, out)
+    dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, out=out)
+    assert_close(dx, reference(x, wt.float(), None, go, 1, pad, 1, 1)[1], torch.float16,
+                 what="dgrad into a misaligned out")  # fmt: skip
+    with pytest.raises(ValueError, match="TMA tile"):
+        K.conv2d_dgrad(
+            go, wt, x.shape, 1, pad, 1, 1, out=out, config=T.pick_tma_config(24, 32, True)
+        )
 
 
 @pytest.mark.parametrize("ops", [(), ("fwd",), ("dgrad",), ("wgrad",), K.TMA_OPS])

@@ -54,8 +54,9 @@ def env_enabled() -> bool:
 
 # Whether conv.py may use these kernels at all (the autotuner's candidates, and the heuristic
 # with conv.TMA_CONVS). Off unless TRITONCNN_TMA=1 until they have run on a GPU: the autotuner
-# times candidates but never checks their results, so a kernel wrong only on the GPU would be
-# chosen silently. Read at every launch (benchmarks and tests set it).
+# rejects a candidate whose result differs from the heuristic tile's (kernels/autotune.py), but
+# a kernel that faults or hangs would take the training process with it. Read at every launch
+# (benchmarks and tests set it).
 ENABLED: bool = env_enabled()
 
 
@@ -96,7 +97,7 @@ TMA_CONFIGS: tuple[TmaConfig, ...] = (
 
 @triton.jit
 def conv2d_tma_kernel(
-    a_desc, w_desc, b_ptr, out_ptr, pmean_ptr, pm2_ptr, add_ptr, relu_ptr,
+    a_desc, w_desc, out_desc, add_desc, relu_desc, b_ptr, pmean_ptr, pm2_ptr,
     N, H, W, C_red, C_cols, C_in_w, pad_h, pad_w, alpha,
     KH: tl.constexpr, KW: tl.constexpr, DGRAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
@@ -118,15 +119,18 @@ def conv2d_tma_kernel(
     [BIMG, BH, BW, BLOCK_K]; boxes past its edges read zeros (the padding).
     w_desc: TMA descriptor of the weight as [C_out, KH*KW*C_in_w] (OHWI); box
     [BLOCK_N, BLOCK_K] (rows o, forward) or [BLOCK_K, BLOCK_N] (rows o, DGRAD).
-    out_ptr: dense NHWC output [M, C_cols] (y, or dx), stored in its own dtype.
+    out_desc: TMA descriptor of the dense NHWC output (y, or dx) as an [M, C_cols] matrix,
+    box [BLOCK_M, BLOCK_N]: the tile is stored by one copy (rows and columns past the matrix are
+    dropped), in the descriptor's dtype.
     C_red: channels reduced (C_in forward, a multiple of BLOCK_K, so a K step never straddles
     two taps; C_out for DGRAD, where the boxes' zero fill past C_out ends the last step).
     C_cols: the output's channels. H, W: the output's spatial size. pad_h, pad_w: top / left
     padding of the forward conv. alpha, ACT: the forward's fused activation.
     b_ptr: fp32 bias, read only with HAS_BIAS. pmean_ptr, pm2_ptr: with MOMENTS, fp32
     [cdiv(M, BLOCK_M), C_cols] per-tile batch-norm moments of y as stored (as
-    conv2d_fwd_kernel's). add_ptr (ADD_GRAD): a dense NHWC gradient added before rounding.
-    relu_ptr (RELU_INPUT): dense NHWC output of a ReLU: dx is zeroed where it is not > 0.
+    conv2d_fwd_kernel's). add_desc (ADD_GRAD): a dense NHWC gradient added before rounding.
+    relu_desc (RELU_INPUT): dense NHWC output of a ReLU: dx is zeroed where it is not > 0. Both
+    are [M, C_cols] descriptors like out_desc, their tiles read by one copy each.
     """
     wait_for_inputs()
     BLOCK_M: tl.constexpr = BIMG * BH * BW
@@ -157,26 +161,22 @@ def conv2d_tma_kernel(
             b = w_desc.load([col0, tap * C_in_w + k0])  # [BLOCK_N, BLOCK_K]
             acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.trans(b), acc)
 
-    # Epilogue on the fp32 accumulator, as conv.py's kernels': one rounding at the end.
-    rows = row0 + tl.arange(0, BLOCK_M)
+    # Epilogue on the fp32 accumulator, as conv.py's kernels': one rounding at the end. The
+    # tiles in and out are TMA copies too: no [BLOCK_M, BLOCK_N] pointer tensor, which took
+    # the dgrad's add epilogue to 237 registers (ptxas sm_90, 128 x 64).
     cols = col0 + tl.arange(0, BLOCK_N)
-    mask_m = rows < M
     mask_n = cols < C_cols
-    mask = mask_m[:, None] & mask_n[None, :]
-    # int32 offsets inside the tile from an int64 tile base: a [BLOCK_M, BLOCK_N] int64 offset
-    # tensor costs two registers an element (the dgrad's add epilogue spilled with them)
-    base = row0.to(tl.int64) * C_cols
-    offs = tl.arange(0, BLOCK_M)[:, None] * C_cols + cols[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACT, alpha)
-    if ADD_GRAD:
-        acc += tl.load(add_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    if ADD_GRAD:  # rows / columns past the matrix read as zeros
+        acc += add_desc.load([row0, col0]).to(tl.float32)
     if RELU_INPUT:
-        acc = tl.where(tl.load(relu_ptr + base + offs, mask=mask, other=0.0) > 0, acc, 0.0)
-    out = acc.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + base + offs, out, mask=mask)
+        acc = tl.where(relu_desc.load([row0, col0]) > 0, acc, 0.0)
+    out = acc.to(out_desc.dtype)
+    out_desc.store([row0, col0], out)
     if MOMENTS:
+        mask_m = row0 + tl.arange(0, BLOCK_M) < M
         store_tile_moments(pmean_ptr, pm2_ptr, out.to(tl.float32), mask_m, pid_m, cols, mask_n,
                            C_cols)  # fmt: skip
 
@@ -284,13 +284,17 @@ def _has_tma() -> bool:
     return torch.cuda.get_device_capability(runtime.DEVICE)[0] >= 9
 
 
+def _tma_ready(t: torch.Tensor) -> bool:
+    """A TMA copy can read or write ``t``: dense channels_last, 16-byte aligned."""
+    return t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 == 0
+
+
 def _operands_ok(a: torch.Tensor, b: torch.Tensor, stride, dilation, groups: int) -> bool:
     """Two GEMM operands (x or dy, and the weight or the other activation) can be TMA boxes
     of a stride-1 conv: sm_90+ (or the interpreter, fp16 only: it multiplies bf16 as raw
     bits), fp16/bf16 in one dtype, both dense channels_last and 16-byte aligned, one group."""
     if runtime.INTERPRETED and a.dtype != torch.float16:
         return False
-    cl = torch.channels_last
     return (
         ENABLED
         and _has_tma()
@@ -299,7 +303,8 @@ def _operands_ok(a: torch.Tensor, b: torch.Tensor, stride, dilation, groups: int
         and groups == 1
         and tuple(stride) == (1, 1)
         and tuple(dilation) == (1, 1)
-        and all(t.is_contiguous(memory_format=cl) and t.data_ptr() % 16 == 0 for t in (a, b))
+        and _tma_ready(a)
+        and _tma_ready(b)
     )
 
 
@@ -313,10 +318,12 @@ def tma_applicable(
     wo: int,
 ) -> bool:
     """Whether ``conv2d_forward_tma`` can run this forward (``_operands_ok``, C_in a multiple
-    of 16, output height and width powers of two)."""
+    of 16, C_out of whole 16-byte vectors (the output's TMA rows), output height and width
+    powers of two)."""
     return (
         _operands_ok(x, weight, stride, dilation, groups)
         and block_k_for(x.shape[1]) is not None
+        and weight.shape[0] % 8 == 0
         and tile_geometry(ho, wo, 64) is not None
     )
 
@@ -333,14 +340,14 @@ def tma_dgrad_applicable(
 ) -> bool:
     """Whether ``conv2d_dgrad_tma`` can run this input gradient (``_operands_ok`` for dy,
     rows of whole 16-byte vectors, input height and width powers of two, the epilogue's
-    tensors dense NHWC)."""
+    tensors (dx, add, relu_out: TMA copies too) dense NHWC and 16-byte aligned)."""
     c_out, c_in, _, _ = weight.shape
     return (
         _operands_ok(grad_out, weight, stride, dilation, groups)
         and c_out % 8 == 0
         and c_in % 8 == 0  # weight boxes start at tap * C_in: 16-byte aligned columns
         and tile_geometry(h, w, 64) is not None
-        and all(t is None or t.is_contiguous(memory_format=torch.channels_last) for t in epilogue)
+        and all(t is None or _tma_ready(t) for t in epilogue)
     )
 
 
@@ -410,10 +417,16 @@ def _launch(
     m = n * h * w
     tiles = tile_moments(m, c_cols, cfg.BLOCK_M) if moments else None
     parts = tiles.partials if tiles is not None else (out, out)
+
+    def matrix(t: torch.Tensor) -> TensorDescriptor:  # dense NHWC as [M, C_cols], tile boxes
+        return TensorDescriptor(t, [m, c_cols], [c_cols, 1], [cfg.BLOCK_M, cfg.BLOCK_N])
+
+    out_desc = matrix(out)
     grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_cols, cfg.BLOCK_N),)
     conv2d_tma_kernel[grid](
-        a_desc, w_desc, out if bias is None else bias, out, parts[0], parts[1],
-        out if add is None else add, out if relu_out is None else relu_out,
+        a_desc, w_desc, out_desc, out_desc if add is None else matrix(add),
+        out_desc if relu_out is None else matrix(relu_out),
+        out if bias is None else bias, parts[0], parts[1],
         n, h, w, c_red, c_cols, c_in_w, padding[0], padding[1], float(alpha),
         KH=kh, KW=kw, DGRAD=dgrad, HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
         ADD_GRAD=add is not None, RELU_INPUT=relu_out is not None,
