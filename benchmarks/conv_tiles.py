@@ -149,7 +149,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)
                 smem = conv_k._smem_limit()
-                cands = conv_tma.tma_candidates(red, cols, hw, hw, is_1x1, smem, dgrad)
+                cands = conv_tma.tma_candidates(red, cols, hw, hw, smem, dgrad)
                 heuristic = conv_tma.pick_tma_config(red, cols, dgrad)
             t_cudnn = bench(cudnn[op])
             reference = cudnn[op]()  # convolution_backward: (grad_input, grad_weight, None)

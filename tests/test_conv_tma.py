@@ -183,10 +183,10 @@ def test_tile_geometry():
 def test_block_k_and_candidates():
     assert T.block_k_for(256) == 64 and T.block_k_for(96) == 32 and T.block_k_for(144) == 16
     assert T.block_k_for(24) is None
-    cands = T.tma_candidates(144, 64, 16, 16, is_1x1=False, smem_limit=200 * 1024)
-    assert cands and all(c.BLOCK_K == 16 and c.num_warps == 4 for c in cands)
+    cands = T.tma_candidates(144, 64, 16, 16, smem_limit=200 * 1024)
+    assert cands and all(c.BLOCK_K == 16 for c in cands)
     assert all(c.BLOCK_N <= 128 for c in cands)  # 64 channels: no 256-wide column tiles
-    assert all(c.smem_bytes() <= 48 * 1024 for c in T.tma_candidates(64, 64, 8, 8, True, 48 * 1024))
+    assert all(c.smem_bytes() <= 48 * 1024 for c in T.tma_candidates(64, 64, 8, 8, 48 * 1024))
     # the cache tells a TMA tile from a pointer tile of the same numbers
     assert T.TmaConfig(128, 64, 64, 4, 4) != K.ConvConfig(128, 64, 64, 4, 4)
 
@@ -315,7 +315,7 @@ def test_gpu_tma_every_candidate(shape, dtype):
     c_in, hw, c_out, k = shape
     bias = randn(c_out)
     yr = reference(x, wt.float(), bias, None, 1, pad, 1, 1, device="cuda")[0]
-    cands = T.tma_candidates(c_in, c_out, hw, hw, k == 1, K._smem_limit())
+    cands = T.tma_candidates(c_in, c_out, hw, hw, K._smem_limit())
     assert cands
     for cfg in cands:
         y, tiles = K.conv2d_forward_moments(x, wt, bias, 1, pad, 1, 1, config=cfg)
@@ -333,7 +333,7 @@ def test_gpu_tma_dgrad_every_candidate(shape, dtype):
     c_in, hw, c_out, k = shape
     add = randn(*x.shape, dtype=dtype, channels_last=True)
     dxr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[1]
-    cands = T.tma_candidates(c_out, c_in, hw, hw, k == 1, K._smem_limit(), dgrad=True)
+    cands = T.tma_candidates(c_out, c_in, hw, hw, K._smem_limit(), dgrad=True)
     assert cands
     for cfg in cands:
         dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg)

@@ -1100,7 +1100,7 @@ def _forward(
         def candidates():
             out = gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1)
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
-                out += conv_tma.tma_candidates(c_in, c_out, ho, wo, is_1x1, _smem_limit())
+                out += conv_tma.tma_candidates(c_in, c_out, ho, wo, _smem_limit())
             return out
 
         cfg = _tuned(
@@ -1286,7 +1286,7 @@ def _dgrad(
         def candidates():
             out = gemm_candidates(m0, c_in_g, k, a_bytes, b_bytes, is_1x1)
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
-                out += conv_tma.tma_candidates(c_out, c_in, h, w, is_1x1, _smem_limit(), True)
+                out += conv_tma.tma_candidates(c_out, c_in, h, w, _smem_limit(), True)
             return out
 
         cfg = _tuned(

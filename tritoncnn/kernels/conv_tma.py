@@ -83,7 +83,12 @@ class TmaConfig:
 
 
 # Every tile the autotuner may time (``tma_candidates`` keeps those that fit the problem).
-# 8 warps only for 1x1 convs, as conv.CONFIGS (Triton miscompiled 8-warp tap loops).
+# conv.CONFIGS keeps 8 warps to 1x1 GEMMs (8-warp tap loops were miscompiled elsewhere,
+# pytorch #173068); here they are offered to tap loops too, because the tuner rejects a tile
+# whose result differs from the heuristic's and the gpu tests run every tile. 256 output
+# pixels per program: for 64 output channels (N fixed) the taller tile reads 19 B per kFLOP
+# from L2 instead of 23 (benchmarks/README.md, the L2 estimate). ptxas sm_90, 3x3 64 -> 64:
+# 122 registers at 256 x 64, 186-211 at 256 x 128, no spills.
 TMA_CONFIGS: tuple[TmaConfig, ...] = (
     TmaConfig(128, 64, 64, 4, 4),
     TmaConfig(128, 128, 64, 4, 3),
@@ -92,6 +97,9 @@ TMA_CONFIGS: tuple[TmaConfig, ...] = (
     TmaConfig(64, 64, 64, 4, 4),
     TmaConfig(128, 256, 64, 8, 3),
     TmaConfig(128, 128, 64, 8, 4),
+    TmaConfig(256, 64, 64, 8, 3),
+    TmaConfig(256, 64, 64, 8, 4),
+    TmaConfig(256, 128, 64, 8, 3),
 )
 
 
@@ -352,7 +360,7 @@ def tma_dgrad_applicable(
 
 
 def tma_candidates(
-    c_red: int, c_cols: int, h: int, w: int, is_1x1: bool, smem_limit: int, dgrad: bool = False
+    c_red: int, c_cols: int, h: int, w: int, smem_limit: int, dgrad: bool = False
 ) -> list[TmaConfig]:
     """The TMA_CONFIGS that fit this conv (``c_red`` channels reduced, ``c_cols`` computed, an
     h x w output): a K step dividing the forward's C_in, tiles of whole output rows, column
@@ -362,8 +370,6 @@ def tma_candidates(
     for cfg in TMA_CONFIGS:
         cfg = TmaConfig(cfg.BLOCK_M, cfg.BLOCK_N, min(cfg.BLOCK_K, bk), cfg.num_warps,
                         cfg.num_stages)  # fmt: skip
-        if cfg.num_warps == 8 and not is_1x1:
-            continue
         if tile_geometry(h, w, cfg.BLOCK_M) is None or cfg.BLOCK_N > max(64, 2 * c_cols):
             continue
         if cfg.smem_bytes() <= smem_limit and cfg not in out:
