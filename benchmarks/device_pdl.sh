@@ -4,12 +4,14 @@
 #
 #   bash benchmarks/device_pdl.sh          # carry .whl
 #
-# Most wanted first (a call cut short keeps what it wrote under $OUT):
+# Most wanted first (a call cut short keeps what it wrote under $OUT; the whole list takes
+# ~12 minutes, so the PDL part may be cut at the 10-minute limit):
 # 1. train_step.py, ResNet-18 and MobileNetV2 at b512, heuristic tiles: our graphed step, with
 #    the TMA conv kernels (--tma), with the flat depthwise weight gradient, and torch's eager
 #    fp32 / AMP + channels_last rows ($OUT/heuristic);
 # 2. the TMA kernels' gpu tests (every candidate tile at ResNet-18's shapes, a graph capture),
-#    then a row per conv op alone on the TMA kernels (--tma-each, $OUT/tma_each);
+#    the autotuner's (its result check on real kernels), then a row per conv op alone on the
+#    TMA kernels (--tma-each, $OUT/tma_each);
 # 3. our graphed step with PDL ($OUT/pdl_1), beside the rows of 1;
 # 4. the other gpu tests: graphed steps with PDL equal those without, bit for bit
 #    (tests/test_pdl.py), the rolling-rows depthwise / BN split tests.
@@ -31,6 +33,7 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
 }
 step 0 heuristic 200 --no-compile --dw-wgrad-flat --tma
 gpu_tests gpu_tests_tma 110 tests/test_conv_tma.py
+gpu_tests gpu_tests_autotune 90 tests/test_autotune.py
 step 0 tma_each 120 --ours-only --tma-each
 step 1 pdl_1 90 --ours-only
 gpu_tests gpu_tests 130 tests/test_pdl.py tests/test_depthwise.py tests/test_batchnorm.py \
