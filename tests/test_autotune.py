@@ -446,10 +446,16 @@ def _run_and_check(shape, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_gpu_tuned_results_and_cache_reuse(tmp_path, dtype):
-    """The first tuner times candidates and gets correct results; a second tuner (as a new
-    process would) reads the file, times nothing, and chooses the same configs."""
+@pytest.mark.parametrize(
+    "dtype, tma", [(torch.float16, False), (torch.float32, False), (torch.float16, True)]
+)
+def test_gpu_tuned_results_and_cache_reuse(tmp_path, dtype, tma, monkeypatch):
+    """The first tuner times candidates and gets correct results, rejecting none (every tile
+    agrees with the heuristic's; with ``tma`` the TMA tiles are among them); a second tuner
+    (as a new process would) reads the file, times nothing, and chooses the same configs."""
+    from tritoncnn.kernels import conv_tma
+
+    monkeypatch.setattr(conv_tma, "ENABLED", tma)
     path = tmp_path / "autotune.json"
     first = autotune.Tuner(path, enabled=True)
     previous = autotune.set_default_tuner(first)
@@ -462,6 +468,8 @@ def test_gpu_tuned_results_and_cache_reuse(tmp_path, dtype):
         print(f"\n{dtype}: tuned {first.tunings} keys; choices:")
         for key, entry in entries.items():
             print(f"  {key.split('|gpu=')[0]} -> {entry['config']} {entry['ms']:.4f} ms")
+        rejected = {k: e["rejected"] for k, e in entries.items() if e["rejected"]}
+        assert not rejected, f"tiles whose results differ from the heuristic's: {rejected}"
         second = autotune.Tuner(path, enabled=True, timer=_never_timed)
         autotune.set_default_tuner(second)
         for shape in GPU_SHAPES:
