@@ -101,12 +101,18 @@ def nhwc(*shape: int, dtype=torch.float16) -> torch.Tensor:
 # The row-slab reductions' tile (bn_stats_kernel, bn_bwd_reduce_kernel) against the one
 # norm.pick_config gives: 8 warps, or half the rows. ptxas gives bn_bwd_reduce_kernel 146-156
 # registers on 4 warps with pipelined loads (3 programs per SM), ~110 on 8 warps or half the
-# rows (results/bn_bwd_reduce_registers_sm90.txt).
+# rows (results/bn_bwd_reduce_registers_sm90.txt). "wide" / "c64": the elementwise kernels'
+# channel block (128 beyond 128 channels) or 64, where the default pads at most 1/8 (144
+# channels: 5 blocks of 32, rows read as 64-byte runs): the 12-06 H100 trace had the reduce
+# of the 144-192-channel 32x32 layers at ~2.0 TB/s while the input gradient, on 128-wide
+# blocks, moved ~2.8 TB/s; bn_apply went 162 -> 122 us from blocks of 32 to 128 (H200).
 REDUCE_TILES = {
-    "default": lambda cfg: cfg,
-    "w8": lambda cfg: cfg._replace(num_warps=8),
-    "half": lambda cfg: cfg._replace(block_m=cfg.block_m // 2),
-    "half_w8": lambda cfg: cfg._replace(block_m=cfg.block_m // 2, num_warps=8),
+    "default": lambda cfg, c: cfg,
+    "w8": lambda cfg, c: cfg._replace(num_warps=8),
+    "half": lambda cfg, c: cfg._replace(block_m=cfg.block_m // 2),
+    "half_w8": lambda cfg, c: cfg._replace(block_m=cfg.block_m // 2, num_warps=8),
+    "wide": lambda cfg, c: norm.NormConfig(16, 128, 4) if c > 64 else cfg,
+    "c64": lambda cfg, c: norm.NormConfig(32, 64, 4) if c > 32 else cfg,
 }
 
 
@@ -136,7 +142,7 @@ def bn_rows(
             for ew_tile in ew_tiles:
                 change, ew_change = REDUCE_TILES[tile], ELEMENTWISE_TILES[ew_tile]
                 norm.pick_config = lambda c, elementwise=False, change=change, ew=ew_change: (
-                    ew(pick(c, True), c) if elementwise else change(pick(c))
+                    ew(pick(c, True), c) if elementwise else change(pick(c), c)
                 )
                 for (c, hw), count in layers.items():
                     for row in bn_layer_rows(batch, c, hw, count, stages, programs, ops):
