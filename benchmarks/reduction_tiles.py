@@ -104,8 +104,9 @@ def nhwc(*shape: int, dtype=torch.float16) -> torch.Tensor:
 # rows (results/bn_bwd_reduce_registers_sm90.txt). "wide" / "c64": the elementwise kernels'
 # channel block (128 beyond 128 channels) or 64, where the default pads at most 1/8 (144
 # channels: 5 blocks of 32, rows read as 64-byte runs): the 12-06 H100 trace had the reduce
-# of the 144-192-channel 32x32 layers at ~2.0 TB/s while the input gradient, on 128-wide
-# blocks, moved ~2.8 TB/s; bn_apply went 162 -> 122 us from blocks of 32 to 128 (H200).
+# of the 144-channel 32x32 layers at ~1.5 TB/s, the 96-channel ones (one 128-wide block) at
+# ~1.9, and the 144-channel input gradient (128-wide blocks) at ~2.1; bn_apply went 162 ->
+# 122 us from blocks of 32 to 128 (H200).
 REDUCE_TILES = {
     "default": lambda cfg, c: cfg,
     "w8": lambda cfg, c: cfg._replace(num_warps=8),
