@@ -117,11 +117,15 @@ CHECK_RTOL = 1 / 64
 
 
 def agrees(output: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Whether ``output`` is ``reference`` (fp32) up to rounding: max |output - reference| <=
-    CHECK_RTOL * max |reference|. NaN or inf where the reference is finite disagrees."""
-    scale = reference.abs().max()
-    err = (output.to(torch.float32) - reference).abs().max()
-    return bool(err <= CHECK_RTOL * scale)  # NaN compares False
+    """Whether ``output`` is ``reference`` up to rounding: max |output - reference| <=
+    CHECK_RTOL * max |reference|. NaN or inf where the reference is finite disagrees.
+
+    The difference is taken in the tensors' (promoted) dtype, one temporary of the output's
+    size: a 16-bit difference of two close values is exact, and of two far apart ones large
+    (or inf) either way."""
+    diff = output - reference
+    err = float(diff.abs_().max())
+    return err <= CHECK_RTOL * float(reference.abs().max())  # NaN compares False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,12 +305,12 @@ class Tuner:
 
     @staticmethod
     def _reference(key: str, runner: Runner, default: Any) -> torch.Tensor | None:
-        """The default config's output (fp32 copy) for a CheckedRunner, else None; None too
+        """A copy of the default config's output for a CheckedRunner, else None; None too
         when the default can't run or gives non-finite values (nothing to check against)."""
         if not isinstance(runner, CheckedRunner):
             return None
         try:
-            reference = _run_zeroed(runner, default).to(torch.float32, copy=True)
+            reference = _run_zeroed(runner, default).clone()
         except Exception as e:  # noqa: BLE001 - the candidates are still timed, unchecked
             log.info("tritoncnn autotune %s: default %s failed, unchecked: %s", key, default, e)
             return None
