@@ -214,7 +214,7 @@ class RecordingTuner(autotune.Tuner):
         super().__init__(None, enabled=True, timer=_never_timed)
         self.asked = []
 
-    def choose(self, op, problem, candidates, default, make_runner):
+    def choose(self, op, problem, candidates, default, make_runner, reference=None):
         self.asked.append((op, dict(problem), list(candidates())))
         return default
 
@@ -293,13 +293,17 @@ def test_tuned_conv_uses_scratch_outputs(gpu_like, tmp_path):
     assert all(e["rejected"] == [] for e in entries.values())  # every candidate was checked
 
 
-def test_tuned_conv_rejects_a_wrong_kernel(gpu_like, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tma_heuristic", [False, True])
+def test_tuned_conv_rejects_a_wrong_kernel(gpu_like, tmp_path, monkeypatch, tma_heuristic):
     """A TMA forward tile that writes garbage (as a miscompiled kernel would) and times
     fastest is rejected by the tuner's check: the conv's result is still right. Without the
-    sabotage the same clock chooses it (the check, not the clock, keeps it out)."""
+    sabotage the same clock chooses it (the check, not the clock, keeps it out). With the TMA
+    tile as the heuristic (conv.TMA_CONVS), the reference is still the pointer kernel's
+    heuristic tile, so a broken TMA heuristic is rejected too."""
     from tritoncnn.kernels import conv_tma as T
 
     monkeypatch.setattr(T, "ENABLED", True)
+    monkeypatch.setattr(K, "TMA_CONVS", frozenset({"fwd"} if tma_heuristic else ()))
     picked = []  # "tma" / "pointer" per launch
     monkeypatch.setattr(K, "conv2d_fwd_kernel", _CountedKernel(K.conv2d_fwd_kernel, picked))
     real = T.conv2d_forward_tma
@@ -330,6 +334,7 @@ def test_tuned_conv_rejects_a_wrong_kernel(gpu_like, tmp_path, monkeypatch):
         (entry,) = json.loads(path.read_text())["entries"].values()
         assert entry["config"].get("tma", False) is not broken
         assert bool(entry["rejected"]) is broken
+        assert entry["heuristic"].get("tma", False) is tma_heuristic
         assert picked[-1] == ("pointer" if broken else "tma")  # the real launch
         assert_close(y, yr, torch.float16, what=f"tuned forward, broken TMA tile {broken}")
 

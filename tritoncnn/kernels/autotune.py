@@ -24,10 +24,11 @@ also keeps the heuristic's config and time (``heuristic_ms``): how far the heuri
 Checked tuning: timing says nothing about results, and a tile can compile into a wrong kernel
 on one GPU and triton version only (non-1x1 conv tiles with 8 warps were, pytorch #173068).
 When the runner is a ``CheckedRunner`` (every candidate writes one output tensor, and only
-it), the tuner first runs the default config into the zeroed output as the reference, then
-each candidate into the zeroed output before timing it; one whose result is off by more than
-rounding (``agrees``) is never chosen, gets one log warning, and is listed under ``rejected``
-in the cache entry. The default itself is the reference: the gpu tests check it against torch.
+it), the tuner first runs the reference config (the launcher's pick, e.g. conv's pointer-kernel
+heuristic tile, which the gpu tests hold to torch; else the default) into the zeroed output,
+then each candidate into the zeroed output before timing it; one whose result is off by more
+than rounding (``agrees``) is never chosen, gets one log warning, and is listed under
+``rejected`` in the cache entry.
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ class Tuner:
         candidates: Sequence[C] | Callable[[], Sequence[C]],
         default: C,
         make_runner: Callable[[], Runner],
+        reference: C | None = None,
     ) -> C:
         """The config to launch ``op`` with for ``problem``.
 
@@ -235,7 +237,8 @@ class Tuner:
         on a memory miss: launch helpers call this on every launch). default: the heuristic's
         config, used when tuning is off or impossible. make_runner: called once per tuning;
         allocates scratch outputs and returns ``runner(candidate)``, which launches the kernel
-        once into them.
+        once into them. reference: the config whose output a CheckedRunner's candidates must
+        agree with (default: ``default``): the one the gpu tests hold to torch.
         """
         if not self.enabled:
             return default
@@ -260,20 +263,28 @@ class Tuner:
             # A stale entry (the candidate list changed since it was written): retune.
         if _capturing():  # no timing inside a CUDA graph; not remembered, so tuned later
             return default
-        best, entry = self._tune(key, cands, make_runner, default)
+        ref = default if reference is None else reference
+        best, entry = self._tune(key, cands, make_runner, default, ref)
         self.memory[fast_key] = best
         self._write_disk(key, entry)
         return best
 
     def _tune(
-        self, key: str, candidates: Sequence[C], make_runner: Callable[[], Runner], default: C
+        self,
+        key: str,
+        candidates: Sequence[C],
+        make_runner: Callable[[], Runner],
+        default: C,
+        reference_config: C,
     ):
         runner = make_runner()
-        reference = self._reference(key, runner, default)
+        reference = self._reference(key, runner, reference_config)
         times: list[float] = []
         rejected: list[C] = []
         for cand in candidates:
-            if reference is not None and not self._agrees(key, runner, cand, default, reference):
+            if reference is not None and not self._agrees(
+                key, runner, cand, reference_config, reference
+            ):
                 rejected.append(cand)
                 times.append(math.inf)
                 continue
@@ -305,8 +316,9 @@ class Tuner:
 
     @staticmethod
     def _reference(key: str, runner: Runner, default: Any) -> torch.Tensor | None:
-        """A copy of the default config's output for a CheckedRunner, else None; None too
-        when the default can't run or gives non-finite values (nothing to check against)."""
+        """A copy of the reference config's (``default``) output for a CheckedRunner, else
+        None; None too when it can't run or gives non-finite values (nothing to check
+        against)."""
         if not isinstance(runner, CheckedRunner):
             return None
         try:

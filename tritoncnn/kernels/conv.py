@@ -928,15 +928,19 @@ def _resolve_config(
     return config
 
 
-def _tuned(op: str, problem: dict, candidates, default, make_runner):
+def _tuned(op: str, problem: dict, candidates, default, make_runner, reference=None):
     """The autotuner's choice for ``problem`` (``default`` included among the candidates).
-    ``candidates`` is a zero-argument function so a cache hit doesn't build the list."""
+    ``candidates`` is a zero-argument function so a cache hit doesn't build the list.
+    ``reference``: the tile every candidate's result is checked against (the pointer kernel's
+    heuristic, even where the TMA kernel's is the default; None: the default)."""
 
     def with_default():
         cands = list(candidates())
         return cands if default in cands else [default, *cands]
 
-    return autotune.default_tuner().choose(op, problem, with_default, default, make_runner)
+    return autotune.default_tuner().choose(
+        op, problem, with_default, default, make_runner, reference=reference
+    )
 
 
 def _check_tma_config(cfg, tma: bool, op: str) -> None:
@@ -1082,7 +1086,7 @@ def _forward(
         )  # fmt: skip
         return tiles
 
-    heuristic = pick_config(m, c_out_g, k, x.dtype)
+    heuristic = pointer_heuristic = pick_config(m, c_out_g, k, x.dtype)
     if tma and "fwd" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if config is not None or runtime.INTERPRETED:
@@ -1109,6 +1113,7 @@ def _forward(
             candidates,
             heuristic,
             lambda: _scratch_runner(launch, runtime.empty_like(y)),
+            reference=pointer_heuristic,
         )
     return y, launch(y, cfg)
 
@@ -1261,7 +1266,7 @@ def _dgrad(
         )  # fmt: skip
         return sums
 
-    heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
+    heuristic = pointer_heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
     if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if config is not None or runtime.INTERPRETED:
@@ -1295,6 +1300,7 @@ def _dgrad(
             candidates,
             heuristic,
             lambda: _scratch_runner(launch, runtime.empty_like(out)),
+            reference=pointer_heuristic,
         )
     return out, launch(out, cfg)
 
@@ -1471,7 +1477,9 @@ def conv2d_wgrad(
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
 
-    heuristic = pick_config(c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
+    heuristic = pointer_heuristic = pick_config(
+        c_out_g, n_cols, pixels, grad_out.dtype, split_k=True
+    )
     if tma and "wgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if config is not None or split_k is not None or runtime.INTERPRETED:
@@ -1512,7 +1520,9 @@ def conv2d_wgrad(
             out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
         return out
 
-    cfg = _tuned("conv2d_wgrad", problem, candidates, heuristic, tile_runner)
+    cfg = _tuned(
+        "conv2d_wgrad", problem, candidates, heuristic, tile_runner, reference=pointer_heuristic
+    )
 
     def split_runner():
         gw = scratch_gw()
