@@ -54,9 +54,9 @@ def env_enabled() -> bool:
 
 # Whether conv.py may use these kernels at all (the autotuner's candidates, and the heuristic
 # with conv.TMA_CONVS). Off unless TRITONCNN_TMA=1 until they have run on a GPU: the autotuner
-# rejects a candidate whose result differs from the pointer kernel's heuristic tile's (kernels/autotune.py), but
-# a kernel that faults or hangs would take the training process with it. Read at every launch
-# (benchmarks and tests set it).
+# rejects a candidate whose result differs from the pointer kernel's heuristic tile's
+# (kernels/autotune.py), but a kernel that faults or hangs would take the training process
+# with it. Read at every launch (benchmarks and tests set it).
 ENABLED: bool = env_enabled()
 
 
