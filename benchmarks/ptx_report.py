@@ -44,7 +44,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tritoncnn.kernels import conv as K  # noqa: E402
-from tritoncnn.kernels import depthwise, depthwise_rows, norm  # noqa: E402
+from tritoncnn.kernels import conv_tma, depthwise, depthwise_rows, norm  # noqa: E402
 
 norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
 
@@ -72,6 +72,7 @@ CONV_POINTERS = {
     },  # fmt: skip
     "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
+TMA_OPS = ("fwd_tma", "dgrad_tma", "wgrad_tma")
 BN_KERNELS = {
     "bn_stats": norm.bn_stats_kernel,
     "bn_apply": norm.bn_apply_kernel,
@@ -151,6 +152,46 @@ def kernel_args(
     return K.conv2d_wgrad_kernel, ints, const
 
 
+def tma_args(
+    op: str, n: int, c_in: int, c_out: int, hw: int, k: int, cfg: conv_tma.TmaConfig, epilogue: str
+):
+    """(kernel, descriptor types, pointer types, runtime arguments, constexpr arguments) of a
+    stride-1 'same' conv through kernels/conv_tma.py: the forward with the batch-norm moments
+    (as in training), the dgrad with ``epilogue`` ("add", "add_relu"), or the wgrad (one tap, or
+    a filter row with cfg.row_taps) unsplit."""
+    box_rows = cfg.BLOCK_K if op == "wgrad_tma" else cfg.BLOCK_M
+    bimg, bh, bw = conv_tma.tile_geometry(hw, hw, box_rows)
+    box = f"{bimg},{bh},{bw}"
+    ints = dict(N=n, H=hw, W=hw, HO=hw, WO=hw, pad_h=k // 2, pad_w=k // 2, alpha=0.0)
+    tile = dict(BIMG=bimg, BH=bh, BW=bw, BLOCK_N=cfg.BLOCK_N, GROUP_M=conv_tma.GROUP_M)
+    if op == "wgrad_tma":
+        descs = {
+            "x_desc": f"tensordesc<fp16[{box},{cfg.BLOCK_N}]>",
+            "dy_desc": f"tensordesc<fp16[{box},{cfg.BLOCK_M}]>",
+        }
+        ints.update(C_in=c_in, C_out=c_out, per_split=4096, s_split=c_out * k * k * c_in,
+                    s_o=k * k * c_in, s_tap=c_in)  # fmt: skip
+        const = dict(tile, KW=k, ACCUMULATE=False, ROW_TAPS=cfg.row_taps, BLOCK_M=cfg.BLOCK_M)
+        return conv_tma.conv2d_wgrad_tma_kernel, descs, {"dw_ptr": "*fp32"}, ints, const
+    dgrad = op == "dgrad_tma"
+    c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
+    out_box = f"tensordesc<fp16[{cfg.BLOCK_M},{cfg.BLOCK_N}]>"
+    w_box = (cfg.BLOCK_K, cfg.BLOCK_N) if dgrad else (cfg.BLOCK_N, cfg.BLOCK_K)
+    descs = {
+        "a_desc": f"tensordesc<fp16[{box},{cfg.BLOCK_K}]>",
+        "w_desc": f"tensordesc<fp16[{w_box[0]},{w_box[1]}]>",
+        "out_desc": out_box, "add_desc": out_box, "relu_desc": out_box,
+    }  # fmt: skip
+    ints.update(C_red=c_red, C_cols=c_cols, C_in_w=c_in)
+    const = dict(
+        tile, KH=k, KW=k, DGRAD=dgrad, HAS_BIAS=False, ACT=0, MOMENTS=not dgrad,
+        ADD_GRAD=dgrad and epilogue != "none", RELU_INPUT=dgrad and epilogue == "add_relu",
+        BLOCK_K=cfg.BLOCK_K,
+    )  # fmt: skip
+    pointers = {"b_ptr": "*fp32", "pmean_ptr": "*fp32", "pm2_ptr": "*fp32"}
+    return conv_tma.conv2d_tma_kernel, descs, pointers, ints, const
+
+
 def bn_args(op: str, n: int, c: int, hw: int):
     """(kernel, pointer types, runtime arguments, constexpr arguments, warps) of a training-mode
     batch norm of an N x C x hw x hw NHWC tensor with a fused ReLU."""
@@ -221,13 +262,22 @@ def depthwise_rows_args(op: str, n: int, c: int, hw: int):
 
 
 def compile_ptx(
-    kernel, pointers: dict, ints: dict, const: dict, num_warps: int, num_stages: int = 3
+    kernel,
+    pointers: dict,
+    ints: dict,
+    const: dict,
+    num_warps: int,
+    num_stages: int = 3,
+    descriptors: dict | None = None,
 ) -> str:
     """PTX of ``kernel`` for sm_90, specialised as a launch would be: pointers 16-byte aligned,
-    integers equal to 1 folded in, integers divisible by 16 marked so."""
+    integers equal to 1 folded in, integers divisible by 16 marked so; ``descriptors``: the
+    TMA descriptor arguments' types (``tensordesc<fp16[box]>``)."""
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
-        if name in const:
+        if descriptors and name in descriptors:
+            signature[name] = descriptors[name]
+        elif name in const:
             signature[name], constexprs[(i,)] = "constexpr", const[name]
         elif name in pointers:
             signature[name], attrs[(i,)] = pointers[name], [["tt.divisibility", 16]]
@@ -278,19 +328,23 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=(*CONV_POINTERS, *BN_KERNELS, *DEPTHWISE_ROWS), default="fwd")
+    ops = (*CONV_POINTERS, *TMA_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
+    ap.add_argument("--op", choices=ops, default="fwd")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--c-in", type=int, required=True)
     ap.add_argument("--c-out", type=int, help="conv output channels")
     ap.add_argument("--size", type=int, default=32, help="image height = width")
     ap.add_argument("--kernel", type=int, default=1, help="square kernel, stride 1, 'same'")
     ap.add_argument("--config", default="128,64,32,4,3", help="BLOCK_M,N,K,warps,stages")
-    ap.add_argument("--row-taps", action="store_true", help="wgrad: a program per filter row")
+    ap.add_argument(
+        "--row-taps", action="store_true", help="wgrad, wgrad_tma: a program per filter row"
+    )
     ap.add_argument(
         "--epilogue",
         choices=("none", "add", "add_relu"),
         default="none",
-        help="dgrad: add a skip gradient (and apply the input ReLU's backward) in the epilogue",
+        help="dgrad, dgrad_tma: add a skip gradient (and apply the input ReLU's backward) in "
+        "the epilogue",
     )
     ap.add_argument(
         "--weight",
@@ -304,6 +358,17 @@ def main() -> None:
         kernel, pointers, ints, const, warps = bn_args(args.op, args.batch, args.c_in, args.size)
         ptx = compile_ptx(kernel, pointers, ints, const, warps)
         shape = f"{args.c_in} channels, tile {const['BLOCK_M']}x{const['BLOCK_C']}"
+    elif args.op in TMA_OPS:
+        if args.c_out is None:
+            ap.error("--c-out is required for a conv kernel")
+        fields = [int(v) for v in args.config.split(",")]
+        cfg = conv_tma.TmaConfig(*fields, row_taps=args.row_taps)
+        kernel, descs, pointers, ints, const = tma_args(
+            args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg,
+            args.epilogue,
+        )  # fmt: skip
+        ptx = compile_ptx(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages, descs)
+        shape = f"{args.c_in}->{args.c_out} k{args.kernel} {args.size}x{args.size} {cfg}"
     elif args.op in DEPTHWISE_ROWS:
         kernel, pointers, ints, const, warps = depthwise_rows_args(
             args.op, args.batch, args.c_in, args.size

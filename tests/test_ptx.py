@@ -154,3 +154,31 @@ def test_rolling_rows_depthwise_is_pipelined_in_few_registers(op, channels, size
     report = _report(op, channels, None, 1, "--size", str(size))
     assert report["instructions"].get("cp.async.commit_group", 0) > 0, report
     assert report["registers"] <= 96 and report["spill_bytes"] == 0, report
+
+
+@pytest.mark.parametrize("config,max_registers", [("128,64,64,4,4", 160), ("256,128,64,8,3", 224)])
+def test_tma_dgrad_epilogue_is_tma_copies(config, max_registers):
+    """The TMA dgrad (kernels/conv_tma.py) stores its output tile and reads the skip-gradient
+    and ReLU tiles as TMA copies: no per-element global loads or stores, so 3x3 64 -> 64 with
+    the add + ReLU epilogue fits without spills (with pointer tensors the 128 x 64 tile took
+    237 registers and 256 x 128 spilled 808 bytes); its MMAs stay in flight."""
+    report = _report("dgrad_tma", 64, 64, 3, "--config", config, "--epilogue", "add_relu")
+    ins = report["instructions"]
+    assert not any(op.startswith(("ld.global", "st.global")) for op in ins), ins
+    assert any(op.startswith("cp.async.bulk.tensor.2d.global.shared") for op in ins), ins
+    assert report["spill_bytes"] == 0 and report["registers"] <= max_registers, report
+    assert report["wgmma_in_flight"] >= 1, report
+
+
+@pytest.mark.parametrize(
+    "op,config,extra",
+    [
+        ("fwd_tma", "256,128,64,8,3", ()),  # the largest 3x3 forward tile, with BN moments
+        ("wgrad_tma", "128,64,64,8,3", ("--row-taps",)),  # three 128 x 64 accumulators
+    ],
+)
+def test_tma_largest_tiles_do_not_spill(op, config, extra):
+    """The largest TMA tiles the autotuner may time compile without spilling (3x3, 128
+    channels at 16x16)."""
+    report = _report(op, 128, 128, 3, "--size", "16", "--config", config, *extra)
+    assert report["spill_bytes"] == 0, report
