@@ -3,6 +3,8 @@
 # and programmatic dependent launch (kernels/pdl.py), measured in the step and checked.
 #
 #   bash benchmarks/device_pdl.sh          # carry .whl
+#   bash benchmarks/device_pdl.sh short    # ~6 min: the TMA gpu tests, our rows with and
+#                                          # without the TMA kernels, the autotuner's tests
 #
 # Most wanted first (a call cut short keeps what it wrote under $OUT; the whole list takes
 # ~12 minutes, so the PDL part may be cut at the 10-minute limit):
@@ -31,6 +33,12 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
         > "$OUT/$1.log" 2>&1
     grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
 }
+if [ "${1:-}" = short ]; then  # what decides the TMA defaults, in ~6 minutes
+    gpu_tests gpu_tests_tma 110 tests/test_conv_tma.py
+    step 0 tma_each 150 --ours-only --tma --tma-each
+    gpu_tests gpu_tests_autotune 90 tests/test_autotune.py
+    exit 0
+fi
 step 0 heuristic 200 --no-compile --dw-wgrad-flat --tma
 gpu_tests gpu_tests_tma 110 tests/test_conv_tma.py
 gpu_tests gpu_tests_autotune 90 tests/test_autotune.py
