@@ -196,6 +196,31 @@ def test_agrees_is_rounding_not_values():
     assert not autotune.agrees(inf, ref)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_max_abs_kernel_against_torch(dtype):
+    """agreement.max_abs: (max |a - b|, max |b|) as torch computes them in float64, on an odd
+    channels_last shape; a NaN anywhere in a - b (or in b) counts as inf; empty is (0, 0)."""
+    from tritoncnn.kernels import agreement
+
+    b = randn(3, 5, 7, 9, dtype=dtype, channels_last=True)
+    a = (
+        (b.double() + 1e-2 * randn(3, 5, 7, 9).double())
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last)
+    )
+    err, scale = agreement.max_abs(a, b)
+    assert err == pytest.approx(float((a.double() - b.double()).abs().max()), rel=1e-6)
+    assert scale == pytest.approx(float(b.double().abs().max()), rel=1e-6)
+    a[1, 2, 3, 4] = float("nan")
+    assert agreement.max_abs(a, b)[0] == float("inf")
+    b[0, 0, 0, 0] = float("-inf")
+    assert agreement.max_abs(b, b)[1] == float("inf")
+    assert agreement.max_abs(b[:0], b[:0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="share a layout"):
+        agreement.max_abs(a, b.contiguous())
+
+
 def test_key_contents(monkeypatch):
     monkeypatch.setattr(autotune, "device_name", lambda: "NVIDIA H100 80GB HBM3")
     key = autotune.make_key("conv2d_fwd", {"n": 8, "groups": 2, "x": "float16/nhwc"})

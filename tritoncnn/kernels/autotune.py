@@ -49,6 +49,7 @@ import torch
 import triton
 
 from tritoncnn import runtime
+from tritoncnn.kernels import agreement, elementwise
 
 log = logging.getLogger("tritoncnn.autotune")
 
@@ -118,15 +119,11 @@ CHECK_RTOL = 1 / 64
 
 
 def agrees(output: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Whether ``output`` is ``reference`` up to rounding: max |output - reference| <=
-    CHECK_RTOL * max |reference|. NaN or inf where the reference is finite disagrees.
-
-    The difference is taken in the tensors' (promoted) dtype, one temporary of the output's
-    size: a 16-bit difference of two close values is exact, and of two far apart ones large
-    (or inf) either way."""
-    diff = output - reference
-    err = float(diff.abs_().max())
-    return err <= CHECK_RTOL * float(reference.abs().max())  # NaN compares False
+    """Whether ``output`` is ``reference`` (finite, same shape and layout) up to rounding:
+    max |output - reference| <= CHECK_RTOL * max |reference| (``agreement.max_abs``, on the
+    device, in fp32). NaN or inf in the output disagrees."""
+    err, scale = agreement.max_abs(output, reference)
+    return err <= CHECK_RTOL * scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +141,7 @@ class CheckedRunner:
 
 
 def _run_zeroed(runner: CheckedRunner, candidate: Any) -> torch.Tensor:
-    runner.output.zero_()
+    elementwise.fill_(runner.output, 0.0)
     runner(candidate)
     return runner.output
 
@@ -322,11 +319,12 @@ class Tuner:
         if not isinstance(runner, CheckedRunner):
             return None
         try:
-            reference = _run_zeroed(runner, default).clone()
+            output = _run_zeroed(runner, default)
+            reference = elementwise.cast_(runtime.empty_like(output), output)  # a copy
         except Exception as e:  # noqa: BLE001 - the candidates are still timed, unchecked
             log.info("tritoncnn autotune %s: default %s failed, unchecked: %s", key, default, e)
             return None
-        if not bool(torch.isfinite(reference).all()):
+        if not math.isfinite(agreement.max_abs(reference, reference)[1]):
             log.info("tritoncnn autotune %s: non-finite reference, unchecked", key)
             return None
         return reference
