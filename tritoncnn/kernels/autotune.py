@@ -111,7 +111,7 @@ def do_bench_timer(fn: Callable[[], None]) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
-# A candidate's output may differ from the default's by rounding (another summation order, a
+# A candidate's output may differ from the reference's by rounding (another summation order, a
 # split reduction): a few fp16 / bf16 ulps of the largest magnitude at most. A wrong kernel (a
 # miscompiled tile, a tap at the wrong offset, an unwritten tile) is off by the values
 # themselves. The check is a guard against those, not a test of the last ulp.
@@ -129,7 +129,8 @@ def agrees(output: torch.Tensor, reference: torch.Tensor) -> bool:
 @dataclasses.dataclass(frozen=True)
 class CheckedRunner:
     """A runner whose candidates all write ``output``, and nothing else the tuner could see:
-    the tuner checks each candidate's result against the default config's (module docstring).
+    the tuner checks each candidate's result against the reference config's (module
+    docstring).
     ``run(candidate)`` launches the kernel once into ``output``; it may add into what is there
     (an accumulating gradient): the tuner zeroes ``output`` before each checked run."""
 

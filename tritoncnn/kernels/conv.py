@@ -1120,7 +1120,7 @@ def _forward(
 
 def _scratch_runner(launch, scratch: torch.Tensor) -> autotune.CheckedRunner:
     """runner(candidate) for the tuner: launch into ``scratch``, never the real output; the
-    tuner checks each candidate's scratch against the heuristic's."""
+    tuner checks each candidate's scratch against the pointer kernel's heuristic tile's."""
     return autotune.CheckedRunner(lambda cand: launch(scratch, cand), scratch)
 
 

@@ -85,7 +85,8 @@ class TmaConfig:
 # Every tile the autotuner may time (``tma_candidates`` keeps those that fit the problem).
 # conv.CONFIGS keeps 8 warps to 1x1 GEMMs (8-warp tap loops were miscompiled elsewhere,
 # pytorch #173068); here they are offered to tap loops too, because the tuner rejects a tile
-# whose result differs from the heuristic's and the gpu tests run every tile. 256 output
+# whose result differs from the pointer kernel's heuristic tile's and the gpu tests run every
+# tile. 256 output
 # pixels per program: for 64 output channels (N fixed) the taller tile reads 19 B per kFLOP
 # from L2 instead of 23 (benchmarks/README.md, the L2 estimate). ptxas sm_90, 3x3 64 -> 64:
 # 122 registers at 256 x 64, 186-211 at 256 x 128, no spills.
