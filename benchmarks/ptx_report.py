@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -44,7 +45,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tritoncnn.kernels import conv as K  # noqa: E402
-from tritoncnn.kernels import conv_tma, depthwise, depthwise_rows, norm  # noqa: E402
+from tritoncnn.kernels import conv_halo, conv_tma, depthwise, depthwise_rows, norm  # noqa: E402
 
 norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
 
@@ -192,6 +193,65 @@ def tma_args(
     return conv_tma.conv2d_tma_kernel, descs, pointers, ints, const
 
 
+HALO_OPS = ("fwd_halo", "dgrad_halo")
+
+
+def compile_halo(
+    op: str, n: int, c_in: int, c_out: int, hw: int, cfg: conv_halo.HaloConfig, epilogue: str
+) -> dict[str, str]:
+    """Compiled forms ("ttgir", "llir", "ptx") of the Gluon halo kernel for sm_90: the forward
+    with the batch-norm moments (as in training) or the dgrad with ``epilogue``."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    from triton.runtime.jit import mangle_type
+
+    def desc(shape: list[int], box: list[int]) -> str:
+        strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+        base = torch.empty(0, dtype=torch.float16)  # only its dtype and alignment are read
+        layout = gl.NVMMASharedLayout.get_default_for(box, gl.float16)
+        return mangle_type(GluonDescriptor(base, shape, strides, box, layout))
+
+    dgrad = op == "dgrad_halo"
+    c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
+    bh = conv_halo.rows_per_tile(hw, hw, cfg.BLOCK_M)
+    if bh is None:
+        raise SystemExit(f"{cfg} can't tile a {hw}x{hw} output in whole rows")
+    w_box = [cfg.BLOCK_K, cfg.BLOCK_N] if dgrad else [cfg.BLOCK_N, cfg.BLOCK_K]
+    matrix = desc([n * hw * hw, c_cols], [cfg.BLOCK_M, cfg.BLOCK_N])
+    types = {
+        "body_desc": desc([n, hw, hw, c_red], [1, bh, hw, cfg.BLOCK_K]),
+        "edge_desc": desc([n, hw, hw, c_red], [1, 2, hw, cfg.BLOCK_K]),
+        "w_desc": desc([c_out, 9 * c_in], w_box),
+        "out_desc": matrix, "add_desc": matrix, "relu_desc": matrix,
+        "pmean_ptr": "*fp32", "pm2_ptr": "*fp32",
+    }  # fmt: skip
+    const = dict(
+        DGRAD=dgrad, MOMENTS=not dgrad, ADD_GRAD=dgrad and epilogue != "none",
+        RELU_INPUT=dgrad and epilogue == "add_relu", BH=bh, W=hw, STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    kernel = conv_halo.conv3x3_halo_kernel
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in const:
+            signature[name], constexprs[(i,)] = "constexpr", const[name]
+        else:
+            signature[name] = types.get(name, "i32")
+            if not signature[name].startswith("tensordesc"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = GluonASTSource(kernel, signature, constexprs, attrs)
+    options = {"num_warps": cfg.num_warps}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm
+
+
+def shared_offsets(llir: str) -> list[int]:
+    """Constant byte offsets added to shared-memory pointers in LLVM IR (e.g. the halo
+    kernel's kernel-row sub-views, kh * W rows into the halo buffer)."""
+    found = re.findall(r"getelementptr i8, ptr addrspace\(3\) %[\w.]+, i32 (\d+)", llir)
+    return sorted({int(v) for v in found})
+
+
 def bn_args(op: str, n: int, c: int, hw: int):
     """(kernel, pointer types, runtime arguments, constexpr arguments, warps) of a training-mode
     batch norm of an N x C x hw x hw NHWC tensor with a fused ReLU."""
@@ -328,7 +388,7 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ops = (*CONV_POINTERS, *TMA_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
+    ops = (*CONV_POINTERS, *TMA_OPS, *HALO_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
     ap.add_argument("--op", choices=ops, default="fwd")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--c-in", type=int, required=True)
@@ -369,6 +429,15 @@ def main() -> None:
         )  # fmt: skip
         ptx = compile_ptx(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages, descs)
         shape = f"{args.c_in}->{args.c_out} k{args.kernel} {args.size}x{args.size} {cfg}"
+    elif args.op in HALO_OPS:
+        if args.c_out is None:
+            ap.error("--c-out is required for a conv kernel")
+        cfg = conv_halo.HaloConfig(*(int(v) for v in args.config.split(",")))
+        asm = compile_halo(args.op, args.batch, args.c_in, args.c_out, args.size, cfg,
+                           args.epilogue)  # fmt: skip
+        ptx, const = asm["ptx"], {"shared_offsets": shared_offsets(asm["llir"])}
+        kernel = conv_halo.conv3x3_halo_kernel
+        shape = f"{args.c_in}->{args.c_out} 3x3 {args.size}x{args.size} {cfg}"
     elif args.op in DEPTHWISE_ROWS:
         kernel, pointers, ints, const, warps = depthwise_rows_args(
             args.op, args.batch, args.c_in, args.size
@@ -396,6 +465,9 @@ def main() -> None:
     # iteration (synchronous: e.g. an operand converted in registers); 1+ keeps MMAs in flight.
     waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
     usage = {**ptxas_usage(ptx), "wgmma_in_flight": max(waits, default=0)}
+    usage["tma_copies"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
+    if "shared_offsets" in const:
+        usage["shared_offsets"] = const["shared_offsets"]
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return

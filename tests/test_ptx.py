@@ -182,3 +182,47 @@ def test_tma_largest_tiles_do_not_spill(op, config, extra):
     channels at 16x16)."""
     report = _report(op, 128, 128, 3, "--size", "16", "--config", config, *extra)
     assert report["spill_bytes"] == 0, report
+
+
+def _halo_config(cfg) -> str:
+    return f"{cfg.BLOCK_M},{cfg.BLOCK_N},{cfg.BLOCK_K},{cfg.num_warps},{cfg.num_stages}"
+
+
+@pytest.mark.parametrize(
+    "op,config,epilogue,rows",
+    [
+        ("fwd_halo", "128,64,64,4,2", "none", (1, 2)),
+        ("dgrad_halo", "128,64,32,4,4", "add_relu", (1, 2)),
+    ],
+)
+def test_halo_kernel_rows_are_sub_views_of_one_halo_box(op, config, epilogue, rows):
+    """The Gluon halo kernel (kernels/conv_halo.py; no interpreter runs it) at 3x3 64 -> 64,
+    32x32: kernel rows 1 and 2 read the halo buffer at W * BLOCK_K * 2 bytes per row (the
+    sub-views, not new loads), operands and output move by TMA copies only (5 per K step: body,
+    edge, three weight boxes), three wgmmas stay in flight while the next stage loads, and it
+    fits without spills."""
+    report = _report(op, 64, 64, 3, "--config", config, "--epilogue", epilogue)
+    block_k = int(config.split(",")[2])
+    row_bytes = 32 * block_k * 2
+    assert {r * row_bytes for r in rows} <= set(report["shared_offsets"]), report
+    ins = report["instructions"]
+    assert not any(op.startswith("ld.global") for op in ins), ins
+    boxes = "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+    halos = "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+    epilogue_tiles = {"none": 0, "add": 1, "add_relu": 2}[epilogue]  # [M, C] boxes too
+    weight_boxes = ins[boxes] - epilogue_tiles
+    assert ins[halos] % 2 == 0 and weight_boxes == 3 * ins[halos] // 2, ins
+    assert report["wgmma_in_flight"] == 3, report
+    assert report["spill_bytes"] == 0 and report["registers"] <= 160, report
+
+
+def test_every_halo_tile_compiles_without_spills():
+    """Every tile the autotuner may time, on a shape it fits (forward, the largest: 128
+    output channels where the tile is 128 wide)."""
+    from tritoncnn.kernels import conv_halo
+
+    for cfg in conv_halo.HALO_CONFIGS:
+        size = 32 if cfg.BLOCK_M <= 128 and cfg.BLOCK_M != 64 else 8
+        size = 16 if cfg.BLOCK_M == 256 else size
+        report = _report("fwd_halo", 64, 128, 3, "--size", str(size), "--config", _halo_config(cfg))
+        assert report["spill_bytes"] == 0, (cfg, report)

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels import alignment, autotune, conv_tma
+from tritoncnn.kernels import alignment, autotune, conv_halo, conv_tma
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
@@ -954,6 +954,16 @@ def _check_tma_config(cfg, tma: bool, op: str) -> None:
         )
 
 
+def _check_halo_config(cfg, halo: bool, op: str) -> None:
+    """A forced conv_halo tile runs only where its kernel applies (as _check_tma_config)."""
+    if isinstance(cfg, conv_halo.HaloConfig) and not halo:
+        raise ValueError(
+            f"{op}: config {cfg} is a halo tile, but the halo kernel can't run this conv "
+            "(3x3, stride 1, padding 1, no bias or activation, 64k channels, fp16/bf16 dense "
+            "channels_last operands, sm_90, TRITONCNN_HALO=1: see kernels/conv_halo.py)"
+        )
+
+
 def _check_act(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-d N,C,H,W, got shape {tuple(x.shape)}")
@@ -1058,8 +1068,15 @@ def _forward(
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
 
     tma = conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
+    halo = (
+        bias is None
+        and act == ACT_NONE
+        and conv_halo.halo_applicable(x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, y)
+    )
 
-    def launch(out: torch.Tensor, cfg: ConvConfig | conv_tma.TmaConfig) -> TileMoments | None:
+    def launch(out: torch.Tensor, cfg) -> TileMoments | None:
+        if isinstance(cfg, conv_halo.HaloConfig):
+            return conv_halo.launch_halo(x, weight, out, cfg, dgrad=False, moments=moments)
         if isinstance(cfg, conv_tma.TmaConfig):
             return conv_tma.conv2d_forward_tma(
                 x, weight, bias, out, (pt, pl), act, alpha, moments, cfg
@@ -1089,9 +1106,12 @@ def _forward(
     heuristic = pointer_heuristic = pick_config(m, c_out_g, k, x.dtype)
     if tma and "fwd" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
+    if halo:
+        heuristic = conv_halo.pick_halo_config(c_out, ho, wo)
     if config is not None or runtime.INTERPRETED:
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
         _check_tma_config(cfg, tma, "conv2d_forward")
+        _check_halo_config(cfg, halo, "conv2d_forward")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
@@ -1105,6 +1125,8 @@ def _forward(
             out = gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1)
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
                 out += conv_tma.tma_candidates(c_in, c_out, ho, wo, _smem_limit())
+            if halo:
+                out += conv_halo.halo_candidates(c_out, ho, wo, _smem_limit(), 1)
             return out
 
         cfg = _tuned(
@@ -1237,8 +1259,14 @@ def _dgrad(
     tma = bn is None and conv_tma.tma_dgrad_applicable(
         grad_out, weight, (sh, sw), (dh, dw), groups, h, w, out, add, relu_out
     )
+    halo = bn is None and conv_halo.halo_applicable(
+        grad_out, weight, (sh, sw), _padding4(padding), (dh, dw), groups, out, add, relu_out
+    )
 
-    def launch(dst: torch.Tensor, cfg: ConvConfig | conv_tma.TmaConfig) -> GradSums | None:
+    def launch(dst: torch.Tensor, cfg) -> GradSums | None:
+        if isinstance(cfg, conv_halo.HaloConfig):
+            conv_halo.launch_halo(grad_out, weight, dst, cfg, True, add=add, relu_out=relu_out)
+            return None
         if isinstance(cfg, conv_tma.TmaConfig):
             conv_tma.conv2d_dgrad_tma(grad_out, weight, dst, (pt, pl), cfg, add, relu_out)
             return None
@@ -1269,11 +1297,14 @@ def _dgrad(
     heuristic = pointer_heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
     if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
+    if halo:
+        heuristic = conv_halo.pick_halo_config(c_in, h, w)
     if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
         )
         _check_tma_config(cfg, tma, "conv2d_dgrad")
+        _check_halo_config(cfg, halo, "conv2d_dgrad")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
@@ -1292,6 +1323,9 @@ def _dgrad(
             out = gemm_candidates(m0, c_in_g, k, a_bytes, b_bytes, is_1x1)
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
                 out += conv_tma.tma_candidates(c_out, c_in, h, w, _smem_limit(), True)
+            if halo:
+                tiles = 1 + (add is not None) + (relu_out is not None)
+                out += conv_halo.halo_candidates(c_in, h, w, _smem_limit(), tiles)
             return out
 
         cfg = _tuned(

@@ -1,0 +1,167 @@
+"""The halo 3x3 conv forward and dgrad (kernels/conv_halo.py, Gluon, sm_90) against torch in
+float64, and their dispatch rules.
+
+Gluon has no interpreter: the CPU tier checks the host side (tiles, candidates, when the
+kernel applies, a forced tile where it can't run) and, in tests/test_ptx.py, the compiled
+kernel. The GPU tier runs every candidate tile at ResNet-18's 3x3 shapes (odd batch, fp16 and
+bf16, poisoned outputs), the epilogues, the dispatch through conv2d_forward / conv2d_dgrad,
+and a CUDA-graph capture.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close, randn
+from test_conv import reference
+from test_conv_tma import _moments_reference
+
+from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import conv_halo as H
+
+
+def _weight(c_out, c_in, dtype):
+    w = randn(c_out, c_in, 3, 3) / math.sqrt(c_in * 9)
+    return w.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def test_rows_per_tile():
+    assert H.rows_per_tile(32, 32, 128) == 4
+    assert H.rows_per_tile(16, 16, 128) == 8
+    assert H.rows_per_tile(8, 8, 64) == 8
+    assert H.rows_per_tile(8, 8, 128) is None  # 16 rows of an 8-row image
+    assert H.rows_per_tile(4, 4, 64) is None  # W < 8: sub-views off the swizzle pattern
+    assert H.rows_per_tile(24, 24, 128) is None  # W not a power of two
+    assert H.rows_per_tile(32, 64, 64) is None  # one row: no room for BH >= 2
+
+
+def test_candidates_fit_shared_memory_and_the_shape():
+    limit = 227 * 1024
+    fwd = H.halo_candidates(64, 32, 32, limit, epilogue_tiles=1)
+    assert H.HaloConfig(128, 64, 32, 4, 4) in fwd
+    assert all(c.BLOCK_N == 64 for c in fwd)  # 128 doesn't divide 64 channels
+    assert all(c.smem_bytes(32, 1) <= limit for c in fwd)
+    # the dgrad's add and ReLU tiles push the 128 x 128 tiles out
+    dgrad = H.halo_candidates(128, 16, 16, limit, epilogue_tiles=3)
+    assert dgrad and all(c.smem_bytes(16, 3) <= limit for c in dgrad)
+    assert H.HaloConfig(128, 128, 32, 4, 4) in H.halo_candidates(128, 16, 16, limit, 1)
+    assert H.HaloConfig(128, 128, 32, 4, 4) not in dgrad
+    assert all(c.BLOCK_M == 64 for c in H.halo_candidates(256, 8, 8, limit))
+    assert H.halo_candidates(512, 4, 4, limit) == []
+    # 2 stages of (halo: 6 x 32 rows rounded up to 256, 3 weight boxes of 64) x 64 channels,
+    # and the output tile, in fp16
+    assert H.HaloConfig(128, 64, 64, 4, 2).smem_bytes(32, 1) == (2 * 448 * 64 + 128 * 64) * 2
+
+
+def test_halo_is_off_unless_asked_and_off_the_gpu(monkeypatch):
+    """Without TRITONCNN_HALO=1, and anywhere but an sm_90 GPU (the interpreter included), no
+    conv takes the halo kernel."""
+    x = randn(2, 64, 8, 8, dtype=torch.float16, channels_last=True)
+    wt = _weight(64, 64, torch.float16)
+    monkeypatch.delenv("TRITONCNN_HALO", raising=False)
+    assert not H.env_enabled()
+    monkeypatch.setenv("TRITONCNN_HALO", "1")
+    assert H.env_enabled()
+    monkeypatch.setattr(H, "ENABLED", True)
+    on_hopper = torch.cuda.is_available() and H._is_hopper()
+    assert H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1) == on_hopper
+
+
+def test_forced_halo_tile_where_it_cannot_run_is_an_error():
+    x = randn(2, 64, 8, 8, dtype=torch.float16, channels_last=True)
+    wt = _weight(64, 64, torch.float16)
+    cfg = H.HaloConfig(64, 64, 32, 4, 4)
+    with pytest.raises(ValueError, match="halo tile"):
+        K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
+    with pytest.raises(ValueError, match="halo tile"):
+        K.conv2d_dgrad(x, wt, x.shape, 1, 1, 1, 1, config=cfg)
+
+
+# ResNet-18 (CIFAR) 3x3 stride-1 shapes (c_in, hw, c_out), at an odd batch
+GPU_SHAPES = [(64, 32, 64), (128, 16, 128), (256, 8, 256), (64, 16, 128)]
+BATCH = 37
+
+
+def _gpu_case(shape, dtype):
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
+        pytest.skip("the halo kernel's wgmma needs sm_90")
+    c_in, hw, c_out = shape
+    x = randn(BATCH, c_in, hw, hw, dtype=dtype, channels_last=True)
+    go = randn(BATCH, c_out, hw, hw, dtype=dtype, channels_last=True)
+    return x, _weight(c_out, c_in, dtype), go
+
+
+def _poisoned(shape, dtype):
+    """A dense NHWC output full of NaN: a tile the kernel leaves unwritten fails the test."""
+    out = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture
+def _halo_on(monkeypatch):
+    monkeypatch.setattr(H, "ENABLED", True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_halo_forward_every_candidate(shape, dtype, _halo_on):
+    x, wt, _ = _gpu_case(shape, dtype)
+    c_in, hw, c_out = shape
+    assert H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    yr = reference(x, wt.float(), None, None, 1, 1, 1, 1, device="cuda")[0]
+    cands = H.halo_candidates(c_out, hw, hw, K._smem_limit(), 1)
+    assert cands
+    for cfg in cands:
+        y = _poisoned((BATCH, c_out, hw, hw), dtype)
+        tiles = H.launch_halo(x, wt, y, cfg, dgrad=False, moments=True)
+        assert_close(y, yr, dtype, what=f"{cfg}")
+        mean_r, m2_r = _moments_reference(y, cfg.BLOCK_M)
+        assert_close(tiles.partials[0], mean_r, torch.float32, what=f"{cfg} tile means")
+        assert_close(tiles.partials[1], m2_r, torch.float32, what=f"{cfg} tile M2")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_halo_dgrad_every_candidate(shape, dtype, _halo_on):
+    x, wt, go = _gpu_case(shape, dtype)
+    c_in, hw, c_out = shape
+    add = randn(*x.shape, dtype=dtype, channels_last=True)
+    relu_out = randn(*x.shape, dtype=dtype, channels_last=True).clamp_min(0)
+    dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[1]
+    for tiles, extra in ((1, {}), (3, {"add": add, "relu_out": relu_out})):
+        cands = H.halo_candidates(c_in, hw, hw, K._smem_limit(), tiles)
+        assert cands
+        for cfg in cands:
+            dx = _poisoned(x.shape, dtype)
+            H.launch_halo(go, wt, dx, cfg, dgrad=True, **extra)
+            want = dxr if not extra else (dxr + add.double()) * (relu_out > 0)
+            assert_close(dx, want, dtype, what=f"{cfg} {sorted(extra)}")
+
+
+@pytest.mark.gpu
+def test_gpu_halo_through_conv2d_forward_and_dgrad(_halo_on):
+    """With TRITONCNN_HALO=1 the heuristic sends ResNet's 3x3 convs to the halo kernel: the
+    same results as the pointer kernels', and the moments' tiles are the halo tile's."""
+    x, wt, go = _gpu_case((64, 32, 64), torch.float16)
+    y, tiles = K.conv2d_forward_moments(x, wt, None, 1, 1, 1, 1)
+    assert tiles.rows == H.pick_halo_config(64, 32, 32).BLOCK_M
+    yr, dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[:2]
+    assert_close(y, yr, torch.float16, what="forward")
+    assert_close(K.conv2d_dgrad(go, wt, x.shape, 1, 1, 1, 1), dxr, torch.float16, what="dgrad")
+
+
+@pytest.mark.gpu
+def test_gpu_halo_in_a_cuda_graph(_halo_on):
+    """Descriptors are captured by value with the launch: a replay reads x changed in place."""
+    x, wt, _ = _gpu_case((64, 16, 64), torch.float16)
+    cfg = H.pick_halo_config(64, 16, 16)
+    K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
+    x.copy_(randn(*x.shape, dtype=torch.float16, channels_last=True))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, reference(x, wt.float(), None, None, 1, 1, 1, 1, "cuda")[0], torch.float16)

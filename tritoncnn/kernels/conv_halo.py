@@ -1,0 +1,425 @@
+"""3x3 stride-1 convolution forward and input gradient that load each input row once per
+(kernel column, channel block) for all three kernel rows: the halo kernel (Gluon, sm_90).
+
+Why: conv_tma.py's implicit GEMM loads one A box per tap, nine per channel block; for
+ResNet-18's 64-channel layers the tile can't grow (C = 64 fixes N), so those loads are ~23
+bytes per kFLOP from L2, about the H100's L2 bandwidth at the measured speed
+(benchmarks/README.md, the L2 estimate). Here a program's A operand for kernel column kw and
+channel block k0 is one halo box of BH + 2 input rows x W columns; the three kernel rows are
+three sub-views of it in shared memory, BH*W rows each, kh*W rows apart (a multiple of 8
+rows: the 128-byte swizzle pattern repeats every 8 rows, so a sub-view is itself a valid wgmma
+operand). A traffic per channel block falls from 9 boxes to 3 * (BH + 2) / BH. Triton's
+``tl`` has no sub-views of a loaded tile; Gluon's shared-memory descriptors do
+(``slice``), with explicit TMA copies, mbarriers and asynchronous wgmma.
+
+Layout: activations dense NHWC (channels_last) fp16 / bf16; weight dense OHWI in their dtype,
+seen as [C_out, 9*C_in]; output dense NHWC. Tiles: a program computes BLOCK_M = BH*W output
+pixels (BH whole rows of one image, BH dividing H) x BLOCK_N channels; W a multiple of 8 and
+a power of two (TMA boxes are powers of two, so the halo is two copies: a body box of BH rows
+and an edge box of 2 rows, into one buffer of (BH+2)*W rows).
+
+- forward: y[p, o] = sum_{kh, kw, c} x[h+kh-1, w+kw-1, c] * w[o, kh, kw, c]; the halo box
+  starts at row h0-1, column kw-1, and kernel row kh reads its rows [kh*W, +BH*W).
+- DGRAD: dx[p, c] = sum_{kh, kw, o} dy[h+1-kh, w+1-kw, o] * w[o, kh, kw, c]; the box starts
+  at row h0-1, column 1-kw, and kernel row kh reads rows [(2-kh)*W, +BH*W).
+
+Boxes reaching past the tensor read zeros (the padding). Pipeline: STAGES buffers of (halo
+box, three weight boxes), one mbarrier each; a stage is refilled once the wgmmas that read it
+(the previous iteration's) have retired. Epilogue: fp32 accumulator -> dtype, per-tile
+batch-norm moments of the rounded tile (forward, as conv2d_fwd_kernel's), or + add / ReLU
+mask (dgrad, as conv2d_dgrad_kernel's), stored by one TMA copy.
+
+No interpreter runs Gluon: these kernels are offered only on a GPU and only when asked
+(TRITONCNN_HALO=1); tests/test_conv_halo.py checks them against torch there, and
+benchmarks/ptx_report.py --op fwd_halo / dgrad_halo compiles them for sm_90 on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from tritoncnn import runtime
+from tritoncnn.kernels.conv_tma import _tma_ready
+from tritoncnn.kernels.norm import TileMoments, tile_moments
+
+
+def env_enabled() -> bool:
+    """TRITONCNN_HALO=1: conv.py sends the 3x3 convs that qualify to these kernels."""
+    return os.environ.get("TRITONCNN_HALO", "0") == "1"
+
+
+# Read at every launch (benchmarks and tests set it). Off by default until the kernels have
+# run on a GPU: they were written in a session without one.
+ENABLED: bool = env_enabled()
+
+
+@dataclass(frozen=True)
+class HaloConfig:
+    """A tile of the halo kernel: BLOCK_M output pixels (whole rows) x BLOCK_N channels, K
+    steps of BLOCK_K channels, STAGES pipeline buffers. ``halo`` tells it from other configs
+    of the same numbers in the autotuner's cache."""
+
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+    halo: bool = True
+
+    def smem_bytes(self, w: int, epilogue_tiles: int = 3, elem_bytes: int = 2) -> int:
+        """Shared memory: the pipelined halo buffers (rows rounded up to a power of two) and
+        weight boxes, and ``epilogue_tiles`` output-sized tiles (1 forward; dgrad + add and
+        ReLU mask 3)."""
+        halo_rows = triton.next_power_of_2(self.BLOCK_M + 2 * w)
+        stage = (halo_rows + 3 * self.BLOCK_N) * self.BLOCK_K
+        tiles = epilogue_tiles * self.BLOCK_M * self.BLOCK_N
+        return (self.num_stages * stage + tiles) * elem_bytes
+
+
+# Stage counts are powers of two (shared-memory shapes must be). 128 x 64 with dgrad's add
+# and ReLU tiles: 160 KiB either way; 128 x 128 and 256 x 64 fit the forward only.
+HALO_CONFIGS: tuple[HaloConfig, ...] = (
+    HaloConfig(128, 64, 64, 4, 2),
+    HaloConfig(128, 64, 32, 4, 4),
+    HaloConfig(128, 128, 32, 4, 4),
+    HaloConfig(128, 128, 64, 4, 2),
+    HaloConfig(256, 64, 32, 8, 4),
+    HaloConfig(64, 64, 64, 4, 2),
+    HaloConfig(64, 64, 32, 4, 4),
+)
+
+
+@gluon.constexpr_function
+def _mma_warps(block_m, num_warps):
+    """warps_per_cta of the accumulator: warps stacked along M (16 rows each, wgmma's 4-warp
+    atom), then along N."""
+    along_m = min(num_warps, max(4, block_m // 16))
+    return [along_m, num_warps // along_m]
+
+
+@gluon.constexpr_function
+def _mma_n(block_n, num_warps, block_m):
+    """The wgmma instruction's N: the widest multiple of 8 <= 256 dividing a warp column's
+    share of BLOCK_N."""
+    along_m = min(num_warps, max(4, block_m // 16))
+    share = block_n // (num_warps // along_m)
+    n = min(256, share)
+    while share % n:
+        n -= 8
+    return n
+
+
+@gluon.constexpr_function
+def _halo_rows(bh, w):
+    """Rows of a stage's halo buffer: (BH+2)*W rounded up to a power of two."""
+    return triton.next_power_of_2((bh + 2) * w)
+
+
+@gluon.jit
+def _issue_loads(
+    body_desc, edge_desc, w_desc, a_buf, b0_buf, b1_buf, b2_buf, bar, it, k_steps,
+    n0, h0, col0, C_in_w,
+    DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
+):  # fmt: skip
+    """Start the TMA copies of iteration ``it`` = (kw, channel block) into one stage: the halo
+    box's body (rows h0-1 .. h0+BH-2) and edge (h0+BH-1, h0+BH) into a_buf, kernel rows 0, 1,
+    2's weight boxes into b0_buf, b1_buf, b2_buf; ``bar`` completes when all bytes have landed."""
+    kw = it // k_steps
+    k0 = (it - kw * k_steps) * BLOCK_K
+    col = 1 - kw if DGRAD else kw - 1
+    nbytes: gl.constexpr = (
+        body_desc.block_type.nbytes + edge_desc.block_type.nbytes + 3 * w_desc.block_type.nbytes
+    )
+    mbarrier.expect(bar, nbytes)
+    rows = a_buf.reshape([1, a_buf.shape[0] // W, W, BLOCK_K])  # [1, image rows, W, BLOCK_K]
+    body = rows.slice(0, BH, dim=1)
+    edge = rows.slice(BH, 2, dim=1)
+    tma.async_copy_global_to_shared(body_desc, [n0, h0 - 1, col, k0], bar, body)
+    tma.async_copy_global_to_shared(edge_desc, [n0, h0 + BH - 1, col, k0], bar, edge)
+    if DGRAD:  # box (o, c) of tap (kh, kw) at column tap*C_in + c
+        tma.async_copy_global_to_shared(w_desc, [k0, kw * C_in_w + col0], bar, b0_buf)
+        tma.async_copy_global_to_shared(w_desc, [k0, (3 + kw) * C_in_w + col0], bar, b1_buf)
+        tma.async_copy_global_to_shared(w_desc, [k0, (6 + kw) * C_in_w + col0], bar, b2_buf)
+    else:  # box (o, c)
+        tma.async_copy_global_to_shared(w_desc, [col0, kw * C_in_w + k0], bar, b0_buf)
+        tma.async_copy_global_to_shared(w_desc, [col0, (3 + kw) * C_in_w + k0], bar, b1_buf)
+        tma.async_copy_global_to_shared(w_desc, [col0, (6 + kw) * C_in_w + k0], bar, b2_buf)
+
+
+@gluon.jit
+def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.constexpr,
+             BLOCK_M: gl.constexpr):  # fmt: skip
+    """Start kernel row kh's wgmma: the halo buffer's rows [kh*W, +BLOCK_M) (forward) or
+    [(2-kh)*W, +BLOCK_M) (dgrad) times its weight box (transposed for the forward)."""
+    first: gl.constexpr = (2 - kh) * W if DGRAD else kh * W
+    # Gluon slices only at multiples of the slice's own length: take the W rows at `first`,
+    # then view BLOCK_M rows from there (same layout: `first` is on the swizzle pattern).
+    a = a_buf.slice(first, W)._reinterpret(a_buf.dtype, [BLOCK_M, a_buf.shape[1]], a_buf.layout)
+    b = b_buf if DGRAD else b_buf.permute((1, 0))
+    return warpgroup_mma(a, b, acc, is_async=True)
+
+
+@gluon.jit
+def conv3x3_halo_kernel(
+    body_desc, edge_desc, w_desc, out_desc, add_desc, relu_desc, pmean_ptr, pm2_ptr,
+    H, C_red, C_cols, C_in_w,
+    DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
+    RELU_INPUT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):  # fmt: skip
+    """One BLOCK_M x BLOCK_N output tile of a 3x3, stride-1, pad-1 conv's forward or input
+    gradient (DGRAD); see the module docstring for the halo box.
+
+    Grid: (N*H/BH row tiles, C_cols/BLOCK_N column tiles). Row tile pid_m is rows
+    [pid_m*BLOCK_M, +BLOCK_M) of the output's M = N*H*W rows: image n0, rows h0 .. h0+BH-1.
+    body_desc / edge_desc: TMA descriptors of the A operand (x, or dy for DGRAD), [N, H, W,
+    C_red], boxes [1, BH, W, BLOCK_K] and [1, 2, W, BLOCK_K]. w_desc: the weight as
+    [C_out, 9*C_in_w], box [BLOCK_N, BLOCK_K] (forward, used transposed) or [BLOCK_K, BLOCK_N]
+    (DGRAD). out_desc / add_desc / relu_desc: dense NHWC tensors as [M, C_cols] matrices, box
+    [BLOCK_M, BLOCK_N]. C_red % BLOCK_K == 0 and C_cols % BLOCK_N == 0 (the caller checks), so
+    no tile is partial. pmean_ptr, pm2_ptr (MOMENTS): fp32 [N*H/BH, C_cols] per-tile mean and
+    M2 of y as stored. ADD_GRAD: add the tile of add_desc before rounding; RELU_INPUT: zero dx
+    where relu_desc's tile is not > 0.
+    """
+    BLOCK_M: gl.constexpr = BH * W
+    BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
+    BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
+    dtype: gl.constexpr = out_desc.dtype
+    pid_m = gl.program_id(0)
+    pid_n = gl.program_id(1)
+    row0 = pid_m * BLOCK_M
+    n0 = row0 // (H * W)
+    h0 = (row0 // W) % H
+    col0 = pid_n * BLOCK_N
+    k_steps = C_red // BLOCK_K
+    n_iters = 3 * k_steps
+
+    # Shared-memory shapes must be powers of two: a stage's halo buffer has
+    # next_pow2((BH+2)*W) rows, of which the first (BH+2)*W are used.
+    a_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], dtype)
+    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, _halo_rows(BH, W), BLOCK_K], a_layout)
+    w_shape: gl.constexpr = [STAGES] + w_desc.block_type.shape
+    b0_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)  # kernel row 0
+    b1_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)
+    b2_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(bars.index(s), count=1)
+    # The epilogue's tiles: the dgrad's add / ReLU tiles are copied in now, off the main loop.
+    out_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    epi_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(epi_bar, count=1)
+    if ADD_GRAD:
+        add_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    if RELU_INPUT:
+        relu_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    if ADD_GRAD or RELU_INPUT:
+        epi_bytes: gl.constexpr = (ADD_GRAD + RELU_INPUT) * out_desc.block_type.nbytes
+        mbarrier.expect(epi_bar, epi_bytes)
+        if ADD_GRAD:
+            tma.async_copy_global_to_shared(add_desc, [row0, col0], epi_bar, add_buf)
+        if RELU_INPUT:
+            tma.async_copy_global_to_shared(relu_desc, [row0, col0], epi_bar, relu_buf)
+
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0],
+        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
+        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
+    )
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+
+    for s in gl.static_range(STAGES - 1):
+        if s < n_iters:
+            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(s),
+                         b0_bufs.index(s), b1_bufs.index(s),
+                         b2_bufs.index(s), bars.index(s), s, k_steps, n0, h0, col0,
+                         C_in_w, DGRAD, BH, W, BLOCK_K)  # fmt: skip
+    for it in range(n_iters):
+        slot = it % STAGES
+        mbarrier.wait(bars.index(slot), (it // STAGES) & 1)
+        a_buf = a_bufs.index(slot)
+        acc = _mma_row(a_buf, b0_bufs.index(slot), acc, 0, DGRAD, W, BLOCK_M)
+        acc = _mma_row(a_buf, b1_bufs.index(slot), acc, 1, DGRAD, W, BLOCK_M)
+        acc = _mma_row(a_buf, b2_bufs.index(slot), acc, 2, DGRAD, W, BLOCK_M)
+        # The previous iteration's three wgmmas have retired: its stage can be refilled.
+        acc = warpgroup_mma_wait(num_outstanding=3, deps=(acc,))
+        nxt = it + STAGES - 1
+        if nxt < n_iters:
+            refill = nxt % STAGES
+            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(refill),
+                         b0_bufs.index(refill), b1_bufs.index(refill),
+                         b2_bufs.index(refill), bars.index(refill), nxt, k_steps, n0,
+                         h0, col0, C_in_w, DGRAD, BH, W, BLOCK_K)  # fmt: skip
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(s))
+
+    if ADD_GRAD or RELU_INPUT:
+        mbarrier.wait(epi_bar, 0)
+        if ADD_GRAD:
+            acc += add_buf.load(mma_layout).to(gl.float32)
+        if RELU_INPUT:
+            acc = gl.where(relu_buf.load(mma_layout) > 0, acc, 0.0)
+    mbarrier.invalidate(epi_bar)
+    out = acc.to(dtype)
+    if MOMENTS:  # every tile is whole: BLOCK_M rows, BLOCK_N columns
+        y = out.to(gl.float32)
+        mean = gl.sum(y, axis=0) / BLOCK_M
+        dev = y - gl.expand_dims(mean, 0)
+        m2 = gl.sum(dev * dev, axis=0)
+        cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
+        offs = pid_m.to(gl.int64) * C_cols + cols
+        gl.store(pmean_ptr + offs, mean)
+        gl.store(pm2_ptr + offs, m2)
+    out_buf.store(out)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(out_desc, [row0, col0], out_buf)
+    tma.store_wait(pendings=0)
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def rows_per_tile(h: int, w: int, block_m: int) -> int | None:
+    """BH, the output rows of a BLOCK_M tile, or None if the tile can't be whole rows of one
+    image with sub-views on the swizzle pattern (W a power of two >= 8, BH dividing H)."""
+    if not _pow2(w) or w < 8 or block_m % w:
+        return None
+    bh = block_m // w
+    return bh if bh >= 2 and h % bh == 0 and _pow2(bh) else None
+
+
+@functools.cache
+def _is_hopper() -> bool:
+    """The kernel's wgmma is sm_90 only (Blackwell has tcgen05 instead)."""
+    if runtime.INTERPRETED or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(runtime.DEVICE) == (9, 0)
+
+
+def halo_applicable(
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    *others: torch.Tensor | None,
+) -> bool:
+    """Whether the halo kernel can run this forward (``a`` = x) or dgrad (``a`` = dy): asked
+    for (ENABLED), an sm_90 GPU, fp16 / bf16 operands in one dtype, dense NHWC and 16-byte
+    aligned (``others``: the output and epilogue tensors too), a 3x3 kernel with stride 1,
+    ``padding`` (top, bottom, left, right) 1, no dilation or groups, 64k input and output
+    channels, and some tile of whole rows."""
+    c_out, c_in, kh, kw = weight.shape
+    _, _, h, w = a.shape
+    return (
+        ENABLED
+        and _is_hopper()
+        and a.dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype == a.dtype
+        and (kh, kw) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and tuple(padding) == (1, 1, 1, 1)
+        and tuple(dilation) == (1, 1)
+        and groups == 1
+        and c_in % 64 == 0
+        and c_out % 64 == 0
+        and _tma_ready(a)
+        and _tma_ready(weight)
+        and all(t is None or _tma_ready(t) for t in others)
+        and any(rows_per_tile(h, w, cfg.BLOCK_M) for cfg in HALO_CONFIGS)
+    )
+
+
+def halo_candidates(
+    c_cols: int, h: int, w: int, smem_limit: int, epilogue_tiles: int = 3
+) -> list[HaloConfig]:
+    """The HALO_CONFIGS that fit this conv: whole-row tiles, column tiles dividing c_cols,
+    within shared memory with ``epilogue_tiles`` output-sized tiles."""
+    return [
+        cfg
+        for cfg in HALO_CONFIGS
+        if rows_per_tile(h, w, cfg.BLOCK_M)
+        and c_cols % cfg.BLOCK_N == 0
+        and cfg.smem_bytes(w, epilogue_tiles) <= smem_limit
+    ]
+
+
+def pick_halo_config(c_cols: int, h: int, w: int) -> HaloConfig | None:
+    """The heuristic tile: 128 pixels x 64 channels in K steps of 32, 4 stages; 64 pixels
+    where 128 can't be whole rows (8 x 8 outputs)."""
+    for cfg in (HaloConfig(128, 64, 32, 4, 4), HaloConfig(64, 64, 32, 4, 4)):
+        if rows_per_tile(h, w, cfg.BLOCK_M) and c_cols % cfg.BLOCK_N == 0:
+            return cfg
+    return None
+
+
+def _matrix(t: torch.Tensor, m: int, c: int, box: list[int]) -> TensorDescriptor:
+    """A dense NHWC tensor as an [M, C] matrix descriptor with ``box`` tiles."""
+    dtype = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
+    layout = gl.NVMMASharedLayout.get_default_for(box, dtype)
+    return TensorDescriptor(t, [m, c], [c, 1], box, layout)
+
+
+def launch_halo(
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    cfg: HaloConfig,
+    dgrad: bool,
+    moments: bool = False,
+    add: torch.Tensor | None = None,
+    relu_out: torch.Tensor | None = None,
+) -> TileMoments | None:
+    """One ``conv3x3_halo_kernel`` launch into dense NHWC ``out``; the caller checked
+    ``halo_applicable``. Returns the output's per-tile moments with ``moments``."""
+    n, c_red, h, w = a.shape
+    c_out, c_in_w, _, _ = weight.shape
+    c_cols = out.shape[1]
+    bh = rows_per_tile(h, w, cfg.BLOCK_M)
+    if bh is None or c_red % cfg.BLOCK_K or c_cols % cfg.BLOCK_N:
+        raise ValueError(f"conv2d halo tile {cfg} doesn't fit a {h}x{w}, {c_red}->{c_cols} conv")
+    dtype = gl.float16 if a.dtype == torch.float16 else gl.bfloat16
+    strides = [h * w * c_red, w * c_red, c_red, 1]
+
+    def box(rows: int) -> TensorDescriptor:
+        shape = [1, rows, w, cfg.BLOCK_K]
+        layout = gl.NVMMASharedLayout.get_default_for(shape, dtype)
+        return TensorDescriptor(a, [n, h, w, c_red], strides, shape, layout)
+
+    k = 9 * c_in_w
+    w_box = [cfg.BLOCK_K, cfg.BLOCK_N] if dgrad else [cfg.BLOCK_N, cfg.BLOCK_K]
+    w_layout = gl.NVMMASharedLayout.get_default_for(w_box, dtype)
+    w_desc = TensorDescriptor(weight, [c_out, k], [k, 1], w_box, w_layout)
+    m = n * h * w
+    tile = [cfg.BLOCK_M, cfg.BLOCK_N]
+    out_desc = _matrix(out, m, c_cols, tile)
+    tiles = tile_moments(m, c_cols, cfg.BLOCK_M) if moments else None
+    parts = tiles.partials if tiles is not None else (out, out)
+    conv3x3_halo_kernel[(m // cfg.BLOCK_M, c_cols // cfg.BLOCK_N)](
+        box(bh), box(2), w_desc, out_desc,
+        out_desc if add is None else _matrix(add, m, c_cols, tile),
+        out_desc if relu_out is None else _matrix(relu_out, m, c_cols, tile),
+        parts[0], parts[1], h, c_red, c_cols, c_in_w,
+        DGRAD=dgrad, MOMENTS=moments, ADD_GRAD=add is not None,
+        RELU_INPUT=relu_out is not None, BH=bh, W=w, STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return tiles
