@@ -10,9 +10,11 @@ wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 conv
 tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
 loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward, dgrad and
 wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
-candidate. Each timing row carries its error against cuDNN's result. Prints one line per (shape,
-op, weight dtype): the heuristic tile's time, the best tile and its time, cuDNN's time;
-writes ``conv_tiles_<gpu>.csv`` with every timing under ``--out``.
+candidate; ``--ops fwd_halo dgrad_halo`` the 3x3 forward and dgrad through conv_halo's halo
+kernel (sm_90, fp16 weight copy), every halo tile. Each timing row carries its error against
+cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic tile's time, the
+best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing
+under ``--out``.
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import conv_tma  # noqa: E402
+from tritoncnn.kernels import conv_halo, conv_tma  # noqa: E402
 
 
 def bench(fn) -> float:
@@ -75,6 +77,8 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "fwd_tma": (m, cout, cin * k * k),
         "dgrad_tma": (batch * hw * hw, cin, cout * k * k),
         "wgrad_tma": (cout, cin, m),
+        "fwd_halo": (m, cout, cin * k * k),
+        "dgrad_halo": (batch * hw * hw, cin, cout * k * k),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -84,6 +88,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+            "fwd_halo": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "dgrad_halo": lambda cfg, w=w: conv_k.conv2d_dgrad(
+                gy, w, x.shape, *pair, 1, config=cfg
+            ),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
@@ -110,6 +118,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
         cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_tma"] = cudnn["wgrad"]
+        cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -122,6 +131,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             if op.startswith("wgrad") and w_name != weights[0]:
                 continue  # wgrad never reads the weight: once, under the first weight dtype
             tma = op.endswith("_tma")
+            halo = op.endswith("_halo")
+            if halo and not conv_halo.halo_applicable(
+                x if op == "fwd_halo" else gy, w, (s, s), (pad,) * 4, (1, 1), 1
+            ):
+                continue  # (an fp32 weight, a stride, a shape the halo kernel can't take)
             if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
             if op == "dgrad_tma" and not conv_tma.tma_dgrad_applicable(
@@ -145,6 +159,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     continue
                 cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit(), k)
                 heuristic = conv_tma.pick_tma_wgrad_config(cin, cout, k)
+            elif halo:
+                cols = cin if op == "dgrad_halo" else cout
+                cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_limit(), 1)
+                heuristic = conv_halo.pick_halo_config(cols, hw, hw)
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)
@@ -168,7 +186,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "op": op,
                     "weight": w_name,
                     "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
-                    f"s{cfg.num_stages}" + (" tma" if tma else ""),
+                    f"s{cfg.num_stages}" + (" tma" if tma else "") + (" halo" if halo else ""),
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,
@@ -189,6 +207,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     conv_tma.ENABLED = True  # the TMA ops are what this measures (off by default elsewhere)
+    conv_halo.ENABLED = True  # so are the halo ops
     if runtime.INTERPRETED:
         sys.exit("benchmarks/conv_tiles.py needs a CUDA GPU")
     rows = []

@@ -100,6 +100,7 @@ def ours_step(
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
     tma: tuple[str, ...] = (),
+    halo: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -122,9 +123,11 @@ def ours_step(
     ``relu_grad_in_dgrad``: ... and apply the previous block's ReLU backward there too.
     ``tma``: the conv ops ("fwd", "dgrad", "wgrad") that take kernels/conv_tma.py's TMA
     kernels where they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every
-    launch; rows without leave conv_tma.ENABLED to TRITONCNN_TMA)."""
+    launch; rows without leave conv_tma.ENABLED to TRITONCNN_TMA).
+    ``halo``: 3x3 stride-1 forwards and dgrads take kernels/conv_halo.py's halo kernel where
+    it applies (conv_halo.ENABLED; rows without leave it to TRITONCNN_HALO)."""
     from tritoncnn.data.loader import GPULoader
-    from tritoncnn.kernels import conv_tma
+    from tritoncnn.kernels import conv_halo, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
@@ -132,6 +135,7 @@ def ours_step(
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
     conv_k.TMA_CONVS = frozenset(tma)
     conv_tma.ENABLED = bool(tma) or conv_tma.env_enabled()
+    conv_halo.ENABLED = halo or conv_halo.env_enabled()
 
     torch.manual_seed(0)
     model = models.build(
@@ -299,6 +303,12 @@ def main() -> None:
         help="add a graph row per conv op (fwd, dgrad, wgrad) that alone takes the TMA kernels",
     )
     ap.add_argument(
+        "--halo",
+        action="store_true",
+        help="add a graph row whose 3x3 stride-1 conv forwards and dgrads take the halo kernel "
+        "(kernels/conv_halo.py, sm_90)",
+    )
+    ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     args = ap.parse_args()
@@ -353,6 +363,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_tma"] = {**graph, "tma": conv_k.TMA_OPS}
             for op in conv_k.TMA_OPS if args.tma_each else ():
                 ours[f"tritoncnn_fp16_graph_tma_{op}"] = {**graph, "tma": (op,)}
+            if args.halo:
+                ours["tritoncnn_fp16_graph_halo"] = {**graph, "halo": True}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

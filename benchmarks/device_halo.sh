@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# On the GPU machine (the device tool), one call (~9 min): the halo 3x3 conv kernel
+# (kernels/conv_halo.py, Gluon, sm_90; off unless TRITONCNN_HALO=1) checked and measured, and
+# the TMA kernels' checks beside it. Most wanted first (a call cut short keeps what it wrote):
+#
+#   bash benchmarks/device_halo.sh          # carry .whl
+#
+# 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
+#    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
+# 2. ResNet-18 and MobileNetV2's graphed step at b512: ours by default, with the halo kernel
+#    (--halo) and with the TMA kernels (--tma) ($OUT/halo);
+# 3. conv_tiles.py: ResNet-18's 3x3 forwards and dgrads, every pointer / halo / TMA tile
+#    against cuDNN;
+# 4. the TMA kernels' and the autotuner's gpu tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
+source benchmarks/device_env.sh
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
+    timeout "$2" python3 -m pytest -m gpu -n 8 -q -rf -p no:cacheprovider "${@:3}" \
+        > "$OUT/$1.log" 2>&1
+    grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
+}
+gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
+timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
+    --graph-only --ours-only --halo --tma --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_halo fwd_tma dgrad dgrad_halo \
+    dgrad_tma --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
+    --out "$OUT" 2>&1 | grep -v -i warn | tail -24
+gpu_tests gpu_tests_tma 100 tests/test_conv_tma.py
+gpu_tests gpu_tests_autotune 80 tests/test_autotune.py
