@@ -10,11 +10,11 @@ wgrad with one program per filter row (``conv2d_wgrad(row_taps=True)``, 3x3 conv
 tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscompiled such
 loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward, dgrad and
 wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
-candidate; ``--ops fwd_halo dgrad_halo`` the 3x3 forward and dgrad through conv_halo's halo
-kernel (sm_90, fp16 weight copy), every halo tile. Each timing row carries its error against
-cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic tile's time, the
-best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with every timing
-under ``--out``.
+candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
+conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile. Each timing row carries
+its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic
+tile's time, the best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with
+every timing under ``--out``.
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -79,6 +79,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad_tma": (cout, cin, m),
         "fwd_halo": (m, cout, cin * k * k),
         "dgrad_halo": (batch * hw * hw, cin, cout * k * k),
+        "wgrad_halo": (cout, cin, m),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -91,6 +92,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "fwd_halo": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "dgrad_halo": lambda cfg, w=w: conv_k.conv2d_dgrad(
                 gy, w, x.shape, *pair, 1, config=cfg
+            ),
+            "wgrad_halo": lambda cfg, w=w: conv_k.conv2d_wgrad(
+                x, gy, w.shape, *pair, 1, config=cfg
             ),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
@@ -119,6 +123,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_tma"] = cudnn["wgrad"]
         cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
+        cudnn["wgrad_halo"] = cudnn["wgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -132,7 +137,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 continue  # wgrad never reads the weight: once, under the first weight dtype
             tma = op.endswith("_tma")
             halo = op.endswith("_halo")
-            if halo and not conv_halo.halo_applicable(
+            if op == "wgrad_halo" and not conv_halo.halo_wgrad_applicable(
+                x, gy, w.shape, (s, s), (pad,) * 4, (1, 1), 1
+            ):
+                continue
+            if op in ("fwd_halo", "dgrad_halo") and not conv_halo.halo_applicable(
                 x if op == "fwd_halo" else gy, w, (s, s), (pad,) * 4, (1, 1), 1
             ):
                 continue  # (an fp32 weight, a stride, a shape the halo kernel can't take)
@@ -159,6 +168,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     continue
                 cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit(), k)
                 heuristic = conv_tma.pick_tma_wgrad_config(cin, cout, k)
+            elif op == "wgrad_halo":
+                cands = conv_halo.halo_wgrad_candidates(cin, cout, hw, hw, conv_k._smem_limit())
+                heuristic = conv_halo.pick_halo_wgrad_config(hw, hw)
             elif halo:
                 cols = cin if op == "dgrad_halo" else cout
                 cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_limit(), 1)

@@ -9,8 +9,8 @@
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
 # 2. ResNet-18 and MobileNetV2's graphed step at b512: ours by default, with the halo kernel
 #    (--halo) and with the TMA kernels (--tma) ($OUT/halo);
-# 3. conv_tiles.py: ResNet-18's 3x3 forwards and dgrads, every pointer / halo / TMA tile
-#    against cuDNN;
+# 3. conv_tiles.py: ResNet-18's 3x3 forwards, dgrads and wgrads, every pointer / halo (/ TMA)
+#    tile against cuDNN;
 # 4. the TMA kernels' and the autotuner's gpu tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,8 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
 gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
     --graph-only --ours-only --halo --tma --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
-timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_halo fwd_tma dgrad dgrad_halo \
-    dgrad_tma --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
+timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_halo fwd_tma dgrad dgrad_halo \
+    dgrad_tma wgrad wgrad_halo --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
     --out "$OUT" 2>&1 | grep -v -i warn | tail -24
 gpu_tests gpu_tests_tma 100 tests/test_conv_tma.py
 gpu_tests gpu_tests_autotune 80 tests/test_autotune.py

@@ -193,16 +193,16 @@ def tma_args(
     return conv_tma.conv2d_tma_kernel, descs, pointers, ints, const
 
 
-HALO_OPS = ("fwd_halo", "dgrad_halo")
+HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
 
 
 def compile_halo(
     op: str, n: int, c_in: int, c_out: int, hw: int, cfg: conv_halo.HaloConfig, epilogue: str
 ) -> dict[str, str]:
-    """Compiled forms ("ttgir", "llir", "ptx") of the Gluon halo kernel for sm_90: the forward
-    with the batch-norm moments (as in training) or the dgrad with ``epilogue``."""
+    """Compiled forms ("ttgir", "llir", "ptx") of a Gluon halo kernel for sm_90: the forward
+    with the batch-norm moments (as in training), the dgrad with ``epilogue``, or the weight
+    gradient (unsplit)."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
     from triton.runtime.jit import mangle_type
 
@@ -212,6 +212,19 @@ def compile_halo(
         layout = gl.NVMMASharedLayout.get_default_for(box, gl.float16)
         return mangle_type(GluonDescriptor(base, shape, strides, box, layout))
 
+    if op == "wgrad_halo":  # BLOCK_M o x BLOCK_N c tiles, K steps of BLOCK_K pixels
+        bh = conv_halo.rows_per_tile(hw, hw, cfg.BLOCK_K)
+        if bh is None:
+            raise SystemExit(f"{cfg} can't step over a {hw}x{hw} output in whole rows")
+        types = {
+            "dy_desc": desc([n, hw, hw, c_out], [1, bh, hw, cfg.BLOCK_M]),
+            "body_desc": desc([n, hw, hw, c_in], [1, bh, hw, cfg.BLOCK_N]),
+            "edge_desc": desc([n, hw, hw, c_in], [1, 2, hw, cfg.BLOCK_N]),
+            "dw_ptr": "*fp32",
+        }
+        const = dict(ACCUMULATE=False, BH=bh, W=hw, STAGES=cfg.num_stages,
+                     num_warps=cfg.num_warps)  # fmt: skip
+        return _compile_gluon(conv_halo.conv3x3_halo_wgrad_kernel, types, const)
     dgrad = op == "dgrad_halo"
     c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
     bh = conv_halo.rows_per_tile(hw, hw, cfg.BLOCK_M)
@@ -231,7 +244,15 @@ def compile_halo(
         RELU_INPUT=dgrad and epilogue == "add_relu", BH=bh, W=hw, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
     )  # fmt: skip
-    kernel = conv_halo.conv3x3_halo_kernel
+    return _compile_gluon(conv_halo.conv3x3_halo_kernel, types, const)
+
+
+def _compile_gluon(kernel, types: dict[str, str], const: dict) -> dict[str, str]:
+    """Compile a Gluon kernel for sm_90: ``types`` of its descriptor / pointer arguments (the
+    others i32), ``const`` its constexprs (num_warps among them); integers and pointers
+    marked 16-divisible as a launch with ResNet's shapes would."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in const:
@@ -241,7 +262,7 @@ def compile_halo(
             if not signature[name].startswith("tensordesc"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
-    options = {"num_warps": cfg.num_warps}
+    options = {"num_warps": const["num_warps"]}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm
 
 
@@ -436,7 +457,8 @@ def main() -> None:
         asm = compile_halo(args.op, args.batch, args.c_in, args.c_out, args.size, cfg,
                            args.epilogue)  # fmt: skip
         ptx, const = asm["ptx"], {"shared_offsets": shared_offsets(asm["llir"])}
-        kernel = conv_halo.conv3x3_halo_kernel
+        kernel = conv_halo.conv3x3_halo_wgrad_kernel if args.op == "wgrad_halo" else None
+        kernel = kernel or conv_halo.conv3x3_halo_kernel
         shape = f"{args.c_in}->{args.c_out} 3x3 {args.size}x{args.size} {cfg}"
     elif args.op in DEPTHWISE_ROWS:
         kernel, pointers, ints, const, warps = depthwise_rows_args(

@@ -75,6 +75,20 @@ def test_forced_halo_tile_where_it_cannot_run_is_an_error():
         K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
     with pytest.raises(ValueError, match="halo tile"):
         K.conv2d_dgrad(x, wt, x.shape, 1, 1, 1, 1, config=cfg)
+    with pytest.raises(ValueError, match="halo tile"):
+        K.conv2d_wgrad(x, x, wt.shape, 1, 1, 1, 1, config=H.HaloConfig(64, 64, 64, 4, 4))
+
+
+def test_wgrad_candidates():
+    limit = 227 * 1024
+    cands = H.halo_wgrad_candidates(64, 64, 32, 32, limit)
+    assert H.pick_halo_wgrad_config(32, 32) in cands
+    assert all(c.BLOCK_M == c.BLOCK_N == 64 for c in cands)  # 128 doesn't divide 64
+    assert all(H.wgrad_smem_bytes(c, 32) <= limit for c in cands)
+    assert {c.BLOCK_K for c in H.halo_wgrad_candidates(256, 256, 8, 8, limit)} == {64}
+    assert H.halo_wgrad_candidates(512, 512, 4, 4, limit) == []
+    # 4 stages of a 128-pixel dy box x 64 and a 256-row halo buffer x 64, fp16
+    assert H.wgrad_smem_bytes(H.HaloConfig(64, 64, 128, 4, 4), 32) == 4 * (128 + 256) * 64 * 2
 
 
 # ResNet-18 (CIFAR) 3x3 stride-1 shapes (c_in, hw, c_out), at an odd batch
@@ -165,3 +179,30 @@ def test_gpu_halo_in_a_cuda_graph(_halo_on):
     graph.replay()
     torch.cuda.synchronize()
     assert_close(y, reference(x, wt.float(), None, None, 1, 1, 1, 1, "cuda")[0], torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
+def test_gpu_halo_wgrad_every_candidate(shape, _halo_on):
+    """Every weight-gradient tile, unsplit and split (a last split shorter than the others),
+    written and added into an existing gradient."""
+    x, wt, go = _gpu_case(shape, torch.float16)
+    c_in, hw, c_out = shape
+    dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
+    cands = H.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit())
+    assert cands
+    for cfg in cands:
+        for split in (1, 7):
+            dw = K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, config=cfg, split_k=split)
+            assert_close(dw, dwr, tol=1e-4, what=f"{cfg} split {split}")
+        base = randn(*wt.shape).contiguous(memory_format=torch.channels_last)
+        dw = K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, grad_weight=base.clone(), config=cfg,
+                            split_k=1)  # fmt: skip
+        assert_close(dw, dwr + base.double(), tol=1e-4, what=f"{cfg} accumulated")
+
+
+@pytest.mark.gpu
+def test_gpu_halo_wgrad_through_conv2d_wgrad(_halo_on):
+    x, wt, go = _gpu_case((64, 32, 64), torch.float16)
+    dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
+    assert_close(K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1), dwr, tol=1e-4, what="wgrad")

@@ -226,3 +226,17 @@ def test_every_halo_tile_compiles_without_spills():
         size = 16 if cfg.BLOCK_M == 256 else size
         report = _report("fwd_halo", 64, 128, 3, "--size", str(size), "--config", _halo_config(cfg))
         assert report["spill_bytes"] == 0, (cfg, report)
+
+
+def test_halo_wgrad_reads_x_once_per_k_step_for_three_kernel_rows():
+    """The halo weight gradient (3x3 64 -> 64, 32x32, 64 x 64 tiles, 128-pixel steps): kernel
+    rows 1 and 2's x operands are sub-views of the halo buffer (W * 64 * 2 = 4096 bytes per
+    row), three TMA copies per K step (dy, halo body, halo edge), three wgmmas in flight, three
+    accumulators without spills."""
+    report = _report("wgrad_halo", 64, 64, 3, "--config", "64,64,128,4,4")
+    assert {4096, 8192} <= set(report["shared_offsets"]), report
+    ins = report["instructions"]
+    assert not any(op.startswith("ld.global") for op in ins), ins
+    assert report["tma_copies"] % 3 == 0, report
+    assert report["wgmma_in_flight"] == 3, report
+    assert report["spill_bytes"] == 0 and report["registers"] <= 168, report

@@ -1449,8 +1449,18 @@ def conv2d_wgrad(
         and conv_tma.tma_wgrad_applicable(x, grad_out, (sh, sw), (dh, dw), groups)
         and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
     )
+    halo = (
+        not flat_n
+        and row_taps is not True
+        and conv_halo.halo_wgrad_applicable(
+            x, grad_out, weight_shape, (sh, sw), _padding4(padding), (dh, dw), groups
+        )
+        and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
+    )
 
-    def rows_of(cfg: ConvConfig | conv_tma.TmaConfig) -> bool:
+    def rows_of(cfg) -> bool:
+        if isinstance(cfg, conv_halo.HaloConfig):  # three taps a program (a filter column)
+            return True
         if isinstance(cfg, conv_tma.TmaConfig):
             return cfg.row_taps
         if row_taps is not None:
@@ -1482,7 +1492,10 @@ def conv2d_wgrad(
             dst = runtime.empty((split, numel), torch.float32)
             dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
             split_stride, dst_acc = numel, False
-        if isinstance(cfg, conv_tma.TmaConfig):  # (o, kh, kw, c) with c contiguous
+        if isinstance(cfg, conv_halo.HaloConfig):  # (o, kh, kw, c) with c contiguous
+            strides = (split_stride, dst_strides[0], dst_strides[3])
+            conv_halo.launch_halo_wgrad(x, grad_out, dst, strides, cfg, split, per_split, dst_acc)
+        elif isinstance(cfg, conv_tma.TmaConfig):  # (o, kh, kw, c) with c contiguous
             strides = (split_stride, dst_strides[0], dst_strides[3])
             conv_tma.conv2d_wgrad_tma(
                 x, grad_out, dst, strides, (pt, pl), (kh, kw), cfg, split, per_split, dst_acc
@@ -1516,11 +1529,14 @@ def conv2d_wgrad(
     )
     if tma and "wgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
+    if halo:
+        heuristic = conv_halo.pick_halo_wgrad_config(ho, wo)
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
         if config is not None:
             cfg = _resolve_config(config, c_out_g, n_cols, pixels, grad_out.dtype, split_k=True)
         _check_tma_config(cfg, tma, "conv2d_wgrad")
+        _check_halo_config(cfg, halo, "conv2d_wgrad")
         launch(grad_weight, cfg, split_k if split_k is not None else heuristic_split(cfg))
         return grad_weight
 
@@ -1552,6 +1568,8 @@ def conv2d_wgrad(
         ]
         if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
             out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
+        if halo:
+            out += conv_halo.halo_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
         return out
 
     cfg = _tuned(

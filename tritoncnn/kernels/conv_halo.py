@@ -1,5 +1,6 @@
-"""3x3 stride-1 convolution forward and input gradient that load each input row once per
-(kernel column, channel block) for all three kernel rows: the halo kernel (Gluon, sm_90).
+"""3x3 stride-1 convolution forward, input gradient and weight gradient that load each input
+row once per (kernel column, channel block) for all three kernel rows: the halo kernels (Gluon,
+sm_90).
 
 Why: conv_tma.py's implicit GEMM loads one A box per tap, nine per channel block; for
 ResNet-18's 64-channel layers the tile can't grow (C = 64 fixes N), so those loads are ~23
@@ -22,16 +23,22 @@ and an edge box of 2 rows, into one buffer of (BH+2)*W rows).
   starts at row h0-1, column kw-1, and kernel row kh reads its rows [kh*W, +BH*W).
 - DGRAD: dx[p, c] = sum_{kh, kw, o} dy[h+1-kh, w+1-kw, o] * w[o, kh, kw, c]; the box starts
   at row h0-1, column 1-kw, and kernel row kh reads rows [(2-kh)*W, +BH*W).
+- weight gradient (``conv3x3_halo_wgrad_kernel``): the same halo, of x, is the B operand of
+  a program's three kernel rows (one kernel column kw, three accumulators), along the
+  reduction over output pixels; dy's box is read once per K step for all three.
 
-Boxes reaching past the tensor read zeros (the padding). Pipeline: STAGES buffers of (halo
-box, three weight boxes), one mbarrier each; a stage is refilled once the wgmmas that read it
-(the previous iteration's) have retired. Epilogue: fp32 accumulator -> dtype, per-tile
-batch-norm moments of the rounded tile (forward, as conv2d_fwd_kernel's), or + add / ReLU
-mask (dgrad, as conv2d_dgrad_kernel's), stored by one TMA copy.
+Boxes reaching past the tensor read zeros (the padding). Pipeline: STAGES buffers of (halo box,
+three weight boxes; the weight gradient's: dy box, halo box), one mbarrier each; a stage is
+refilled once the wgmmas that read it (the previous iteration's) have retired. Epilogue: fp32
+accumulator -> dtype, per-tile batch-norm moments of the rounded tile (forward, as
+conv2d_fwd_kernel's), or + add / ReLU mask (dgrad, as conv2d_dgrad_kernel's), stored by one TMA
+copy; the weight gradient's three fp32 tiles stored (or added) through pointers, split partials
+as conv.py's.
 
 No interpreter runs Gluon: these kernels are offered only on a GPU and only when asked
 (TRITONCNN_HALO=1); tests/test_conv_halo.py checks them against torch there, and
-benchmarks/ptx_report.py --op fwd_halo / dgrad_halo compiles them for sm_90 on the CPU.
+benchmarks/ptx_report.py --op fwd_halo / dgrad_halo / wgrad_halo compiles them for sm_90 on
+the CPU (tests/test_ptx.py).
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from tritoncnn import runtime
 from tritoncnn.kernels.conv_tma import _tma_ready
 from tritoncnn.kernels.norm import TileMoments, tile_moments
+from tritoncnn.kernels.pdl import LAUNCH_PDL
+from tritoncnn.kernels.pdl import wait_for_inputs_gluon as wait_for_inputs
 
 
 def env_enabled() -> bool:
@@ -167,11 +176,8 @@ def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.con
     """Start kernel row kh's wgmma: the halo buffer's rows [kh*W, +BLOCK_M) (forward) or
     [(2-kh)*W, +BLOCK_M) (dgrad) times its weight box (transposed for the forward)."""
     first: gl.constexpr = (2 - kh) * W if DGRAD else kh * W
-    # Gluon slices only at multiples of the slice's own length: take the W rows at `first`,
-    # then view BLOCK_M rows from there (same layout: `first` is on the swizzle pattern).
-    a = a_buf.slice(first, W)._reinterpret(a_buf.dtype, [BLOCK_M, a_buf.shape[1]], a_buf.layout)
     b = b_buf if DGRAD else b_buf.permute((1, 0))
-    return warpgroup_mma(a, b, acc, is_async=True)
+    return warpgroup_mma(_rows_view(a_buf, first, W, BLOCK_M), b, acc, is_async=True)
 
 
 @gluon.jit
@@ -196,6 +202,7 @@ def conv3x3_halo_kernel(
     M2 of y as stored. ADD_GRAD: add the tile of add_desc before rounding; RELU_INPUT: zero dx
     where relu_desc's tile is not > 0.
     """
+    wait_for_inputs()
     BLOCK_M: gl.constexpr = BH * W
     BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
@@ -292,6 +299,133 @@ def conv3x3_halo_kernel(
     tma.store_wait(pendings=0)
 
 
+@gluon.jit
+def conv3x3_halo_wgrad_kernel(
+    dy_desc, body_desc, edge_desc, dw_ptr,
+    H, C_in, per_split, P_total, s_split, s_o, s_tap,
+    ACCUMULATE: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):  # fmt: skip
+    """Weight gradient of a 3x3, stride-1, pad-1 conv for one kernel column kw and its three
+    kernel rows: dw[o, kh, kw, c] = sum_p dy[p, o] * x[h+kh-1, w+kw-1, c] over one split of
+    the output pixels, a BLOCK_M (o) x BLOCK_N (c) tile, three accumulators.
+
+    Per K step of BLOCK_K = BH*W output pixels (BH whole rows of one image) the dy box
+    [1, BH, W, BLOCK_M] is copied once (used transposed: A = dy^T) and the x halo, BH+2 rows
+    from h0-1 at column kw-1, as a body box [1, BH, W, BLOCK_N] and an edge box [1, 2, W,
+    BLOCK_N] into one buffer; kernel row kh's B operand is its sub-view from row kh*W (the
+    forward's trick, on the weight gradient's K = pixel axis). Three loads of x per step
+    become one halo of (BH+2)/BH.
+
+    Grid: (C_out/BLOCK_M * C_in/BLOCK_N tiles, 3 kernel columns, splits); no tile is
+    partial (the caller checks). Split s reduces
+    pixels [s*per_split, min(+per_split, P_total)) (per_split a multiple of BLOCK_K).
+    dw_ptr: fp32 element (split, o, tap, c) at split*s_split + o*s_o + tap*s_tap + c, added
+    into when ACCUMULATE.
+    """
+    wait_for_inputs()
+    BLOCK_M: gl.constexpr = dy_desc.block_type.shape[3]
+    BLOCK_N: gl.constexpr = body_desc.block_type.shape[3]
+    BLOCK_K: gl.constexpr = BH * W
+    dtype: gl.constexpr = dy_desc.dtype
+    n_c = C_in // BLOCK_N
+    pid_o = gl.program_id(0) // n_c
+    pid_c = gl.program_id(0) - pid_o * n_c
+    kw = gl.program_id(1)
+    split = gl.program_id(2)
+    o0 = pid_o * BLOCK_M
+    c0 = pid_c * BLOCK_N
+    p_lo = split * per_split
+    n_steps = (gl.minimum(p_lo + per_split, P_total) - p_lo) // BLOCK_K
+
+    dy_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_M], dtype)
+    x_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_N], dtype)
+    dy_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_M], dy_layout)
+    x_bufs = gl.allocate_shared_memory(dtype, [STAGES, _halo_rows(BH, W), BLOCK_N], x_layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(bars.index(s), count=1)
+
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0],
+        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
+        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
+    )
+    acc0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+    acc1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+    acc2 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+
+    for s in gl.static_range(STAGES - 1):
+        if s < n_steps:
+            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(s),
+                               x_bufs.index(s), bars.index(s), p_lo + s * BLOCK_K, H, kw,
+                               o0, c0, BH, W)  # fmt: skip
+    for it in range(n_steps):
+        slot = it % STAGES
+        mbarrier.wait(bars.index(slot), (it // STAGES) & 1)
+        a = dy_bufs.index(slot).permute((1, 0))  # dy^T: [BLOCK_M, BLOCK_K]
+        x_buf = x_bufs.index(slot)
+        acc0 = warpgroup_mma(a, _rows_view(x_buf, 0, W, BLOCK_K), acc0, is_async=True)
+        acc1 = warpgroup_mma(a, _rows_view(x_buf, W, W, BLOCK_K), acc1, is_async=True)
+        acc2 = warpgroup_mma(a, _rows_view(x_buf, 2 * W, W, BLOCK_K), acc2, is_async=True)
+        acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=3, deps=(acc0, acc1, acc2))
+        nxt = it + STAGES - 1
+        if nxt < n_steps:
+            refill = nxt % STAGES
+            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(refill),
+                               x_bufs.index(refill), bars.index(refill), p_lo + nxt * BLOCK_K,
+                               H, kw, o0, c0, BH, W)  # fmt: skip
+    acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(s))
+
+    o = o0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
+    c = c0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
+    offs = gl.expand_dims(o, 1) * s_o + gl.expand_dims(c, 0)
+    ptrs = dw_ptr + split.to(gl.int64) * s_split + kw * s_tap + offs
+    _store_dw(ptrs, acc0, ACCUMULATE)
+    _store_dw(ptrs + 3 * s_tap, acc1, ACCUMULATE)
+    _store_dw(ptrs + 6 * s_tap, acc2, ACCUMULATE)
+
+
+@gluon.jit
+def _issue_wgrad_loads(
+    dy_desc, body_desc, edge_desc, dy_buf, x_buf, bar, p0, H, kw, o0, c0,
+    BH: gl.constexpr, W: gl.constexpr,
+):  # fmt: skip
+    """Start the copies of the K step at output pixel p0: the dy box, and the x halo (rows
+    h0-1 .. h0+BH, column kw-1) as body and edge boxes; ``bar`` completes when they landed."""
+    n0 = p0 // (H * W)
+    h0 = (p0 // W) % H
+    nbytes: gl.constexpr = (
+        dy_desc.block_type.nbytes + body_desc.block_type.nbytes + edge_desc.block_type.nbytes
+    )
+    mbarrier.expect(bar, nbytes)
+    tma.async_copy_global_to_shared(
+        dy_desc, [n0, h0, 0, o0], bar, dy_buf.reshape(dy_desc.block_type.shape)
+    )
+    rows = x_buf.reshape([1, x_buf.shape[0] // W, W, x_buf.shape[1]])
+    tma.async_copy_global_to_shared(body_desc, [n0, h0 - 1, kw - 1, c0], bar, rows.slice(0, BH, 1))
+    tma.async_copy_global_to_shared(
+        edge_desc, [n0, h0 + BH - 1, kw - 1, c0], bar, rows.slice(BH, 2, 1)
+    )
+
+
+@gluon.jit
+def _rows_view(buf, first: gl.constexpr, W: gl.constexpr, ROWS: gl.constexpr):
+    """ROWS rows of ``buf`` from row ``first`` (a multiple of W: on the swizzle pattern), as
+    a [ROWS, cols] view (Gluon slices only at multiples of the slice's length)."""
+    return buf.slice(first, W)._reinterpret(buf.dtype, [ROWS, buf.shape[1]], buf.layout)
+
+
+@gluon.jit
+def _store_dw(ptrs, acc, ACCUMULATE: gl.constexpr):
+    """Store one tap's fp32 tile (whole: no mask), added to what is there when ACCUMULATE."""
+    if ACCUMULATE:
+        acc += gl.load(ptrs)
+    gl.store(ptrs, acc)
+
+
 def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
@@ -327,13 +461,24 @@ def halo_applicable(
     aligned (``others``: the output and epilogue tensors too), a 3x3 kernel with stride 1,
     ``padding`` (top, bottom, left, right) 1, no dilation or groups, 64k input and output
     channels, and some tile of whole rows."""
-    c_out, c_in, kh, kw = weight.shape
     _, _, h, w = a.shape
+    return (
+        _conv_ok(a, weight, weight.shape, stride, padding, dilation, groups, *others)
+        and weight.dtype == a.dtype
+        and any(rows_per_tile(h, w, cfg.BLOCK_M) for cfg in HALO_CONFIGS)
+    )
+
+
+def _conv_ok(a, b, weight_shape, stride, padding, dilation, groups: int, *others) -> bool:
+    """What every halo kernel needs: asked for (ENABLED), an sm_90 GPU, operands ``a`` and
+    ``b`` in fp16 / bf16 and TMA-ready (``others`` too, where given), a 3x3 stride-1 conv
+    padded by 1 on each side, undilated, ungrouped, with 64k input and output channels."""
+    c_out, c_in, kh, kw = (int(v) for v in weight_shape)
     return (
         ENABLED
         and _is_hopper()
         and a.dtype in (torch.float16, torch.bfloat16)
-        and weight.dtype == a.dtype
+        and b.dtype == a.dtype
         and (kh, kw) == (3, 3)
         and tuple(stride) == (1, 1)
         and tuple(padding) == (1, 1, 1, 1)
@@ -341,10 +486,7 @@ def halo_applicable(
         and groups == 1
         and c_in % 64 == 0
         and c_out % 64 == 0
-        and _tma_ready(a)
-        and _tma_ready(weight)
-        and all(t is None or _tma_ready(t) for t in others)
-        and any(rows_per_tile(h, w, cfg.BLOCK_M) for cfg in HALO_CONFIGS)
+        and all(t is None or _tma_ready(t) for t in (a, b, *others))
     )
 
 
@@ -420,6 +562,93 @@ def launch_halo(
         parts[0], parts[1], h, c_red, c_cols, c_in_w,
         DGRAD=dgrad, MOMENTS=moments, ADD_GRAD=add is not None,
         RELU_INPUT=relu_out is not None, BH=bh, W=w, STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return tiles
+
+
+def wgrad_smem_bytes(cfg: HaloConfig, w: int, elem_bytes: int = 2) -> int:
+    """Shared memory of the weight gradient's pipeline: per stage a dy box of BLOCK_K pixels
+    x BLOCK_M channels and an x halo buffer (rows rounded up to a power of two) x BLOCK_N."""
+    halo_rows = triton.next_power_of_2(cfg.BLOCK_K + 2 * w)
+    return cfg.num_stages * (cfg.BLOCK_K * cfg.BLOCK_M + halo_rows * cfg.BLOCK_N) * elem_bytes
+
+
+# Weight-gradient tiles: BLOCK_M output channels x BLOCK_N input channels, K steps of BLOCK_K
+# pixels (whole rows), three fp32 accumulators (64 x 64 on 4 warps: 96 registers of them).
+HALO_WGRAD_CONFIGS: tuple[HaloConfig, ...] = (
+    HaloConfig(64, 64, 128, 4, 2),
+    HaloConfig(64, 64, 128, 4, 4),
+    HaloConfig(64, 64, 64, 4, 4),
+    HaloConfig(128, 64, 128, 8, 2),
+    HaloConfig(64, 128, 128, 8, 2),
+)
+
+
+def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape, stride, padding,
+                          dilation, groups: int) -> bool:  # fmt: skip
+    """Whether ``conv3x3_halo_wgrad_kernel`` can compute this weight gradient (as
+    ``halo_applicable``, for x and dy)."""
+    _, _, h, w = x.shape
+    return _conv_ok(x, grad_out, weight_shape, stride, padding, dilation, groups) and any(
+        rows_per_tile(h, w, cfg.BLOCK_K) for cfg in HALO_WGRAD_CONFIGS
+    )
+
+
+def halo_wgrad_candidates(
+    c_in: int, c_out: int, h: int, w: int, smem_limit: int
+) -> list[HaloConfig]:
+    """The HALO_WGRAD_CONFIGS that fit: whole-row pixel steps, tiles dividing the channels,
+    within shared memory."""
+    return [
+        cfg
+        for cfg in HALO_WGRAD_CONFIGS
+        if rows_per_tile(h, w, cfg.BLOCK_K)
+        and c_out % cfg.BLOCK_M == 0
+        and c_in % cfg.BLOCK_N == 0
+        and wgrad_smem_bytes(cfg, w) <= smem_limit
+    ]
+
+
+def pick_halo_wgrad_config(h: int, w: int) -> HaloConfig | None:
+    """The heuristic weight-gradient tile: 64 x 64, 128 pixels a step (64 for 8x8 outputs),
+    4 stages."""
+    for cfg in (HaloConfig(64, 64, 128, 4, 4), HaloConfig(64, 64, 64, 4, 4)):
+        if rows_per_tile(h, w, cfg.BLOCK_K):
+            return cfg
+    return None
+
+
+def launch_halo_wgrad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    dst: torch.Tensor,
+    strides: tuple[int, int, int],
+    cfg: HaloConfig,
+    split: int,
+    per_split: int,
+    accumulate: bool,
+) -> None:
+    """Launch ``conv3x3_halo_wgrad_kernel`` (``split`` splits of ``per_split`` pixels, a
+    multiple of cfg.BLOCK_K) into fp32 ``dst`` with element strides (split, o, tap), c
+    contiguous; the caller checked ``halo_wgrad_applicable`` and adds the splits."""
+    n, c_in, h, w = x.shape
+    c_out = grad_out.shape[1]
+    bh = rows_per_tile(h, w, cfg.BLOCK_K)
+    if bh is None or per_split % cfg.BLOCK_K or c_out % cfg.BLOCK_M or c_in % cfg.BLOCK_N:
+        raise ValueError(f"conv2d halo wgrad tile {cfg} doesn't fit {h}x{w} / {per_split}")
+    dtype = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
+
+    def box(t: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
+        c = t.shape[1]
+        shape = [1, rows, w, cols]
+        layout = gl.NVMMASharedLayout.get_default_for(shape, dtype)
+        return TensorDescriptor(t, [n, h, w, c], [h * w * c, w * c, c, 1], shape, layout)
+
+    tiles = (c_out // cfg.BLOCK_M) * (c_in // cfg.BLOCK_N)
+    conv3x3_halo_wgrad_kernel[(tiles, 3, split)](
+        box(grad_out, bh, cfg.BLOCK_M), box(x, bh, cfg.BLOCK_N), box(x, 2, cfg.BLOCK_N), dst,
+        h, c_in, per_split, n * h * w, *strides,
+        ACCUMULATE=accumulate, BH=bh, W=w, STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip

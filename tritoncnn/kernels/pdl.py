@@ -32,6 +32,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.experimental import gluon
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from tritoncnn import runtime
@@ -52,6 +53,15 @@ _PDL = tl.constexpr(LAUNCH_PDL)
 def wait_for_inputs():
     """Block until the previous kernel on the stream has completed (its writes visible), then
     let the next kernel launch. First statement of every kernel; nothing without PDL."""
+    if _PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@gluon.jit
+def wait_for_inputs_gluon():
+    """``wait_for_inputs`` for Gluon kernels (kernels/conv_halo.py), which call only Gluon
+    functions; they import it as ``wait_for_inputs``, so the contract reads the same."""
     if _PDL:
         gdc_wait()
         gdc_launch_dependents()
