@@ -25,10 +25,18 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
     grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
 }
 gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
+# A halo kernel that failed its tests (or hung) is left out of the timed runs.
+HALO=(--halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)
+if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
+    || ! grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo.log"; then
+    echo "halo gpu tests did not pass: timing without the halo kernels"
+    HALO=() HALO_OPS=()
+fi
 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
-    --graph-only --ours-only --halo --tma --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
-timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_halo fwd_tma dgrad dgrad_halo \
-    dgrad_tma wgrad wgrad_halo --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
+    --graph-only --ours-only "${HALO[@]}" --tma --out "$OUT/halo" 2>&1 | grep -v -i warn \
+    | grep " ms "
+timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_tma dgrad dgrad_tma wgrad \
+    "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
     --out "$OUT" 2>&1 | grep -v -i warn | tail -24
 gpu_tests gpu_tests_tma 100 tests/test_conv_tma.py
 gpu_tests gpu_tests_autotune 80 tests/test_autotune.py
