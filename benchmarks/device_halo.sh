@@ -4,7 +4,7 @@
 # the TMA kernels' checks beside it. Most wanted first (a call cut short keeps what it wrote):
 #
 #   bash benchmarks/device_halo.sh          # carry .whl
-#   bash benchmarks/device_halo.sh short    # 1 and 2 only
+#   bash benchmarks/device_halo.sh short    # ~4 min: 1, and 2 for ResNet-18 without --tma
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -33,10 +33,14 @@ if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     echo "halo gpu tests did not pass: timing without the halo kernels"
     HALO=() HALO_OPS=()
 fi
+if [ "${1:-}" = short ]; then  # ~4 min: the tests, ResNet-18's step with and without
+    timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
+        --ours-only "${HALO[@]}" --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+    exit 0
+fi
 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
     --graph-only --ours-only "${HALO[@]}" --tma --out "$OUT/halo" 2>&1 | grep -v -i warn \
     | grep " ms "
-[ "${1:-}" = short ] && exit 0  # ~6 min: the tests and the step only
 timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_tma dgrad dgrad_tma wgrad \
     "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \
     --out "$OUT" 2>&1 | grep -v -i warn | tail -24
