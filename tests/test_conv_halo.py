@@ -53,6 +53,18 @@ def test_candidates_fit_shared_memory_and_the_shape():
     assert H.HaloConfig(128, 64, 64, 4, 2).smem_bytes(32, 1) == (2 * 448 * 64 + 128 * 64) * 2
 
 
+@pytest.mark.parametrize("size", [8, 16, 32, 64, 128])
+def test_heuristic_tiles_fit_shared_memory(size):
+    """Wherever the kernels apply, their heuristic tiles fit an H100's 227 KiB of shared
+    memory with the dgrad's add and ReLU tiles (and the wgrad's pipeline)."""
+    cfg = H.pick_halo_config(size, size)
+    assert cfg is not None and H.rows_per_tile(size, size, cfg.BLOCK_M)
+    assert cfg.smem_bytes(size, epilogue_tiles=3) <= 227 * 1024, cfg
+    wcfg = H.pick_halo_wgrad_config(size, size)
+    if wcfg is not None:
+        assert H.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
+
+
 def test_halo_is_off_unless_asked_and_off_the_gpu(monkeypatch):
     """Without TRITONCNN_HALO=1, and anywhere but an sm_90 GPU (the interpreter included), no
     conv takes the halo kernel."""
@@ -160,7 +172,7 @@ def test_gpu_halo_through_conv2d_forward_and_dgrad(_halo_on):
     same results as the pointer kernels', and the moments' tiles are the halo tile's."""
     x, wt, go = _gpu_case((64, 32, 64), torch.float16)
     y, tiles = K.conv2d_forward_moments(x, wt, None, 1, 1, 1, 1)
-    assert tiles.rows == H.pick_halo_config(64, 32, 32).BLOCK_M
+    assert tiles.rows == H.pick_halo_config(32, 32).BLOCK_M
     yr, dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[:2]
     assert_close(y, yr, torch.float16, what="forward")
     assert_close(K.conv2d_dgrad(go, wt, x.shape, 1, 1, 1, 1), dxr, torch.float16, what="dgrad")
@@ -170,7 +182,7 @@ def test_gpu_halo_through_conv2d_forward_and_dgrad(_halo_on):
 def test_gpu_halo_in_a_cuda_graph(_halo_on):
     """Descriptors are captured by value with the launch: a replay reads x changed in place."""
     x, wt, _ = _gpu_case((64, 16, 64), torch.float16)
-    cfg = H.pick_halo_config(64, 16, 16)
+    cfg = H.pick_halo_config(16, 16)
     K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -1107,7 +1107,7 @@ def _forward(
     if tma and "fwd" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if halo:
-        heuristic = conv_halo.pick_halo_config(c_out, ho, wo)
+        heuristic = conv_halo.pick_halo_config(ho, wo)
     if config is not None or runtime.INTERPRETED:
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
         _check_tma_config(cfg, tma, "conv2d_forward")
@@ -1298,7 +1298,7 @@ def _dgrad(
     if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if halo:
-        heuristic = conv_halo.pick_halo_config(c_in, h, w)
+        heuristic = conv_halo.pick_halo_config(h, w)
     if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)

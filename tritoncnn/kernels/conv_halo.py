@@ -465,7 +465,7 @@ def halo_applicable(
     return (
         _conv_ok(a, weight, weight.shape, stride, padding, dilation, groups, *others)
         and weight.dtype == a.dtype
-        and any(rows_per_tile(h, w, cfg.BLOCK_M) for cfg in HALO_CONFIGS)
+        and pick_halo_config(h, w) is not None
     )
 
 
@@ -504,13 +504,16 @@ def halo_candidates(
     ]
 
 
-def pick_halo_config(c_cols: int, h: int, w: int) -> HaloConfig | None:
-    """The heuristic tile: 128 pixels x 64 channels in K steps of 32, 4 stages; 64 pixels
-    where 128 can't be whole rows (8 x 8 outputs)."""
-    for cfg in (HaloConfig(128, 64, 32, 4, 4), HaloConfig(64, 64, 32, 4, 4)):
-        if rows_per_tile(h, w, cfg.BLOCK_M) and c_cols % cfg.BLOCK_N == 0:
-            return cfg
-    return None
+# The heuristic's tiles, first fitting wins: 128 pixels x 64 channels in K steps of 32 on 4
+# stages; 64 pixels where 128 can't be whole rows (8 x 8 outputs); 256 on 2 stages where rows
+# are 128 wide (its 512-row halo buffers: 184 KiB with the dgrad's epilogue tiles).
+HALO_HEURISTIC = (HaloConfig(128, 64, 32, 4, 4), HaloConfig(64, 64, 32, 4, 4),
+                  HaloConfig(256, 64, 32, 8, 2))  # fmt: skip
+
+
+def pick_halo_config(h: int, w: int) -> HaloConfig | None:
+    """The heuristic tile of an h x w output (64 channels wide: they are multiples of 64)."""
+    return next((cfg for cfg in HALO_HEURISTIC if rows_per_tile(h, w, cfg.BLOCK_M)), None)
 
 
 def _matrix(t: torch.Tensor, m: int, c: int, box: list[int]) -> TensorDescriptor:
@@ -590,8 +593,9 @@ def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape,
     """Whether ``conv3x3_halo_wgrad_kernel`` can compute this weight gradient (as
     ``halo_applicable``, for x and dy)."""
     _, _, h, w = x.shape
-    return _conv_ok(x, grad_out, weight_shape, stride, padding, dilation, groups) and any(
-        rows_per_tile(h, w, cfg.BLOCK_K) for cfg in HALO_WGRAD_CONFIGS
+    return (
+        _conv_ok(x, grad_out, weight_shape, stride, padding, dilation, groups)
+        and pick_halo_wgrad_config(h, w) is not None
     )
 
 
