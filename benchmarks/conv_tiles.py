@@ -174,7 +174,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             elif halo:
                 cols = cin if op == "dgrad_halo" else cout
                 cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_limit(), 1)
-                heuristic = conv_halo.pick_halo_config(hw, hw)
+                heuristic = conv_halo.pick_halo_config(hw, hw, op == "dgrad_halo")
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)

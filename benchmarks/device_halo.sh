@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (the device tool), one call (~9 min): the halo 3x3 conv kernel
-# (kernels/conv_halo.py, Gluon, sm_90; off unless TRITONCNN_HALO=1) checked and measured, and
+# (kernels/conv_halo.py, Gluon, sm_90; on unless TRITONCNN_HALO=0) checked and measured, and
 # the TMA kernels' checks beside it. Most wanted first (a call cut short keeps what it wrote):
 #
 #   bash benchmarks/device_halo.sh          # carry .whl
@@ -8,8 +8,8 @@
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
-# 2. ResNet-18 and MobileNetV2's graphed step at b512: ours by default, with the halo kernel
-#    (--halo) and with the TMA kernels (--tma) ($OUT/halo);
+# 2. ResNet-18 and MobileNetV2's graphed step at b512: ours by default (the halo kernels on),
+#    without them (--without-halo) and with the TMA kernels (--tma) ($OUT/halo);
 # 3. conv_tiles.py: ResNet-18's 3x3 forwards, dgrads and wgrads, every pointer / halo (/ TMA)
 #    tile against cuDNN;
 # 4. the TMA kernels' and the autotuner's gpu tests.
@@ -27,19 +27,20 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
 }
 gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
 # A halo kernel that failed its tests (or hung) is left out of the timed runs.
-HALO=(--halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)
+HALO_ROW=(--without-halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)
 if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     || ! grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo.log"; then
     echo "halo gpu tests did not pass: timing without the halo kernels"
-    HALO=() HALO_OPS=()
+    export TRITONCNN_HALO=0
+    HALO_ROW=() HALO_OPS=()
 fi
 if [ "${1:-}" = short ]; then  # ~4 min: the tests, ResNet-18's step with and without
     timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
-        --ours-only "${HALO[@]}" --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+        --ours-only "${HALO_ROW[@]}" --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
     exit 0
 fi
 timeout 200 python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
-    --graph-only --ours-only "${HALO[@]}" --tma --out "$OUT/halo" 2>&1 | grep -v -i warn \
+    --graph-only --ours-only "${HALO_ROW[@]}" --tma --out "$OUT/halo" 2>&1 | grep -v -i warn \
     | grep " ms "
 timeout 150 python3 benchmarks/conv_tiles.py --ops fwd fwd_tma dgrad dgrad_tma wgrad \
     "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 \

@@ -100,7 +100,7 @@ def ours_step(
     skip_grad_in_dgrad: bool = True,
     relu_grad_in_dgrad: bool = False,
     tma: tuple[str, ...] = (),
-    halo: bool = False,
+    halo: bool | None = None,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -124,8 +124,8 @@ def ours_step(
     ``tma``: the conv ops ("fwd", "dgrad", "wgrad") that take kernels/conv_tma.py's TMA
     kernels where they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every
     launch; rows without leave conv_tma.ENABLED to TRITONCNN_TMA).
-    ``halo``: 3x3 stride-1 forwards and dgrads take kernels/conv_halo.py's halo kernel where
-    it applies (conv_halo.ENABLED; rows without leave it to TRITONCNN_HALO)."""
+    ``halo``: whether 3x3 stride-1 convs take kernels/conv_halo.py's halo kernels where they
+    apply (conv_halo.ENABLED; None: as TRITONCNN_HALO says, on unless it is 0)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -135,7 +135,7 @@ def ours_step(
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
     conv_k.TMA_CONVS = frozenset(tma)
     conv_tma.ENABLED = bool(tma) or conv_tma.env_enabled()
-    conv_halo.ENABLED = halo or conv_halo.env_enabled()
+    conv_halo.ENABLED = conv_halo.env_enabled() if halo is None else halo
 
     torch.manual_seed(0)
     model = models.build(
@@ -305,8 +305,13 @@ def main() -> None:
     ap.add_argument(
         "--halo",
         action="store_true",
-        help="add a graph row whose 3x3 stride-1 conv forwards and dgrads take the halo kernel "
-        "(kernels/conv_halo.py, sm_90)",
+        help="add a graph row whose 3x3 stride-1 convs take the halo kernels "
+        "(kernels/conv_halo.py, sm_90) even where TRITONCNN_HALO=0",
+    )
+    ap.add_argument(
+        "--without-halo",
+        action="store_true",
+        help="add a graph row without the halo kernels (the default rows have them on sm_90)",
     )
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
@@ -365,6 +370,8 @@ def main() -> None:
                 ours[f"tritoncnn_fp16_graph_tma_{op}"] = {**graph, "tma": (op,)}
             if args.halo:
                 ours["tritoncnn_fp16_graph_halo"] = {**graph, "halo": True}
+            if args.without_halo:
+                ours["tritoncnn_fp16_graph_no_halo"] = {**graph, "halo": False}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

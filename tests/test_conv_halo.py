@@ -65,15 +65,17 @@ def test_heuristic_tiles_fit_shared_memory(size):
         assert H.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
 
 
-def test_halo_is_off_unless_asked_and_off_the_gpu(monkeypatch):
-    """Without TRITONCNN_HALO=1, and anywhere but an sm_90 GPU (the interpreter included), no
-    conv takes the halo kernel."""
+def test_halo_is_on_unless_turned_off_and_only_on_sm90(monkeypatch):
+    """TRITONCNN_HALO=0 turns the halo kernels off; otherwise they take the convs that
+    qualify, but only on an sm_90 GPU (never in the interpreter)."""
     x = randn(2, 64, 8, 8, dtype=torch.float16, channels_last=True)
     wt = _weight(64, 64, torch.float16)
     monkeypatch.delenv("TRITONCNN_HALO", raising=False)
-    assert not H.env_enabled()
-    monkeypatch.setenv("TRITONCNN_HALO", "1")
     assert H.env_enabled()
+    monkeypatch.setenv("TRITONCNN_HALO", "0")
+    assert not H.env_enabled()
+    monkeypatch.setattr(H, "ENABLED", False)
+    assert not H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     monkeypatch.setattr(H, "ENABLED", True)
     on_hopper = torch.cuda.is_available() and H._is_hopper()
     assert H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1) == on_hopper
@@ -168,7 +170,7 @@ def test_gpu_halo_dgrad_every_candidate(shape, dtype, _halo_on):
 
 @pytest.mark.gpu
 def test_gpu_halo_through_conv2d_forward_and_dgrad(_halo_on):
-    """With TRITONCNN_HALO=1 the heuristic sends ResNet's 3x3 convs to the halo kernel: the
+    """The heuristic sends ResNet's 3x3 convs to the halo kernels: the
     same results as the pointer kernels', and the moments' tiles are the halo tile's."""
     x, wt, go = _gpu_case((64, 32, 64), torch.float16)
     y, tiles = K.conv2d_forward_moments(x, wt, None, 1, 1, 1, 1)

@@ -960,7 +960,7 @@ def _check_halo_config(cfg, halo: bool, op: str) -> None:
         raise ValueError(
             f"{op}: config {cfg} is a halo tile, but the halo kernel can't run this conv "
             "(3x3, stride 1, padding 1, no bias or activation, 64k channels, fp16/bf16 dense "
-            "channels_last operands, sm_90, TRITONCNN_HALO=1: see kernels/conv_halo.py)"
+            "channels_last operands, sm_90, not TRITONCNN_HALO=0: see kernels/conv_halo.py)"
         )
 
 
@@ -1298,7 +1298,7 @@ def _dgrad(
     if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if halo:
-        heuristic = conv_halo.pick_halo_config(h, w)
+        heuristic = conv_halo.pick_halo_config(h, w, dgrad=True)
     if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
