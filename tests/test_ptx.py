@@ -240,3 +240,16 @@ def test_halo_wgrad_reads_x_once_per_k_step_for_three_kernel_rows():
     assert report["tma_copies"] % 3 == 0, report
     assert report["wgmma_in_flight"] == 3, report
     assert report["spill_bytes"] == 0 and report["registers"] <= 168, report
+
+
+def test_halo_sub_views_of_rows_wider_than_the_swizzle_do_not_compile():
+    """A halo buffer of 128 fp16 channels (256-byte rows) is stored as two 128-byte column
+    blocks, which a re-viewed sub-tile can't follow: the 64 x 128 weight-gradient tile computed
+    wrong gradients on an H100. Such a tile must fail to compile, with the reason."""
+    args = ["--op", "wgrad_halo", "--c-in", "128", "--c-out", "128", "--size", "16"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--config", "64,128,128,8,2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "halo sub-views need rows of at most 128 bytes" in done.stderr

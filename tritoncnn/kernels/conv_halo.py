@@ -413,7 +413,16 @@ def _issue_wgrad_loads(
 @gluon.jit
 def _rows_view(buf, first: gl.constexpr, W: gl.constexpr, ROWS: gl.constexpr):
     """ROWS rows of ``buf`` from row ``first`` (a multiple of W: on the swizzle pattern), as
-    a [ROWS, cols] view (Gluon slices only at multiples of the slice's length)."""
+    a [ROWS, cols] view (Gluon slices only at multiples of the slice's length).
+
+    Only for rows of at most one swizzle width (128 bytes): a wider NVMMA tile is stored as
+    column blocks of 128-byte rows, one after the other, and the re-viewed tile would take
+    its second block ROWS rows after its first, where the buffer has it a whole buffer's rows
+    later (the 64 x 128 weight-gradient tile that computed wrong gradients on the H100)."""
+    gl.static_assert(
+        buf.shape[1] * buf.dtype.primitive_bitwidth <= 128 * 8,
+        "halo sub-views need rows of at most 128 bytes (64 fp16 channels)",
+    )
     return buf.slice(first, W)._reinterpret(buf.dtype, [ROWS, buf.shape[1]], buf.layout)
 
 
@@ -585,9 +594,8 @@ def wgrad_smem_bytes(cfg: HaloConfig, w: int, elem_bytes: int = 2) -> int:
 
 # Weight-gradient tiles: BLOCK_M output channels x BLOCK_N input channels, K steps of BLOCK_K
 # pixels (whole rows), three fp32 accumulators (64 x 64 on 4 warps: 96 registers of them).
-# 64 x 128 on 8 warps (two warpgroups side by side along N, warps_per_cta [4, 2]) computed
-# wrong gradients on an H100 (relative error 0.76, 2026-12-07; the forward's 4-warp 128 x 128
-# and the wgrad's 8-warp 128 x 64, warps [8, 1], are right): left out, cause not found.
+# BLOCK_N (input channels, the x halo's row) stays 64: a sub-view of a wider halo row is
+# wrong (``_rows_view``; 64 x 128 computed gradients 0.76 off on an H100, 2026-12-07).
 HALO_WGRAD_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 128, 4, 2),
     HaloConfig(64, 64, 128, 4, 4),
