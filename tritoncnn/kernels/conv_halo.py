@@ -72,15 +72,16 @@ def env_enabled() -> bool:
 
 
 # Read at every launch (benchmarks and tests set it). On since their gpu tests passed on an
-# H100 (2026-12-07): ResNet-18's graphed b512 step 9.30 -> 8.40 ms.
+# H100 (2026-12-07): ResNet-18's graphed b512 step 9.30 -> 8.24 ms.
 ENABLED: bool = env_enabled()
 
 
 @dataclass(frozen=True)
 class HaloConfig:
-    """A tile of the halo kernel: BLOCK_M output pixels (whole rows) x BLOCK_N channels, K
-    steps of BLOCK_K channels, STAGES pipeline buffers. ``halo`` tells it from other configs
-    of the same numbers in the autotuner's cache."""
+    """A tile of a halo kernel. Forward / dgrad: BLOCK_M output pixels (whole rows) x BLOCK_N
+    channels, K steps of BLOCK_K reduced channels; weight gradient: BLOCK_M output x BLOCK_N
+    input channels, K steps of BLOCK_K pixels (whole rows). num_stages pipeline buffers.
+    ``halo`` tells it from other configs of the same numbers in the autotuner's cache."""
 
     BLOCK_M: int
     BLOCK_N: int
