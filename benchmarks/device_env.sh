@@ -7,3 +7,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
+# gpu_tests <log name> <timeout s> <pytest arguments>: a gpu-tier run logged to $OUT/<log
+# name>.log, its failures and totals printed.
+gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
+    timeout "$2" python3 -m pytest -m gpu -n 8 -q -rf -p no:cacheprovider "${@:3}" \
+        > "$OUT/$1.log" 2>&1
+    grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
+}

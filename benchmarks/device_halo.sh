@@ -20,11 +20,6 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
-    timeout "$2" python3 -m pytest -m gpu -n 8 -q -rf -p no:cacheprovider "${@:3}" \
-        > "$OUT/$1.log" 2>&1
-    grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
-}
 gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
 # A halo kernel that failed its tests (or hung) is left out of the timed runs.
 HALO_ROW=(--without-halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)

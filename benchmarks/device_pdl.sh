@@ -28,11 +28,6 @@ step() {  # step <TRITONCNN_PDL> <out dir> <timeout s> [train_step.py arguments]
     TRITONCNN_PDL=$1 timeout "$3" python3 benchmarks/train_step.py --models resnet18 mobilenetv2 \
         --batches 512 --graph-only --out "$OUT/$2" "${@:4}" 2>&1 | grep -v -i warn | grep " ms "
 }
-gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
-    timeout "$2" python3 -m pytest -m gpu -n 8 -q -rf -p no:cacheprovider "${@:3}" \
-        > "$OUT/$1.log" 2>&1
-    grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
-}
 if [ "${1:-}" = short ]; then  # what decides the TMA defaults, in ~6 minutes
     gpu_tests gpu_tests_tma 110 tests/test_conv_tma.py
     step 0 tma_each 150 --ours-only --tma --tma-each

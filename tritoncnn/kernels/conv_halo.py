@@ -540,10 +540,14 @@ def pick_halo_config(h: int, w: int, dgrad: bool = False) -> HaloConfig | None:
     return next((cfg for cfg in tiles if rows_per_tile(h, w, cfg.BLOCK_M)), None)
 
 
+def _gl_dtype(t: torch.Tensor):
+    """Gluon's dtype of an fp16 / bf16 tensor (the descriptors' shared layouts need it)."""
+    return gl.float16 if t.dtype == torch.float16 else gl.bfloat16
+
+
 def _matrix(t: torch.Tensor, m: int, c: int, box: list[int]) -> TensorDescriptor:
     """A dense NHWC tensor as an [M, C] matrix descriptor with ``box`` tiles."""
-    dtype = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
-    layout = gl.NVMMASharedLayout.get_default_for(box, dtype)
+    layout = gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(t))
     return TensorDescriptor(t, [m, c], [c, 1], box, layout)
 
 
@@ -565,7 +569,7 @@ def launch_halo(
     bh = rows_per_tile(h, w, cfg.BLOCK_M)
     if bh is None or c_red % cfg.BLOCK_K or c_cols % cfg.BLOCK_N:
         raise ValueError(f"conv2d halo tile {cfg} doesn't fit a {h}x{w}, {c_red}->{c_cols} conv")
-    dtype = gl.float16 if a.dtype == torch.float16 else gl.bfloat16
+    dtype = _gl_dtype(a)
     strides = [h * w * c_red, w * c_red, c_red, 1]
 
     def box(rows: int) -> TensorDescriptor:
@@ -669,7 +673,7 @@ def launch_halo_wgrad(
     bh = rows_per_tile(h, w, cfg.BLOCK_K)
     if bh is None or per_split % cfg.BLOCK_K or c_out % cfg.BLOCK_M or c_in % cfg.BLOCK_N:
         raise ValueError(f"conv2d halo wgrad tile {cfg} doesn't fit {h}x{w} / {per_split}")
-    dtype = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
+    dtype = _gl_dtype(x)
 
     def box(t: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
         c = t.shape[1]
