@@ -248,7 +248,7 @@ class RecordingTuner(autotune.Tuner):
 def gpu_like(monkeypatch):
     """The launch helpers' GPU path, still running through the interpreter on tiny shapes."""
     monkeypatch.setattr(runtime, "INTERPRETED", False)
-    monkeypatch.setattr(K, "_sm_count", lambda: 132)
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)
     monkeypatch.setattr(K, "_smem_limit", lambda: 180 * 1024)
 
 

@@ -202,7 +202,7 @@ def test_each_config(cfg):
 
 def test_pick_config(monkeypatch):
     monkeypatch.setattr(mm.runtime, "INTERPRETED", False)  # the GPU heuristic
-    monkeypatch.setattr(mm, "_NUM_SMS", 132)  # an H100's, without asking a GPU
+    monkeypatch.setattr(mm.runtime, "sm_count", lambda: 132)  # an H100's, without a GPU
     assert mm.pick_config(512, 10, 512, torch.float16) is mm.CONFIGS[-1]
     assert mm.pick_config(10, 256, 512, torch.float16) is mm.CONFIGS[-1]
     assert mm.pick_config(4096, 4096, 4096, torch.float16) in mm.CONFIGS

@@ -14,6 +14,7 @@ weights) with channels_last memory (NHWC, OHWI), the natural implicit-GEMM layou
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -44,6 +45,15 @@ else:
 POISON_OUTPUTS = os.environ.get("TRITONCNN_POISON", "0") == "1"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def sm_count() -> int:
+    """Streaming multiprocessors of the GPU (1 in the interpreter, which runs programs one at a
+    time): for grids of a few programs per SM."""
+    if INTERPRETED:
+        return 1
+    return torch.cuda.get_device_properties(DEVICE).multi_processor_count
 
 
 def bf16_supported() -> bool:

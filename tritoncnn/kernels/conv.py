@@ -975,13 +975,6 @@ def _emulate_bf16(dtype: torch.dtype) -> bool:
     return runtime.INTERPRETED and dtype == torch.bfloat16
 
 
-@functools.cache
-def _sm_count() -> int:
-    if runtime.INTERPRETED:
-        return 1
-    return torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
-
-
 def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
     """Output extent of one spatial axis (torch's formula, padding split into low/high sides)."""
     return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
@@ -1366,7 +1359,7 @@ def _pick_split(
 ) -> int:
     """Splits of the K (pixel) axis so that ~per_sm programs per SM run, each reducing
     >= min_pixels."""
-    want = triton.cdiv(per_sm * _sm_count(), max(tiles, 1))
+    want = triton.cdiv(per_sm * runtime.sm_count(), max(tiles, 1))
     return max(1, min(want, pixels // max(min_pixels, block), 64))
 
 

@@ -180,21 +180,8 @@ def column_sum_kernel(
 
 # --- launch helpers --------------------------------------------------------------------------
 
-_NUM_SMS: int | None = None
 # (config, operand and output dtypes, flags) -> num_stages that fit in shared memory.
 _STAGES: dict[tuple, int] = {}
-
-
-def _num_sms() -> int:
-    """Programs that run at once: the GPU's SM count; 1 in the interpreter (runs them in turn)."""
-    global _NUM_SMS
-    if _NUM_SMS is None:
-        _NUM_SMS = (
-            1
-            if runtime.INTERPRETED
-            else torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
-        )
-    return _NUM_SMS
 
 
 def _tiles(cfg: MatmulConfig, m: int, n: int) -> int:
@@ -215,7 +202,7 @@ def pick_config(m: int, n: int, k: int, dot_dtype: torch.dtype) -> MatmulConfig:
         return CONFIGS[_SKINNY]
     first = _BIG if dot_dtype != torch.float32 else _BIG + 1
     for cfg in CONFIGS[first:_SKINNY]:
-        if _tiles(cfg, m, n) >= _num_sms():
+        if _tiles(cfg, m, n) >= runtime.sm_count():
             return cfg
     return CONFIGS[_SKINNY - 1]
 

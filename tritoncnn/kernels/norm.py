@@ -1016,17 +1016,12 @@ def bn_bwd_input_kernel(
 
 # --- launch helpers --------------------------------------------------------------------------
 
-_SM_COUNT: int | None = None
-
 
 def _target_programs() -> int:
     """Stage-1 programs to aim for: a few per SM on the GPU; few in the (serial) interpreter."""
-    global _SM_COUNT
     if runtime.INTERPRETED:
         return 4
-    if _SM_COUNT is None:
-        _SM_COUNT = torch.cuda.get_device_properties(runtime.DEVICE).multi_processor_count
-    return PROGRAMS_PER_SM * _SM_COUNT
+    return PROGRAMS_PER_SM * runtime.sm_count()
 
 
 def _geometry(t: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
