@@ -11,7 +11,8 @@ tap-looping wgrad with the 8-warp tiles it is never offered (Triton #1254 miscom
 loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward, dgrad and
 wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
 candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
-conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile. Each timing row carries
+conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": persistent, at
+most K programs per SM). Each timing row carries
 its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic
 tile's time, the best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with
 every timing under ``--out``.
@@ -173,7 +174,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 heuristic = conv_halo.pick_halo_wgrad_config(hw, hw)
             elif halo:
                 cols = cin if op == "dgrad_halo" else cout
-                cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_limit(), 1)
+                cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_optin(), 1)
                 heuristic = conv_halo.pick_halo_config(hw, hw, op == "dgrad_halo")
             elif tma:
                 dgrad = op == "dgrad_tma"
@@ -198,7 +199,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "op": op,
                     "weight": w_name,
                     "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
-                    f"s{cfg.num_stages}" + (" tma" if tma else "") + (" halo" if halo else ""),
+                    f"s{cfg.num_stages}"
+                    + (" tma" if tma else "")
+                    + (" halo" if halo else "")
+                    + (f" p{cfg.per_sm}" if getattr(cfg, "per_sm", 0) else ""),
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,

@@ -5,6 +5,10 @@
 #
 #   bash benchmarks/device_halo.sh          # carry .whl
 #   bash benchmarks/device_halo.sh short    # ~4 min: 1, and 2 for ResNet-18 without --tma
+#   bash benchmarks/device_halo.sh check    # 9 min: 1; 3 for the forward / dgrad halo tiles;
+#                                           # ResNet-18's step with --relu-grad-in-dgrad; the
+#                                           # gpu tests of the whole-model paths the halo kernels
+#                                           # reach (named as they finish) until 560 s
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -20,7 +24,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-gpu_tests gpu_tests_halo 120 tests/test_conv_halo.py
+gpu_tests gpu_tests_halo 170 tests/test_conv_halo.py
 # A halo kernel that failed its tests (or hung) is left out of the timed runs.
 HALO_ROW=(--without-halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)
 if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
@@ -28,6 +32,21 @@ if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     echo "halo gpu tests did not pass: timing without the halo kernels"
     export TRITONCNN_HALO=0
     HALO_ROW=() HALO_OPS=()
+fi
+if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first
+    timeout 150 python3 benchmarks/conv_tiles.py --ops "${HALO_OPS[@]:0:2}" \
+        --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 --out "$OUT" 2>&1 \
+        | grep -v -i warn | tail -12
+    timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
+        --ours-only --relu-grad-in-dgrad --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+    left=$((560 - SECONDS))
+    [ "$left" -gt 30 ] || exit 0
+    timeout "$left" python3 -m pytest -m gpu -n 8 -v -p no:cacheprovider tests/test_models.py \
+        tests/test_amp.py tests/test_cuda_graph.py tests/test_pdl.py tests/test_residual_fusion.py \
+        tests/test_skip_grad_dgrad.py > "$OUT/gpu_tests_models.log" 2>&1
+    grep -E " (FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/gpu_tests_models.log" | head -20
+    grep -cE " PASSED " "$OUT/gpu_tests_models.log" | sed 's/^/models: passed /'
+    exit 0
 fi
 if [ "${1:-}" = short ]; then  # ~4 min: the tests, ResNet-18's step with and without
     timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \

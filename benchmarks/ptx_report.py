@@ -44,10 +44,12 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as K  # noqa: E402
 from tritoncnn.kernels import conv_halo, conv_tma, depthwise, depthwise_rows, norm  # noqa: E402
 
-norm._SM_COUNT = 132  # the batch-norm row split asks the device; an H100 / H200 (sm_90) has 132
+# The batch-norm row split asks the device for its SMs; an H100 / H200 (sm_90) has 132.
+runtime.sm_count = lambda: 132
 
 CONV_POINTERS = {
     "fwd": {
@@ -250,7 +252,8 @@ def compile_halo(
 def _compile_gluon(kernel, types: dict[str, str], const: dict) -> dict[str, str]:
     """Compile a Gluon kernel for sm_90: ``types`` of its descriptor / pointer arguments (the
     others i32), ``const`` its constexprs (num_warps among them); integers and pointers
-    marked 16-divisible as a launch with ResNet's shapes would."""
+    marked 16-divisible as a launch with ResNet's shapes would. Its compiled forms, and
+    "shared": the bytes of shared memory it asks for at launch."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     signature, constexprs, attrs = {}, {}, {}
@@ -263,7 +266,8 @@ def _compile_gluon(kernel, types: dict[str, str], const: dict) -> dict[str, str]
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
     options = {"num_warps": const["num_warps"]}
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return {**compiled.asm, "shared": str(compiled.metadata.shared)}
 
 
 def shared_offsets(llir: str) -> list[int]:
@@ -457,6 +461,7 @@ def main() -> None:
         asm = compile_halo(args.op, args.batch, args.c_in, args.c_out, args.size, cfg,
                            args.epilogue)  # fmt: skip
         ptx, const = asm["ptx"], {"shared_offsets": shared_offsets(asm["llir"])}
+        const["shared_bytes"] = int(asm["shared"])
         kernel = conv_halo.conv3x3_halo_wgrad_kernel if args.op == "wgrad_halo" else None
         kernel = kernel or conv_halo.conv3x3_halo_kernel
         shape = f"{args.c_in}->{args.c_out} 3x3 {args.size}x{args.size} {cfg}"
@@ -490,6 +495,7 @@ def main() -> None:
     usage["tma_copies"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
     if "shared_offsets" in const:
         usage["shared_offsets"] = const["shared_offsets"]
+        usage["shared_bytes"] = const["shared_bytes"]
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return

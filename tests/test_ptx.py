@@ -216,16 +216,20 @@ def test_halo_kernel_rows_are_sub_views_of_one_halo_box(op, config, epilogue, ro
     assert report["spill_bytes"] == 0 and report["registers"] <= 160, report
 
 
-def test_every_halo_tile_compiles_without_spills():
+def test_every_halo_tile_compiles_without_spills_in_the_shared_memory_it_counts():
     """Every tile the autotuner may time, on a shape it fits (forward, the largest: 128
-    output channels where the tile is 128 wide)."""
+    output channels where the tile is 128 wide), compiles without spills and asks for exactly
+    the shared memory HaloConfig.smem_bytes counts: the candidates are filtered by it against
+    the whole opt-in limit, so a byte it misses could make a launch fail."""
     from tritoncnn.kernels import conv_halo
 
-    for cfg in conv_halo.HALO_CONFIGS:
+    for key in dict.fromkeys(_halo_config(cfg) for cfg in conv_halo.HALO_CONFIGS):
+        cfg = conv_halo.HaloConfig(*(int(v) for v in key.split(",")))
         size = 32 if cfg.BLOCK_M <= 128 and cfg.BLOCK_M != 64 else 8
         size = 16 if cfg.BLOCK_M == 256 else size
-        report = _report("fwd_halo", 64, 128, 3, "--size", str(size), "--config", _halo_config(cfg))
+        report = _report("fwd_halo", 64, 128, 3, "--size", str(size), "--config", key)
         assert report["spill_bytes"] == 0, (cfg, report)
+        assert report["shared_bytes"] == cfg.smem_bytes(size, epilogue_tiles=1), (cfg, report)
 
 
 def test_halo_wgrad_reads_x_once_per_k_step_for_three_kernel_rows():

@@ -203,12 +203,17 @@ def gemm_candidates(
 
 
 @functools.cache
-def _smem_limit() -> int:
+def _smem_optin() -> int:
+    """The per-block opt-in shared memory (unbounded in the interpreter). The halo kernels'
+    tiles count every byte they use (HaloConfig.smem_bytes), so they may take all of it."""
     if runtime.INTERPRETED:
         return 1 << 30
     props = torch.cuda.get_device_properties(runtime.DEVICE)
-    optin = getattr(props, "shared_memory_per_block_optin", 0) or 227 * 1024
-    return int(SMEM_SHARE * optin)
+    return getattr(props, "shared_memory_per_block_optin", 0) or 227 * 1024
+
+
+def _smem_limit() -> int:
+    return int(SMEM_SHARE * _smem_optin())
 
 
 @dataclass(frozen=True)
@@ -1119,7 +1124,7 @@ def _forward(
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
                 out += conv_tma.tma_candidates(c_in, c_out, ho, wo, _smem_limit())
             if halo:
-                out += conv_halo.halo_candidates(c_out, ho, wo, _smem_limit(), 1)
+                out += conv_halo.halo_candidates(c_out, ho, wo, _smem_optin(), 1)
             return out
 
         cfg = _tuned(
@@ -1318,7 +1323,7 @@ def _dgrad(
                 out += conv_tma.tma_candidates(c_out, c_in, h, w, _smem_limit(), True)
             if halo:
                 tiles = 1 + (add is not None) + (relu_out is not None)
-                out += conv_halo.halo_candidates(c_in, h, w, _smem_limit(), tiles)
+                out += conv_halo.halo_candidates(c_in, h, w, _smem_optin(), tiles)
             return out
 
         cfg = _tuned(

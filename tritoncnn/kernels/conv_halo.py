@@ -81,33 +81,40 @@ class HaloConfig:
     """A tile of a halo kernel. Forward / dgrad: BLOCK_M output pixels (whole rows) x BLOCK_N
     channels, K steps of BLOCK_K reduced channels; weight gradient: BLOCK_M output x BLOCK_N
     input channels, K steps of BLOCK_K pixels (whole rows). num_stages pipeline buffers.
-    ``halo`` tells it from other configs of the same numbers in the autotuner's cache."""
+    per_sm (forward / dgrad): 0 launches a program per tile; k > 0 at most k programs per SM,
+    each looping over its tiles (persistent). ``halo`` tells it from other configs of the same
+    numbers in the autotuner's cache."""
 
     BLOCK_M: int
     BLOCK_N: int
     BLOCK_K: int
     num_warps: int
     num_stages: int
+    per_sm: int = 0
     halo: bool = True
 
     def smem_bytes(self, w: int, epilogue_tiles: int = 3, elem_bytes: int = 2) -> int:
         """Shared memory: the pipelined halo buffers (rows rounded up to a power of two) and
-        weight boxes, and ``epilogue_tiles`` output-sized tiles (1 forward; dgrad + add and
-        ReLU mask 3)."""
+        weight boxes, ``epilogue_tiles`` output-sized tiles (1 forward; dgrad + add and ReLU
+        mask 3), the forward moments' cross-warp scratch (fp32 per warp and column: it can't
+        share the pipeline's buffers, live across a persistent program's tiles) and the
+        mbarriers. The compiled kernels use exactly this (tests/test_ptx.py)."""
         halo_rows = triton.next_power_of_2(self.BLOCK_M + 2 * w)
         stage = (halo_rows + 3 * self.BLOCK_N) * self.BLOCK_K
         tiles = epilogue_tiles * self.BLOCK_M * self.BLOCK_N
-        return (self.num_stages * stage + tiles) * elem_bytes
+        scratch = self.num_warps * self.BLOCK_N * 4 + (self.num_stages + 1) * 8
+        return (self.num_stages * stage + tiles) * elem_bytes + scratch
 
 
 # Stage counts are powers of two (shared-memory shapes must be). 128 x 64 with dgrad's add
-# and ReLU tiles: 160 KiB either way. 128 x 128 and 256 x 64 (192-208 KiB for the forward)
-# exceed conv._smem_limit()'s share (177 KiB on an H100, kept for the pointer kernels'
-# epilogue scratch, which smem_bytes here counts itself), so they are not offered yet and
-# have never run on a GPU (compiled only: tests/test_ptx.py). The last
-# two (not timed yet) take 72 / 48 KiB for the forward, so two or more programs share an SM:
-# on 12-07 the 160 KiB tiles, one program per SM with one warpgroup of 64-wide wgmmas, stayed
-# at 280-330 TFLOP/s while cuDNN reached 370-540.
+# and ReLU tiles: 160 KiB either way. The halo kernels' candidates may use the whole opt-in
+# shared memory (smem_bytes counts all of it, unlike the pointer kernels' estimate): 128 x 128
+# and 256 x 64 on 4 stages (194-210 KiB) fit the forward only. The 72 / 48 KiB tiles let two
+# or more programs share an SM: on 12-07 the 160 KiB tiles, one program per SM with one
+# warpgroup of 64-wide wgmmas, stayed at 280-330 TFLOP/s while cuDNN reached 370-540. A
+# tile's K loop is short (ResNet-18's 64-channel layers: 6 iterations), so loading its first
+# boxes and storing its output cost about as much as its wgmmas: the persistent tiles
+# (per_sm > 0) overlap the next tile's first loads with the epilogue.
 HALO_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(128, 64, 64, 4, 2),
     HaloConfig(128, 64, 32, 4, 4),
@@ -118,6 +125,11 @@ HALO_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 32, 4, 4),
     HaloConfig(128, 64, 32, 4, 2),
     HaloConfig(64, 64, 32, 4, 2),
+    HaloConfig(128, 128, 32, 4, 2),
+    HaloConfig(128, 64, 32, 4, 4, per_sm=1),
+    HaloConfig(128, 64, 32, 4, 2, per_sm=2),
+    HaloConfig(64, 64, 32, 4, 4, per_sm=2),
+    HaloConfig(128, 128, 32, 4, 2, per_sm=1),
 )
 
 
@@ -148,14 +160,31 @@ def _halo_rows(bh, w):
 
 
 @gluon.jit
+def _tile_origin(tile, n_tiles_m, H, W: gl.constexpr, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr):  # fmt: skip
+    """Tile ``tile``'s first output row (of M = N*H*W), its image n0 and image row h0, and its
+    first column. Row tiles vary fastest: programs running at once share weight boxes."""
+    pid_m = tile % n_tiles_m
+    row0 = pid_m * BLOCK_M
+    return row0, row0 // (H * W), (row0 // W) % H, (tile // n_tiles_m) * BLOCK_N
+
+
+@gluon.jit
 def _issue_loads(
-    body_desc, edge_desc, w_desc, a_buf, b0_buf, b1_buf, b2_buf, bar, it, k_steps,
-    n0, h0, col0, C_in_w,
+    body_desc, edge_desc, w_desc, a_buf, b0_buf, b1_buf, b2_buf, bar, g, n_iters, k_steps,
+    first_tile, tile_step, n_tiles_m, H, C_in_w,
     DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
 ):  # fmt: skip
-    """Start the TMA copies of iteration ``it`` = (kw, channel block) into one stage: the halo
-    box's body (rows h0-1 .. h0+BH-2) and edge (h0+BH-1, h0+BH) into a_buf, kernel rows 0, 1,
-    2's weight boxes into b0_buf, b1_buf, b2_buf; ``bar`` completes when all bytes have landed."""
+    """Start the TMA copies of the program's load ``g`` into one stage: iteration it = (kw,
+    channel block) of its tile g // n_iters (tile first_tile + that * tile_step). They are
+    the halo box's body (rows h0-1 .. h0+BH-2) and edge (h0+BH-1, h0+BH) into a_buf, kernel
+    rows 0, 1, 2's weight boxes into b0_buf, b1_buf, b2_buf; ``bar`` completes when all bytes
+    have landed."""
+    BLOCK_M: gl.constexpr = BH * W
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1] if DGRAD else w_desc.block_type.shape[0]
+    j = g // n_iters
+    it = g - j * n_iters
+    _, n0, h0, col0 = _tile_origin(first_tile + j * tile_step, n_tiles_m, H, W, BLOCK_M, BLOCK_N)
     kw = it // k_steps
     k0 = (it - kw * k_steps) * BLOCK_K
     col = 1 - kw if DGRAD else kw - 1
@@ -191,16 +220,20 @@ def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.con
 @gluon.jit
 def conv3x3_halo_kernel(
     body_desc, edge_desc, w_desc, out_desc, add_desc, relu_desc, pmean_ptr, pm2_ptr,
-    H, C_red, C_cols, C_in_w,
+    H, C_red, C_cols, C_in_w, n_tiles_m, n_tiles,
     DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
     RELU_INPUT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
     num_warps: gl.constexpr,
 ):  # fmt: skip
-    """One BLOCK_M x BLOCK_N output tile of a 3x3, stride-1, pad-1 conv's forward or input
+    """BLOCK_M x BLOCK_N output tiles of a 3x3, stride-1, pad-1 conv's forward or input
     gradient (DGRAD); see the module docstring for the halo box.
 
-    Grid: (N*H/BH row tiles, C_cols/BLOCK_N column tiles). Row tile pid_m is rows
-    [pid_m*BLOCK_M, +BLOCK_M) of the output's M = N*H*W rows: image n0, rows h0 .. h0+BH-1.
+    Tiles: n_tiles = n_tiles_m row tiles x C_cols/BLOCK_N column tiles, tile t is row tile
+    t % n_tiles_m (rows [that*BLOCK_M, +BLOCK_M) of the output's M = N*H*W rows: image n0,
+    rows h0 .. h0+BH-1) and column tile t // n_tiles_m. Grid: (programs,); program p computes
+    tiles p, p + programs, ... (one each when programs = n_tiles; persistent when fewer: its
+    pipeline runs on across its tiles, so the next tile's first boxes load during this one's
+    epilogue).
     body_desc / edge_desc: TMA descriptors of the A operand (x, or dy for DGRAD), [N, H, W,
     C_red], boxes [1, BH, W, BLOCK_K] and [1, 2, W, BLOCK_K]. w_desc: the weight as
     [C_out, 9*C_in_w], box [BLOCK_N, BLOCK_K] (forward, used transposed) or [BLOCK_K, BLOCK_N]
@@ -215,14 +248,12 @@ def conv3x3_halo_kernel(
     BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
     dtype: gl.constexpr = out_desc.dtype
-    pid_m = gl.program_id(0)
-    pid_n = gl.program_id(1)
-    row0 = pid_m * BLOCK_M
-    n0 = row0 // (H * W)
-    h0 = (row0 // W) % H
-    col0 = pid_n * BLOCK_N
+    first_tile = gl.program_id(0)
+    tile_step = gl.num_programs(0)
+    my_tiles = (n_tiles - first_tile + tile_step - 1) // tile_step
     k_steps = C_red // BLOCK_K
     n_iters = 3 * k_steps
+    n_loads = my_tiles * n_iters  # the program's loads, over all its tiles
 
     # Shared-memory shapes must be powers of two: a stage's halo buffer has
     # next_pow2((BH+2)*W) rows, of which the first (BH+2)*W are used.
@@ -235,7 +266,6 @@ def conv3x3_halo_kernel(
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(bars.index(s), count=1)
-    # The epilogue's tiles: the dgrad's add / ReLU tiles are copied in now, off the main loop.
     out_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
     epi_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(epi_bar, count=1)
@@ -243,68 +273,82 @@ def conv3x3_halo_kernel(
         add_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
     if RELU_INPUT:
         relu_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
-    if ADD_GRAD or RELU_INPUT:
-        epi_bytes: gl.constexpr = (ADD_GRAD + RELU_INPUT) * out_desc.block_type.nbytes
-        mbarrier.expect(epi_bar, epi_bytes)
-        if ADD_GRAD:
-            tma.async_copy_global_to_shared(add_desc, [row0, col0], epi_bar, add_buf)
-        if RELU_INPUT:
-            tma.async_copy_global_to_shared(relu_desc, [row0, col0], epi_bar, relu_buf)
 
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0],
         warps_per_cta=_mma_warps(BLOCK_M, num_warps),
         instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
     )
-    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
 
     for s in gl.static_range(STAGES - 1):
-        if s < n_iters:
-            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(s),
-                         b0_bufs.index(s), b1_bufs.index(s),
-                         b2_bufs.index(s), bars.index(s), s, k_steps, n0, h0, col0,
-                         C_in_w, DGRAD, BH, W, BLOCK_K)  # fmt: skip
-    for it in range(n_iters):
-        slot = it % STAGES
-        mbarrier.wait(bars.index(slot), (it // STAGES) & 1)
-        a_buf = a_bufs.index(slot)
-        acc = _mma_row(a_buf, b0_bufs.index(slot), acc, 0, DGRAD, W, BLOCK_M)
-        acc = _mma_row(a_buf, b1_bufs.index(slot), acc, 1, DGRAD, W, BLOCK_M)
-        acc = _mma_row(a_buf, b2_bufs.index(slot), acc, 2, DGRAD, W, BLOCK_M)
-        # The previous iteration's three wgmmas have retired: its stage can be refilled.
-        acc = warpgroup_mma_wait(num_outstanding=3, deps=(acc,))
-        nxt = it + STAGES - 1
-        if nxt < n_iters:
-            refill = nxt % STAGES
-            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(refill),
-                         b0_bufs.index(refill), b1_bufs.index(refill),
-                         b2_bufs.index(refill), bars.index(refill), nxt, k_steps, n0,
-                         h0, col0, C_in_w, DGRAD, BH, W, BLOCK_K)  # fmt: skip
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if s < n_loads:
+            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(s), b0_bufs.index(s),
+                         b1_bufs.index(s), b2_bufs.index(s), bars.index(s), s, n_iters,
+                         k_steps, first_tile, tile_step, n_tiles_m, H, C_in_w, DGRAD, BH, W,
+                         BLOCK_K)  # fmt: skip
+    g = 0  # the program's iterations so far, over all its tiles: its stage and phase
+    for j in range(my_tiles):
+        row0, _, _, col0 = _tile_origin(
+            first_tile + j * tile_step, n_tiles_m, H, W, BLOCK_M, BLOCK_N
+        )
+        # The epilogue's tiles: the dgrad's add / ReLU tiles are copied in now, off the main
+        # loop (once every warp has read the last tile's: the barrier).
+        if ADD_GRAD or RELU_INPUT:
+            gl.thread_barrier()
+            epi_bytes: gl.constexpr = (ADD_GRAD + RELU_INPUT) * out_desc.block_type.nbytes
+            mbarrier.expect(epi_bar, epi_bytes)
+            if ADD_GRAD:
+                tma.async_copy_global_to_shared(add_desc, [row0, col0], epi_bar, add_buf)
+            if RELU_INPUT:
+                tma.async_copy_global_to_shared(relu_desc, [row0, col0], epi_bar, relu_buf)
+
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+        for _ in range(n_iters):
+            slot = g % STAGES
+            mbarrier.wait(bars.index(slot), (g // STAGES) & 1)
+            a_buf = a_bufs.index(slot)
+            acc = _mma_row(a_buf, b0_bufs.index(slot), acc, 0, DGRAD, W, BLOCK_M)
+            acc = _mma_row(a_buf, b1_bufs.index(slot), acc, 1, DGRAD, W, BLOCK_M)
+            acc = _mma_row(a_buf, b2_bufs.index(slot), acc, 2, DGRAD, W, BLOCK_M)
+            # The previous iteration's three wgmmas have retired: its stage can be refilled.
+            acc = warpgroup_mma_wait(num_outstanding=3, deps=(acc,))
+            nxt = g + STAGES - 1
+            if nxt < n_loads:
+                refill = nxt % STAGES
+                _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(refill),
+                             b0_bufs.index(refill), b1_bufs.index(refill),
+                             b2_bufs.index(refill), bars.index(refill), nxt, n_iters, k_steps,
+                             first_tile, tile_step, n_tiles_m, H, C_in_w, DGRAD, BH, W,
+                             BLOCK_K)  # fmt: skip
+            g += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+        if ADD_GRAD or RELU_INPUT:
+            mbarrier.wait(epi_bar, j & 1)
+            if ADD_GRAD:
+                acc += add_buf.load(mma_layout).to(gl.float32)
+            if RELU_INPUT:
+                acc = gl.where(relu_buf.load(mma_layout) > 0, acc, 0.0)
+        out = acc.to(dtype)
+        if MOMENTS:  # every tile is whole: BLOCK_M rows, BLOCK_N columns
+            y = out.to(gl.float32)
+            mean = gl.sum(y, axis=0) / BLOCK_M
+            dev = y - gl.expand_dims(mean, 0)
+            m2 = gl.sum(dev * dev, axis=0)
+            cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
+            offs = (row0 // BLOCK_M).to(gl.int64) * C_cols + cols
+            gl.store(pmean_ptr + offs, mean)
+            gl.store(pm2_ptr + offs, m2)
+        # The last tile's store has read out_buf (and every warp knows it: the barrier).
+        tma.store_wait(pendings=0)
+        gl.thread_barrier()
+        out_buf.store(out)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(out_desc, [row0, col0], out_buf)
+    tma.store_wait(pendings=0)
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
-
-    if ADD_GRAD or RELU_INPUT:
-        mbarrier.wait(epi_bar, 0)
-        if ADD_GRAD:
-            acc += add_buf.load(mma_layout).to(gl.float32)
-        if RELU_INPUT:
-            acc = gl.where(relu_buf.load(mma_layout) > 0, acc, 0.0)
     mbarrier.invalidate(epi_bar)
-    out = acc.to(dtype)
-    if MOMENTS:  # every tile is whole: BLOCK_M rows, BLOCK_N columns
-        y = out.to(gl.float32)
-        mean = gl.sum(y, axis=0) / BLOCK_M
-        dev = y - gl.expand_dims(mean, 0)
-        m2 = gl.sum(dev * dev, axis=0)
-        cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
-        offs = pid_m.to(gl.int64) * C_cols + cols
-        gl.store(pmean_ptr + offs, mean)
-        gl.store(pm2_ptr + offs, m2)
-    out_buf.store(out)
-    fence_async_shared()
-    tma.async_copy_shared_to_global(out_desc, [row0, col0], out_buf)
-    tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -586,11 +630,14 @@ def launch_halo(
     out_desc = _matrix(out, m, c_cols, tile)
     tiles = tile_moments(m, c_cols, cfg.BLOCK_M) if moments else None
     parts = tiles.partials if tiles is not None else (out, out)
-    conv3x3_halo_kernel[(m // cfg.BLOCK_M, c_cols // cfg.BLOCK_N)](
+    n_tiles_m = m // cfg.BLOCK_M
+    n_tiles = n_tiles_m * (c_cols // cfg.BLOCK_N)
+    programs = min(n_tiles, cfg.per_sm * runtime.sm_count()) if cfg.per_sm else n_tiles
+    conv3x3_halo_kernel[(programs,)](
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
         out_desc if relu_out is None else _matrix(relu_out, m, c_cols, tile),
-        parts[0], parts[1], h, c_red, c_cols, c_in_w,
+        parts[0], parts[1], h, c_red, c_cols, c_in_w, n_tiles_m, n_tiles,
         DGRAD=dgrad, MOMENTS=moments, ADD_GRAD=add is not None,
         RELU_INPUT=relu_out is not None, BH=bh, W=w, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL,
