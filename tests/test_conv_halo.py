@@ -67,6 +67,17 @@ def test_heuristic_tiles_fit_shared_memory(size):
         assert H.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
 
 
+def test_persistent_programs_fit_on_an_sm_at_once(monkeypatch):
+    monkeypatch.setattr(H.runtime, "sm_count", lambda: 132)
+    sm = 228 * 1024
+    fwd = H.HaloConfig(128, 64, 32, 4, 2, per_sm=3)
+    assert H.persistent_programs(3, 10_000, fwd.smem_bytes(32, 1), sm) == 3 * 132  # 73 KiB
+    # the dgrad's add and ReLU tiles: 105 KiB, two fit
+    assert H.persistent_programs(3, 10_000, fwd.smem_bytes(32, 3), sm) == 2 * 132
+    assert H.persistent_programs(1, 100, 200 * 1024, sm) == 100  # fewer tiles than SMs
+    assert H.persistent_programs(2, 10_000, 300 * 1024, sm) == 132  # at least one per SM
+
+
 def test_halo_is_on_unless_turned_off_and_only_on_sm90(monkeypatch):
     """TRITONCNN_HALO=0 turns the halo kernels off; otherwise they take the convs that
     qualify, but only on an sm_90 GPU (never in the interpreter)."""

@@ -128,6 +128,7 @@ HALO_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(128, 128, 32, 4, 2),
     HaloConfig(128, 64, 32, 4, 4, per_sm=1),
     HaloConfig(128, 64, 32, 4, 2, per_sm=2),
+    HaloConfig(128, 64, 32, 4, 2, per_sm=3),
     HaloConfig(64, 64, 32, 4, 4, per_sm=2),
     HaloConfig(128, 128, 32, 4, 2, per_sm=1),
 )
@@ -584,6 +585,22 @@ def pick_halo_config(h: int, w: int, dgrad: bool = False) -> HaloConfig | None:
     return next((cfg for cfg in tiles if rows_per_tile(h, w, cfg.BLOCK_M)), None)
 
 
+def persistent_programs(per_sm: int, n_tiles: int, smem: int, sm_shared: int) -> int:
+    """Programs of a persistent launch: per_sm per SM, but never more than fit on an SM at
+    once (``smem`` bytes each, plus the 1 KiB the driver reserves, of ``sm_shared``): a
+    program left waiting would run its tiles after all the others."""
+    fit = max(1, sm_shared // (smem + 1024))
+    return min(n_tiles, min(per_sm, fit) * runtime.sm_count())
+
+
+@functools.cache
+def _sm_shared_bytes() -> int:
+    """Shared memory of one SM (228 KiB on an H100; each resident program also takes 1 KiB
+    the driver reserves)."""
+    props = torch.cuda.get_device_properties(runtime.DEVICE)
+    return getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
+
+
 def _gl_dtype(t: torch.Tensor):
     """Gluon's dtype of an fp16 / bf16 tensor (the descriptors' shared layouts need it)."""
     return gl.float16 if t.dtype == torch.float16 else gl.bfloat16
@@ -632,7 +649,10 @@ def launch_halo(
     parts = tiles.partials if tiles is not None else (out, out)
     n_tiles_m = m // cfg.BLOCK_M
     n_tiles = n_tiles_m * (c_cols // cfg.BLOCK_N)
-    programs = min(n_tiles, cfg.per_sm * runtime.sm_count()) if cfg.per_sm else n_tiles
+    programs = n_tiles
+    if cfg.per_sm:
+        smem = cfg.smem_bytes(w, 1 + (add is not None) + (relu_out is not None))
+        programs = persistent_programs(cfg.per_sm, n_tiles, smem, _sm_shared_bytes())
     conv3x3_halo_kernel[(programs,)](
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
