@@ -6,7 +6,7 @@
 #   bash benchmarks/device_halo.sh          # carry .whl
 #   bash benchmarks/device_halo.sh short    # ~4 min: 1, and 2 for ResNet-18 without --tma
 #   bash benchmarks/device_halo.sh check    # 9 min: 1; 3 for the forward / dgrad halo tiles;
-#                                           # ResNet-18's step with --relu-grad-in-dgrad; the
+#                                           # ResNet-18 with --relu-grad-in-dgrad, --bn-grad-sums; the
 #                                           # gpu tests of the whole-model paths the halo kernels
 #                                           # reach (named as they finish) until 560 s
 #
@@ -38,12 +38,13 @@ if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first
         --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 --out "$OUT" 2>&1 \
         | grep -v -i warn | tail -12
     timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
-        --ours-only --relu-grad-in-dgrad --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+        --ours-only --relu-grad-in-dgrad --bn-grad-sums --out "$OUT/halo" 2>&1 | grep -v -i warn \
+        | grep " ms "
     left=$((560 - SECONDS))
     [ "$left" -gt 30 ] || exit 0
     timeout "$left" python3 -m pytest -m gpu -n 8 -v -p no:cacheprovider tests/test_models.py \
         tests/test_amp.py tests/test_cuda_graph.py tests/test_pdl.py tests/test_residual_fusion.py \
-        tests/test_skip_grad_dgrad.py > "$OUT/gpu_tests_models.log" 2>&1
+        tests/test_skip_grad_dgrad.py tests/test_grad_sums.py > "$OUT/gpu_tests_models.log" 2>&1
     grep -E " (FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/gpu_tests_models.log" | head -20
     grep -cE " PASSED " "$OUT/gpu_tests_models.log" | sed 's/^/models: passed /'
     exit 0

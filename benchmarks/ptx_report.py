@@ -238,12 +238,14 @@ def compile_halo(
         "body_desc": desc([n, hw, hw, c_red], [1, bh, hw, cfg.BLOCK_K]),
         "edge_desc": desc([n, hw, hw, c_red], [1, 2, hw, cfg.BLOCK_K]),
         "w_desc": desc([c_out, 9 * c_in], w_box),
-        "out_desc": matrix, "add_desc": matrix, "relu_desc": matrix,
-        "pmean_ptr": "*fp32", "pm2_ptr": "*fp32",
+        "out_desc": matrix, "add_desc": matrix, "in_desc": matrix,
+        "part0_ptr": "*fp32", "part1_ptr": "*fp32", "nmean_ptr": "*fp32",
+        "ninvstd_ptr": "*fp32", "nw_ptr": "*fp32", "nb_ptr": "*fp32",
     }  # fmt: skip
     const = dict(
-        DGRAD=dgrad, MOMENTS=not dgrad, ADD_GRAD=dgrad and epilogue != "none",
-        RELU_INPUT=dgrad and epilogue == "add_relu", BH=bh, W=hw, STAGES=cfg.num_stages,
+        DGRAD=dgrad, MOMENTS=not dgrad, ADD_GRAD=dgrad and epilogue in ("add", "add_relu"),
+        RELU_INPUT=dgrad and epilogue == "add_relu", GRAD_SUMS=dgrad and epilogue == "bn_sums",
+        IN_HAS_W=True, IN_HAS_B=True, IN_ACT=1, BH=bh, W=hw, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return _compile_gluon(conv_halo.conv3x3_halo_kernel, types, const)
@@ -426,10 +428,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--epilogue",
-        choices=("none", "add", "add_relu"),
+        choices=("none", "add", "add_relu", "bn_sums"),
         default="none",
         help="dgrad, dgrad_tma: add a skip gradient (and apply the input ReLU's backward) in "
-        "the epilogue",
+        "the epilogue; dgrad_halo also bn_sums: store a ReLU batch norm's backward sums",
     )
     ap.add_argument(
         "--weight",

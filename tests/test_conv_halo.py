@@ -15,9 +15,12 @@ import torch
 from helpers import assert_close, randn
 from test_conv import reference
 from test_conv_tma import _moments_reference
+from test_grad_sums import _bn, _check_backward, _check_sums
 
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import conv_halo as H
+from tritoncnn.kernels import norm
+from tritoncnn.kernels.elementwise import ACT_ELU, ACT_RELU, ACT_RELU6
 
 
 def _weight(c_out, c_in, dtype):
@@ -65,6 +68,22 @@ def test_heuristic_tiles_fit_shared_memory(size):
     wcfg = H.pick_halo_wgrad_config(size, size)
     if wcfg is not None:
         assert H.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
+
+
+def test_grad_sums_tiles_and_activations():
+    """The dgrad's batch-norm sums: none / ReLU / ReLU6 only, and no tile whose accumulator
+    and input tile take more than 64 fp32 registers a thread each (128 x 128 on 4 warps
+    spills)."""
+    mean = invstd = torch.ones(64)
+    assert H.grad_sums_supported(None)
+    for act, ok in ((ACT_RELU, True), (ACT_RELU6, True), (ACT_ELU, False)):
+        assert H.grad_sums_supported(norm.PendingNorm(mean, invstd, None, None, act, 1.0)) == ok
+    limit = 227 * 1024
+    plain = H.halo_candidates(128, 16, 16, limit, epilogue_tiles=2)
+    sums = H.halo_candidates(128, 16, 16, limit, epilogue_tiles=2, grad_sums=True)
+    assert any(c.BLOCK_N == 128 for c in plain)
+    assert sums and all(c.BLOCK_M * c.BLOCK_N <= 64 * 32 * c.num_warps for c in sums)
+    assert set(sums) == {c for c in plain if c.BLOCK_M * c.BLOCK_N <= 64 * 32 * c.num_warps}
 
 
 def test_persistent_programs_fit_on_an_sm_at_once(monkeypatch):
@@ -179,6 +198,34 @@ def test_gpu_halo_dgrad_every_candidate(shape, dtype, _halo_on):
             H.launch_halo(go, wt, dx, cfg, dgrad=True, **extra)
             want = dxr if not extra else (dxr + add.double()) * (relu_out > 0)
             assert_close(dx, want, dtype, what=f"{cfg} {sorted(extra)}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
+def test_gpu_halo_dgrad_bn_sums_every_candidate(shape, _halo_on):
+    """The dgrad that also stores the backward sums of the batch norm whose output the conv
+    reads (ReLU6, affine; and ReLU without affine): dx as the plain dgrad's, the sums as a
+    float64 reduction's, the batch norm's backward from them as from its own pass."""
+    x, wt, go = _gpu_case(shape, torch.float16)
+    c_in, hw, c_out = shape
+    bn_in = x * 2 + 0.5  # the batch norm's input, at the conv input's shape
+    dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[1]
+    cases = ((ACT_RELU6, True), (ACT_RELU, False))
+    for act, affine in cases:
+        bn = _bn(bn_in, act, affine)
+        cands = H.halo_candidates(c_in, hw, hw, K._smem_optin(), 2, grad_sums=True)
+        assert cands
+        for cfg in cands:
+            dx = _poisoned(x.shape, torch.float16)
+            sums = H.launch_halo(go, wt, dx, cfg, True, bn=bn, bn_input=bn_in)
+            what = f"{cfg} act {act}"
+            assert sums.partials.shape == (2, x.shape[0] * hw * hw // cfg.BLOCK_M, c_in)
+            assert_close(dx, dxr, torch.float16, what=what)
+            _check_sums(sums, dx, bn_in, bn, what)
+    # through the dispatch (a halo tile, or what the tuner picked): the backward from the sums
+    geo = (x.shape, (1, 1), (1, 1), (1, 1), 1)
+    dx, sums = K.conv2d_dgrad_grad_sums(go, wt, *geo, bn_input=bn_in, bn=bn)
+    _check_backward(sums, dx, bn_in, bn, f"{shape} dispatch")
 
 
 @pytest.mark.gpu

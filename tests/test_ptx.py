@@ -216,6 +216,18 @@ def test_halo_kernel_rows_are_sub_views_of_one_halo_box(op, config, epilogue, ro
     assert report["spill_bytes"] == 0 and report["registers"] <= 160, report
 
 
+@pytest.mark.parametrize("config", ["64,64,32,4,4", "128,64,32,4,2"])
+def test_halo_dgrad_bn_sums_epilogue_does_not_spill(config):
+    """The dgrad's batch-norm sums (the batch norm's input tile by TMA, its statistics and
+    affine parameters per column): 128 x 64 on 4 warps holds the accumulator and the input
+    tile in registers without spilling (128 x 128 spills: conv_halo.GRAD_SUMS_MAX_PER_THREAD
+    keeps it out of the candidates)."""
+    report = _report("dgrad_halo", 128, 128, 3, "--size", "16", "--config", config,
+                     "--epilogue", "bn_sums")  # fmt: skip
+    assert report["spill_bytes"] == 0, report
+    assert report["wgmma_in_flight"] == 3, report
+
+
 def test_every_halo_tile_compiles_without_spills_in_the_shared_memory_it_counts():
     """Every tile the autotuner may time, on a shape it fits (forward, the largest: 128
     output channels where the tile is 128 wide), compiles without spills and asks for exactly

@@ -1257,14 +1257,17 @@ def _dgrad(
     tma = bn is None and conv_tma.tma_dgrad_applicable(
         grad_out, weight, (sh, sw), (dh, dw), groups, h, w, out, add, relu_out
     )
-    halo = bn is None and conv_halo.halo_applicable(
-        grad_out, weight, (sh, sw), _padding4(padding), (dh, dw), groups, out, add, relu_out
-    )
+    halo = conv_halo.grad_sums_supported(bn) and conv_halo.halo_applicable(
+        grad_out, weight, (sh, sw), _padding4(padding), (dh, dw), groups, out, add, relu_out,
+        bn_input if bn is not None else None,
+    )  # fmt: skip
 
     def launch(dst: torch.Tensor, cfg) -> GradSums | None:
         if isinstance(cfg, conv_halo.HaloConfig):
-            conv_halo.launch_halo(grad_out, weight, dst, cfg, True, add=add, relu_out=relu_out)
-            return None
+            return conv_halo.launch_halo(
+                grad_out, weight, dst, cfg, True, add=add, relu_out=relu_out, bn=bn,
+                bn_input=bn_input,
+            )  # fmt: skip
         if isinstance(cfg, conv_tma.TmaConfig):
             conv_tma.conv2d_dgrad_tma(grad_out, weight, dst, (pt, pl), cfg, add, relu_out)
             return None
@@ -1322,8 +1325,8 @@ def _dgrad(
             if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
                 out += conv_tma.tma_candidates(c_out, c_in, h, w, _smem_limit(), True)
             if halo:
-                tiles = 1 + (add is not None) + (relu_out is not None)
-                out += conv_halo.halo_candidates(c_in, h, w, _smem_optin(), tiles)
+                tiles = 1 + (add is not None) + (relu_out is not None or bn is not None)
+                out += conv_halo.halo_candidates(c_in, h, w, _smem_optin(), tiles, bn is not None)
             return out
 
         cfg = _tuned(

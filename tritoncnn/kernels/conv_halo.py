@@ -61,7 +61,15 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tritoncnn import runtime
 from tritoncnn.kernels.conv_tma import _tma_ready
-from tritoncnn.kernels.norm import TileMoments, tile_moments
+from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU, ACT_RELU6
+from tritoncnn.kernels.norm import (
+    GradSums,
+    PendingNorm,
+    TileMoments,
+    grad_sums,
+    pending_norm_args,
+    tile_moments,
+)
 from tritoncnn.kernels.pdl import LAUNCH_PDL
 from tritoncnn.kernels.pdl import wait_for_inputs_gluon as wait_for_inputs
 
@@ -220,11 +228,13 @@ def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.con
 
 @gluon.jit
 def conv3x3_halo_kernel(
-    body_desc, edge_desc, w_desc, out_desc, add_desc, relu_desc, pmean_ptr, pm2_ptr,
+    body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, part0_ptr, part1_ptr,
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     H, C_red, C_cols, C_in_w, n_tiles_m, n_tiles,
     DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
-    RELU_INPUT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
-    num_warps: gl.constexpr,
+    RELU_INPUT: gl.constexpr, GRAD_SUMS: gl.constexpr, IN_HAS_W: gl.constexpr,
+    IN_HAS_B: gl.constexpr, IN_ACT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
+    STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     """BLOCK_M x BLOCK_N output tiles of a 3x3, stride-1, pad-1 conv's forward or input
     gradient (DGRAD); see the module docstring for the halo box.
@@ -238,11 +248,18 @@ def conv3x3_halo_kernel(
     body_desc / edge_desc: TMA descriptors of the A operand (x, or dy for DGRAD), [N, H, W,
     C_red], boxes [1, BH, W, BLOCK_K] and [1, 2, W, BLOCK_K]. w_desc: the weight as
     [C_out, 9*C_in_w], box [BLOCK_N, BLOCK_K] (forward, used transposed) or [BLOCK_K, BLOCK_N]
-    (DGRAD). out_desc / add_desc / relu_desc: dense NHWC tensors as [M, C_cols] matrices, box
+    (DGRAD). out_desc / add_desc / in_desc: dense NHWC tensors as [M, C_cols] matrices, box
     [BLOCK_M, BLOCK_N]. C_red % BLOCK_K == 0 and C_cols % BLOCK_N == 0 (the caller checks), so
-    no tile is partial. pmean_ptr, pm2_ptr (MOMENTS): fp32 [N*H/BH, C_cols] per-tile mean and
-    M2 of y as stored. ADD_GRAD: add the tile of add_desc before rounding; RELU_INPUT: zero dx
-    where relu_desc's tile is not > 0.
+    no tile is partial. part0_ptr, part1_ptr: fp32 [n_tiles_m, C_cols], a value per row tile
+    and column. Epilogues:
+    - MOMENTS (forward): the tile's mean and M2 of y as stored.
+    - ADD_GRAD: add the tile of add_desc before rounding.
+    - RELU_INPUT: zero dx where in_desc's tile (the conv input, a ReLU's output) is not > 0.
+    - GRAD_SUMS (dgrad; not with RELU_INPUT): dx is the gradient of a training batch norm's
+      output (after its activation IN_ACT: none, ReLU or ReLU6), in_desc that batch norm's
+      input; store the tile's sum(g') and sum(g' * xhat) as norm.store_grad_sums does, from
+      dx as stored, nmean_ptr / ninvstd_ptr (fp32 [C_cols] batch statistics) and nw_ptr /
+      nb_ptr (its affine weight and bias, read with IN_HAS_W / IN_HAS_B).
     """
     wait_for_inputs()
     BLOCK_M: gl.constexpr = BH * W
@@ -272,8 +289,10 @@ def conv3x3_halo_kernel(
     mbarrier.init(epi_bar, count=1)
     if ADD_GRAD:
         add_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
-    if RELU_INPUT:
-        relu_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    gl.static_assert(not (RELU_INPUT and GRAD_SUMS), "one tile of the conv input at most")
+    READ_INPUT: gl.constexpr = RELU_INPUT or GRAD_SUMS
+    if READ_INPUT:
+        in_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
 
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0],
@@ -294,14 +313,14 @@ def conv3x3_halo_kernel(
         )
         # The epilogue's tiles: the dgrad's add / ReLU tiles are copied in now, off the main
         # loop (once every warp has read the last tile's: the barrier).
-        if ADD_GRAD or RELU_INPUT:
+        if ADD_GRAD or READ_INPUT:
             gl.thread_barrier()
-            epi_bytes: gl.constexpr = (ADD_GRAD + RELU_INPUT) * out_desc.block_type.nbytes
+            epi_bytes: gl.constexpr = (ADD_GRAD + READ_INPUT) * out_desc.block_type.nbytes
             mbarrier.expect(epi_bar, epi_bytes)
             if ADD_GRAD:
                 tma.async_copy_global_to_shared(add_desc, [row0, col0], epi_bar, add_buf)
-            if RELU_INPUT:
-                tma.async_copy_global_to_shared(relu_desc, [row0, col0], epi_bar, relu_buf)
+            if READ_INPUT:
+                tma.async_copy_global_to_shared(in_desc, [row0, col0], epi_bar, in_buf)
 
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
         for _ in range(n_iters):
@@ -324,22 +343,28 @@ def conv3x3_halo_kernel(
             g += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
-        if ADD_GRAD or RELU_INPUT:
+        if ADD_GRAD or READ_INPUT:
             mbarrier.wait(epi_bar, j & 1)
             if ADD_GRAD:
                 acc += add_buf.load(mma_layout).to(gl.float32)
             if RELU_INPUT:
-                acc = gl.where(relu_buf.load(mma_layout) > 0, acc, 0.0)
+                acc = gl.where(in_buf.load(mma_layout) > 0, acc, 0.0)
         out = acc.to(dtype)
-        if MOMENTS:  # every tile is whole: BLOCK_M rows, BLOCK_N columns
+        # every tile is whole (BLOCK_M rows, BLOCK_N columns): no masks
+        cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
+        parts = (row0 // BLOCK_M).to(gl.int64) * C_cols + cols
+        if MOMENTS:
             y = out.to(gl.float32)
             mean = gl.sum(y, axis=0) / BLOCK_M
             dev = y - gl.expand_dims(mean, 0)
-            m2 = gl.sum(dev * dev, axis=0)
-            cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
-            offs = (row0 // BLOCK_M).to(gl.int64) * C_cols + cols
-            gl.store(pmean_ptr + offs, mean)
-            gl.store(pm2_ptr + offs, m2)
+            gl.store(part0_ptr + parts, mean)
+            gl.store(part1_ptr + parts, gl.sum(dev * dev, axis=0))
+        if GRAD_SUMS:
+            sum_g, sum_gx = _grad_sums(out.to(gl.float32), in_buf.load(mma_layout).to(gl.float32),
+                                       cols, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, IN_HAS_W,
+                                       IN_HAS_B, IN_ACT)  # fmt: skip
+            gl.store(part0_ptr + parts, sum_g)
+            gl.store(part1_ptr + parts, sum_gx)
         # The last tile's store has read out_buf (and every warp knows it: the barrier).
         tma.store_wait(pendings=0)
         gl.thread_barrier()
@@ -350,6 +375,29 @@ def conv3x3_halo_kernel(
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
     mbarrier.invalidate(epi_bar)
+
+
+@gluon.jit
+def _grad_sums(g, x, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_W: gl.constexpr,
+               HAS_B: gl.constexpr, ACT: gl.constexpr):  # fmt: skip
+    """Per column of a whole tile: sum(g') and sum(g' * xhat), g' = g * act'(z), with xhat =
+    (x - mean) * invstd and z = xhat * w + b (norm.store_grad_sums' arithmetic, in the same
+    order). ACT: 0 none, 1 ReLU, 2 ReLU6 (elementwise.ACT_*; torch's kinks: act'(0) = 0)."""
+    gl.static_assert(ACT <= 2, "halo grad sums: no activation, ReLU or ReLU6")
+    mean = gl.expand_dims(gl.load(mean_ptr + cols), 0)
+    invstd = gl.load(invstd_ptr + cols)
+    diff = x - mean
+    if ACT != 0:
+        scale = invstd * gl.load(w_ptr + cols) if HAS_W else invstd
+        z = diff * gl.expand_dims(scale, 0)
+        if HAS_B:
+            z = z + gl.expand_dims(gl.load(b_ptr + cols), 0)
+        live = z > 0.0
+        if ACT == 2:
+            live = live & (z < 6.0)
+        g = gl.where(live, g, 0.0)
+    xhat = diff * gl.expand_dims(invstd, 0)
+    return gl.sum(g, axis=0), gl.sum(g * xhat, axis=0)
 
 
 @gluon.jit
@@ -531,6 +579,12 @@ def halo_applicable(
     )
 
 
+def grad_sums_supported(bn: PendingNorm | None) -> bool:
+    """Whether the halo dgrad can store the backward sums of batch norm ``bn`` (if any): its
+    activation is none, ReLU or ReLU6 (``_grad_sums``)."""
+    return bn is None or bn.act in (ACT_NONE, ACT_RELU, ACT_RELU6)
+
+
 def _conv_ok(a, b, weight_shape, stride, padding, dilation, groups: int, *others) -> bool:
     """What every halo kernel needs: asked for (ENABLED), an sm_90 GPU, operands ``a`` and
     ``b`` in fp16 / bf16 and TMA-ready (``others`` too, where given), a 3x3 stride-1 conv
@@ -552,17 +606,28 @@ def _conv_ok(a, b, weight_shape, stride, padding, dilation, groups: int, *others
     )
 
 
+# The dgrad's batch-norm sums hold the accumulator and the input tile in fp32 registers at
+# once: ptxas (sm_90) spills 1 KiB at 128 x 128 on 4 warps (128 elements a thread), none at
+# 128 x 64 (64 a thread: 174 registers).
+GRAD_SUMS_MAX_PER_THREAD = 64
+
+
 def halo_candidates(
-    c_cols: int, h: int, w: int, smem_limit: int, epilogue_tiles: int = 3
-) -> list[HaloConfig]:
+    c_cols: int, h: int, w: int, smem_limit: int, epilogue_tiles: int = 3,
+    grad_sums: bool = False,
+) -> list[HaloConfig]:  # fmt: skip
     """The HALO_CONFIGS that fit this conv: whole-row tiles, column tiles dividing c_cols,
-    within shared memory with ``epilogue_tiles`` output-sized tiles."""
+    within shared memory with ``epilogue_tiles`` output-sized tiles (and, with
+    ``grad_sums``, the dgrad's batch-norm sums in registers)."""
     return [
         cfg
         for cfg in HALO_CONFIGS
         if rows_per_tile(h, w, cfg.BLOCK_M)
         and c_cols % cfg.BLOCK_N == 0
         and cfg.smem_bytes(w, epilogue_tiles) <= smem_limit
+        and not (
+            grad_sums and cfg.BLOCK_M * cfg.BLOCK_N > GRAD_SUMS_MAX_PER_THREAD * 32 * cfg.num_warps
+        )
     ]
 
 
@@ -621,9 +686,13 @@ def launch_halo(
     moments: bool = False,
     add: torch.Tensor | None = None,
     relu_out: torch.Tensor | None = None,
-) -> TileMoments | None:
+    bn: PendingNorm | None = None,
+    bn_input: torch.Tensor | None = None,
+) -> TileMoments | GradSums | None:
     """One ``conv3x3_halo_kernel`` launch into dense NHWC ``out``; the caller checked
-    ``halo_applicable``. Returns the output's per-tile moments with ``moments``."""
+    ``halo_applicable``. Returns the output's per-tile moments with ``moments``, or with
+    ``bn`` (dgrad: out is the gradient of that batch norm's output, ``bn_input`` its input)
+    the batch norm's backward sums per row tile."""
     n, c_red, h, w = a.shape
     c_out, c_in_w, _, _ = weight.shape
     c_cols = out.shape[1]
@@ -645,24 +714,32 @@ def launch_halo(
     m = n * h * w
     tile = [cfg.BLOCK_M, cfg.BLOCK_N]
     out_desc = _matrix(out, m, c_cols, tile)
-    tiles = tile_moments(m, c_cols, cfg.BLOCK_M) if moments else None
-    parts = tiles.partials if tiles is not None else (out, out)
     n_tiles_m = m // cfg.BLOCK_M
+    result = None
+    if moments:
+        result = tile_moments(m, c_cols, cfg.BLOCK_M)
+    elif bn is not None:
+        result = grad_sums(n_tiles_m, c_cols)
+    parts = result.partials if result is not None else (out, out)
+    read_input = relu_out if bn is None else bn_input
+    norm_ptrs, _, norm_flags = pending_norm_args(bn, c_cols, out, "conv2d halo dgrad:")
     n_tiles = n_tiles_m * (c_cols // cfg.BLOCK_N)
     programs = n_tiles
     if cfg.per_sm:
-        smem = cfg.smem_bytes(w, 1 + (add is not None) + (relu_out is not None))
+        smem = cfg.smem_bytes(w, 1 + (add is not None) + (read_input is not None))
         programs = persistent_programs(cfg.per_sm, n_tiles, smem, _sm_shared_bytes())
     conv3x3_halo_kernel[(programs,)](
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
-        out_desc if relu_out is None else _matrix(relu_out, m, c_cols, tile),
-        parts[0], parts[1], h, c_red, c_cols, c_in_w, n_tiles_m, n_tiles,
+        out_desc if read_input is None else _matrix(read_input, m, c_cols, tile),
+        parts[0], parts[1], *norm_ptrs, h, c_red, c_cols, c_in_w, n_tiles_m, n_tiles,
         DGRAD=dgrad, MOMENTS=moments, ADD_GRAD=add is not None,
-        RELU_INPUT=relu_out is not None, BH=bh, W=w, STAGES=cfg.num_stages,
+        RELU_INPUT=relu_out is not None, GRAD_SUMS=bn is not None,
+        IN_HAS_W=norm_flags.get("IN_HAS_W", False), IN_HAS_B=norm_flags.get("IN_HAS_B", False),
+        IN_ACT=norm_flags.get("IN_ACT", 0), BH=bh, W=w, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
-    return tiles
+    return result
 
 
 def wgrad_smem_bytes(cfg: HaloConfig, w: int, elem_bytes: int = 2) -> int:
