@@ -73,7 +73,8 @@ def build(
     conv takes its backward sums from that conv's dgrad epilogue (its reduction pass, which
     read the gradient and the input, is gone, but the epilogue reads the input again). b512
     graphed step: ResNet-18 -0.5% and MobileNetV2 -0.8% on an H100, -0.3% and +1.2% on an
-    H200, so off by default (benchmarks/README.md).
+    H200, so off by default (benchmarks/README.md). Those runs predate the halo kernels'
+    sums (sm_90: the 3x3 stride-1 dgrads now keep their halo tiles when linked; unmeasured).
     ``fuse_residual``: with ``fuse``, each residual block's last BatchNorm adds the skip
     tensor (and ResNet's final ReLU) in its apply pass (one write and one read of the block
     output less, one launch less per block). b512 graphed step on an H200: ResNet-18 -0.3%,
