@@ -29,11 +29,13 @@ and an edge box of 2 rows, into one buffer of (BH+2)*W rows).
 
 Boxes reaching past the tensor read zeros (the padding). Pipeline: STAGES buffers of (halo box,
 three weight boxes; the weight gradient's: dy box, halo box), one mbarrier each; a stage is
-refilled once the wgmmas that read it (the previous iteration's) have retired. Epilogue: fp32
+refilled once the wgmmas that read it (the previous iteration's) have retired. A forward / dgrad
+program may be persistent (HaloConfig.per_sm): it computes several tiles and its pipeline runs
+across them, so the next tile's first boxes load during this one's epilogue. Epilogue: fp32
 accumulator -> dtype, per-tile batch-norm moments of the rounded tile (forward, as
-conv2d_fwd_kernel's), or + add / ReLU mask (dgrad, as conv2d_dgrad_kernel's), stored by one TMA
-copy; the weight gradient's three fp32 tiles stored (or added) through pointers, split partials
-as conv.py's.
+conv2d_fwd_kernel's), or + add / ReLU mask or a batch norm's backward sums (dgrad, as
+conv2d_dgrad_kernel's), stored by one TMA copy; the weight gradient's three fp32 tiles stored
+(or added) through pointers, split partials as conv.py's.
 
 No interpreter runs Gluon: these kernels run only on an sm_90 GPU (unless TRITONCNN_HALO=0);
 tests/test_conv_halo.py checks them against torch there, and benchmarks/ptx_report.py --op
