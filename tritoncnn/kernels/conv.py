@@ -1259,7 +1259,7 @@ def _dgrad(
     )
     halo = conv_halo.grad_sums_supported(bn) and conv_halo.halo_applicable(
         grad_out, weight, (sh, sw), _padding4(padding), (dh, dw), groups, out, add, relu_out,
-        bn_input if bn is not None else None,
+        bn_input,
     )  # fmt: skip
 
     def launch(dst: torch.Tensor, cfg) -> GradSums | None:

@@ -105,10 +105,11 @@ class HaloConfig:
 
     def smem_bytes(self, w: int, epilogue_tiles: int = 3, elem_bytes: int = 2) -> int:
         """Shared memory: the pipelined halo buffers (rows rounded up to a power of two) and
-        weight boxes, ``epilogue_tiles`` output-sized tiles (1 forward; dgrad + add and ReLU
-        mask 3), the forward moments' cross-warp scratch (fp32 per warp and column: it can't
-        share the pipeline's buffers, live across a persistent program's tiles) and the
-        mbarriers. The compiled kernels use exactly this (tests/test_ptx.py)."""
+        weight boxes, ``epilogue_tiles`` output-sized tiles (1 forward; the dgrad's 1 + an add
+        tile + a ReLU-mask or batch-norm input tile), the forward moments' cross-warp scratch
+        (fp32 per warp and column: it can't share the pipeline's buffers, live across a
+        persistent program's tiles; the dgrad's sums take no more) and the mbarriers. The
+        compiled forward asks for exactly this (tests/test_ptx.py)."""
         halo_rows = triton.next_power_of_2(self.BLOCK_M + 2 * w)
         stage = (halo_rows + 3 * self.BLOCK_N) * self.BLOCK_K
         tiles = epilogue_tiles * self.BLOCK_M * self.BLOCK_N
