@@ -202,7 +202,8 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     f"s{cfg.num_stages}"
                     + (" tma" if tma else "")
                     + (" halo" if halo else "")
-                    + (f" p{cfg.per_sm}" if getattr(cfg, "per_sm", 0) else ""),
+                    + (f" p{cfg.per_sm}" if getattr(cfg, "per_sm", 0) else "")
+                    + (" lw" if getattr(cfg, "loader_warp", False) else ""),
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,

@@ -9,6 +9,10 @@
 #                                           # ResNet-18 with --relu-grad-in-dgrad, --bn-grad-sums; the
 #                                           # gpu tests of the whole-model paths the halo kernels
 #                                           # reach (named as they finish) until 560 s
+#   bash benchmarks/device_halo.sh loader_warp  # 9 min: 1; the loader-warp tiles'
+#                                           # (HaloConfig.loader_warp) gpu tests and, if they
+#                                           # pass, their forward / dgrad times beside the
+#                                           # others'; ResNet-18 as in check
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -24,7 +28,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-gpu_tests gpu_tests_halo 150 tests/test_conv_halo.py
+# (the loader-warp tiles apart: a hang there must not cost the others' verdict)
+gpu_tests gpu_tests_halo 150 tests/test_conv_halo.py -k "not loader_warp"
 # A halo kernel that failed its tests (or hung) is left out of the timed runs.
 HALO_ROW=(--without-halo) HALO_OPS=(fwd_halo dgrad_halo wgrad_halo)
 if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
@@ -32,6 +37,21 @@ if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     echo "halo gpu tests did not pass: timing without the halo kernels"
     export TRITONCNN_HALO=0
     HALO_ROW=() HALO_OPS=()
+fi
+if [ "${1:-}" = loader_warp ]; then
+    TRITONCNN_HALO_LOADER_WARP=1 gpu_tests gpu_tests_halo_loader_warp 120 \
+        tests/test_conv_halo.py -k loader_warp
+    if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo_loader_warp.log" \
+        && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo_loader_warp.log"; then
+        TRITONCNN_HALO_LOADER_WARP=1 timeout 170 python3 benchmarks/conv_tiles.py \
+            --ops "${HALO_OPS[@]:0:2}" --weights fp16 \
+            --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 --out "$OUT" 2>&1 \
+            | grep -v -i warn | tail -40
+    fi
+    timeout 110 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
+        --ours-only --relu-grad-in-dgrad --bn-grad-sums --out "$OUT/halo" 2>&1 | grep -v -i warn \
+        | grep " ms "
+    exit 0
 fi
 if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first
     timeout 120 python3 benchmarks/conv_tiles.py --ops "${HALO_OPS[@]:0:2}" \

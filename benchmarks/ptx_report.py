@@ -246,16 +246,25 @@ def compile_halo(
         DGRAD=dgrad, MOMENTS=not dgrad, ADD_GRAD=dgrad and epilogue in ("add", "add_relu"),
         RELU_INPUT=dgrad and epilogue == "add_relu", GRAD_SUMS=dgrad and epilogue == "bn_sums",
         IN_HAS_W=True, IN_HAS_B=True, IN_ACT=1, BH=bh, W=hw, STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps,
+        LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps,
     )  # fmt: skip
-    return _compile_gluon(conv_halo.conv3x3_halo_kernel, types, const)
+    tiles = 1 + dgrad * ((epilogue in ("add", "add_relu")) + (epilogue in ("add_relu", "bn_sums")))
+    options = conv_halo.launch_options(cfg, cfg.smem_bytes(hw, tiles), H100_SM_SHARED)
+    return _compile_gluon(conv_halo.conv3x3_halo_kernel, types, const, options)
 
 
-def _compile_gluon(kernel, types: dict[str, str], const: dict) -> dict[str, str]:
+# Shared memory of an H100's SM (launch_halo reads the device's).
+H100_SM_SHARED = 228 * 1024
+
+
+def _compile_gluon(
+    kernel, types: dict[str, str], const: dict, options: dict | None = None
+) -> dict[str, str]:
     """Compile a Gluon kernel for sm_90: ``types`` of its descriptor / pointer arguments (the
     others i32), ``const`` its constexprs (num_warps among them); integers and pointers
-    marked 16-divisible as a launch with ResNet's shapes would. Its compiled forms, and
-    "shared": the bytes of shared memory it asks for at launch."""
+    marked 16-divisible as a launch with ResNet's shapes would; ``options``: the launch's
+    compiler options. Its compiled forms, and "shared": the bytes of shared memory it asks
+    for at launch."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     signature, constexprs, attrs = {}, {}, {}
@@ -267,7 +276,7 @@ def _compile_gluon(kernel, types: dict[str, str], const: dict) -> dict[str, str]
             if not signature[name].startswith("tensordesc"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
-    options = {"num_warps": const["num_warps"]}
+    options = {**(options or {}), "num_warps": const["num_warps"]}
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     return {**compiled.asm, "shared": str(compiled.metadata.shared)}
 
@@ -413,6 +422,22 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
     return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": sum(map(int, spills))}
 
 
+def tma_load_barriers(ptx: str) -> dict[str, int]:
+    """{the barrier instruction last before a TMA load: how many loads}: ``bar.sync`` waits
+    for all the warps of the program (or of its partition), ``bar.warp.sync`` for one warp.
+    Triton 3.6 puts one before every TMA copy it emits (the halo kernels' reason for a loader
+    warp)."""
+    counts: dict[str, int] = {}
+    barrier = "none"
+    for line in ptx.splitlines():
+        found = re.search(r"\b(bar\.warp\.sync|bar\.sync|barrier\.sync)\b", line)
+        if found:
+            barrier = found.group(1)
+        elif re.search(r"cp\.async\.bulk\.tensor\.\w+\.shared::cluster\.global", line):
+            counts[barrier] = counts.get(barrier, 0) + 1
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ops = (*CONV_POINTERS, *TMA_OPS, *HALO_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
@@ -459,7 +484,8 @@ def main() -> None:
     elif args.op in HALO_OPS:
         if args.c_out is None:
             ap.error("--c-out is required for a conv kernel")
-        cfg = conv_halo.HaloConfig(*(int(v) for v in args.config.split(",")))
+        fields = [int(v) for v in args.config.split(",")]
+        cfg = conv_halo.HaloConfig(*fields[:6], *(bool(v) for v in fields[6:7]))
         asm = compile_halo(args.op, args.batch, args.c_in, args.c_out, args.size, cfg,
                            args.epilogue)  # fmt: skip
         ptx, const = asm["ptx"], {"shared_offsets": shared_offsets(asm["llir"])}
@@ -495,6 +521,7 @@ def main() -> None:
     waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
     usage = {**ptxas_usage(ptx), "wgmma_in_flight": max(waits, default=0)}
     usage["tma_copies"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
+    usage["tma_load_barriers"] = tma_load_barriers(ptx)
     if "shared_offsets" in const:
         usage["shared_offsets"] = const["shared_offsets"]
         usage["shared_bytes"] = const["shared_bytes"]

@@ -8,6 +8,7 @@ bf16, poisoned outputs), the epilogues, the dispatch through conv2d_forward / co
 and a CUDA-graph capture.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -162,15 +163,28 @@ def _halo_on(monkeypatch):
     monkeypatch.setattr(H, "ENABLED", True)
 
 
+def _tiles(loader_warp: bool, *args, **kwargs) -> list:
+    """The candidates of one kind: the tiles whose warpgroup issues its own loads, or those
+    with a loader warp (HaloConfig.loader_warp; off by default: TRITONCNN_HALO_LOADER_WARP)."""
+    cands = H.halo_candidates(*args, **kwargs, loader_warp=loader_warp)
+    return [cfg for cfg in cands if cfg.loader_warp == loader_warp]
+
+
+LOADER_WARP = pytest.mark.parametrize(
+    "loader_warp", [False, True], ids=["warpgroup_loads", "loader_warp"]
+)
+
+
 @pytest.mark.gpu
+@LOADER_WARP
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_halo_forward_every_candidate(shape, dtype, _halo_on):
+def test_gpu_halo_forward_every_candidate(shape, dtype, loader_warp, _halo_on):
     x, wt, _ = _gpu_case(shape, dtype)
     c_in, hw, c_out = shape
     assert H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     yr = reference(x, wt.float(), None, None, 1, 1, 1, 1, device="cuda")[0]
-    cands = H.halo_candidates(c_out, hw, hw, K._smem_optin(), 1)
+    cands = _tiles(loader_warp, c_out, hw, hw, K._smem_optin(), 1)
     assert cands
     for cfg in cands:
         y = _poisoned((BATCH, c_out, hw, hw), dtype)
@@ -182,16 +196,17 @@ def test_gpu_halo_forward_every_candidate(shape, dtype, _halo_on):
 
 
 @pytest.mark.gpu
+@LOADER_WARP
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_halo_dgrad_every_candidate(shape, dtype, _halo_on):
+def test_gpu_halo_dgrad_every_candidate(shape, dtype, loader_warp, _halo_on):
     x, wt, go = _gpu_case(shape, dtype)
     c_in, hw, c_out = shape
     add = randn(*x.shape, dtype=dtype, channels_last=True)
     relu_out = randn(*x.shape, dtype=dtype, channels_last=True).clamp_min(0)
     dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[1]
     for tiles, extra in ((1, {}), (3, {"add": add, "relu_out": relu_out})):
-        cands = H.halo_candidates(c_in, hw, hw, K._smem_optin(), tiles)
+        cands = _tiles(loader_warp, c_in, hw, hw, K._smem_optin(), tiles)
         assert cands
         for cfg in cands:
             dx = _poisoned(x.shape, dtype)
@@ -201,8 +216,9 @@ def test_gpu_halo_dgrad_every_candidate(shape, dtype, _halo_on):
 
 
 @pytest.mark.gpu
+@LOADER_WARP
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
-def test_gpu_halo_dgrad_bn_sums_every_candidate(shape, _halo_on):
+def test_gpu_halo_dgrad_bn_sums_every_candidate(shape, loader_warp, _halo_on):
     """The dgrad that also stores the backward sums of the batch norm whose output the conv
     reads (ReLU6, affine; and ReLU without affine): dx as the plain dgrad's, the sums as a
     float64 reduction's, the batch norm's backward from them as from its own pass."""
@@ -213,7 +229,7 @@ def test_gpu_halo_dgrad_bn_sums_every_candidate(shape, _halo_on):
     cases = ((ACT_RELU6, True), (ACT_RELU, False))
     for act, affine in cases:
         bn = _bn(bn_in, act, affine)
-        cands = H.halo_candidates(c_in, hw, hw, K._smem_optin(), 2, grad_sums=True)
+        cands = _tiles(loader_warp, c_in, hw, hw, K._smem_optin(), 2, grad_sums=True)
         assert cands
         for cfg in cands:
             dx = _poisoned(x.shape, torch.float16)
@@ -241,10 +257,11 @@ def test_gpu_halo_through_conv2d_forward_and_dgrad(_halo_on):
 
 
 @pytest.mark.gpu
-def test_gpu_halo_in_a_cuda_graph(_halo_on):
+@LOADER_WARP
+def test_gpu_halo_in_a_cuda_graph(loader_warp, _halo_on):
     """Descriptors are captured by value with the launch: a replay reads x changed in place."""
     x, wt, _ = _gpu_case((64, 16, 64), torch.float16)
-    cfg = H.pick_halo_config(16, 16)
+    cfg = dataclasses.replace(H.pick_halo_config(16, 16), loader_warp=loader_warp)
     K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -7,6 +7,7 @@ loaded in 16-byte cp.async copies: without the alignment hints every element of 
 a separate 2-byte load, outside the pipeline, and those layers ran ~10x slower on an H200.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -185,7 +186,10 @@ def test_tma_largest_tiles_do_not_spill(op, config, extra):
 
 
 def _halo_config(cfg) -> str:
-    return f"{cfg.BLOCK_M},{cfg.BLOCK_N},{cfg.BLOCK_K},{cfg.num_warps},{cfg.num_stages}"
+    return (
+        f"{cfg.BLOCK_M},{cfg.BLOCK_N},{cfg.BLOCK_K},{cfg.num_warps},{cfg.num_stages},"
+        f"{cfg.per_sm},{int(cfg.loader_warp)}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,13 +239,32 @@ def test_every_halo_tile_compiles_without_spills_in_the_shared_memory_it_counts(
     the whole opt-in limit, so a byte it misses could make a launch fail."""
     from tritoncnn.kernels import conv_halo
 
-    for key in dict.fromkeys(_halo_config(cfg) for cfg in conv_halo.HALO_CONFIGS):
-        cfg = conv_halo.HaloConfig(*(int(v) for v in key.split(",")))
+    configs = conv_halo.HALO_CONFIGS + conv_halo.HALO_LOADER_WARP_CONFIGS
+    # (per_sm changes the launch, not the compiled kernel)
+    for cfg in dict.fromkeys(dataclasses.replace(cfg, per_sm=0) for cfg in configs):
+        key = _halo_config(cfg)
         size = 32 if cfg.BLOCK_M <= 128 and cfg.BLOCK_M != 64 else 8
         size = 16 if cfg.BLOCK_M == 256 else size
         report = _report("fwd_halo", 64, 128, 3, "--size", str(size), "--config", key)
         assert report["spill_bytes"] == 0, (cfg, report)
         assert report["shared_bytes"] == cfg.smem_bytes(size, epilogue_tiles=1), (cfg, report)
+
+
+@pytest.mark.parametrize("op,epilogue", [("fwd_halo", "none"), ("dgrad_halo", "add_relu")])
+def test_halo_loader_warp_issues_the_loads_behind_warp_barriers(op, epilogue):
+    """Triton 3.6 puts a barrier before each TMA copy it emits: in the warpgroup's loop one of
+    all its warps per copy (5 a K step), in the loader warp's partition (HaloConfig
+    .loader_warp) a warp barrier. Only the dgrad's epilogue tiles (2 a tile) stay in the
+    warpgroup; the loader-warp 128 x 64 program stays within 128 registers a thread (two fit
+    an SM) without spills."""
+    plain = _report(op, 64, 64, 3, "--config", "64,64,32,4,4,0,0", "--epilogue", epilogue)
+    assert set(plain["tma_load_barriers"]) == {"bar.sync"}, plain
+    report = _report(op, 64, 64, 3, "--config", "64,64,32,4,4,0,1", "--epilogue", epilogue)
+    barriers = report["tma_load_barriers"]
+    assert barriers.get("bar.sync", 0) == (2 if epilogue == "add_relu" else 0), report
+    assert barriers["bar.warp.sync"] >= 5, report
+    assert report["registers"] <= 128 and report["spill_bytes"] == 0, report
+    assert report["wgmma_in_flight"] == 3, report
 
 
 def test_halo_wgrad_reads_x_once_per_k_step_for_three_kernel_rows():

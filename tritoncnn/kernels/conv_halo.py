@@ -86,14 +86,26 @@ def env_enabled() -> bool:
 ENABLED: bool = env_enabled()
 
 
+def loader_warp_env_enabled() -> bool:
+    """The warp-specialized tiles (HaloConfig.loader_warp) are autotuning candidates only with
+    TRITONCNN_HALO_LOADER_WARP=1: they compile for sm_90 on the CPU (tests/test_ptx.py) but
+    have not yet run on a GPU (Triton 3.6's warp specialization on Hopper)."""
+    return os.environ.get("TRITONCNN_HALO_LOADER_WARP", "0") == "1"
+
+
+# Read by halo_candidates at every call (benchmarks and tests set it).
+LOADER_WARP: bool = loader_warp_env_enabled()
+
+
 @dataclass(frozen=True)
 class HaloConfig:
     """A tile of a halo kernel. Forward / dgrad: BLOCK_M output pixels (whole rows) x BLOCK_N
     channels, K steps of BLOCK_K reduced channels; weight gradient: BLOCK_M output x BLOCK_N
     input channels, K steps of BLOCK_K pixels (whole rows). num_stages pipeline buffers.
     per_sm (forward / dgrad): 0 launches a program per tile; k > 0 at most k programs per SM,
-    each looping over its tiles (persistent). ``halo`` tells it from other configs of the same
-    numbers in the autotuner's cache."""
+    each looping over its tiles (persistent). loader_warp (forward / dgrad): one more warp of
+    its own issues the TMA copies (warp-specialized). ``halo`` tells it from other configs of
+    the same numbers in the autotuner's cache."""
 
     BLOCK_M: int
     BLOCK_N: int
@@ -101,6 +113,7 @@ class HaloConfig:
     num_warps: int
     num_stages: int
     per_sm: int = 0
+    loader_warp: bool = False
     halo: bool = True
 
     def smem_bytes(self, w: int, epilogue_tiles: int = 3, elem_bytes: int = 2) -> int:
@@ -108,12 +121,15 @@ class HaloConfig:
         weight boxes, ``epilogue_tiles`` output-sized tiles (1 forward; the dgrad's 1 + an add
         tile + a ReLU-mask or batch-norm input tile), the forward moments' cross-warp scratch
         (fp32 per warp and column: it can't share the pipeline's buffers, live across a
-        persistent program's tiles; the dgrad's sums take no more) and the mbarriers. The
-        compiled forward asks for exactly this (tests/test_ptx.py)."""
+        persistent program's tiles; the dgrad's sums take no more) and the mbarriers (twice
+        the stages' with a loader warp: it waits for each stage to be released). The compiled
+        forward asks for exactly this (tests/test_ptx.py)."""
         halo_rows = triton.next_power_of_2(self.BLOCK_M + 2 * w)
         stage = (halo_rows + 3 * self.BLOCK_N) * self.BLOCK_K
         tiles = epilogue_tiles * self.BLOCK_M * self.BLOCK_N
-        scratch = self.num_warps * self.BLOCK_N * 4 + (self.num_stages + 1) * 8
+        barriers = (1 + self.loader_warp) * self.num_stages + 1
+        # (+4: what Triton 3.6's warp-specialized region adds to a compiled loader-warp tile)
+        scratch = self.num_warps * self.BLOCK_N * 4 + barriers * 8 + 4 * self.loader_warp
         return (self.num_stages * stage + tiles) * elem_bytes + scratch
 
 
@@ -143,6 +159,27 @@ HALO_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 32, 4, 4, per_sm=2),
     HaloConfig(128, 128, 32, 4, 2, per_sm=1),
 )
+
+# Warp-specialized tiles: a fifth warp issues the TMA copies (``_halo_loader``). Triton 3.6
+# puts a barrier of all the program's warps before each TMA copy and mbarrier wait (its
+# shared-memory hazard analysis): seven a K step in the warpgroup's loop, beside the loads'
+# integer divisions (the compiled sm_90 code, read on the CPU), while one K step of 128 x 64
+# x 32 is ~12 wgmma instructions. In the loader's own warp they are warp barriers and its
+# coordinates step by additions; the warpgroup keeps two barriers a step.
+HALO_LOADER_WARP_CONFIGS: tuple[HaloConfig, ...] = (
+    HaloConfig(128, 64, 32, 4, 4, loader_warp=True),
+    HaloConfig(64, 64, 32, 4, 4, loader_warp=True),
+    HaloConfig(128, 64, 64, 4, 2, loader_warp=True),
+    HaloConfig(128, 128, 32, 4, 4, loader_warp=True),
+    HaloConfig(128, 64, 32, 4, 4, per_sm=1, loader_warp=True),
+    HaloConfig(64, 64, 32, 4, 4, per_sm=2, loader_warp=True),
+)
+
+# Registers a thread of a loader-warp program may use where two programs share an SM's
+# shared memory: Triton launches it as 8 warps (the warpgroup, the loader, 3 idle to round
+# up to a warpgroup), and two programs of 8 warps fit the SM's 64k registers at 128 each
+# (ptxas: no spills at 128 x 64 with any epilogue, or 64 x 64).
+LOADER_WARP_MAXNREG = 128
 
 
 @gluon.constexpr_function
@@ -182,33 +219,24 @@ def _tile_origin(tile, n_tiles_m, H, W: gl.constexpr, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _issue_loads(
-    body_desc, edge_desc, w_desc, a_buf, b0_buf, b1_buf, b2_buf, bar, g, n_iters, k_steps,
-    first_tile, tile_step, n_tiles_m, H, C_in_w,
-    DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
+def _copy_stage(
+    body_desc, edge_desc, w_desc, a_buf, b0_buf, b1_buf, b2_buf, bar, n0, h0, col0, kw, k0,
+    C_in_w, DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
 ):  # fmt: skip
-    """Start the TMA copies of the program's load ``g`` into one stage: iteration it = (kw,
-    channel block) of its tile g // n_iters (tile first_tile + that * tile_step). They are
-    the halo box's body (rows h0-1 .. h0+BH-2) and edge (h0+BH-1, h0+BH) into a_buf, kernel
-    rows 0, 1, 2's weight boxes into b0_buf, b1_buf, b2_buf; ``bar`` completes when all bytes
-    have landed."""
-    BLOCK_M: gl.constexpr = BH * W
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1] if DGRAD else w_desc.block_type.shape[0]
-    j = g // n_iters
-    it = g - j * n_iters
-    _, n0, h0, col0 = _tile_origin(first_tile + j * tile_step, n_tiles_m, H, W, BLOCK_M, BLOCK_N)
-    kw = it // k_steps
-    k0 = (it - kw * k_steps) * BLOCK_K
+    """Start the TMA copies of one stage: kernel column kw and reduced channels [k0,
+    +BLOCK_K) of the tile at image n0, rows h0.., columns col0... They are the halo box's body
+    (rows h0-1 .. h0+BH-2) and edge (h0+BH-1, h0+BH) into a_buf, kernel rows 0, 1, 2's weight
+    boxes into b0_buf, b1_buf, b2_buf; ``bar`` completes when all bytes have landed."""
     col = 1 - kw if DGRAD else kw - 1
     nbytes: gl.constexpr = (
         body_desc.block_type.nbytes + edge_desc.block_type.nbytes + 3 * w_desc.block_type.nbytes
     )
     mbarrier.expect(bar, nbytes)
-    rows = a_buf.reshape([1, a_buf.shape[0] // W, W, BLOCK_K])  # [1, image rows, W, BLOCK_K]
-    body = rows.slice(0, BH, dim=1)
-    edge = rows.slice(BH, 2, dim=1)
-    tma.async_copy_global_to_shared(body_desc, [n0, h0 - 1, col, k0], bar, body)
-    tma.async_copy_global_to_shared(edge_desc, [n0, h0 + BH - 1, col, k0], bar, edge)
+    rows = a_buf.reshape([1, a_buf.shape[0] // W, W, a_buf.shape[1]])  # [1, rows, W, BLOCK_K]
+    tma.async_copy_global_to_shared(body_desc, [n0, h0 - 1, col, k0], bar, rows.slice(0, BH, 1))
+    tma.async_copy_global_to_shared(
+        edge_desc, [n0, h0 + BH - 1, col, k0], bar, rows.slice(BH, 2, 1)
+    )
     if DGRAD:  # box (o, c) of tap (kh, kw) at column tap*C_in + c
         tma.async_copy_global_to_shared(w_desc, [k0, kw * C_in_w + col0], bar, b0_buf)
         tma.async_copy_global_to_shared(w_desc, [k0, (3 + kw) * C_in_w + col0], bar, b1_buf)
@@ -217,6 +245,58 @@ def _issue_loads(
         tma.async_copy_global_to_shared(w_desc, [col0, kw * C_in_w + k0], bar, b0_buf)
         tma.async_copy_global_to_shared(w_desc, [col0, (3 + kw) * C_in_w + k0], bar, b1_buf)
         tma.async_copy_global_to_shared(w_desc, [col0, (6 + kw) * C_in_w + k0], bar, b2_buf)
+
+
+@gluon.jit
+def _issue_loads(
+    body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs, bars, g, n_iters,
+    k_steps, first_tile, tile_step, n_tiles_m, H, C_in_w,
+    DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+):  # fmt: skip
+    """The program's load ``g`` into stage g % STAGES, issued by the warps that compute: its
+    iteration it = (kw, channel block) of its tile g // n_iters (tile first_tile + that *
+    tile_step)."""
+    BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1] if DGRAD else w_desc.block_type.shape[0]
+    j = g // n_iters
+    it = g - j * n_iters
+    _, n0, h0, col0 = _tile_origin(first_tile + j * tile_step, n_tiles_m, H, W, BH * W, BLOCK_N)
+    kw = it // k_steps
+    slot = g % STAGES
+    _copy_stage(body_desc, edge_desc, w_desc, a_bufs.index(slot), b0_bufs.index(slot),
+                b1_bufs.index(slot), b2_bufs.index(slot), bars.index(slot), n0, h0, col0, kw,
+                (it - kw * k_steps) * BLOCK_K, C_in_w, DGRAD, BH, W)  # fmt: skip
+
+
+# Registers a thread of the loader warp keeps (setmaxnreg; the warpgroup may take the rest):
+# it holds descriptors, stage addresses and counters.
+_LOADER_REGS = gl.constexpr(40)
+
+
+@gluon.jit
+def _halo_loader(
+    body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs, ready, empty,
+    first_tile, tile_step, my_tiles, k_steps, n_tiles_m, H, C_in_w,
+    DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+):  # fmt: skip
+    """The loader warp of a LOADER_WARP program: every load of its tiles in the order they
+    are computed, load g into stage g % STAGES once the warpgroup has released that stage
+    (``empty``, its (g // STAGES)-th phase; a fresh barrier's wait on parity 1 passes at once,
+    so the first STAGES loads don't wait). Coordinates step by additions: no divisions."""
+    BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1] if DGRAD else w_desc.block_type.shape[0]
+    g = 0
+    for j in range(my_tiles):
+        _, n0, h0, col0 = _tile_origin(first_tile + j * tile_step, n_tiles_m, H, W, BH * W, BLOCK_N)
+        for kw in range(3):
+            for kb in range(k_steps):
+                slot = g % STAGES
+                mbarrier.wait(empty.index(slot), ((g // STAGES) & 1) ^ 1)
+                _copy_stage(body_desc, edge_desc, w_desc, a_bufs.index(slot),
+                            b0_bufs.index(slot), b1_bufs.index(slot), b2_bufs.index(slot),
+                            ready.index(slot), n0, h0, col0, kw, kb * BLOCK_K, C_in_w, DGRAD, BH,
+                            W)  # fmt: skip
+                g += 1
 
 
 @gluon.jit
@@ -237,7 +317,7 @@ def conv3x3_halo_kernel(
     DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
     RELU_INPUT: gl.constexpr, GRAD_SUMS: gl.constexpr, IN_HAS_W: gl.constexpr,
     IN_HAS_B: gl.constexpr, IN_ACT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
-    STAGES: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     """BLOCK_M x BLOCK_N output tiles of a 3x3, stride-1, pad-1 conv's forward or input
     gradient (DGRAD); see the module docstring for the halo box.
@@ -247,7 +327,9 @@ def conv3x3_halo_kernel(
     rows h0 .. h0+BH-1) and column tile t // n_tiles_m. Grid: (programs,); program p computes
     tiles p, p + programs, ... (one each when programs = n_tiles; persistent when fewer: its
     pipeline runs on across its tiles, so the next tile's first boxes load during this one's
-    epilogue).
+    epilogue). LOADER_WARP: one more warp issues the loads (``_halo_loader``, its own
+    partition), so the warpgroup's loop is only waits and wgmmas; otherwise the warpgroup
+    issues them between its wgmmas (each TMA copy there is a barrier of all its warps).
     body_desc / edge_desc: TMA descriptors of the A operand (x, or dy for DGRAD), [N, H, W,
     C_red], boxes [1, BH, W, BLOCK_K] and [1, 2, W, BLOCK_K]. w_desc: the weight as
     [C_out, 9*C_in_w], box [BLOCK_N, BLOCK_K] (forward, used transposed) or [BLOCK_K, BLOCK_N]
@@ -273,8 +355,6 @@ def conv3x3_halo_kernel(
     tile_step = gl.num_programs(0)
     my_tiles = (n_tiles - first_tile + tile_step - 1) // tile_step
     k_steps = C_red // BLOCK_K
-    n_iters = 3 * k_steps
-    n_loads = my_tiles * n_iters  # the program's loads, over all its tiles
 
     # Shared-memory shapes must be powers of two: a stage's halo buffer has
     # next_pow2((BH+2)*W) rows, of which the first (BH+2)*W are used.
@@ -284,31 +364,93 @@ def conv3x3_halo_kernel(
     b0_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)  # kernel row 0
     b1_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)
     b2_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
-        mbarrier.init(bars.index(s), count=1)
+        mbarrier.init(ready.index(s), count=1)
     out_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
     epi_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(epi_bar, count=1)
+    gl.static_assert(not (RELU_INPUT and GRAD_SUMS), "one tile of the conv input at most")
+    # Tiles an epilogue doesn't read are out_buf (never touched under that name).
     if ADD_GRAD:
         add_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
-    gl.static_assert(not (RELU_INPUT and GRAD_SUMS), "one tile of the conv input at most")
-    READ_INPUT: gl.constexpr = RELU_INPUT or GRAD_SUMS
-    if READ_INPUT:
+    else:
+        add_buf = out_buf
+    if RELU_INPUT or GRAD_SUMS:
         in_buf = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    else:
+        in_buf = out_buf
 
+    if LOADER_WARP:
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(empty.index(s), count=1)
+        # (the argument tuples written in place: a tuple assigned to a name would turn its
+        # constexprs into tensors)
+        gl.warp_specialize(
+            [
+                (_halo_tiles, (
+                    body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, a_bufs, b0_bufs,
+                    b1_bufs, b2_bufs, ready, empty, epi_bar, out_buf, add_buf, in_buf,
+                    part0_ptr, part1_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, H, C_cols,
+                    C_in_w, n_tiles_m, first_tile, tile_step, my_tiles, k_steps, DGRAD,
+                    MOMENTS, ADD_GRAD, RELU_INPUT, GRAD_SUMS, IN_HAS_W, IN_HAS_B, IN_ACT, BH, W,
+                    STAGES, True, num_warps,
+                )),
+                (_halo_loader, (
+                    body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs, ready,
+                    empty, first_tile, tile_step, my_tiles, k_steps, n_tiles_m, H, C_in_w, DGRAD,
+                    BH, W, STAGES,
+                )),
+            ],
+            [1],
+            [_LOADER_REGS],
+        )  # fmt: skip
+        for s in gl.static_range(STAGES):
+            mbarrier.invalidate(empty.index(s))
+    else:
+        n_loads = my_tiles * 3 * k_steps
+        for s in gl.static_range(STAGES - 1):
+            if s < n_loads:
+                _issue_loads(body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs,
+                             ready, s, 3 * k_steps, k_steps, first_tile, tile_step, n_tiles_m,
+                             H, C_in_w, DGRAD, BH, W, STAGES)  # fmt: skip
+        _halo_tiles(body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, a_bufs, b0_bufs,
+                    b1_bufs, b2_bufs, ready, ready, epi_bar, out_buf, add_buf, in_buf,
+                    part0_ptr, part1_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, H, C_cols,
+                    C_in_w, n_tiles_m, first_tile, tile_step, my_tiles, k_steps, DGRAD,
+                    MOMENTS, ADD_GRAD, RELU_INPUT, GRAD_SUMS, IN_HAS_W, IN_HAS_B, IN_ACT, BH, W,
+                    STAGES, False, num_warps)  # fmt: skip
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(s))
+    mbarrier.invalidate(epi_bar)
+
+
+@gluon.jit
+def _halo_tiles(
+    body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, a_bufs, b0_bufs, b1_bufs,
+    b2_bufs, ready, empty, epi_bar, out_buf, add_buf, in_buf, part0_ptr, part1_ptr, nmean_ptr,
+    ninvstd_ptr, nw_ptr, nb_ptr, H, C_cols, C_in_w, n_tiles_m, first_tile, tile_step, my_tiles,
+    k_steps, DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
+    RELU_INPUT: gl.constexpr, GRAD_SUMS: gl.constexpr, IN_HAS_W: gl.constexpr,
+    IN_HAS_B: gl.constexpr, IN_ACT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    """The warpgroup's part of conv3x3_halo_kernel: per tile, its K loop (stage g % STAGES
+    waited on ``ready``, three kernel rows' wgmmas) and its epilogue. The stage the previous
+    iteration read is free once that iteration's wgmmas retired: released on ``empty`` to
+    the loader warp (LOADER_WARP), or refilled here with the load STAGES-1 ahead."""
+    BLOCK_M: gl.constexpr = BH * W
+    BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
+    dtype: gl.constexpr = out_desc.dtype
+    READ_INPUT: gl.constexpr = RELU_INPUT or GRAD_SUMS
+    n_iters = 3 * k_steps
+    n_loads = my_tiles * n_iters  # the program's loads, over all its tiles
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0],
         warps_per_cta=_mma_warps(BLOCK_M, num_warps),
         instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
     )
-
-    for s in gl.static_range(STAGES - 1):
-        if s < n_loads:
-            _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(s), b0_bufs.index(s),
-                         b1_bufs.index(s), b2_bufs.index(s), bars.index(s), s, n_iters,
-                         k_steps, first_tile, tile_step, n_tiles_m, H, C_in_w, DGRAD, BH, W,
-                         BLOCK_K)  # fmt: skip
     g = 0  # the program's iterations so far, over all its tiles: its stage and phase
     for j in range(my_tiles):
         row0, _, _, col0 = _tile_origin(
@@ -326,25 +468,26 @@ def conv3x3_halo_kernel(
                 tma.async_copy_global_to_shared(in_desc, [row0, col0], epi_bar, in_buf)
 
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-        for _ in range(n_iters):
+        for it in range(n_iters):
             slot = g % STAGES
-            mbarrier.wait(bars.index(slot), (g // STAGES) & 1)
+            mbarrier.wait(ready.index(slot), (g // STAGES) & 1)
             a_buf = a_bufs.index(slot)
             acc = _mma_row(a_buf, b0_bufs.index(slot), acc, 0, DGRAD, W, BLOCK_M)
             acc = _mma_row(a_buf, b1_bufs.index(slot), acc, 1, DGRAD, W, BLOCK_M)
             acc = _mma_row(a_buf, b2_bufs.index(slot), acc, 2, DGRAD, W, BLOCK_M)
-            # The previous iteration's three wgmmas have retired: its stage can be refilled.
+            # The previous iteration's three wgmmas have retired: its stage is free.
             acc = warpgroup_mma_wait(num_outstanding=3, deps=(acc,))
-            nxt = g + STAGES - 1
-            if nxt < n_loads:
-                refill = nxt % STAGES
-                _issue_loads(body_desc, edge_desc, w_desc, a_bufs.index(refill),
-                             b0_bufs.index(refill), b1_bufs.index(refill),
-                             b2_bufs.index(refill), bars.index(refill), nxt, n_iters, k_steps,
-                             first_tile, tile_step, n_tiles_m, H, C_in_w, DGRAD, BH, W,
-                             BLOCK_K)  # fmt: skip
+            if LOADER_WARP:
+                if it > 0:  # (a tile's first iteration: released after the last tile's loop)
+                    mbarrier.arrive(empty.index((g + STAGES - 1) % STAGES), count=1)
+            elif g + STAGES - 1 < n_loads:
+                _issue_loads(body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs,
+                             ready, g + STAGES - 1, n_iters, k_steps, first_tile, tile_step,
+                             n_tiles_m, H, C_in_w, DGRAD, BH, W, STAGES)  # fmt: skip
             g += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if LOADER_WARP:
+            mbarrier.arrive(empty.index((g + STAGES - 1) % STAGES), count=1)
 
         if ADD_GRAD or READ_INPUT:
             mbarrier.wait(epi_bar, j & 1)
@@ -375,9 +518,6 @@ def conv3x3_halo_kernel(
         fence_async_shared()
         tma.async_copy_shared_to_global(out_desc, [row0, col0], out_buf)
     tma.store_wait(pendings=0)
-    for s in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(s))
-    mbarrier.invalidate(epi_bar)
 
 
 @gluon.jit
@@ -617,14 +757,17 @@ GRAD_SUMS_MAX_PER_THREAD = 64
 
 def halo_candidates(
     c_cols: int, h: int, w: int, smem_limit: int, epilogue_tiles: int = 3,
-    grad_sums: bool = False,
+    grad_sums: bool = False, loader_warp: bool | None = None,
 ) -> list[HaloConfig]:  # fmt: skip
-    """The HALO_CONFIGS that fit this conv: whole-row tiles, column tiles dividing c_cols,
-    within shared memory with ``epilogue_tiles`` output-sized tiles (and, with
+    """The HALO_CONFIGS (and, with ``loader_warp``, default LOADER_WARP, the
+    HALO_LOADER_WARP_CONFIGS) that fit this conv: whole-row tiles, column tiles dividing
+    c_cols, within shared memory with ``epilogue_tiles`` output-sized tiles (and, with
     ``grad_sums``, the dgrad's batch-norm sums in registers)."""
+    with_loader = LOADER_WARP if loader_warp is None else loader_warp
+    configs = HALO_CONFIGS + (HALO_LOADER_WARP_CONFIGS if with_loader else ())
     return [
         cfg
-        for cfg in HALO_CONFIGS
+        for cfg in configs
         if rows_per_tile(h, w, cfg.BLOCK_M)
         and c_cols % cfg.BLOCK_N == 0
         and cfg.smem_bytes(w, epilogue_tiles) <= smem_limit
@@ -659,6 +802,14 @@ def persistent_programs(per_sm: int, n_tiles: int, smem: int, sm_shared: int) ->
     program left waiting would run its tiles after all the others."""
     fit = max(1, sm_shared // (smem + 1024))
     return min(n_tiles, min(per_sm, fit) * runtime.sm_count())
+
+
+def launch_options(cfg: HaloConfig, smem: int, sm_shared: int) -> dict[str, int]:
+    """Compiler options of a forward / dgrad launch: a loader-warp tile of which two programs
+    fit an SM's ``sm_shared`` bytes (``smem`` each) keeps to LOADER_WARP_MAXNREG registers."""
+    if cfg.loader_warp and sm_shared // (smem + 1024) >= 2:
+        return {"maxnreg": LOADER_WARP_MAXNREG}
+    return {}
 
 
 @functools.cache
@@ -728,9 +879,10 @@ def launch_halo(
     norm_ptrs, _, norm_flags = pending_norm_args(bn, c_cols, out, "conv2d halo dgrad:")
     n_tiles = n_tiles_m * (c_cols // cfg.BLOCK_N)
     programs = n_tiles
+    smem = cfg.smem_bytes(w, 1 + (add is not None) + (read_input is not None))
     if cfg.per_sm:
-        smem = cfg.smem_bytes(w, 1 + (add is not None) + (read_input is not None))
         programs = persistent_programs(cfg.per_sm, n_tiles, smem, _sm_shared_bytes())
+    options = launch_options(cfg, smem, _sm_shared_bytes())
     conv3x3_halo_kernel[(programs,)](
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
@@ -740,7 +892,7 @@ def launch_halo(
         RELU_INPUT=relu_out is not None, GRAD_SUMS=bn is not None,
         IN_HAS_W=norm_flags.get("IN_HAS_W", False), IN_HAS_B=norm_flags.get("IN_HAS_B", False),
         IN_ACT=norm_flags.get("IN_ACT", 0), BH=bh, W=w, STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL,
+        LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL, **options,
     )  # fmt: skip
     return result
 
