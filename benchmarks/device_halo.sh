@@ -11,8 +11,8 @@
 #                                           # reach (named as they finish) until 560 s
 #   bash benchmarks/device_halo.sh loader_warp  # 9 min: 1; the loader-warp tiles'
 #                                           # (HaloConfig.loader_warp) gpu tests and, if they
-#                                           # pass, their forward / dgrad times beside the
-#                                           # others'; ResNet-18 as in check
+#                                           # pass, 3 with them (64 and 128 channels);
+#                                           # ResNet-18 as in check
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -43,10 +43,9 @@ if [ "${1:-}" = loader_warp ]; then
         tests/test_conv_halo.py -k loader_warp
     if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo_loader_warp.log" \
         && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo_loader_warp.log"; then
-        TRITONCNN_HALO_LOADER_WARP=1 timeout 170 python3 benchmarks/conv_tiles.py \
-            --ops "${HALO_OPS[@]:0:2}" --weights fp16 \
-            --shapes 64:64:3:1:32 128:128:3:1:16 256:256:3:1:8 --out "$OUT" 2>&1 \
-            | grep -v -i warn | tail -40
+        TRITONCNN_HALO_LOADER_WARP=1 timeout 180 python3 benchmarks/conv_tiles.py \
+            --ops "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
+            --out "$OUT" 2>&1 | grep -v -i warn | tail -50
     fi
     timeout 110 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
         --ours-only --relu-grad-in-dgrad --bn-grad-sums --out "$OUT/halo" 2>&1 | grep -v -i warn \

@@ -225,8 +225,10 @@ def compile_halo(
             "dw_ptr": "*fp32",
         }
         const = dict(ACCUMULATE=False, BH=bh, W=hw, STAGES=cfg.num_stages,
-                     num_warps=cfg.num_warps)  # fmt: skip
-        return _compile_gluon(conv_halo.conv3x3_halo_wgrad_kernel, types, const)
+                     LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps)  # fmt: skip
+        smem = conv_halo.wgrad_smem_bytes(cfg, hw)
+        options = conv_halo.launch_options(cfg, smem, H100_SM_SHARED)
+        return _compile_gluon(conv_halo.conv3x3_halo_wgrad_kernel, types, const, options)
     dgrad = op == "dgrad_halo"
     c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
     bh = conv_halo.rows_per_tile(hw, hw, cfg.BLOCK_M)

@@ -273,14 +273,16 @@ def test_gpu_halo_in_a_cuda_graph(loader_warp, _halo_on):
 
 
 @pytest.mark.gpu
+@LOADER_WARP
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}->{s[2]}")
-def test_gpu_halo_wgrad_every_candidate(shape, _halo_on):
+def test_gpu_halo_wgrad_every_candidate(shape, loader_warp, _halo_on):
     """Every weight-gradient tile, unsplit and split (a last split shorter than the others),
     written and added into an existing gradient."""
     x, wt, go = _gpu_case(shape, torch.float16)
     c_in, hw, c_out = shape
     dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
-    cands = H.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit())
+    cands = H.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), loader_warp)
+    cands = [cfg for cfg in cands if cfg.loader_warp == loader_warp]
     assert cands
     for cfg in cands:
         for split in (1, 7):

@@ -548,7 +548,7 @@ def conv3x3_halo_wgrad_kernel(
     dy_desc, body_desc, edge_desc, dw_ptr,
     H, C_in, per_split, P_total, s_split, s_o, s_tap,
     ACCUMULATE: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
-    num_warps: gl.constexpr,
+    LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     """Weight gradient of a 3x3, stride-1, pad-1 conv for one kernel column kw and its three
     kernel rows: dw[o, kh, kw, c] = sum_p dy[p, o] * x[h+kh-1, w+kw-1, c] over one split of
@@ -559,7 +559,8 @@ def conv3x3_halo_wgrad_kernel(
     from h0-1 at column kw-1, as a body box [1, BH, W, BLOCK_N] and an edge box [1, 2, W,
     BLOCK_N] into one buffer; kernel row kh's B operand is its sub-view from row kh*W (the
     forward's trick, on the weight gradient's K = pixel axis). Three loads of x per step
-    become one halo of (BH+2)/BH.
+    become one halo of (BH+2)/BH. LOADER_WARP: one more warp issues the copies
+    (``_wgrad_loader``), as the forward's.
 
     Grid: (C_out/BLOCK_M * C_in/BLOCK_N tiles, 3 kernel columns, splits); no tile is
     partial (the caller checks). Split s reduces
@@ -595,31 +596,35 @@ def conv3x3_halo_wgrad_kernel(
         warps_per_cta=_mma_warps(BLOCK_M, num_warps),
         instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
     )
-    acc0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-    acc1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-    acc2 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-
-    for s in gl.static_range(STAGES - 1):
-        if s < n_steps:
-            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(s),
-                               x_bufs.index(s), bars.index(s), p_lo + s * BLOCK_K, H, kw,
-                               o0, c0, BH, W)  # fmt: skip
-    for it in range(n_steps):
-        slot = it % STAGES
-        mbarrier.wait(bars.index(slot), (it // STAGES) & 1)
-        a = dy_bufs.index(slot).permute((1, 0))  # dy^T: [BLOCK_M, BLOCK_K]
-        x_buf = x_bufs.index(slot)
-        acc0 = warpgroup_mma(a, _rows_view(x_buf, 0, W, BLOCK_K), acc0, is_async=True)
-        acc1 = warpgroup_mma(a, _rows_view(x_buf, W, W, BLOCK_K), acc1, is_async=True)
-        acc2 = warpgroup_mma(a, _rows_view(x_buf, 2 * W, W, BLOCK_K), acc2, is_async=True)
-        acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=3, deps=(acc0, acc1, acc2))
-        nxt = it + STAGES - 1
-        if nxt < n_steps:
-            refill = nxt % STAGES
-            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(refill),
-                               x_bufs.index(refill), bars.index(refill), p_lo + nxt * BLOCK_K,
-                               H, kw, o0, c0, BH, W)  # fmt: skip
-    acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+    if LOADER_WARP:
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(empty.index(s), count=1)
+        acc0, acc1, acc2 = gl.warp_specialize(
+            [
+                (_wgrad_mma, (
+                    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, empty, p_lo, n_steps,
+                    H, kw, o0, c0, BH, W, STAGES, True, num_warps,
+                )),
+                (_wgrad_loader, (
+                    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, empty, p_lo, n_steps,
+                    H, kw, o0, c0, BH, W, STAGES,
+                )),
+            ],
+            [1],
+            [_LOADER_REGS],
+        )  # fmt: skip
+        for s in gl.static_range(STAGES):
+            mbarrier.invalidate(empty.index(s))
+    else:
+        for s in gl.static_range(STAGES - 1):
+            if s < n_steps:
+                _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(s),
+                                   x_bufs.index(s), bars.index(s), p_lo + s * BLOCK_K, H, kw,
+                                   o0, c0, BH, W)  # fmt: skip
+        acc0, acc1, acc2 = _wgrad_mma(dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, bars,
+                                      p_lo, n_steps, H, kw, o0, c0, BH, W, STAGES, False,
+                                      num_warps)  # fmt: skip
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
 
@@ -630,6 +635,66 @@ def conv3x3_halo_wgrad_kernel(
     _store_dw(ptrs, acc0, ACCUMULATE)
     _store_dw(ptrs + 3 * s_tap, acc1, ACCUMULATE)
     _store_dw(ptrs + 6 * s_tap, acc2, ACCUMULATE)
+
+
+@gluon.jit
+def _wgrad_mma(
+    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, ready, empty, p_lo, n_steps, H, kw, o0,
+    c0, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr, LOADER_WARP: gl.constexpr,
+    num_warps: gl.constexpr,
+):  # fmt: skip
+    """The weight gradient's K loop, by the warpgroup: per step (stage it % STAGES, waited on
+    ``ready``) three kernel rows' wgmmas; the stage of the step before is then released on
+    ``empty`` to the loader warp (LOADER_WARP) or refilled here with step it + STAGES - 1.
+    Returns the three fp32 accumulators."""
+    BLOCK_M: gl.constexpr = dy_desc.block_type.shape[3]
+    BLOCK_N: gl.constexpr = body_desc.block_type.shape[3]
+    BLOCK_K: gl.constexpr = BH * W
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0],
+        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
+        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
+    )
+    acc0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+    acc1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+    acc2 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
+    for it in range(n_steps):
+        slot = it % STAGES
+        mbarrier.wait(ready.index(slot), (it // STAGES) & 1)
+        a = dy_bufs.index(slot).permute((1, 0))  # dy^T: [BLOCK_M, BLOCK_K]
+        x_buf = x_bufs.index(slot)
+        acc0 = warpgroup_mma(a, _rows_view(x_buf, 0, W, BLOCK_K), acc0, is_async=True)
+        acc1 = warpgroup_mma(a, _rows_view(x_buf, W, W, BLOCK_K), acc1, is_async=True)
+        acc2 = warpgroup_mma(a, _rows_view(x_buf, 2 * W, W, BLOCK_K), acc2, is_async=True)
+        acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=3, deps=(acc0, acc1, acc2))
+        if LOADER_WARP:
+            if it > 0:
+                mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)
+        elif it + STAGES - 1 < n_steps:
+            nxt = it + STAGES - 1
+            refill = nxt % STAGES
+            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(refill),
+                               x_bufs.index(refill), ready.index(refill), p_lo + nxt * BLOCK_K,
+                               H, kw, o0, c0, BH, W)  # fmt: skip
+    acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
+    return acc0, acc1, acc2
+
+
+@gluon.jit
+def _wgrad_loader(
+    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, ready, empty, p_lo, n_steps, H, kw, o0,
+    c0, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+):  # fmt: skip
+    """The weight gradient's loader warp: step it's copies into stage it % STAGES once the
+    warpgroup released it (as ``_halo_loader``; the program's last step is never waited for:
+    the program ends)."""
+    BLOCK_K: gl.constexpr = BH * W
+    for it in range(n_steps):
+        slot = it % STAGES
+        mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)
+        _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(slot),
+                           x_bufs.index(slot), ready.index(slot), p_lo + it * BLOCK_K, H, kw,
+                           o0, c0, BH, W)  # fmt: skip
 
 
 @gluon.jit
@@ -805,8 +870,9 @@ def persistent_programs(per_sm: int, n_tiles: int, smem: int, sm_shared: int) ->
 
 
 def launch_options(cfg: HaloConfig, smem: int, sm_shared: int) -> dict[str, int]:
-    """Compiler options of a forward / dgrad launch: a loader-warp tile of which two programs
-    fit an SM's ``sm_shared`` bytes (``smem`` each) keeps to LOADER_WARP_MAXNREG registers."""
+    """Compiler options of a halo kernel's launch: a loader-warp tile of which two programs
+    fit an SM's ``sm_shared`` bytes (``smem`` each) keeps to LOADER_WARP_MAXNREG registers
+    (the weight gradient's three 64 x 64 accumulators too: ptxas, no spills)."""
     if cfg.loader_warp and sm_shared // (smem + 1024) >= 2:
         return {"maxnreg": LOADER_WARP_MAXNREG}
     return {}
@@ -899,7 +965,8 @@ def launch_halo(
 
 def wgrad_smem_bytes(cfg: HaloConfig, w: int, elem_bytes: int = 2) -> int:
     """Shared memory of the weight gradient's pipeline: per stage a dy box of BLOCK_K pixels
-    x BLOCK_M channels and an x halo buffer (rows rounded up to a power of two) x BLOCK_N."""
+    x BLOCK_M channels and an x halo buffer (rows rounded up to a power of two) x BLOCK_N
+    (the mbarriers aside)."""
     halo_rows = triton.next_power_of_2(cfg.BLOCK_K + 2 * w)
     return cfg.num_stages * (cfg.BLOCK_K * cfg.BLOCK_M + halo_rows * cfg.BLOCK_N) * elem_bytes
 
@@ -913,6 +980,11 @@ HALO_WGRAD_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 128, 4, 4),
     HaloConfig(64, 64, 64, 4, 4),
     HaloConfig(128, 64, 128, 8, 2),
+)
+# With a loader warp (as HALO_LOADER_WARP_CONFIGS; TRITONCNN_HALO_LOADER_WARP=1).
+HALO_WGRAD_LOADER_WARP_CONFIGS: tuple[HaloConfig, ...] = (
+    HaloConfig(64, 64, 128, 4, 4, loader_warp=True),
+    HaloConfig(64, 64, 64, 4, 4, loader_warp=True),
 )
 
 
@@ -928,13 +1000,16 @@ def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape,
 
 
 def halo_wgrad_candidates(
-    c_in: int, c_out: int, h: int, w: int, smem_limit: int
+    c_in: int, c_out: int, h: int, w: int, smem_limit: int, loader_warp: bool | None = None
 ) -> list[HaloConfig]:
-    """The HALO_WGRAD_CONFIGS that fit: whole-row pixel steps, tiles dividing the channels,
-    within shared memory."""
+    """The HALO_WGRAD_CONFIGS (and, with ``loader_warp``, default LOADER_WARP, the
+    HALO_WGRAD_LOADER_WARP_CONFIGS) that fit: whole-row pixel steps, tiles dividing the
+    channels, within shared memory."""
+    with_loader = LOADER_WARP if loader_warp is None else loader_warp
+    configs = HALO_WGRAD_CONFIGS + (HALO_WGRAD_LOADER_WARP_CONFIGS if with_loader else ())
     return [
         cfg
-        for cfg in HALO_WGRAD_CONFIGS
+        for cfg in configs
         if rows_per_tile(h, w, cfg.BLOCK_K)
         and c_out % cfg.BLOCK_M == 0
         and c_in % cfg.BLOCK_N == 0
@@ -981,9 +1056,10 @@ def launch_halo_wgrad(
         return TensorDescriptor(t, [n, h, w, c], [h * w * c, w * c, c, 1], shape, layout)
 
     tiles = (c_out // cfg.BLOCK_M) * (c_in // cfg.BLOCK_N)
+    options = launch_options(cfg, wgrad_smem_bytes(cfg, w), _sm_shared_bytes())
     conv3x3_halo_wgrad_kernel[(tiles, 3, split)](
         box(grad_out, bh, cfg.BLOCK_M), box(x, bh, cfg.BLOCK_N), box(x, 2, cfg.BLOCK_N), dst,
         h, c_in, per_split, n * h * w, *strides,
-        ACCUMULATE=accumulate, BH=bh, W=w, STAGES=cfg.num_stages, num_warps=cfg.num_warps,
-        launch_pdl=LAUNCH_PDL,
+        ACCUMULATE=accumulate, BH=bh, W=w, STAGES=cfg.num_stages, LOADER_WARP=cfg.loader_warp,
+        num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL, **options,
     )  # fmt: skip
