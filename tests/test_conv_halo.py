@@ -98,6 +98,31 @@ def test_persistent_programs_fit_on_an_sm_at_once(monkeypatch):
     assert H.persistent_programs(2, 10_000, 300 * 1024, sm) == 132  # at least one per SM
 
 
+def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
+    """The warp-specialized tiles join the candidates with TRITONCNN_HALO_LOADER_WARP=1 (the
+    module flag) or when asked; they count their release mbarriers (and the 4 bytes Triton's
+    warp-specialized region adds); two programs of them per SM are capped at 128 registers."""
+    limit = 227 * 1024
+    monkeypatch.setattr(H, "LOADER_WARP", False)
+    assert not any(c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1))
+    assert not any(c.loader_warp for c in H.halo_wgrad_candidates(64, 64, 32, 32, limit))
+    monkeypatch.setattr(H, "LOADER_WARP", True)
+    fwd = H.halo_candidates(64, 32, 32, limit, 1)
+    assert H.HaloConfig(128, 64, 32, 4, 4, loader_warp=True) in fwd
+    assert H.HaloConfig(128, 64, 32, 4, 4) in fwd
+    assert any(c.loader_warp for c in H.halo_wgrad_candidates(64, 64, 32, 32, limit))
+    assert not any(
+        c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1, loader_warp=False)
+    )
+    plain, split = H.HaloConfig(64, 64, 32, 4, 4), H.HaloConfig(64, 64, 32, 4, 4, loader_warp=True)
+    assert split.smem_bytes(32, 1) == plain.smem_bytes(32, 1) + 4 * 8 + 4
+    sm = 228 * 1024
+    assert H.launch_options(split, split.smem_bytes(32, 3), sm) == {"maxnreg": 128}
+    big = H.HaloConfig(128, 128, 32, 4, 4, loader_warp=True)
+    assert H.launch_options(big, big.smem_bytes(16, 1), sm) == {}  # one program per SM
+    assert H.launch_options(plain, plain.smem_bytes(32, 1), sm) == {}
+
+
 def test_halo_is_on_unless_turned_off_and_only_on_sm90(monkeypatch):
     """TRITONCNN_HALO=0 turns the halo kernels off; otherwise they take the convs that
     qualify, but only on an sm_90 GPU (never in the interpreter)."""
