@@ -10,9 +10,9 @@
 #                                           # gpu tests of the whole-model paths the halo kernels
 #                                           # reach (named as they finish) until 560 s
 #   bash benchmarks/device_halo.sh loader_warp  # 9 min: 1; the loader-warp tiles'
-#                                           # (HaloConfig.loader_warp) gpu tests and, if they
-#                                           # pass, 3 with them (64 and 128 channels);
-#                                           # ResNet-18 as in check
+#                                           # (HaloConfig.loader_warp) gpu tests; ResNet-18 as
+#                                           # in check, with a --loader-warp row if they passed;
+#                                           # then 3 for the forward / dgrad with them
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -38,18 +38,23 @@ if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     export TRITONCNN_HALO=0
     HALO_ROW=() HALO_OPS=()
 fi
-if [ "${1:-}" = loader_warp ]; then
+if [ "${1:-}" = loader_warp ]; then  # the rest of a 560 s call, most wanted first
     TRITONCNN_HALO_LOADER_WARP=1 gpu_tests gpu_tests_halo_loader_warp 120 \
         tests/test_conv_halo.py -k loader_warp
+    LOADER_ROW=()
     if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo_loader_warp.log" \
         && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo_loader_warp.log"; then
-        TRITONCNN_HALO_LOADER_WARP=1 timeout 180 python3 benchmarks/conv_tiles.py \
-            --ops "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
+        LOADER_ROW=(--loader-warp)
+    fi
+    timeout 160 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
+        --ours-only "${LOADER_ROW[@]}" --relu-grad-in-dgrad --bn-grad-sums --out "$OUT/halo" \
+        2>&1 | grep -v -i warn | grep " ms "
+    left=$((560 - SECONDS))
+    if [ "${#LOADER_ROW[@]}" -gt 0 ] && [ "$left" -gt 30 ]; then
+        TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 benchmarks/conv_tiles.py \
+            --ops "${HALO_OPS[@]:0:2}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
             --out "$OUT" 2>&1 | grep -v -i warn | tail -50
     fi
-    timeout 110 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
-        --ours-only --relu-grad-in-dgrad --bn-grad-sums --out "$OUT/halo" 2>&1 | grep -v -i warn \
-        | grep " ms "
     exit 0
 fi
 if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first

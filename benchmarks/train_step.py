@@ -101,6 +101,7 @@ def ours_step(
     relu_grad_in_dgrad: bool = False,
     tma: tuple[str, ...] = (),
     halo: bool | None = None,
+    loader_warp: bool | None = None,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -125,7 +126,9 @@ def ours_step(
     kernels where they apply (kernels.conv.TMA_CONVS and conv_tma.ENABLED, read at every
     launch; rows without leave conv_tma.ENABLED to TRITONCNN_TMA).
     ``halo``: whether 3x3 stride-1 convs take kernels/conv_halo.py's halo kernels where they
-    apply (conv_halo.ENABLED; None: as TRITONCNN_HALO says, on unless it is 0)."""
+    apply (conv_halo.ENABLED; None: as TRITONCNN_HALO says, on unless it is 0).
+    ``loader_warp``: whether the halo kernels' heuristic tiles (and candidates) are their
+    loader-warp versions (conv_halo.LOADER_WARP; None: as TRITONCNN_HALO_LOADER_WARP says)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -136,6 +139,9 @@ def ours_step(
     conv_k.TMA_CONVS = frozenset(tma)
     conv_tma.ENABLED = bool(tma) or conv_tma.env_enabled()
     conv_halo.ENABLED = conv_halo.env_enabled() if halo is None else halo
+    conv_halo.LOADER_WARP = (
+        conv_halo.loader_warp_env_enabled() if loader_warp is None else loader_warp
+    )
 
     torch.manual_seed(0)
     model = models.build(
@@ -309,6 +315,11 @@ def main() -> None:
         "(kernels/conv_halo.py, sm_90) even where TRITONCNN_HALO=0",
     )
     ap.add_argument(
+        "--loader-warp",
+        action="store_true",
+        help="add a graph row whose halo kernels have a loader warp (HaloConfig.loader_warp)",
+    )
+    ap.add_argument(
         "--without-halo",
         action="store_true",
         help="add a graph row without the halo kernels (the default rows have them on sm_90)",
@@ -372,6 +383,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_halo"] = {**graph, "halo": True}
             if args.without_halo:
                 ours["tritoncnn_fp16_graph_no_halo"] = {**graph, "halo": False}
+            if args.loader_warp:
+                ours["tritoncnn_fp16_graph_loader_warp"] = {**graph, "loader_warp": True}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -44,6 +44,7 @@ fwd_halo / dgrad_halo / wgrad_halo compiles them for sm_90 on the CPU (tests/tes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -87,13 +88,14 @@ ENABLED: bool = env_enabled()
 
 
 def loader_warp_env_enabled() -> bool:
-    """The warp-specialized tiles (HaloConfig.loader_warp) are autotuning candidates only with
-    TRITONCNN_HALO_LOADER_WARP=1: they compile for sm_90 on the CPU (tests/test_ptx.py) but
-    have not yet run on a GPU (Triton 3.6's warp specialization on Hopper)."""
+    """The warp-specialized tiles (HaloConfig.loader_warp) are autotuning candidates, and the
+    heuristic's tiles take their loader-warp versions, only with TRITONCNN_HALO_LOADER_WARP=1:
+    they compile for sm_90 on the CPU (tests/test_ptx.py) but have not yet run on a GPU
+    (Triton 3.6's warp specialization on Hopper)."""
     return os.environ.get("TRITONCNN_HALO_LOADER_WARP", "0") == "1"
 
 
-# Read by halo_candidates at every call (benchmarks and tests set it).
+# Read by halo_candidates and the heuristics at every call (benchmarks and tests set it).
 LOADER_WARP: bool = loader_warp_env_enabled()
 
 
@@ -856,9 +858,17 @@ HALO_DGRAD_HEURISTIC = (HaloConfig(64, 64, 32, 4, 4), *HALO_HEURISTIC)
 
 
 def pick_halo_config(h: int, w: int, dgrad: bool = False) -> HaloConfig | None:
-    """The heuristic tile of an h x w output (64 channels wide: they are multiples of 64)."""
+    """The heuristic tile of an h x w output (64 channels wide: they are multiples of 64);
+    with LOADER_WARP its loader-warp version where that is one of the candidates."""
     tiles = HALO_DGRAD_HEURISTIC if dgrad else HALO_HEURISTIC
-    return next((cfg for cfg in tiles if rows_per_tile(h, w, cfg.BLOCK_M)), None)
+    cfg = next((cfg for cfg in tiles if rows_per_tile(h, w, cfg.BLOCK_M)), None)
+    return _with_loader_warp(cfg, HALO_LOADER_WARP_CONFIGS)
+
+
+def _with_loader_warp(cfg: HaloConfig | None, loader_tiles) -> HaloConfig | None:
+    """``cfg`` with a loader warp if LOADER_WARP is on and ``loader_tiles`` has it."""
+    split = cfg and dataclasses.replace(cfg, loader_warp=True)
+    return split if LOADER_WARP and split in loader_tiles else cfg
 
 
 def persistent_programs(per_sm: int, n_tiles: int, smem: int, sm_shared: int) -> int:
@@ -1025,7 +1035,9 @@ def pick_halo_wgrad_config(h: int, w: int) -> HaloConfig | None:
     steps = (64, 128) if w >= 32 else (128, 64)
     for block_k in steps:
         if rows_per_tile(h, w, block_k):
-            return HaloConfig(64, 64, block_k, 4, 4)
+            return _with_loader_warp(
+                HaloConfig(64, 64, block_k, 4, 4), HALO_WGRAD_LOADER_WARP_CONFIGS
+            )
     return None
 
 
