@@ -12,7 +12,8 @@
 #   bash benchmarks/device_halo.sh loader_warp  # 9 min: 1; the loader-warp tiles'
 #                                           # (HaloConfig.loader_warp) gpu tests; ResNet-18 as
 #                                           # in check, with a --loader-warp row if they passed;
-#                                           # then 3 for the forward / dgrad with them
+#                                           # then 3 for the forward / dgrad with them; then the
+#                                           # model-path gpu tests with them on, named
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -52,12 +53,21 @@ if [ "${1:-}" = loader_warp ]; then  # the rest of a 560 s call, most wanted fir
     timeout "$step_s" python3 benchmarks/train_step.py --models resnet18 --batches 512 \
         --graph-only --ours-only "${LOADER_ROW[@]}" --relu-grad-in-dgrad --bn-grad-sums \
         --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
+    [ "${#LOADER_ROW[@]}" -gt 0 ] || exit 0
+    left=$((budget - SECONDS < 150 ? budget - SECONDS : 150))
+    [ "$left" -gt 30 ] || exit 0
+    TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 benchmarks/conv_tiles.py \
+        --ops "${HALO_OPS[@]:0:2}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
+        --out "$OUT" 2>&1 | grep -v -i warn | tail -50
+    # what turning them on by default would need: the model paths with them, named
     left=$((budget - SECONDS))
-    if [ "${#LOADER_ROW[@]}" -gt 0 ] && [ "$left" -gt 30 ]; then
-        TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 benchmarks/conv_tiles.py \
-            --ops "${HALO_OPS[@]:0:2}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
-            --out "$OUT" 2>&1 | grep -v -i warn | tail -50
-    fi
+    [ "$left" -gt 30 ] || exit 0
+    TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 -m pytest -m gpu -n 8 -v \
+        -p no:cacheprovider tests/test_models.py tests/test_cuda_graph.py tests/test_amp.py \
+        tests/test_grad_sums.py > "$OUT/gpu_tests_models_loader_warp.log" 2>&1
+    grep -E " (FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/gpu_tests_models_loader_warp.log" \
+        | head -20
+    grep -cE " PASSED " "$OUT/gpu_tests_models_loader_warp.log" | sed 's/^/models: passed /'
     exit 0
 fi
 if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first
