@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import conv_halo, conv_tma  # noqa: E402
+from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_tma  # noqa: E402
 
 
 def bench(fn) -> float:
@@ -138,7 +138,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 continue  # wgrad never reads the weight: once, under the first weight dtype
             tma = op.endswith("_tma")
             halo = op.endswith("_halo")
-            if op == "wgrad_halo" and not conv_halo.halo_wgrad_applicable(
+            if op == "wgrad_halo" and not conv_halo_wgrad.halo_wgrad_applicable(
                 x, gy, w.shape, (s, s), (pad,) * 4, (1, 1), 1
             ):
                 continue
@@ -170,8 +170,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit(), k)
                 heuristic = conv_tma.pick_tma_wgrad_config(cin, cout, k)
             elif op == "wgrad_halo":
-                cands = conv_halo.halo_wgrad_candidates(cin, cout, hw, hw, conv_k._smem_limit())
-                heuristic = conv_halo.pick_halo_wgrad_config(hw, hw)
+                smem = conv_k._smem_limit()
+                cands = conv_halo_wgrad.halo_wgrad_candidates(cin, cout, hw, hw, smem)
+                heuristic = conv_halo_wgrad.pick_halo_wgrad_config(hw, hw)
             elif halo:
                 cols = cin if op == "dgrad_halo" else cout
                 cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_optin(), 1)

@@ -46,7 +46,14 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as K  # noqa: E402
-from tritoncnn.kernels import conv_halo, conv_tma, depthwise, depthwise_rows, norm  # noqa: E402
+from tritoncnn.kernels import (  # noqa: E402
+    conv_halo,
+    conv_halo_wgrad,
+    conv_tma,
+    depthwise,
+    depthwise_rows,
+    norm,
+)
 
 # The batch-norm row split asks the device for its SMs; an H100 / H200 (sm_90) has 132.
 runtime.sm_count = lambda: 132
@@ -226,9 +233,9 @@ def compile_halo(
         }
         const = dict(ACCUMULATE=False, BH=bh, W=hw, STAGES=cfg.num_stages,
                      LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps)  # fmt: skip
-        smem = conv_halo.wgrad_smem_bytes(cfg, hw)
+        smem = conv_halo_wgrad.wgrad_smem_bytes(cfg, hw)
         options = conv_halo.launch_options(cfg, smem, H100_SM_SHARED)
-        return _compile_gluon(conv_halo.conv3x3_halo_wgrad_kernel, types, const, options)
+        return _compile_gluon(conv_halo_wgrad.conv3x3_halo_wgrad_kernel, types, const, options)
     dgrad = op == "dgrad_halo"
     c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
     bh = conv_halo.rows_per_tile(hw, hw, cfg.BLOCK_M)
@@ -492,7 +499,7 @@ def main() -> None:
                            args.epilogue)  # fmt: skip
         ptx, const = asm["ptx"], {"shared_offsets": shared_offsets(asm["llir"])}
         const["shared_bytes"] = int(asm["shared"])
-        kernel = conv_halo.conv3x3_halo_wgrad_kernel if args.op == "wgrad_halo" else None
+        kernel = conv_halo_wgrad.conv3x3_halo_wgrad_kernel if args.op == "wgrad_halo" else None
         kernel = kernel or conv_halo.conv3x3_halo_kernel
         shape = f"{args.c_in}->{args.c_out} 3x3 {args.size}x{args.size} {cfg}"
     elif args.op in DEPTHWISE_ROWS:

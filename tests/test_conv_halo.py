@@ -20,6 +20,7 @@ from test_grad_sums import _bn, _check_backward, _check_sums
 
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import conv_halo as H
+from tritoncnn.kernels import conv_halo_wgrad as HW
 from tritoncnn.kernels import norm
 from tritoncnn.kernels.elementwise import ACT_ELU, ACT_RELU, ACT_RELU6
 
@@ -66,9 +67,9 @@ def test_heuristic_tiles_fit_shared_memory(size):
     cfg = H.pick_halo_config(size, size)
     assert cfg is not None and H.rows_per_tile(size, size, cfg.BLOCK_M)
     assert cfg.smem_bytes(size, epilogue_tiles=3) <= 227 * 1024, cfg
-    wcfg = H.pick_halo_wgrad_config(size, size)
+    wcfg = HW.pick_halo_wgrad_config(size, size)
     if wcfg is not None:
-        assert H.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
+        assert HW.wgrad_smem_bytes(wcfg, size) <= 227 * 1024, wcfg
 
 
 def test_grad_sums_tiles_and_activations():
@@ -105,16 +106,16 @@ def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
     limit = 227 * 1024
     monkeypatch.setattr(H, "LOADER_WARP", False)
     assert not any(c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1))
-    assert not any(c.loader_warp for c in H.halo_wgrad_candidates(64, 64, 32, 32, limit))
+    assert not any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))
     monkeypatch.setattr(H, "LOADER_WARP", True)
     fwd = H.halo_candidates(64, 32, 32, limit, 1)
     assert H.HaloConfig(128, 64, 32, 4, 4, loader_warp=True) in fwd
     assert H.HaloConfig(128, 64, 32, 4, 4) in fwd
-    assert any(c.loader_warp for c in H.halo_wgrad_candidates(64, 64, 32, 32, limit))
+    assert any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))
     # the heuristics take the loader-warp versions of their tiles (256 x 64 on 8 warps has none)
     assert H.pick_halo_config(32, 32) == H.HaloConfig(128, 64, 32, 4, 4, loader_warp=True)
     assert H.pick_halo_config(32, 32, dgrad=True).loader_warp
-    assert H.pick_halo_wgrad_config(32, 32).loader_warp
+    assert HW.pick_halo_wgrad_config(32, 32).loader_warp
     assert not H.pick_halo_config(128, 128).loader_warp
     assert not any(
         c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1, loader_warp=False)
@@ -158,14 +159,14 @@ def test_forced_halo_tile_where_it_cannot_run_is_an_error():
 
 def test_wgrad_candidates():
     limit = 227 * 1024
-    cands = H.halo_wgrad_candidates(64, 64, 32, 32, limit)
-    assert H.pick_halo_wgrad_config(32, 32) in cands
+    cands = HW.halo_wgrad_candidates(64, 64, 32, 32, limit)
+    assert HW.pick_halo_wgrad_config(32, 32) in cands
     assert all(c.BLOCK_M == c.BLOCK_N == 64 for c in cands)  # 128 doesn't divide 64
-    assert all(H.wgrad_smem_bytes(c, 32) <= limit for c in cands)
-    assert {c.BLOCK_K for c in H.halo_wgrad_candidates(256, 256, 8, 8, limit)} == {64}
-    assert H.halo_wgrad_candidates(512, 512, 4, 4, limit) == []
+    assert all(HW.wgrad_smem_bytes(c, 32) <= limit for c in cands)
+    assert {c.BLOCK_K for c in HW.halo_wgrad_candidates(256, 256, 8, 8, limit)} == {64}
+    assert HW.halo_wgrad_candidates(512, 512, 4, 4, limit) == []
     # 4 stages of a 128-pixel dy box x 64 and a 256-row halo buffer x 64, fp16
-    assert H.wgrad_smem_bytes(H.HaloConfig(64, 64, 128, 4, 4), 32) == 4 * (128 + 256) * 64 * 2
+    assert HW.wgrad_smem_bytes(H.HaloConfig(64, 64, 128, 4, 4), 32) == 4 * (128 + 256) * 64 * 2
 
 
 # ResNet-18 (CIFAR) 3x3 stride-1 shapes (c_in, hw, c_out), at an odd batch
@@ -311,7 +312,7 @@ def test_gpu_halo_wgrad_every_candidate(shape, loader_warp, _halo_on):
     x, wt, go = _gpu_case(shape, torch.float16)
     c_in, hw, c_out = shape
     dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
-    cands = H.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), loader_warp)
+    cands = HW.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), loader_warp)
     cands = [cfg for cfg in cands if cfg.loader_warp == loader_warp]
     assert cands
     for cfg in cands:

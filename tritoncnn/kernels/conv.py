@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels import alignment, autotune, conv_halo, conv_tma
+from tritoncnn.kernels import alignment, autotune, conv_halo, conv_halo_wgrad, conv_tma
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
@@ -1453,7 +1453,7 @@ def conv2d_wgrad(
     halo = (
         not flat_n
         and row_taps is not True
-        and conv_halo.halo_wgrad_applicable(
+        and conv_halo_wgrad.halo_wgrad_applicable(
             x, grad_out, weight_shape, (sh, sw), _padding4(padding), (dh, dw), groups
         )
         and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
@@ -1495,7 +1495,9 @@ def conv2d_wgrad(
             split_stride, dst_acc = numel, False
         if isinstance(cfg, conv_halo.HaloConfig):  # (o, kh, kw, c) with c contiguous
             strides = (split_stride, dst_strides[0], dst_strides[3])
-            conv_halo.launch_halo_wgrad(x, grad_out, dst, strides, cfg, split, per_split, dst_acc)
+            conv_halo_wgrad.launch_halo_wgrad(
+                x, grad_out, dst, strides, cfg, split, per_split, dst_acc
+            )
         elif isinstance(cfg, conv_tma.TmaConfig):  # (o, kh, kw, c) with c contiguous
             strides = (split_stride, dst_strides[0], dst_strides[3])
             conv_tma.conv2d_wgrad_tma(
@@ -1531,7 +1533,7 @@ def conv2d_wgrad(
     if tma and "wgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if halo:
-        heuristic = conv_halo.pick_halo_wgrad_config(ho, wo)
+        heuristic = conv_halo_wgrad.pick_halo_wgrad_config(ho, wo)
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
         if config is not None:
@@ -1570,7 +1572,7 @@ def conv2d_wgrad(
         if tma:  # the TMA kernel's tiles are timed beside the pointer kernel's
             out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
         if halo:
-            out += conv_halo.halo_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
+            out += conv_halo_wgrad.halo_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
         return out
 
     cfg = _tuned(

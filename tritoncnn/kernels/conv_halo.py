@@ -1,6 +1,7 @@
-"""3x3 stride-1 convolution forward, input gradient and weight gradient that load each input
-row once per (kernel column, channel block) for all three kernel rows: the halo kernels (Gluon,
-sm_90).
+"""3x3 stride-1 convolution forward and input gradient that load each input row once per
+(kernel column, channel block) for all three kernel rows: the halo kernels (Gluon, sm_90), and
+what the weight gradient's (conv_halo_wgrad.py) shares with them: the tile config, sub-views,
+when they apply, the loader-warp switch.
 
 Why: conv_tma.py's implicit GEMM loads one A box per tap, nine per channel block; for
 ResNet-18's 64-channel layers the tile can't grow (C = 64 fixes N), so those loads are ~23
@@ -23,23 +24,22 @@ and an edge box of 2 rows, into one buffer of (BH+2)*W rows).
   starts at row h0-1, column kw-1, and kernel row kh reads its rows [kh*W, +BH*W).
 - DGRAD: dx[p, c] = sum_{kh, kw, o} dy[h+1-kh, w+1-kw, o] * w[o, kh, kw, c]; the box starts
   at row h0-1, column 1-kw, and kernel row kh reads rows [(2-kh)*W, +BH*W).
-- weight gradient (``conv3x3_halo_wgrad_kernel``): the same halo, of x, is the B operand of
-  a program's three kernel rows (one kernel column kw, three accumulators), along the
+- weight gradient (conv_halo_wgrad.py): the same halo, of x, is the B operand of a
+  program's three kernel rows (one kernel column kw, three accumulators), along the
   reduction over output pixels; dy's box is read once per K step for all three.
 
 Boxes reaching past the tensor read zeros (the padding). Pipeline: STAGES buffers of (halo box,
-three weight boxes; the weight gradient's: dy box, halo box), one mbarrier each; a stage is
-refilled once the wgmmas that read it (the previous iteration's) have retired. A forward / dgrad
-program may be persistent (HaloConfig.per_sm): it computes several tiles and its pipeline runs
-across them, so the next tile's first boxes load during this one's epilogue. Epilogue: fp32
-accumulator -> dtype, per-tile batch-norm moments of the rounded tile (forward, as
-conv2d_fwd_kernel's), or + add / ReLU mask or a batch norm's backward sums (dgrad, as
-conv2d_dgrad_kernel's), stored by one TMA copy; the weight gradient's three fp32 tiles stored
-(or added) through pointers, split partials as conv.py's.
+three weight boxes), one mbarrier each; a stage is refilled once the wgmmas that read it (the
+previous iteration's) have retired, by the warpgroup or by a loader warp of its own
+(HaloConfig.loader_warp). A program may be persistent (HaloConfig.per_sm): it computes
+several tiles and its pipeline runs across them, so the next tile's first boxes load during
+this one's epilogue. Epilogue: fp32 accumulator -> dtype, per-tile batch-norm moments of the
+rounded tile (forward, as conv2d_fwd_kernel's), or + add / ReLU mask or a batch norm's
+backward sums (dgrad, as conv2d_dgrad_kernel's), stored by one TMA copy.
 
 No interpreter runs Gluon: these kernels run only on an sm_90 GPU (unless TRITONCNN_HALO=0);
 tests/test_conv_halo.py checks them against torch there, and benchmarks/ptx_report.py --op
-fwd_halo / dgrad_halo / wgrad_halo compiles them for sm_90 on the CPU (tests/test_ptx.py).
+fwd_halo / dgrad_halo compiles them for sm_90 on the CPU (tests/test_ptx.py).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ LOADER_WARP_MAXNREG = 128
 
 
 @gluon.constexpr_function
-def _mma_warps(block_m, num_warps):
+def mma_warps(block_m, num_warps):
     """warps_per_cta of the accumulator: warps stacked along M (16 rows each, wgmma's 4-warp
     atom), then along N."""
     along_m = min(num_warps, max(4, block_m // 16))
@@ -193,7 +193,7 @@ def _mma_warps(block_m, num_warps):
 
 
 @gluon.constexpr_function
-def _mma_n(block_n, num_warps, block_m):
+def mma_n(block_n, num_warps, block_m):
     """The wgmma instruction's N: the widest multiple of 8 <= 256 dividing a warp column's
     share of BLOCK_N."""
     along_m = min(num_warps, max(4, block_m // 16))
@@ -205,7 +205,7 @@ def _mma_n(block_n, num_warps, block_m):
 
 
 @gluon.constexpr_function
-def _halo_rows(bh, w):
+def halo_rows(bh, w):
     """Rows of a stage's halo buffer: (BH+2)*W rounded up to a power of two."""
     return triton.next_power_of_2((bh + 2) * w)
 
@@ -272,7 +272,7 @@ def _issue_loads(
 
 # Registers a thread of the loader warp keeps (setmaxnreg; the warpgroup may take the rest):
 # it holds descriptors, stage addresses and counters.
-_LOADER_REGS = gl.constexpr(40)
+LOADER_REGS = gl.constexpr(40)
 
 
 @gluon.jit
@@ -308,7 +308,7 @@ def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.con
     [(2-kh)*W, +BLOCK_M) (dgrad) times its weight box (transposed for the forward)."""
     first: gl.constexpr = (2 - kh) * W if DGRAD else kh * W
     b = b_buf if DGRAD else b_buf.permute((1, 0))
-    return warpgroup_mma(_rows_view(a_buf, first, W, BLOCK_M), b, acc, is_async=True)
+    return warpgroup_mma(rows_view(a_buf, first, W, BLOCK_M), b, acc, is_async=True)
 
 
 @gluon.jit
@@ -361,7 +361,7 @@ def conv3x3_halo_kernel(
     # Shared-memory shapes must be powers of two: a stage's halo buffer has
     # next_pow2((BH+2)*W) rows, of which the first (BH+2)*W are used.
     a_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], dtype)
-    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, _halo_rows(BH, W), BLOCK_K], a_layout)
+    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, halo_rows(BH, W), BLOCK_K], a_layout)
     w_shape: gl.constexpr = [STAGES] + w_desc.block_type.shape
     b0_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)  # kernel row 0
     b1_bufs = gl.allocate_shared_memory(dtype, w_shape, w_desc.layout)
@@ -406,7 +406,7 @@ def conv3x3_halo_kernel(
                 )),
             ],
             [1],
-            [_LOADER_REGS],
+            [LOADER_REGS],
         )  # fmt: skip
         for s in gl.static_range(STAGES):
             mbarrier.invalidate(empty.index(s))
@@ -450,8 +450,8 @@ def _halo_tiles(
     n_loads = my_tiles * n_iters  # the program's loads, over all its tiles
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0],
-        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
-        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
+        warps_per_cta=mma_warps(BLOCK_M, num_warps),
+        instr_shape=[16, mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
     )
     g = 0  # the program's iterations so far, over all its tiles: its stage and phase
     for j in range(my_tiles):
@@ -546,184 +546,7 @@ def _grad_sums(g, x, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_W: gl.constex
 
 
 @gluon.jit
-def conv3x3_halo_wgrad_kernel(
-    dy_desc, body_desc, edge_desc, dw_ptr,
-    H, C_in, per_split, P_total, s_split, s_o, s_tap,
-    ACCUMULATE: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
-    LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
-):  # fmt: skip
-    """Weight gradient of a 3x3, stride-1, pad-1 conv for one kernel column kw and its three
-    kernel rows: dw[o, kh, kw, c] = sum_p dy[p, o] * x[h+kh-1, w+kw-1, c] over one split of
-    the output pixels, a BLOCK_M (o) x BLOCK_N (c) tile, three accumulators.
-
-    Per K step of BLOCK_K = BH*W output pixels (BH whole rows of one image) the dy box
-    [1, BH, W, BLOCK_M] is copied once (used transposed: A = dy^T) and the x halo, BH+2 rows
-    from h0-1 at column kw-1, as a body box [1, BH, W, BLOCK_N] and an edge box [1, 2, W,
-    BLOCK_N] into one buffer; kernel row kh's B operand is its sub-view from row kh*W (the
-    forward's trick, on the weight gradient's K = pixel axis). Three loads of x per step
-    become one halo of (BH+2)/BH. LOADER_WARP: one more warp issues the copies
-    (``_wgrad_loader``), as the forward's.
-
-    Grid: (C_out/BLOCK_M * C_in/BLOCK_N tiles, 3 kernel columns, splits); no tile is
-    partial (the caller checks). Split s reduces
-    pixels [s*per_split, min(+per_split, P_total)) (per_split a multiple of BLOCK_K).
-    dw_ptr: fp32 element (split, o, tap, c) at split*s_split + o*s_o + tap*s_tap + c, added
-    into when ACCUMULATE.
-    """
-    wait_for_inputs()
-    BLOCK_M: gl.constexpr = dy_desc.block_type.shape[3]
-    BLOCK_N: gl.constexpr = body_desc.block_type.shape[3]
-    BLOCK_K: gl.constexpr = BH * W
-    dtype: gl.constexpr = dy_desc.dtype
-    n_c = C_in // BLOCK_N
-    pid_o = gl.program_id(0) // n_c
-    pid_c = gl.program_id(0) - pid_o * n_c
-    kw = gl.program_id(1)
-    split = gl.program_id(2)
-    o0 = pid_o * BLOCK_M
-    c0 = pid_c * BLOCK_N
-    p_lo = split * per_split
-    n_steps = (gl.minimum(p_lo + per_split, P_total) - p_lo) // BLOCK_K
-
-    dy_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_M], dtype)
-    x_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_N], dtype)
-    dy_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_M], dy_layout)
-    x_bufs = gl.allocate_shared_memory(dtype, [STAGES, _halo_rows(BH, W), BLOCK_N], x_layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(bars.index(s), count=1)
-
-    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0],
-        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
-        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
-    )
-    if LOADER_WARP:
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(empty.index(s), count=1)
-        acc0, acc1, acc2 = gl.warp_specialize(
-            [
-                (_wgrad_mma, (
-                    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, empty, p_lo, n_steps,
-                    H, kw, o0, c0, BH, W, STAGES, True, num_warps,
-                )),
-                (_wgrad_loader, (
-                    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, empty, p_lo, n_steps,
-                    H, kw, o0, c0, BH, W, STAGES,
-                )),
-            ],
-            [1],
-            [_LOADER_REGS],
-        )  # fmt: skip
-        for s in gl.static_range(STAGES):
-            mbarrier.invalidate(empty.index(s))
-    else:
-        for s in gl.static_range(STAGES - 1):
-            if s < n_steps:
-                _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(s),
-                                   x_bufs.index(s), bars.index(s), p_lo + s * BLOCK_K, H, kw,
-                                   o0, c0, BH, W)  # fmt: skip
-        acc0, acc1, acc2 = _wgrad_mma(dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, bars, bars,
-                                      p_lo, n_steps, H, kw, o0, c0, BH, W, STAGES, False,
-                                      num_warps)  # fmt: skip
-    for s in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(s))
-
-    o = o0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
-    c = c0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
-    offs = gl.expand_dims(o, 1) * s_o + gl.expand_dims(c, 0)
-    ptrs = dw_ptr + split.to(gl.int64) * s_split + kw * s_tap + offs
-    _store_dw(ptrs, acc0, ACCUMULATE)
-    _store_dw(ptrs + 3 * s_tap, acc1, ACCUMULATE)
-    _store_dw(ptrs + 6 * s_tap, acc2, ACCUMULATE)
-
-
-@gluon.jit
-def _wgrad_mma(
-    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, ready, empty, p_lo, n_steps, H, kw, o0,
-    c0, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr, LOADER_WARP: gl.constexpr,
-    num_warps: gl.constexpr,
-):  # fmt: skip
-    """The weight gradient's K loop, by the warpgroup: per step (stage it % STAGES, waited on
-    ``ready``) three kernel rows' wgmmas; the stage of the step before is then released on
-    ``empty`` to the loader warp (LOADER_WARP) or refilled here with step it + STAGES - 1.
-    Returns the three fp32 accumulators."""
-    BLOCK_M: gl.constexpr = dy_desc.block_type.shape[3]
-    BLOCK_N: gl.constexpr = body_desc.block_type.shape[3]
-    BLOCK_K: gl.constexpr = BH * W
-    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0],
-        warps_per_cta=_mma_warps(BLOCK_M, num_warps),
-        instr_shape=[16, _mma_n(BLOCK_N, num_warps, BLOCK_M), 16],
-    )
-    acc0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-    acc1 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-    acc2 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_layout)
-    for it in range(n_steps):
-        slot = it % STAGES
-        mbarrier.wait(ready.index(slot), (it // STAGES) & 1)
-        a = dy_bufs.index(slot).permute((1, 0))  # dy^T: [BLOCK_M, BLOCK_K]
-        x_buf = x_bufs.index(slot)
-        acc0 = warpgroup_mma(a, _rows_view(x_buf, 0, W, BLOCK_K), acc0, is_async=True)
-        acc1 = warpgroup_mma(a, _rows_view(x_buf, W, W, BLOCK_K), acc1, is_async=True)
-        acc2 = warpgroup_mma(a, _rows_view(x_buf, 2 * W, W, BLOCK_K), acc2, is_async=True)
-        acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=3, deps=(acc0, acc1, acc2))
-        if LOADER_WARP:
-            if it > 0:
-                mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)
-        elif it + STAGES - 1 < n_steps:
-            nxt = it + STAGES - 1
-            refill = nxt % STAGES
-            _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(refill),
-                               x_bufs.index(refill), ready.index(refill), p_lo + nxt * BLOCK_K,
-                               H, kw, o0, c0, BH, W)  # fmt: skip
-    acc0, acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2))
-    return acc0, acc1, acc2
-
-
-@gluon.jit
-def _wgrad_loader(
-    dy_desc, body_desc, edge_desc, dy_bufs, x_bufs, ready, empty, p_lo, n_steps, H, kw, o0,
-    c0, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
-):  # fmt: skip
-    """The weight gradient's loader warp: step it's copies into stage it % STAGES once the
-    warpgroup released it (as ``_halo_loader``; the program's last step is never waited for:
-    the program ends)."""
-    BLOCK_K: gl.constexpr = BH * W
-    for it in range(n_steps):
-        slot = it % STAGES
-        mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)
-        _issue_wgrad_loads(dy_desc, body_desc, edge_desc, dy_bufs.index(slot),
-                           x_bufs.index(slot), ready.index(slot), p_lo + it * BLOCK_K, H, kw,
-                           o0, c0, BH, W)  # fmt: skip
-
-
-@gluon.jit
-def _issue_wgrad_loads(
-    dy_desc, body_desc, edge_desc, dy_buf, x_buf, bar, p0, H, kw, o0, c0,
-    BH: gl.constexpr, W: gl.constexpr,
-):  # fmt: skip
-    """Start the copies of the K step at output pixel p0: the dy box, and the x halo (rows
-    h0-1 .. h0+BH, column kw-1) as body and edge boxes; ``bar`` completes when they landed."""
-    n0 = p0 // (H * W)
-    h0 = (p0 // W) % H
-    nbytes: gl.constexpr = (
-        dy_desc.block_type.nbytes + body_desc.block_type.nbytes + edge_desc.block_type.nbytes
-    )
-    mbarrier.expect(bar, nbytes)
-    tma.async_copy_global_to_shared(
-        dy_desc, [n0, h0, 0, o0], bar, dy_buf.reshape(dy_desc.block_type.shape)
-    )
-    rows = x_buf.reshape([1, x_buf.shape[0] // W, W, x_buf.shape[1]])
-    tma.async_copy_global_to_shared(body_desc, [n0, h0 - 1, kw - 1, c0], bar, rows.slice(0, BH, 1))
-    tma.async_copy_global_to_shared(
-        edge_desc, [n0, h0 + BH - 1, kw - 1, c0], bar, rows.slice(BH, 2, 1)
-    )
-
-
-@gluon.jit
-def _rows_view(buf, first: gl.constexpr, W: gl.constexpr, ROWS: gl.constexpr):
+def rows_view(buf, first: gl.constexpr, W: gl.constexpr, ROWS: gl.constexpr):
     """ROWS rows of ``buf`` from row ``first`` (a multiple of W: on the swizzle pattern), as
     a [ROWS, cols] view (Gluon slices only at multiples of the slice's length).
 
@@ -736,14 +559,6 @@ def _rows_view(buf, first: gl.constexpr, W: gl.constexpr, ROWS: gl.constexpr):
         "halo sub-views need rows of at most 128 bytes (64 fp16 channels)",
     )
     return buf.slice(first, W)._reinterpret(buf.dtype, [ROWS, buf.shape[1]], buf.layout)
-
-
-@gluon.jit
-def _store_dw(ptrs, acc, ACCUMULATE: gl.constexpr):
-    """Store one tap's fp32 tile (whole: no mask), added to what is there when ACCUMULATE."""
-    if ACCUMULATE:
-        acc += gl.load(ptrs)
-    gl.store(ptrs, acc)
 
 
 def _pow2(v: int) -> bool:
@@ -783,7 +598,7 @@ def halo_applicable(
     channels, and some tile of whole rows."""
     _, _, h, w = a.shape
     return (
-        _conv_ok(a, weight, weight.shape, stride, padding, dilation, groups, *others)
+        conv_ok(a, weight, weight.shape, stride, padding, dilation, groups, *others)
         and weight.dtype == a.dtype
         and pick_halo_config(h, w) is not None
     )
@@ -795,7 +610,7 @@ def grad_sums_supported(bn: PendingNorm | None) -> bool:
     return bn is None or bn.act in (ACT_NONE, ACT_RELU, ACT_RELU6)
 
 
-def _conv_ok(a, b, weight_shape, stride, padding, dilation, groups: int, *others) -> bool:
+def conv_ok(a, b, weight_shape, stride, padding, dilation, groups: int, *others) -> bool:
     """What every halo kernel needs: asked for (ENABLED), an sm_90 GPU, operands ``a`` and
     ``b`` in fp16 / bf16 and TMA-ready (``others`` too, where given), a 3x3 stride-1 conv
     padded by 1 on each side, undilated, ungrouped, with 64k input and output channels."""
@@ -862,10 +677,10 @@ def pick_halo_config(h: int, w: int, dgrad: bool = False) -> HaloConfig | None:
     with LOADER_WARP its loader-warp version where that is one of the candidates."""
     tiles = HALO_DGRAD_HEURISTIC if dgrad else HALO_HEURISTIC
     cfg = next((cfg for cfg in tiles if rows_per_tile(h, w, cfg.BLOCK_M)), None)
-    return _with_loader_warp(cfg, HALO_LOADER_WARP_CONFIGS)
+    return with_loader_warp(cfg, HALO_LOADER_WARP_CONFIGS)
 
 
-def _with_loader_warp(cfg: HaloConfig | None, loader_tiles) -> HaloConfig | None:
+def with_loader_warp(cfg: HaloConfig | None, loader_tiles) -> HaloConfig | None:
     """``cfg`` with a loader warp if LOADER_WARP is on and ``loader_tiles`` has it."""
     split = cfg and dataclasses.replace(cfg, loader_warp=True)
     return split if LOADER_WARP and split in loader_tiles else cfg
@@ -889,21 +704,21 @@ def launch_options(cfg: HaloConfig, smem: int, sm_shared: int) -> dict[str, int]
 
 
 @functools.cache
-def _sm_shared_bytes() -> int:
+def sm_shared_bytes() -> int:
     """Shared memory of one SM (228 KiB on an H100; each resident program also takes 1 KiB
     the driver reserves)."""
     props = torch.cuda.get_device_properties(runtime.DEVICE)
     return getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
 
 
-def _gl_dtype(t: torch.Tensor):
+def gl_dtype(t: torch.Tensor):
     """Gluon's dtype of an fp16 / bf16 tensor (the descriptors' shared layouts need it)."""
     return gl.float16 if t.dtype == torch.float16 else gl.bfloat16
 
 
 def _matrix(t: torch.Tensor, m: int, c: int, box: list[int]) -> TensorDescriptor:
     """A dense NHWC tensor as an [M, C] matrix descriptor with ``box`` tiles."""
-    layout = gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(t))
+    layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype(t))
     return TensorDescriptor(t, [m, c], [c, 1], box, layout)
 
 
@@ -929,7 +744,7 @@ def launch_halo(
     bh = rows_per_tile(h, w, cfg.BLOCK_M)
     if bh is None or c_red % cfg.BLOCK_K or c_cols % cfg.BLOCK_N:
         raise ValueError(f"conv2d halo tile {cfg} doesn't fit a {h}x{w}, {c_red}->{c_cols} conv")
-    dtype = _gl_dtype(a)
+    dtype = gl_dtype(a)
     strides = [h * w * c_red, w * c_red, c_red, 1]
 
     def box(rows: int) -> TensorDescriptor:
@@ -957,8 +772,8 @@ def launch_halo(
     programs = n_tiles
     smem = cfg.smem_bytes(w, 1 + (add is not None) + (read_input is not None))
     if cfg.per_sm:
-        programs = persistent_programs(cfg.per_sm, n_tiles, smem, _sm_shared_bytes())
-    options = launch_options(cfg, smem, _sm_shared_bytes())
+        programs = persistent_programs(cfg.per_sm, n_tiles, smem, sm_shared_bytes())
+    options = launch_options(cfg, smem, sm_shared_bytes())
     conv3x3_halo_kernel[(programs,)](
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
@@ -971,107 +786,3 @@ def launch_halo(
         LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL, **options,
     )  # fmt: skip
     return result
-
-
-def wgrad_smem_bytes(cfg: HaloConfig, w: int, elem_bytes: int = 2) -> int:
-    """Shared memory of the weight gradient's pipeline: per stage a dy box of BLOCK_K pixels
-    x BLOCK_M channels and an x halo buffer (rows rounded up to a power of two) x BLOCK_N
-    (the mbarriers aside)."""
-    halo_rows = triton.next_power_of_2(cfg.BLOCK_K + 2 * w)
-    return cfg.num_stages * (cfg.BLOCK_K * cfg.BLOCK_M + halo_rows * cfg.BLOCK_N) * elem_bytes
-
-
-# Weight-gradient tiles: BLOCK_M output channels x BLOCK_N input channels, K steps of BLOCK_K
-# pixels (whole rows), three fp32 accumulators (64 x 64 on 4 warps: 96 registers of them).
-# BLOCK_N (input channels, the x halo's row) stays 64: a sub-view of a wider halo row is
-# wrong (``_rows_view``; 64 x 128 computed gradients 0.76 off on an H100, 2026-12-07).
-HALO_WGRAD_CONFIGS: tuple[HaloConfig, ...] = (
-    HaloConfig(64, 64, 128, 4, 2),
-    HaloConfig(64, 64, 128, 4, 4),
-    HaloConfig(64, 64, 64, 4, 4),
-    HaloConfig(128, 64, 128, 8, 2),
-)
-# With a loader warp (as HALO_LOADER_WARP_CONFIGS; TRITONCNN_HALO_LOADER_WARP=1).
-HALO_WGRAD_LOADER_WARP_CONFIGS: tuple[HaloConfig, ...] = (
-    HaloConfig(64, 64, 128, 4, 4, loader_warp=True),
-    HaloConfig(64, 64, 64, 4, 4, loader_warp=True),
-)
-
-
-def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape, stride, padding,
-                          dilation, groups: int) -> bool:  # fmt: skip
-    """Whether ``conv3x3_halo_wgrad_kernel`` can compute this weight gradient (as
-    ``halo_applicable``, for x and dy)."""
-    _, _, h, w = x.shape
-    return (
-        _conv_ok(x, grad_out, weight_shape, stride, padding, dilation, groups)
-        and pick_halo_wgrad_config(h, w) is not None
-    )
-
-
-def halo_wgrad_candidates(
-    c_in: int, c_out: int, h: int, w: int, smem_limit: int, loader_warp: bool | None = None
-) -> list[HaloConfig]:
-    """The HALO_WGRAD_CONFIGS (and, with ``loader_warp``, default LOADER_WARP, the
-    HALO_WGRAD_LOADER_WARP_CONFIGS) that fit: whole-row pixel steps, tiles dividing the
-    channels, within shared memory."""
-    with_loader = LOADER_WARP if loader_warp is None else loader_warp
-    configs = HALO_WGRAD_CONFIGS + (HALO_WGRAD_LOADER_WARP_CONFIGS if with_loader else ())
-    return [
-        cfg
-        for cfg in configs
-        if rows_per_tile(h, w, cfg.BLOCK_K)
-        and c_out % cfg.BLOCK_M == 0
-        and c_in % cfg.BLOCK_N == 0
-        and wgrad_smem_bytes(cfg, w) <= smem_limit
-    ]
-
-
-def pick_halo_wgrad_config(h: int, w: int) -> HaloConfig | None:
-    """The heuristic weight-gradient tile: 64 x 64 on 4 stages, K steps of 128 pixels (64
-    where rows are 32 wide or 8 rows high). H100, 2026-12-07: ResNet-18's 64-channel 32x32
-    wgrad 95 us in 64-pixel steps, 107 in 128 (cuDNN 102); 128 channels at 16x16 94 us in
-    128-pixel steps (cuDNN 76)."""
-    steps = (64, 128) if w >= 32 else (128, 64)
-    for block_k in steps:
-        if rows_per_tile(h, w, block_k):
-            return _with_loader_warp(
-                HaloConfig(64, 64, block_k, 4, 4), HALO_WGRAD_LOADER_WARP_CONFIGS
-            )
-    return None
-
-
-def launch_halo_wgrad(
-    x: torch.Tensor,
-    grad_out: torch.Tensor,
-    dst: torch.Tensor,
-    strides: tuple[int, int, int],
-    cfg: HaloConfig,
-    split: int,
-    per_split: int,
-    accumulate: bool,
-) -> None:
-    """Launch ``conv3x3_halo_wgrad_kernel`` (``split`` splits of ``per_split`` pixels, a
-    multiple of cfg.BLOCK_K) into fp32 ``dst`` with element strides (split, o, tap), c
-    contiguous; the caller checked ``halo_wgrad_applicable`` and adds the splits."""
-    n, c_in, h, w = x.shape
-    c_out = grad_out.shape[1]
-    bh = rows_per_tile(h, w, cfg.BLOCK_K)
-    if bh is None or per_split % cfg.BLOCK_K or c_out % cfg.BLOCK_M or c_in % cfg.BLOCK_N:
-        raise ValueError(f"conv2d halo wgrad tile {cfg} doesn't fit {h}x{w} / {per_split}")
-    dtype = _gl_dtype(x)
-
-    def box(t: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
-        c = t.shape[1]
-        shape = [1, rows, w, cols]
-        layout = gl.NVMMASharedLayout.get_default_for(shape, dtype)
-        return TensorDescriptor(t, [n, h, w, c], [h * w * c, w * c, c, 1], shape, layout)
-
-    tiles = (c_out // cfg.BLOCK_M) * (c_in // cfg.BLOCK_N)
-    options = launch_options(cfg, wgrad_smem_bytes(cfg, w), _sm_shared_bytes())
-    conv3x3_halo_wgrad_kernel[(tiles, 3, split)](
-        box(grad_out, bh, cfg.BLOCK_M), box(x, bh, cfg.BLOCK_N), box(x, 2, cfg.BLOCK_N), dst,
-        h, c_in, per_split, n * h * w, *strides,
-        ACCUMULATE=accumulate, BH=bh, W=w, STAGES=cfg.num_stages, LOADER_WARP=cfg.loader_warp,
-        num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL, **options,
-    )  # fmt: skip
