@@ -175,6 +175,11 @@ HALO_LOADER_WARP_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(128, 128, 32, 4, 4, loader_warp=True),
     HaloConfig(128, 64, 32, 4, 4, per_sm=1, loader_warp=True),
     HaloConfig(64, 64, 32, 4, 4, per_sm=2, loader_warp=True),
+    # two consumer warpgroups (8 warps stacked along M, 64 rows each), as Hopper GEMMs run:
+    # 168 registers a thread, 12 warps a program (one per SM)
+    HaloConfig(128, 64, 32, 8, 4, loader_warp=True),
+    HaloConfig(128, 128, 32, 8, 4, loader_warp=True),
+    HaloConfig(256, 64, 32, 8, 2, loader_warp=True),
 )
 
 # Registers a thread of a loader-warp program may use where two programs share an SM's
