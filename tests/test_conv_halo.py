@@ -112,11 +112,13 @@ def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
     assert H.HaloConfig(128, 64, 32, 4, 4, loader_warp=True) in fwd
     assert H.HaloConfig(128, 64, 32, 4, 4) in fwd
     assert any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))
-    # the heuristics take the loader-warp versions of their tiles (256 x 64 on 8 warps has none)
+    # the heuristics take the loader-warp versions of their tiles, where there is one
     assert H.pick_halo_config(32, 32) == H.HaloConfig(128, 64, 32, 4, 4, loader_warp=True)
     assert H.pick_halo_config(32, 32, dgrad=True).loader_warp
+    assert H.pick_halo_config(128, 128) == H.HaloConfig(256, 64, 32, 8, 2, loader_warp=True)
     assert HW.pick_halo_wgrad_config(32, 32).loader_warp
-    assert not H.pick_halo_config(128, 128).loader_warp
+    no_version = H.HaloConfig(64, 64, 64, 4, 2)
+    assert H.with_loader_warp(no_version, H.HALO_LOADER_WARP_CONFIGS) == no_version
     assert not any(
         c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1, loader_warp=False)
     )
