@@ -234,7 +234,7 @@ def compile_halo(
         const = dict(ACCUMULATE=False, BH=bh, W=hw, STAGES=cfg.num_stages,
                      LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps)  # fmt: skip
         smem = conv_halo_wgrad.wgrad_smem_bytes(cfg, hw)
-        options = conv_halo.launch_options(cfg, smem, H100_SM_SHARED)
+        options = conv_halo.launch_options(cfg, smem, conv_halo.H100_SM_SHARED_BYTES)
         return _compile_gluon(conv_halo_wgrad.conv3x3_halo_wgrad_kernel, types, const, options)
     dgrad = op == "dgrad_halo"
     c_red, c_cols = (c_out, c_in) if dgrad else (c_in, c_out)
@@ -258,12 +258,9 @@ def compile_halo(
         LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps,
     )  # fmt: skip
     tiles = 1 + dgrad * ((epilogue in ("add", "add_relu")) + (epilogue in ("add_relu", "bn_sums")))
-    options = conv_halo.launch_options(cfg, cfg.smem_bytes(hw, tiles), H100_SM_SHARED)
+    smem = cfg.smem_bytes(hw, tiles)
+    options = conv_halo.launch_options(cfg, smem, conv_halo.H100_SM_SHARED_BYTES)
     return _compile_gluon(conv_halo.conv3x3_halo_kernel, types, const, options)
-
-
-# Shared memory of an H100's SM (launch_halo reads the device's).
-H100_SM_SHARED = 228 * 1024
 
 
 def _compile_gluon(

@@ -90,7 +90,7 @@ def test_grad_sums_tiles_and_activations():
 
 def test_persistent_programs_fit_on_an_sm_at_once(monkeypatch):
     monkeypatch.setattr(H.runtime, "sm_count", lambda: 132)
-    sm = 228 * 1024
+    sm = H.H100_SM_SHARED_BYTES
     fwd = H.HaloConfig(128, 64, 32, 4, 2, per_sm=3)
     assert H.persistent_programs(3, 10_000, fwd.smem_bytes(32, 1), sm) == 3 * 132  # 73 KiB
     # the dgrad's add and ReLU tiles: 105 KiB, two fit
@@ -124,7 +124,7 @@ def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
     )
     plain, split = H.HaloConfig(64, 64, 32, 4, 4), H.HaloConfig(64, 64, 32, 4, 4, loader_warp=True)
     assert split.smem_bytes(32, 1) == plain.smem_bytes(32, 1) + 4 * 8 + 4
-    sm = 228 * 1024
+    sm = H.H100_SM_SHARED_BYTES
     assert H.launch_options(split, split.smem_bytes(32, 3), sm) == {"maxnreg": 128}
     big = H.HaloConfig(128, 128, 32, 4, 4, loader_warp=True)
     assert H.launch_options(big, big.smem_bytes(16, 1), sm) == {}  # one program per SM

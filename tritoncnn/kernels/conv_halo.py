@@ -708,12 +708,17 @@ def launch_options(cfg: HaloConfig, smem: int, sm_shared: int) -> dict[str, int]
     return {}
 
 
+# Shared memory of an H100 / H200 SM: where the device doesn't say, and for code compiled
+# without one (benchmarks/ptx_report.py).
+H100_SM_SHARED_BYTES = 228 * 1024
+
+
 @functools.cache
 def sm_shared_bytes() -> int:
     """Shared memory of one SM (228 KiB on an H100; each resident program also takes 1 KiB
     the driver reserves)."""
     props = torch.cuda.get_device_properties(runtime.DEVICE)
-    return getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
+    return getattr(props, "shared_memory_per_multiprocessor", 0) or H100_SM_SHARED_BYTES
 
 
 def gl_dtype(t: torch.Tensor):
