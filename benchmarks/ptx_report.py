@@ -372,9 +372,24 @@ def compile_ptx(
     num_stages: int = 3,
     descriptors: dict | None = None,
 ) -> str:
-    """PTX of ``kernel`` for sm_90, specialised as a launch would be: pointers 16-byte aligned,
-    integers equal to 1 folded in, integers divisible by 16 marked so; ``descriptors``: the
-    TMA descriptor arguments' types (``tensordesc<fp16[box]>``)."""
+    """PTX of ``kernel`` for sm_90, specialised as a launch would be (``compile_kernel``)."""
+    args = (kernel, pointers, ints, const, num_warps, num_stages, descriptors)
+    return compile_kernel(*args).asm["ptx"]
+
+
+def compile_kernel(
+    kernel,
+    pointers: dict,
+    ints: dict,
+    const: dict,
+    num_warps: int,
+    num_stages: int = 3,
+    descriptors: dict | None = None,
+):
+    """``kernel`` compiled for sm_90, specialised as a launch would be: pointers 16-byte
+    aligned, integers equal to 1 folded in, integers divisible by 16 marked so;
+    ``descriptors``: the TMA descriptor arguments' types (``tensordesc<fp16[box]>``). Its
+    ``asm`` has the PTX, its ``metadata.shared`` the shared bytes it asks for at launch."""
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
         if descriptors and name in descriptors:
@@ -393,7 +408,7 @@ def compile_ptx(
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def memory_instructions(ptx: str) -> dict[str, int]:
@@ -474,7 +489,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.op in BN_KERNELS:
         kernel, pointers, ints, const, warps = bn_args(args.op, args.batch, args.c_in, args.size)
-        ptx = compile_ptx(kernel, pointers, ints, const, warps)
+        compiled = compile_kernel(kernel, pointers, ints, const, warps)
+        ptx, shared_bytes = compiled.asm["ptx"], compiled.metadata.shared
         shape = f"{args.c_in} channels, tile {const['BLOCK_M']}x{const['BLOCK_C']}"
     elif args.op in TMA_OPS:
         if args.c_out is None:
@@ -528,9 +544,15 @@ def main() -> None:
     usage = {**ptxas_usage(ptx), "wgmma_in_flight": max(waits, default=0)}
     usage["tma_copies"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
     usage["tma_load_barriers"] = tma_load_barriers(ptx)
+    # Deepest cp.async.wait_group: the copy groups a loop leaves in flight while it waits for
+    # its oldest (a pipelined row loop: two groups a tile, g and x, in the BN backward).
+    groups = [int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)]
+    usage["cp_async_groups_in_flight"] = max(groups, default=0)
     if "shared_offsets" in const:
         usage["shared_offsets"] = const["shared_offsets"]
         usage["shared_bytes"] = const["shared_bytes"]
+    if args.op in BN_KERNELS:
+        usage["shared_bytes"] = shared_bytes
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return

@@ -145,6 +145,23 @@ def test_dense_row_decode_keeps_the_reduction_in_registers():
     assert report["registers"] <= 128 and report["spill_bytes"] == 0, report
 
 
+@pytest.mark.parametrize("channels,size", [(576, 8), (64, 8), (144, 32)])
+def test_batch_norm_backward_reduction_keeps_row_tiles_in_flight(channels, size):
+    """bn_bwd_reduce_kernel's row loop waits for its oldest tile with LOOP_STAGES - 2 more of
+    g and x in flight (two cp.async groups a tile), and PROGRAMS_PER_SM programs still fit an
+    H100 SM: registers for 4-warp programs and shared memory (plus the 1 KiB a resident
+    program costs). The 12-06 traces had this loop at ~1 DRAM round trip per two tiles."""
+    from tritoncnn.kernels import norm
+
+    report = _report("bn_bwd_reduce", channels, None, 1, "--size", str(size))
+    assert report["cp_async_groups_in_flight"] == 2 * (norm.LOOP_STAGES - 2), report
+    assert report["spill_bytes"] == 0, report
+    threads = 4 * 32  # pick_config's 4 warps
+    registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
+    assert norm.PROGRAMS_PER_SM * threads * registers <= 65536, report
+    assert norm.PROGRAMS_PER_SM * (report["shared_bytes"] + 1024) <= 228 * 1024, report
+
+
 @pytest.mark.parametrize("op", ["dw_rows", "dw_rows_wgrad"])
 @pytest.mark.parametrize("channels,size", [(144, 32), (384, 8)])
 def test_rolling_rows_depthwise_is_pipelined_in_few_registers(op, channels, size):

@@ -161,12 +161,20 @@ NORM_CONFIGS: tuple[NormConfig, ...] = (
 STAGE2_TILE = 2048
 
 
-# Row tiles each stage-1 reduction loop keeps in flight. A kernel's num_stages pipelines only
-# loads that feed a tl.dot; tl.range(num_stages=...) asks for the loads of any loop, so a
-# program waits on one DRAM round trip per LOOP_STAGES tiles rather than per tile.
-LOOP_STAGES = 3
+# Pipeline stages of each stage-1 reduction loop: tl.range(num_stages=...) pipelines the loads
+# of any loop (a kernel's num_stages only those that feed a tl.dot), by cp.async into
+# LOOP_STAGES - 1 shared-memory buffers, so a program has that many row tiles in flight.
+# 6, not 3 (2026-12-07, from the 12-06 H100 traces; not timed yet): bn_bwd_reduce_kernel took
+# about 7 us + 2.7 us per row tile a program walks on every layer of MobileNetV2 and ResNet-18
+# (C=576 8x8: 20 tiles, 60 us; C=64 8x8: 2 tiles, 14 us; C=144 32x32: 79 tiles, 205 us), i.e.
+# a DRAM round trip per ~2 tiles, while bn_bwd_input_kernel streamed the same tensors at
+# 2.5-3.4 TB/s. At the DRAM rate a tile step of an SM's 4 programs (32 KB) takes ~1.5 us. Five
+# tiles in flight keep the registers (96-111: 4 programs per SM) and take 40 KB of shared
+# memory a program (tests/test_ptx.py); the sums are added in the same order, so the results
+# don't change.
+LOOP_STAGES = 6
 
-# Stage-1 programs per SM: with LOOP_STAGES tiles each, the bytes in flight per SM.
+# Stage-1 programs per SM: with LOOP_STAGES - 1 tiles each, the bytes in flight per SM.
 PROGRAMS_PER_SM = 4
 
 
@@ -447,7 +455,7 @@ def bn_stats_kernel(
     M, C: rows and channels. HW, W: H*W and W of the row decode. ROWS: rows per program
     (a multiple of BLOCK_M).
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
-    STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
+    STAGES: pipeline stages of the row loop's loads (STAGES - 1 row tiles in flight; LOOP_STAGES).
     """
     wait_for_inputs()
     pid_m = tl.program_id(0)
@@ -871,7 +879,7 @@ def bn_bwd_reduce_kernel(
     WRITE_GRAD_W / WRITE_GRAD_B: added into the existing values when ACCUMULATE_W /
     ACCUMULATE_B is set, else overwritten.
     ALIGN: row offsets and C are multiples of this (kernels/alignment.py; 1: unknown).
-    STAGES: row tiles in flight (software pipelining of the loop's loads; see LOOP_STAGES).
+    STAGES: pipeline stages of the row loop's loads (STAGES - 1 row tiles in flight; LOOP_STAGES).
     """
     wait_for_inputs()
     pid_m = tl.program_id(0)
