@@ -363,18 +363,9 @@ def depthwise_rows_args(op: str, n: int, c: int, hw: int):
     return kernel, pointers, ints, const, cfg.num_warps
 
 
-def compile_ptx(
-    kernel,
-    pointers: dict,
-    ints: dict,
-    const: dict,
-    num_warps: int,
-    num_stages: int = 3,
-    descriptors: dict | None = None,
-) -> str:
-    """PTX of ``kernel`` for sm_90, specialised as a launch would be (``compile_kernel``)."""
-    args = (kernel, pointers, ints, const, num_warps, num_stages, descriptors)
-    return compile_kernel(*args).asm["ptx"]
+def compile_ptx(*args, **kwargs) -> str:
+    """PTX of a kernel for sm_90: ``compile_kernel``'s arguments."""
+    return compile_kernel(*args, **kwargs).asm["ptx"]
 
 
 def compile_kernel(
