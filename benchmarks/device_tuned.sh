@@ -12,8 +12,8 @@
 # 3. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
 #    its time, and the kernels' sum against the graphed step;
 # 4. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
-#    pipeline stages (norm.LOOP_STAGES: 3, and 6 since 12-07), tile (the default's narrow
-#    channel blocks against 128-wide ones) and programs per SM (reduction_tiles.py);
+#    tile (the default's narrow channel blocks against 128-wide ones) and programs per SM
+#    (reduction_tiles.py; 6 pipeline stages were slower than 3 on 12-07);
 # 5. the RGB stems (3 -> 64, 3 -> 32) by tile: the 12-06 H100 trace had ResNet-18's at 107 us
 #    forward and 143 us wgrad (~25 us each at DRAM speed); ptxas gives the flat-K forward's
 #    128 x 64 tile 255 registers, the 64 x 64 one 128.
@@ -36,7 +36,7 @@ TRITONCNN_AUTOTUNE=0 timeout 140 python3 benchmarks/profile_step.py --models res
     mobilenetv2 --batches 512 --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
 grep -A12 "launches" "$OUT/profile_step.log"
 TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
-    --bn-ops bwd_reduce --bn-tiles default wide --stages 3 6 --bn-programs 4 8 \
+    --bn-ops bwd_reduce --bn-tiles default wide c64 --stages 3 --bn-programs 4 8 \
     --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
 grep -A30 "totals" "$OUT/reduction_tiles.log"
 TRITONCNN_AUTOTUNE=0 timeout 80 python3 benchmarks/conv_tiles.py --ops fwd wgrad --weights fp16 \

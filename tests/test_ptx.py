@@ -148,9 +148,9 @@ def test_dense_row_decode_keeps_the_reduction_in_registers():
 @pytest.mark.parametrize("channels,size", [(576, 8), (64, 8), (144, 32)])
 def test_batch_norm_backward_reduction_keeps_row_tiles_in_flight(channels, size):
     """bn_bwd_reduce_kernel's row loop waits for its oldest tile with LOOP_STAGES - 2 more of
-    g and x in flight (two cp.async groups a tile), and PROGRAMS_PER_SM programs still fit an
-    H100 SM: registers for 4-warp programs and shared memory (plus the 1 KiB a resident
-    program costs). The 12-06 traces had this loop at ~1 DRAM round trip per two tiles."""
+    g and x in flight (two cp.async groups a tile), and PROGRAMS_PER_SM programs fit an H100
+    SM: registers for 4-warp programs and shared memory (plus the 1 KiB a resident program
+    costs). The GPU timings of LOOP_STAGES and PROGRAMS_PER_SM assume both."""
     from tritoncnn.kernels import norm
 
     report = _report("bn_bwd_reduce", channels, None, 1, "--size", str(size))

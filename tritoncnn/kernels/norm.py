@@ -164,15 +164,10 @@ STAGE2_TILE = 2048
 # Pipeline stages of each stage-1 reduction loop: tl.range(num_stages=...) pipelines the loads
 # of any loop (a kernel's num_stages only those that feed a tl.dot), by cp.async into
 # LOOP_STAGES - 1 shared-memory buffers, so a program has that many row tiles in flight.
-# 6, not 3 (2026-12-07, from the 12-06 H100 traces; not timed yet): bn_bwd_reduce_kernel took
-# about 7 us + 2.7 us per row tile a program walks on every layer of MobileNetV2 and ResNet-18
-# (C=576 8x8: 20 tiles, 60 us; C=64 8x8: 2 tiles, 14 us; C=144 32x32: 79 tiles, 205 us), i.e.
-# a DRAM round trip per ~2 tiles, while bn_bwd_input_kernel streamed the same tensors at
-# 2.5-3.4 TB/s. At the DRAM rate a tile step of an SM's 4 programs (32 KB) takes ~1.5 us. Five
-# tiles in flight keep the registers (96-111: 4 programs per SM) and take 40 KB of shared
-# memory a program (tests/test_ptx.py); the sums are added in the same order, so the results
-# don't change.
-LOOP_STAGES = 6
+# Deeper is not faster: 6 stages (5 tiles in flight, same registers, 4 programs per SM) took
+# bn_bwd_reduce_kernel over MobileNetV2's layers from 1832 to 1937 us (H100, 2026-12-07,
+# results/reduction_tiles_stages_2026-12-07_*.csv; 144 channels at 32x32: 150 -> 175 us).
+LOOP_STAGES = 3
 
 # Stage-1 programs per SM: with LOOP_STAGES - 1 tiles each, the bytes in flight per SM.
 PROGRAMS_PER_SM = 4
