@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_step  # noqa: E402
+from launch_log import Launch, first_difference, record_launches, with_layers  # noqa: E402
 
 from tritoncnn import runtime  # noqa: E402
 
@@ -53,20 +54,27 @@ def kernel_times(step, steps: int) -> dict[str, list[float]]:
     return totals
 
 
-def kernel_trace(step) -> list[tuple[str, float]]:
-    """[(kernel name, device microseconds)] of one eager step, in launch order: which layer a
-    kernel belongs to follows from its place in the step."""
+def kernel_trace(step) -> list[dict]:
+    """Every kernel of one eager step in launch order: its name, device microseconds, and the
+    layer, module class, phase and input shape of the module call that launched it
+    (launch_log.py, from ``step.model``; left empty, with a warning saying where, if the
+    profiler's kernels and the recorded launches don't match one to one)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, record_launches(step.model) as log:
         step()
         torch.cuda.synchronize()
-    kernels = [ev for ev in prof.events() if ev.device_type == DeviceType.CUDA]
-    kernels.sort(key=lambda ev: ev.time_range.start)
-    return [(ev.name, ev.time_range.elapsed_us()) for ev in kernels]
+    events = [ev for ev in prof.events() if ev.device_type == DeviceType.CUDA]
+    events.sort(key=lambda ev: ev.time_range.start)
+    kernels = [(ev.name, ev.time_range.elapsed_us()) for ev in events]
+    rows = with_layers(kernels, log)
+    if rows is None:
+        print(f"warning: the trace has no layers ({first_difference(kernels, log)})", flush=True)
+        rows = [{**Launch(name)._asdict(), "us": us} for name, us in kernels]
+    return rows
 
 
 def main() -> None:
@@ -80,7 +88,8 @@ def main() -> None:
     ap.add_argument(
         "--trace",
         action="store_true",
-        help="also write every kernel of one step in launch order (profile_trace_<gpu>.csv)",
+        help="also write every kernel of one step in launch order, with the layer that "
+        "launched it (profile_trace_<gpu>.csv)",
     )
     args = ap.parse_args()
     if runtime.INTERPRETED:
@@ -92,10 +101,10 @@ def main() -> None:
             step = train_step.ours_step(name, batch, torch.float16, graph=False)
             totals = kernel_times(step, args.steps)
             if args.trace:
-                for i, (kernel, us) in enumerate(kernel_trace(step)):
+                for i, row in enumerate(kernel_trace(step)):
                     trace_rows.append(
                         {"gpu": gpu, "model": name, "batch": batch, "index": i,
-                         "kernel": kernel, "us": us}
+                         "kernel": row.pop("kernel"), "us": row.pop("us"), **row}
                     )  # fmt: skip
             graphed = train_step.ours_step(name, batch, torch.float16, graph=True)
             graph_ms = train_step.bench(graphed)

@@ -174,6 +174,7 @@ def ours_step(
             opt.step()
         opt.zero_grad(set_to_none=False)
 
+    step.model = model  # (for profile_step.py's launch log)
     if not graph:
         return step
     cls, why = graph_step_class()
