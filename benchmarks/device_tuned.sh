@@ -10,7 +10,8 @@
 #    ($OUT/tuned), tuning from an empty cache kept in $OUT/cache/autotune.json: the tuned
 #    choice for every conv problem of the step (benchmarks/autotune_report.py reads it);
 # 3. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512: every kernel of one step with
-#    its time, and the kernels' sum against the graphed step;
+#    its time and layer, and the kernels' sum against the graphed step (trace_report.py: the
+#    streaming kernels' slowest layers);
 # 4. the batch-norm backward reductions alone (bn_bwd_reduce_kernel) per MobileNetV2 layer, by
 #    tile (the default's narrow channel blocks against 128-wide ones) and programs per SM
 #    (reduction_tiles.py; 6 pipeline stages were slower than 3 on 12-07);
@@ -35,6 +36,8 @@ python3 benchmarks/autotune_report.py "$OUT/cache/autotune.json" | tail -3
 TRITONCNN_AUTOTUNE=0 timeout 140 python3 benchmarks/profile_step.py --models resnet18 \
     mobilenetv2 --batches 512 --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
 grep -A12 "launches" "$OUT/profile_step.log"
+grep "warning" "$OUT/profile_step.log"  # a trace without layers says why
+python3 benchmarks/trace_report.py "$OUT"/profile_trace_*.csv --top 8 2>&1 | head -50
 TRITONCNN_AUTOTUNE=0 timeout 110 python3 benchmarks/reduction_tiles.py --kernels bn \
     --bn-ops bwd_reduce --bn-tiles default wide c64 --stages 3 --bn-programs 4 8 \
     --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
