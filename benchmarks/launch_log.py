@@ -59,19 +59,23 @@ def record_launches(model) -> Iterator[list[Launch]]:
 
         return logged
 
-    wrapped = []
+    wrapped = []  # (module, phase, the instance's own attribute there, if it had one)
     for path, module in model.named_modules():
         for phase in ("forward", "backward"):
+            own = vars(module).get(phase)
             method = getattr(module, phase)
             setattr(module, phase, _in_call(method, calls, (path, type(module).__name__, phase)))
-            wrapped.append((module, phase))
+            wrapped.append((module, phase, own))
     KernelInterface.__getitem__ = logged_getitem
     try:
         yield launches
     finally:
         KernelInterface.__getitem__ = launch_with
-        for module, phase in wrapped:
-            delattr(module, phase)  # the instance attribute: the class's method shows again
+        for module, phase, own in wrapped:
+            if own is None:
+                delattr(module, phase)  # the class's method shows again
+            else:
+                setattr(module, phase, own)
 
 
 def _in_call(method: Callable, calls: list, where: tuple[str, str, str]) -> Callable:

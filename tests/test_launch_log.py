@@ -57,6 +57,11 @@ def test_recording_leaves_the_modules_and_launches_as_they_were():
     with record_launches(_net()) as launches:
         net(randn(1, 3, 4, 4))  # another model's layers: launched, but in no module of _net()'s
     assert launches and all(launch.layer == "" for launch in launches), launches
+    relu = net[2]
+    relu.forward = own = relu.forward  # a method set on the instance itself stays after
+    with record_launches(net):
+        assert relu.forward is not own
+    assert vars(relu)["forward"] is own
 
 
 def test_profiler_kernels_get_layers_only_when_the_lists_agree():
