@@ -60,7 +60,11 @@ def record_launches(model) -> Iterator[list[Launch]]:
         return logged
 
     wrapped = []  # (module, phase, the instance's own attribute there, if it had one)
+    seen = set()
     for path, module in model.named_modules():
+        if id(module) in seen:  # one module at two paths: wrapped once, under its first
+            continue
+        seen.add(id(module))
         for phase in ("forward", "backward"):
             own = vars(module).get(phase)
             method = getattr(module, phase)

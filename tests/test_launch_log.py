@@ -62,6 +62,11 @@ def test_recording_leaves_the_modules_and_launches_as_they_were():
     with record_launches(net):
         assert relu.forward is not own
     assert vars(relu)["forward"] is own
+    shared = nn.Sequential(net[0], net[0])  # one module at two paths
+    with record_launches(shared) as launches:
+        shared[0](randn(1, 3, 4, 4))
+    assert {launch.layer for launch in launches} == {"0"}, launches
+    assert "forward" not in vars(net[0])
 
 
 def test_profiler_kernels_get_layers_only_when_the_lists_agree():
