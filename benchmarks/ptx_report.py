@@ -252,10 +252,11 @@ def compile_halo(
         "ninvstd_ptr": "*fp32", "nw_ptr": "*fp32", "nb_ptr": "*fp32",
     }  # fmt: skip
     const = dict(
-        DGRAD=dgrad, MOMENTS=not dgrad, ADD_GRAD=dgrad and epilogue in ("add", "add_relu"),
+        C_red=c_red, DGRAD=dgrad, MOMENTS=not dgrad,
+        ADD_GRAD=dgrad and epilogue in ("add", "add_relu"),
         RELU_INPUT=dgrad and epilogue == "add_relu", GRAD_SUMS=dgrad and epilogue == "bn_sums",
         IN_HAS_W=True, IN_HAS_B=True, IN_ACT=1, BH=bh, W=hw, STAGES=cfg.num_stages,
-        LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps,
+        LOADER_WARP=cfg.loader_warp, PERSISTENT=cfg.per_sm > 0, num_warps=cfg.num_warps,
     )  # fmt: skip
     tiles = 1 + dgrad * ((epilogue in ("add", "add_relu")) + (epilogue in ("add_relu", "bn_sums")))
     smem = cfg.smem_bytes(hw, tiles)
@@ -414,24 +415,47 @@ def memory_instructions(ptx: str) -> dict[str, int]:
 
 def ptxas_usage(ptx: str) -> dict[str, int]:
     """Registers per thread and spill bytes (stores + loads) of the PTX, from Triton's own
-    ptxas for sm_90a: a kernel whose accumulators outgrow the register file spills."""
+    ptxas for sm_90a: a kernel whose accumulators outgrow the register file spills.
+    ``wgmma_serialized``: 1 where ptxas serialized the kernel's wgmmas: the PTX waits with
+    wgmmas still in flight (``wgmma.wait_group`` N > 0) but the machine code
+    (``WARPGROUP.DEPBAR.LE gsb0, N``) never does, so each wgmma waits for the last (its
+    C7514 note says so only sometimes). The halo forward ran at 60% of its speed so."""
     import subprocess
     import tempfile
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
+        src, cubin = Path(tmp) / "kernel.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
         done = subprocess.run(
-            [str(ptxas), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(tmp) / "k.cubin")],
+            [str(bin_dir / "ptxas"), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(cubin)],
             capture_output=True,
             text=True,
             check=True,
         )
+        sass = subprocess.run(
+            [str(bin_dir / "cuobjdump"), "-sass", str(cubin)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     log = done.stdout + done.stderr
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
-    return {"registers": int(regs.group(1)) if regs else -1, "spill_bytes": sum(map(int, spills))}
+    ptx_waits = {int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)}
+    sass_waits = {
+        int(n, 16) for n in re.findall(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-f]+)", sass)
+    }
+    serialized = "wgmma.mma_async instructions are serialized" in log or (
+        max(ptx_waits, default=0) > 0 and max(sass_waits, default=0) == 0
+    )
+    return {
+        "registers": int(regs.group(1)) if regs else -1,
+        "spill_bytes": sum(map(int, spills)),
+        "wgmma_serialized": int(serialized),
+        # wgmma groups the PTX lets stay in flight at its waits (0 only: never pipelined)
+        "wgmma_waits": sorted(ptx_waits),
+    }
 
 
 def tma_load_barriers(ptx: str) -> dict[str, int]:

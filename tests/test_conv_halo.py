@@ -54,10 +54,12 @@ def test_candidates_fit_shared_memory_and_the_shape():
     assert all(c.BLOCK_M == 64 for c in H.halo_candidates(256, 8, 8, limit))
     assert H.halo_candidates(512, 4, 4, limit) == []
     # 2 stages of (halo: 6 x 32 rows rounded up to 256, 3 weight boxes of 64) x 64 channels,
-    # and the output tile, in fp16; the moments' fp32 scratch (4 warps x 64 columns) and
-    # 3 mbarriers
-    expected = (2 * 448 * 64 + 128 * 64) * 2 + 4 * 64 * 4 + 3 * 8
+    # and the output tile, in fp16; 3 mbarriers; a persistent program also the moments' fp32
+    # scratch (4 warps x 64 columns: a program of one tile puts it in its dead stages)
+    expected = (2 * 448 * 64 + 128 * 64) * 2 + 3 * 8
     assert H.HaloConfig(128, 64, 64, 4, 2).smem_bytes(32, 1) == expected
+    persistent = H.HaloConfig(128, 64, 64, 4, 2, per_sm=1)
+    assert persistent.smem_bytes(32, 1) == expected + 4 * 64 * 4
 
 
 @pytest.mark.parametrize("size", [8, 16, 32, 64, 128])
@@ -123,7 +125,8 @@ def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
         c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1, loader_warp=False)
     )
     plain, split = H.HaloConfig(64, 64, 32, 4, 4), H.HaloConfig(64, 64, 32, 4, 4, loader_warp=True)
-    assert split.smem_bytes(32, 1) == plain.smem_bytes(32, 1) + 4 * 8 + 4
+    # its empty barriers, the +4 of the warp-specialized region, its moments' own scratch
+    assert split.smem_bytes(32, 1) == plain.smem_bytes(32, 1) + 4 * 8 + 4 + 4 * 64 * 4
     sm = H.H100_SM_SHARED_BYTES
     assert H.launch_options(split, split.smem_bytes(32, 3), sm) == {"maxnreg": 128}
     big = H.HaloConfig(128, 128, 32, 4, 4, loader_warp=True)

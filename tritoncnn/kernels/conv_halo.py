@@ -122,16 +122,18 @@ class HaloConfig:
         """Shared memory: the pipelined halo buffers (rows rounded up to a power of two) and
         weight boxes, ``epilogue_tiles`` output-sized tiles (1 forward; the dgrad's 1 + an add
         tile + a ReLU-mask or batch-norm input tile), the forward moments' cross-warp scratch
-        (fp32 per warp and column: it can't share the pipeline's buffers, live across a
-        persistent program's tiles; the dgrad's sums take no more) and the mbarriers (twice
+        (fp32 per warp and column; a program of one tile puts it in the pipeline's buffers,
+        dead by then, but a persistent one's stay live across its tiles, and a loader warp's
+        partitions keep their own; the dgrad's sums take no more) and the mbarriers (twice
         the stages' with a loader warp: it waits for each stage to be released). The compiled
         forward asks for exactly this (tests/test_ptx.py)."""
         halo_rows = triton.next_power_of_2(self.BLOCK_M + 2 * w)
         stage = (halo_rows + 3 * self.BLOCK_N) * self.BLOCK_K
         tiles = epilogue_tiles * self.BLOCK_M * self.BLOCK_N
         barriers = (1 + self.loader_warp) * self.num_stages + 1
+        moments = self.num_warps * self.BLOCK_N * 4 if self.per_sm or self.loader_warp else 0
         # (+4: what Triton 3.6's warp-specialized region adds to a compiled loader-warp tile)
-        scratch = self.num_warps * self.BLOCK_N * 4 + barriers * 8 + 4 * self.loader_warp
+        scratch = moments + barriers * 8 + 4 * self.loader_warp
         return (self.num_stages * stage + tiles) * elem_bytes + scratch
 
 
@@ -259,14 +261,21 @@ def _issue_loads(
     body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs, bars, g, n_iters,
     k_steps, first_tile, tile_step, n_tiles_m, H, C_in_w,
     DGRAD: gl.constexpr, BH: gl.constexpr, W: gl.constexpr, STAGES: gl.constexpr,
+    PERSISTENT: gl.constexpr,
 ):  # fmt: skip
     """The program's load ``g`` into stage g % STAGES, issued by the warps that compute: its
     iteration it = (kw, channel block) of its tile g // n_iters (tile first_tile + that *
-    tile_step)."""
+    tile_step). A program of one tile (not PERSISTENT) has its tile's origin invariant, so
+    the compiler lifts it out of the K loop: one division a load is left, as before there
+    were persistent programs (ResNet-18's 3x3 dgrads took 10-40 us more each with four)."""
     BLOCK_K: gl.constexpr = body_desc.block_type.shape[3]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[1] if DGRAD else w_desc.block_type.shape[0]
-    j = g // n_iters
-    it = g - j * n_iters
+    if PERSISTENT:
+        j = g // n_iters
+        it = g - j * n_iters
+    else:
+        j: gl.constexpr = 0
+        it = g
     _, n0, h0, col0 = _tile_origin(first_tile + j * tile_step, n_tiles_m, H, W, BH * W, BLOCK_N)
     kw = it // k_steps
     slot = g % STAGES
@@ -320,14 +329,18 @@ def _mma_row(a_buf, b_buf, acc, kh: gl.constexpr, DGRAD: gl.constexpr, W: gl.con
 def conv3x3_halo_kernel(
     body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, part0_ptr, part1_ptr,
     nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
-    H, C_red, C_cols, C_in_w, n_tiles_m, n_tiles,
+    H, C_cols, C_in_w, n_tiles_m, n_tiles, C_red: gl.constexpr,
     DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
     RELU_INPUT: gl.constexpr, GRAD_SUMS: gl.constexpr, IN_HAS_W: gl.constexpr,
     IN_HAS_B: gl.constexpr, IN_ACT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
-    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, PERSISTENT: gl.constexpr,
+    num_warps: gl.constexpr,
 ):  # fmt: skip
     """BLOCK_M x BLOCK_N output tiles of a 3x3, stride-1, pad-1 conv's forward or input
-    gradient (DGRAD); see the module docstring for the halo box.
+    gradient (DGRAD); see the module docstring for the halo box. C_red (the reduced channels)
+    is a compile-time constant: with the K loop's length known, ptxas keeps its wgmmas in
+    flight; with a runtime length it serialized them once the loop was lean (tests/test_ptx.py
+    checks every tile's machine code).
 
     Tiles: n_tiles = n_tiles_m row tiles x C_cols/BLOCK_N column tiles, tile t is row tile
     t % n_tiles_m (rows [that*BLOCK_M, +BLOCK_M) of the output's M = N*H*W rows: image n0,
@@ -360,7 +373,11 @@ def conv3x3_halo_kernel(
     dtype: gl.constexpr = out_desc.dtype
     first_tile = gl.program_id(0)
     tile_step = gl.num_programs(0)
-    my_tiles = (n_tiles - first_tile + tile_step - 1) // tile_step
+    if PERSISTENT:
+        my_tiles = (n_tiles - first_tile + tile_step - 1) // tile_step
+    else:
+        # one tile: the tile loop and its index arithmetic compile away
+        my_tiles: gl.constexpr = 1
     k_steps = C_red // BLOCK_K
 
     # Shared-memory shapes must be powers of two: a stage's halo buffer has
@@ -402,7 +419,7 @@ def conv3x3_halo_kernel(
                     part0_ptr, part1_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, H, C_cols,
                     C_in_w, n_tiles_m, first_tile, tile_step, my_tiles, k_steps, DGRAD,
                     MOMENTS, ADD_GRAD, RELU_INPUT, GRAD_SUMS, IN_HAS_W, IN_HAS_B, IN_ACT, BH, W,
-                    STAGES, True, num_warps,
+                    STAGES, True, PERSISTENT, num_warps,
                 )),
                 (_halo_loader, (
                     body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs, ready,
@@ -421,13 +438,13 @@ def conv3x3_halo_kernel(
             if s < n_loads:
                 _issue_loads(body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs,
                              ready, s, 3 * k_steps, k_steps, first_tile, tile_step, n_tiles_m,
-                             H, C_in_w, DGRAD, BH, W, STAGES)  # fmt: skip
+                             H, C_in_w, DGRAD, BH, W, STAGES, PERSISTENT)  # fmt: skip
         _halo_tiles(body_desc, edge_desc, w_desc, out_desc, add_desc, in_desc, a_bufs, b0_bufs,
                     b1_bufs, b2_bufs, ready, ready, epi_bar, out_buf, add_buf, in_buf,
                     part0_ptr, part1_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, H, C_cols,
                     C_in_w, n_tiles_m, first_tile, tile_step, my_tiles, k_steps, DGRAD,
                     MOMENTS, ADD_GRAD, RELU_INPUT, GRAD_SUMS, IN_HAS_W, IN_HAS_B, IN_ACT, BH, W,
-                    STAGES, False, num_warps)  # fmt: skip
+                    STAGES, False, PERSISTENT, num_warps)  # fmt: skip
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(s))
     mbarrier.invalidate(epi_bar)
@@ -441,7 +458,8 @@ def _halo_tiles(
     k_steps, DGRAD: gl.constexpr, MOMENTS: gl.constexpr, ADD_GRAD: gl.constexpr,
     RELU_INPUT: gl.constexpr, GRAD_SUMS: gl.constexpr, IN_HAS_W: gl.constexpr,
     IN_HAS_B: gl.constexpr, IN_ACT: gl.constexpr, BH: gl.constexpr, W: gl.constexpr,
-    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_WARP: gl.constexpr, PERSISTENT: gl.constexpr,
+    num_warps: gl.constexpr,
 ):  # fmt: skip
     """The warpgroup's part of conv3x3_halo_kernel: per tile, its K loop (stage g % STAGES
     waited on ``ready``, three kernel rows' wgmmas) and its epilogue. The stage the previous
@@ -490,7 +508,8 @@ def _halo_tiles(
             elif g + STAGES - 1 < n_loads:
                 _issue_loads(body_desc, edge_desc, w_desc, a_bufs, b0_bufs, b1_bufs, b2_bufs,
                              ready, g + STAGES - 1, n_iters, k_steps, first_tile, tile_step,
-                             n_tiles_m, H, C_in_w, DGRAD, BH, W, STAGES)  # fmt: skip
+                             n_tiles_m, H, C_in_w, DGRAD, BH, W, STAGES,
+                             PERSISTENT)  # fmt: skip
             g += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if LOADER_WARP:
@@ -506,12 +525,6 @@ def _halo_tiles(
         # every tile is whole (BLOCK_M rows, BLOCK_N columns): no masks
         cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
         parts = (row0 // BLOCK_M).to(gl.int64) * C_cols + cols
-        if MOMENTS:
-            y = out.to(gl.float32)
-            mean = gl.sum(y, axis=0) / BLOCK_M
-            dev = y - gl.expand_dims(mean, 0)
-            gl.store(part0_ptr + parts, mean)
-            gl.store(part1_ptr + parts, gl.sum(dev * dev, axis=0))
         if GRAD_SUMS:
             sum_g, sum_gx = _grad_sums(out.to(gl.float32), in_buf.load(mma_layout).to(gl.float32),
                                        cols, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, IN_HAS_W,
@@ -524,6 +537,15 @@ def _halo_tiles(
         out_buf.store(out)
         fence_async_shared()
         tma.async_copy_shared_to_global(out_desc, [row0, col0], out_buf)
+        if MOMENTS:
+            # From the stored tile (each thread reads back what it wrote), not the accumulator:
+            # moments read from its registers made ptxas serialize every wgmma of the K loop
+            # (each waited for the last: 147 -> 244 us at 64 channels 32x32 on an H100).
+            y = out_buf.load(mma_layout).to(gl.float32)
+            mean = gl.sum(y, axis=0) / BLOCK_M
+            dev = y - gl.expand_dims(mean, 0)
+            gl.store(part0_ptr + parts, mean)
+            gl.store(part1_ptr + parts, gl.sum(dev * dev, axis=0))
     tma.store_wait(pendings=0)
 
 
@@ -788,11 +810,12 @@ def launch_halo(
         box(bh), box(2), w_desc, out_desc,
         out_desc if add is None else _matrix(add, m, c_cols, tile),
         out_desc if read_input is None else _matrix(read_input, m, c_cols, tile),
-        parts[0], parts[1], *norm_ptrs, h, c_red, c_cols, c_in_w, n_tiles_m, n_tiles,
+        parts[0], parts[1], *norm_ptrs, h, c_cols, c_in_w, n_tiles_m, n_tiles, c_red,
         DGRAD=dgrad, MOMENTS=moments, ADD_GRAD=add is not None,
         RELU_INPUT=relu_out is not None, GRAD_SUMS=bn is not None,
         IN_HAS_W=norm_flags.get("IN_HAS_W", False), IN_HAS_B=norm_flags.get("IN_HAS_B", False),
         IN_ACT=norm_flags.get("IN_ACT", 0), BH=bh, W=w, STAGES=cfg.num_stages,
-        LOADER_WARP=cfg.loader_warp, num_warps=cfg.num_warps, launch_pdl=LAUNCH_PDL, **options,
+        LOADER_WARP=cfg.loader_warp, PERSISTENT=cfg.per_sm > 0, num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL, **options,
     )  # fmt: skip
     return result
