@@ -15,7 +15,7 @@ conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": pers
 most K programs per SM). Each timing row carries
 its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic
 tile's time, the best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with
-every timing under ``--out``.
+every timing under ``--out``. Times are CUDA-graph replays (``--eager``: launches).
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -36,10 +36,18 @@ from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
 from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_tma  # noqa: E402
 
+# Replayed in a CUDA graph unless --eager: the training step is graphed, and eagerly the host
+# time of a Gluon launch (its descriptors built in Python) can exceed a 100 us kernel's: on
+# 12-07 the same halo tile timed 118 us graphed and 240 us eagerly.
+GRAPHED = True
+
 
 def bench(fn) -> float:
     import triton.testing
 
+    fn()  # compiled before the capture
+    if GRAPHED:
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
@@ -84,7 +92,8 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
-    for w_name, w in (("fp32", w32), ("fp16", w32.to(dtype))):
+    w16 = w32.to(dtype)  # cuDNN's weight, cast once: no cast kernel in its time
+    for w_name, w in (("fp32", w32), ("fp16", w16)):
         ops = {
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
@@ -110,13 +119,13 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
         }
         cudnn = {
-            "fwd": lambda: torch.nn.functional.conv2d(x, w32.to(dtype), None, s, pad),
+            "fwd": lambda: torch.nn.functional.conv2d(x, w16, None, s, pad),
             "dgrad": lambda: cv(
-                gy, x, w32.to(dtype), None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
+                gy, x, w16, None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
                 (True, False, False),
             ),
             "wgrad": lambda: cv(
-                gy, x, w32.to(dtype), None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
+                gy, x, w16, None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
                 (False, True, False),
             ),
         }  # fmt: skip
@@ -223,7 +232,10 @@ def main() -> None:
     ap.add_argument(
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
+    ap.add_argument("--eager", action="store_true", help="time eager launches, not graphs")
     args = ap.parse_args()
+    global GRAPHED
+    GRAPHED = not args.eager
     conv_tma.ENABLED = True  # the TMA ops are what this measures (off by default elsewhere)
     conv_halo.ENABLED = True  # so are the halo ops
     if runtime.INTERPRETED:
