@@ -102,6 +102,7 @@ def ours_step(
     tma: tuple[str, ...] = (),
     halo: bool | None = None,
     loader_warp: bool | None = None,
+    loader_warp_wgrad: bool = False,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -128,9 +129,11 @@ def ours_step(
     ``halo``: whether 3x3 stride-1 convs take kernels/conv_halo.py's halo kernels where they
     apply (conv_halo.ENABLED; None: as TRITONCNN_HALO says, on unless it is 0).
     ``loader_warp``: whether the halo kernels' heuristic tiles (and candidates) are their
-    loader-warp versions (conv_halo.LOADER_WARP; None: as TRITONCNN_HALO_LOADER_WARP says)."""
+    loader-warp versions (conv_halo.LOADER_WARP; None: as TRITONCNN_HALO_LOADER_WARP says).
+    ``loader_warp_wgrad``: the halo weight gradient's alone (conv_halo_wgrad.LOADER_WARP;
+    False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says)."""
     from tritoncnn.data.loader import GPULoader
-    from tritoncnn.kernels import conv_halo, conv_tma
+    from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
@@ -142,6 +145,8 @@ def ours_step(
     conv_halo.LOADER_WARP = (
         conv_halo.loader_warp_env_enabled() if loader_warp is None else loader_warp
     )
+    env_wgrad = conv_halo_wgrad.wgrad_loader_warp_env_enabled()
+    conv_halo_wgrad.LOADER_WARP = True if loader_warp_wgrad or env_wgrad else None
 
     torch.manual_seed(0)
     model = models.build(
@@ -321,6 +326,11 @@ def main() -> None:
         help="add a graph row whose halo kernels have a loader warp (HaloConfig.loader_warp)",
     )
     ap.add_argument(
+        "--loader-warp-wgrad",
+        action="store_true",
+        help="add a graph row where only the halo weight gradient has a loader warp",
+    )
+    ap.add_argument(
         "--without-halo",
         action="store_true",
         help="add a graph row without the halo kernels (the default rows have them on sm_90)",
@@ -386,6 +396,9 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_no_halo"] = {**graph, "halo": False}
             if args.loader_warp:
                 ours["tritoncnn_fp16_graph_loader_warp"] = {**graph, "loader_warp": True}
+            if args.loader_warp_wgrad:
+                lw_wgrad = {**graph, "loader_warp_wgrad": True}
+                ours["tritoncnn_fp16_graph_loader_warp_wgrad"] = lw_wgrad
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

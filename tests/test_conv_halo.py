@@ -101,11 +101,33 @@ def test_persistent_programs_fit_on_an_sm_at_once(monkeypatch):
     assert H.persistent_programs(2, 10_000, 300 * 1024, sm) == 132  # at least one per SM
 
 
+def test_weight_gradient_takes_its_loader_warp_alone_when_asked(monkeypatch):
+    """conv_halo_wgrad.LOADER_WARP (TRITONCNN_HALO_WGRAD_LOADER_WARP=1) gives the weight
+    gradient its loader-warp tiles while the forward / dgrad keep theirs off; None follows
+    conv_halo.LOADER_WARP; False keeps them off even when that is on."""
+    limit = 227 * 1024
+    monkeypatch.setattr(H, "LOADER_WARP", False)
+    monkeypatch.setattr(HW, "LOADER_WARP", True)
+    assert HW.pick_halo_wgrad_config(32, 32).loader_warp
+    assert any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))
+    assert not H.pick_halo_config(32, 32).loader_warp
+    assert not H.pick_halo_config(32, 32, dgrad=True).loader_warp
+    assert not any(c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1))
+    monkeypatch.setattr(HW, "LOADER_WARP", None)
+    assert not HW.pick_halo_wgrad_config(32, 32).loader_warp
+    monkeypatch.setattr(H, "LOADER_WARP", True)
+    assert HW.pick_halo_wgrad_config(32, 32).loader_warp
+    monkeypatch.setattr(HW, "LOADER_WARP", False)
+    assert not HW.pick_halo_wgrad_config(16, 16).loader_warp
+    assert not any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))
+
+
 def test_loader_warp_tiles_are_candidates_only_when_asked(monkeypatch):
     """The warp-specialized tiles join the candidates with TRITONCNN_HALO_LOADER_WARP=1 (the
     module flag) or when asked; they count their release mbarriers (and the 4 bytes Triton's
     warp-specialized region adds); two programs of them per SM are capped at 128 registers."""
     limit = 227 * 1024
+    monkeypatch.setattr(HW, "LOADER_WARP", None)  # (follows H.LOADER_WARP)
     monkeypatch.setattr(H, "LOADER_WARP", False)
     assert not any(c.loader_warp for c in H.halo_candidates(64, 32, 32, limit, 1))
     assert not any(c.loader_warp for c in HW.halo_wgrad_candidates(64, 64, 32, 32, limit))

@@ -89,9 +89,10 @@ ENABLED: bool = env_enabled()
 
 def loader_warp_env_enabled() -> bool:
     """The warp-specialized tiles (HaloConfig.loader_warp) are autotuning candidates, and the
-    heuristic's tiles take their loader-warp versions, only with TRITONCNN_HALO_LOADER_WARP=1:
-    they compile for sm_90 on the CPU (tests/test_ptx.py) but have not yet run on a GPU
-    (Triton 3.6's warp specialization on Hopper)."""
+    heuristic's tiles take their loader-warp versions, only with TRITONCNN_HALO_LOADER_WARP=1.
+    On an H100 (2026-12-07) their gpu tests pass, but ResNet-18's graphed b512 step gains
+    nothing with them (8.26 against 8.25 ms): the forward's are slower, the weight
+    gradient's faster (conv_halo_wgrad.LOADER_WARP turns on those alone)."""
     return os.environ.get("TRITONCNN_HALO_LOADER_WARP", "0") == "1"
 
 
@@ -707,10 +708,14 @@ def pick_halo_config(h: int, w: int, dgrad: bool = False) -> HaloConfig | None:
     return with_loader_warp(cfg, HALO_LOADER_WARP_CONFIGS)
 
 
-def with_loader_warp(cfg: HaloConfig | None, loader_tiles) -> HaloConfig | None:
-    """``cfg`` with a loader warp if LOADER_WARP is on and ``loader_tiles`` has it."""
+def with_loader_warp(
+    cfg: HaloConfig | None, loader_tiles, enabled: bool | None = None
+) -> HaloConfig | None:
+    """``cfg`` with a loader warp if ``enabled`` (default LOADER_WARP) and ``loader_tiles``
+    has it."""
     split = cfg and dataclasses.replace(cfg, loader_warp=True)
-    return split if LOADER_WARP and split in loader_tiles else cfg
+    on = LOADER_WARP if enabled is None else enabled
+    return split if on and split in loader_tiles else cfg
 
 
 def persistent_programs(per_sm: int, n_tiles: int, smem: int, sm_shared: int) -> int:

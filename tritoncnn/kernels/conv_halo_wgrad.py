@@ -23,6 +23,8 @@ and benchmarks/ptx_report.py --op wgrad_halo compiles it for sm_90 on the CPU
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -257,11 +259,29 @@ HALO_WGRAD_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 64, 4, 4),
     HaloConfig(128, 64, 128, 8, 2),
 )
-# With a loader warp (as HALO_LOADER_WARP_CONFIGS; TRITONCNN_HALO_LOADER_WARP=1).
+# With a loader warp (as HALO_LOADER_WARP_CONFIGS; TRITONCNN_HALO_LOADER_WARP=1, or
+# TRITONCNN_HALO_WGRAD_LOADER_WARP=1 for the weight gradient's alone).
 HALO_WGRAD_LOADER_WARP_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(64, 64, 128, 4, 4, loader_warp=True),
     HaloConfig(64, 64, 64, 4, 4, loader_warp=True),
 )
+
+
+def wgrad_loader_warp_env_enabled() -> bool:
+    """TRITONCNN_HALO_WGRAD_LOADER_WARP=1: the weight gradient's loader-warp tiles, whatever
+    TRITONCNN_HALO_LOADER_WARP says. On an H100 (2026-12-07, graphed, b512) its heuristic
+    tile with a loader warp took 81 us against 94 (64 channels, 32x32) and 82 against 90
+    (128, 16x16), where the forward's took longer; off until a step is timed with it."""
+    return os.environ.get("TRITONCNN_HALO_WGRAD_LOADER_WARP", "0") == "1"
+
+
+# Read by the weight gradient's heuristic and candidates at every call: True gives them
+# their loader-warp tiles, None leaves it to conv_halo.LOADER_WARP.
+LOADER_WARP: bool | None = True if wgrad_loader_warp_env_enabled() else None
+
+
+def _loader_warp() -> bool:
+    return conv_halo.LOADER_WARP if LOADER_WARP is None else LOADER_WARP
 
 
 def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape, stride, padding,
@@ -278,10 +298,10 @@ def halo_wgrad_applicable(x: torch.Tensor, grad_out: torch.Tensor, weight_shape,
 def halo_wgrad_candidates(
     c_in: int, c_out: int, h: int, w: int, smem_limit: int, loader_warp: bool | None = None
 ) -> list[HaloConfig]:
-    """The HALO_WGRAD_CONFIGS (and, with ``loader_warp``, default conv_halo.LOADER_WARP,
-    the HALO_WGRAD_LOADER_WARP_CONFIGS) that fit: whole-row pixel steps, tiles dividing the
-    channels, within shared memory."""
-    with_loader = conv_halo.LOADER_WARP if loader_warp is None else loader_warp
+    """The HALO_WGRAD_CONFIGS (and, with ``loader_warp``, default LOADER_WARP or else
+    conv_halo.LOADER_WARP, the HALO_WGRAD_LOADER_WARP_CONFIGS) that fit: whole-row pixel
+    steps, tiles dividing the channels, within shared memory."""
+    with_loader = _loader_warp() if loader_warp is None else loader_warp
     configs = HALO_WGRAD_CONFIGS + (HALO_WGRAD_LOADER_WARP_CONFIGS if with_loader else ())
     return [
         cfg
@@ -302,7 +322,7 @@ def pick_halo_wgrad_config(h: int, w: int) -> HaloConfig | None:
     for block_k in steps:
         if rows_per_tile(h, w, block_k):
             return with_loader_warp(
-                HaloConfig(64, 64, block_k, 4, 4), HALO_WGRAD_LOADER_WARP_CONFIGS
+                HaloConfig(64, 64, block_k, 4, 4), HALO_WGRAD_LOADER_WARP_CONFIGS, _loader_warp()
             )
     return None
 
