@@ -9,11 +9,10 @@
 #                                           # ResNet-18 with --relu-grad-in-dgrad, --bn-grad-sums; the
 #                                           # gpu tests of the whole-model paths the halo kernels
 #                                           # reach (named as they finish) until 560 s
-#   bash benchmarks/device_halo.sh loader_warp  # 9 min: 1; the loader-warp tiles'
-#                                           # (HaloConfig.loader_warp) gpu tests; ResNet-18 as
-#                                           # in check, with a --loader-warp row if they passed;
-#                                           # then 3 for the forward / dgrad with them; then the
-#                                           # model-path gpu tests with them on, named
+#   bash benchmarks/device_halo.sh tiles    # 9 min: 1; conv_graphed.py (the heuristic tiles
+#                                           # graphed), with the wgrad's loader warp alone,
+#                                           # ResNet-18 with it (--loader-warp-wgrad); then 3
+#                                           # for every halo tile, loader-warp ones included
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -39,35 +38,22 @@ if grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo.log" \
     export TRITONCNN_HALO=0
     HALO_ROW=() HALO_OPS=()
 fi
-if [ "${1:-}" = loader_warp ]; then  # the rest of a 560 s call, most wanted first
-    TRITONCNN_HALO_LOADER_WARP=1 gpu_tests gpu_tests_halo_loader_warp 120 \
-        tests/test_conv_halo.py -k loader_warp
-    LOADER_ROW=()
-    if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_halo_loader_warp.log" \
-        && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_halo_loader_warp.log"; then
-        LOADER_ROW=(--loader-warp)
-    fi
-    budget=${BUDGET:-560}  # the seconds the call may take
-    step_s=$((budget - SECONDS < 160 ? budget - SECONDS : 160))
-    [ "$step_s" -gt 30 ] || exit 0
-    timeout "$step_s" python3 benchmarks/train_step.py --models resnet18 --batches 512 \
-        --graph-only --ours-only "${LOADER_ROW[@]}" --relu-grad-in-dgrad --bn-grad-sums \
-        --out "$OUT/halo" 2>&1 | grep -v -i warn | grep " ms "
-    [ "${#LOADER_ROW[@]}" -gt 0 ] || exit 0
-    left=$((budget - SECONDS < 150 ? budget - SECONDS : 150))
+if [ "${1:-}" = tiles ]; then  # the rest of a 560 s call, most wanted first
+    # the heuristic tiles in graphs (the 12-07 regression check), then with the weight
+    # gradient's loader warp alone
+    timeout 80 python3 benchmarks/conv_graphed.py --label default --out "$OUT" 2>&1 \
+        | grep -v -i warn
+    TRITONCNN_HALO_WGRAD_LOADER_WARP=1 timeout 80 python3 benchmarks/conv_graphed.py \
+        --label lw_wgrad --out "$OUT" 2>&1 | grep -v -i warn | grep wgrad
+    timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 \
+        --graph-only --ours-only --loader-warp-wgrad --out "$OUT/halo" 2>&1 | grep -v -i warn \
+        | grep " ms "
+    # every halo tile (loader-warp ones too) graphed against cuDNN: the heuristics' next tiles
+    left=$((560 - SECONDS))
     [ "$left" -gt 30 ] || exit 0
     TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 benchmarks/conv_tiles.py \
-        --ops "${HALO_OPS[@]:0:2}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
-        --out "$OUT" 2>&1 | grep -v -i warn | tail -50
-    # what turning them on by default would need: the model paths with them, named
-    left=$((budget - SECONDS))
-    [ "$left" -gt 30 ] || exit 0
-    TRITONCNN_HALO_LOADER_WARP=1 timeout "$left" python3 -m pytest -m gpu -n 8 -v \
-        -p no:cacheprovider tests/test_models.py tests/test_cuda_graph.py tests/test_amp.py \
-        tests/test_grad_sums.py > "$OUT/gpu_tests_models_loader_warp.log" 2>&1
-    grep -E " (FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/gpu_tests_models_loader_warp.log" \
-        | head -20
-    grep -cE " PASSED " "$OUT/gpu_tests_models_loader_warp.log" | sed 's/^/models: passed /'
+        --ops "${HALO_OPS[@]}" --weights fp16 --shapes 64:64:3:1:32 128:128:3:1:16 \
+        --out "$OUT" 2>&1 | grep -v -i warn | tail -12
     exit 0
 fi
 if [ "${1:-}" = check ]; then  # the rest of a 560 s call, most wanted first
