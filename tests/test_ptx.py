@@ -9,6 +9,7 @@ a separate 2-byte load, outside the pipeline, and those layers ran ~10x slower o
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,16 +30,46 @@ def _report(op: str, c_in: int, c_out: int | None = None, kernel: int = 1, *extr
     return json.loads(done.stdout)
 
 
-def _halo_report(op: str, c_in: int, c_out: int, size: int, cfg, epilogue: str = "none") -> dict:
-    """ptxas_usage and the shared bytes of one halo kernel, compiled in this process (the
-    sweeps over every tile compile dozens: a process each would cost more than compiling)."""
-    import importlib.util
+_HALO_BATCH = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("ptx_report", sys.argv[1])
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+from tritoncnn.kernels.conv_halo import HaloConfig
+out = []
+for op, c_in, c_out, size, fields, epilogue in json.loads(sys.argv[2]):
+    asm = report.compile_halo(op, 512, c_in, c_out, size, HaloConfig(*fields), epilogue)
+    out.append({**report.ptxas_usage(asm["ptx"]), "shared_bytes": int(asm["shared"])})
+print(json.dumps(out))
+"""
 
-    spec = importlib.util.spec_from_file_location("ptx_report", SCRIPT)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    asm = report.compile_halo(op, 512, c_in, c_out, size, cfg, epilogue)
-    return {**report.ptxas_usage(asm["ptx"]), "shared_bytes": int(asm["shared"])}
+
+def _halo_reports(requests: list[tuple]) -> list[dict]:
+    """ptxas_usage and the shared bytes of each (op, c_in, c_out, size, cfg, epilogue) halo
+    kernel, all compiled in one fresh process: a process each would cost more than the
+    compiles, and a test process where the interpreter has run kernels can't compile Gluon
+    kernels for sm_90 (their helpers resolve to interpreted functions)."""
+    args = [(op, ci, co, z, dataclasses.astuple(c), ep) for op, ci, co, z, c, ep in requests]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _HALO_BATCH, str(SCRIPT), json.dumps(args)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _halo_tiles() -> list:
+    """Every halo forward / dgrad tile, persistent or not (they compile differently)."""
+    from tritoncnn.kernels import conv_halo
+
+    configs = conv_halo.HALO_CONFIGS + conv_halo.HALO_LOADER_WARP_CONFIGS
+    return list(dict.fromkeys(dataclasses.replace(c, per_sm=min(c.per_sm, 1)) for c in configs))
+
+
+def _tile_size(cfg) -> int:
+    """An output size the tile covers in whole rows."""
+    return 16 if cfg.BLOCK_M == 256 else 32 if cfg.BLOCK_M == 128 else 8
 
 
 @pytest.mark.parametrize(
@@ -266,18 +297,13 @@ def test_every_halo_tile_compiles_without_spills_in_the_shared_memory_it_counts(
     output channels where the tile is 128 wide), compiles without spills and asks for exactly
     the shared memory HaloConfig.smem_bytes counts: the candidates are filtered by it against
     the whole opt-in limit, so a byte it misses could make a launch fail."""
-    from tritoncnn.kernels import conv_halo
 
-    # (persistent or not compiles differently: the tile loop, where the scratch may live)
-    configs = conv_halo.HALO_CONFIGS + conv_halo.HALO_LOADER_WARP_CONFIGS
-    for cfg in dict.fromkeys(
-        dataclasses.replace(cfg, per_sm=min(cfg.per_sm, 1)) for cfg in configs
-    ):
-        size = 32 if cfg.BLOCK_M <= 128 and cfg.BLOCK_M != 64 else 8
-        size = 16 if cfg.BLOCK_M == 256 else size
-        report = _halo_report("fwd_halo", 64, 128, size, cfg)
+    cfgs = _halo_tiles()
+    reports = _halo_reports([("fwd_halo", 64, 128, _tile_size(c), c, "none") for c in cfgs])
+    for cfg, report in zip(cfgs, reports, strict=True):
         assert report["spill_bytes"] == 0, (cfg, report)
-        assert report["shared_bytes"] == cfg.smem_bytes(size, epilogue_tiles=1), (cfg, report)
+        smem = cfg.smem_bytes(_tile_size(cfg), epilogue_tiles=1)
+        assert report["shared_bytes"] == smem, (cfg, report)
         assert not report["wgmma_serialized"], (cfg, report)
 
 
@@ -290,17 +316,14 @@ def test_halo_wgmmas_stay_pipelined(epilogue):
     channels at 32x32 on an H100), and, in a loop of runtime length, a lean refill."""
     from tritoncnn.kernels import conv_halo
 
-    configs = conv_halo.HALO_CONFIGS + conv_halo.HALO_LOADER_WARP_CONFIGS
-    for cfg in dict.fromkeys(
-        dataclasses.replace(cfg, per_sm=min(cfg.per_sm, 1)) for cfg in configs
-    ):
-        too_big = (
-            cfg.BLOCK_M * cfg.BLOCK_N > conv_halo.GRAD_SUMS_MAX_PER_THREAD * 32 * cfg.num_warps
-        )
-        if epilogue == "bn_sums" and too_big:  # (not a candidate with the sums)
-            continue
-        size = 16 if cfg.BLOCK_M == 256 else 32 if cfg.BLOCK_M == 128 else 8
-        report = _halo_report("dgrad_halo", 64, 128, size, cfg, epilogue)
+    limit = conv_halo.GRAD_SUMS_MAX_PER_THREAD * 32  # (a tile over it is not a candidate)
+    cfgs = [
+        c
+        for c in _halo_tiles()
+        if epilogue != "bn_sums" or c.BLOCK_M * c.BLOCK_N <= limit * c.num_warps
+    ]
+    reports = _halo_reports([("dgrad_halo", 64, 128, _tile_size(c), c, epilogue) for c in cfgs])
+    for cfg, report in zip(cfgs, reports, strict=True):
         assert not report["wgmma_serialized"], (cfg, epilogue, report)
 
 

@@ -163,6 +163,12 @@ HALO_CONFIGS: tuple[HaloConfig, ...] = (
     HaloConfig(128, 64, 32, 4, 2, per_sm=3),
     HaloConfig(64, 64, 32, 4, 4, per_sm=2),
     HaloConfig(128, 128, 32, 4, 2, per_sm=1),
+    # Two warpgroups on 128- / 256-row x 128-column tiles (94 / 155 registers, no spills):
+    # the forward is bound by L2 -> shared traffic (benchmarks/README.md, 12-07 night), and a
+    # 128-column tile loads each halo once for a 128-channel layer; not timed yet.
+    HaloConfig(128, 128, 32, 8, 4),
+    HaloConfig(128, 128, 32, 8, 2),
+    HaloConfig(256, 128, 32, 8, 2),
 )
 
 # Warp-specialized tiles: a fifth warp issues the TMA copies (``_halo_loader``). Triton 3.6
