@@ -347,17 +347,17 @@ def depthwise_rows_args(op: str, n: int, c: int, hw: int):
     block_w = triton.next_power_of_2(hw)
     strides = (hw * hw * c, hw * c, c, 1)
     ints = dict(N=n, C=c, H=hw, W=hw, GROUPS=4, sw_c=9, sw_h=3, sw_w=1, alpha=0.0, n_alpha=0.0)
-    for prefix in ("sx", "sy", "sg"):
+    for prefix in ("sx", "sy", "sg", "sn"):
         ints.update(_named(prefix, "nhwc", strides))
     const = dict(
         HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_N=max(1, cfg.pixels // block_w),
         BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
-        IN_NORM=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0,
+        IN_NORM=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0, GRAD_SUMS=False,
     )  # fmt: skip
     const = {k: v for k, v in const.items() if k in kernel.arg_names}
     ints = {k: v for k, v in ints.items() if k in kernel.arg_names}
     pointers = {
-        name: "*fp16" if name in ("x_ptr", "y_ptr", "go_ptr") else "*fp32"
+        name: "*fp16" if name in ("x_ptr", "y_ptr", "go_ptr", "xn_ptr") else "*fp32"
         for name in kernel.arg_names
         if name.endswith("_ptr")
     }

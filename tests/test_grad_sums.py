@@ -95,23 +95,32 @@ def test_conv_dgrad_stores_bn_sums(case, dtype, act, affine):
     _check_backward(sums, dx, x, bn, case)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("dtype,act", [(torch.float32, ACT_RELU6), (torch.float16, ACT_NONE)])
-def test_depthwise_dgrad_stores_bn_sums(stride, dtype, act):
-    x = randn(2, 20, 7, 6, dtype=dtype, channels_last=True) * 3 + 1
+@pytest.mark.parametrize("stride,kernel", [(1, "flat"), (1, "rows"), (2, "flat")])
+@pytest.mark.parametrize(
+    "dtype,act", [(torch.float32, ACT_RELU6), (torch.float16, ACT_NONE), (torch.float16, ACT_RELU)]
+)
+def test_depthwise_dgrad_stores_bn_sums(stride, kernel, dtype, act):
+    """Both depthwise dgrads store the sums: the flat kernel per pixel tile, the rolling-rows
+    one (stride 1, the default there) per program's images, summed down its rows."""
+    x = randn(3, 20, 7, 6, dtype=dtype, channels_last=True) * 3 + 1
     bn = _bn(x, act, True)
     weight = randn(20, 1, 3, 3).contiguous(memory_format=torch.channels_last)
     ho, wo = (7 - 1) // stride + 1, (6 - 1) // stride + 1
-    g_out = randn(2, 20, ho, wo, dtype=dtype, channels_last=True)
+    g_out = randn(3, 20, ho, wo, dtype=dtype, channels_last=True)
     geo = (x.shape, stride, 1, 1)
-    # the plain dgrad of the flat kernel's tile (at stride 1 it would take the rolling-rows
-    # kernel, whose summation order differs; the epilogue sums come with the flat kernel)
-    flat = DW.pick_config(20, 2 * 7 * 6)
-    plain = DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=flat)
-    dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn)
+    # (the rows tile puts 2 images side by side: 2 programs along the 3 images)
+    config = DW.pick_config(20, 3 * 7 * 6) if kernel == "flat" else DW.RowsConfig(16, 16, 4, 2)
+    plain = DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=config)
+    dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(
+        g_out, weight, *geo, bn_input=x, bn=bn, config=config
+    )
     assert torch.equal(dx, plain), "the input gradient is the plain dgrad's"
-    _check_sums(sums, dx, x, bn, f"depthwise stride {stride}")
-    _check_backward(sums, dx, x, bn, f"depthwise stride {stride}")
+    if kernel == "rows":
+        assert sums.partials.shape == (2, 2, 20)
+        default, _ = DW.depthwise_conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn)
+        assert torch.equal(default, DW.depthwise_conv2d_dgrad(g_out, weight, *geo))
+    _check_sums(sums, dx, x, bn, f"depthwise {kernel} stride {stride}")
+    _check_backward(sums, dx, x, bn, f"depthwise {kernel} stride {stride}")
 
 
 def test_grad_sums_accumulate_parameter_grads_and_errors():
@@ -256,11 +265,14 @@ def test_gpu_depthwise_dgrad_bn_sums(c, size, stride):
     ho = (size - 1) // stride + 1
     g_out = randn(128, c, ho, ho, dtype=torch.float16, channels_last=True, seed=3)
     geo = (x.shape, stride, 1, 1)
-    dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn)
-    flat = DW.pick_config(c, 128 * size * size)  # not the stride-1 rolling-rows kernel
-    assert torch.equal(dx, DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=flat))
-    _check_sums(sums, dx, x, bn, f"depthwise C{c} {size}")
-    _check_backward(sums, dx, x, bn, f"depthwise C{c} {size}")
+    flat = DW.pick_config(c, 128 * size * size)
+    for config in (None, flat):  # the default (rolling rows at stride 1) and the flat kernel
+        dx, sums = DW.depthwise_conv2d_dgrad_grad_sums(
+            g_out, weight, *geo, bn_input=x, bn=bn, config=config
+        )
+        assert torch.equal(dx, DW.depthwise_conv2d_dgrad(g_out, weight, *geo, config=config))
+        _check_sums(sums, dx, x, bn, f"depthwise C{c} {size} {config}")
+        _check_backward(sums, dx, x, bn, f"depthwise C{c} {size} {config}")
 
 
 @pytest.mark.gpu

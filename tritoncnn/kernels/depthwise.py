@@ -37,6 +37,7 @@ from tritoncnn.kernels.depthwise_rows import (
     applies,
     pending_args,
     rows_conv,
+    rows_dgrad_grad_sums,
     rows_wgrad_partials,
     store_tap_partials,
 )
@@ -576,20 +577,17 @@ def pick_rows_config(channels: int, width: int) -> RowsConfig:
     return RowsConfig(max(block_w, ROWS_TILE // block_c), block_c, 4, ROWS_STAGES)
 
 
-def _rows_config(
-    config, kernel, stride, padding, dilation, fused: bool, channels, width, enabled=None
-):
+def _rows_config(config, kernel, stride, padding, dilation, channels, width, enabled=None):
     """The RowsConfig a forward / dgrad / wgrad launch runs its rolling-rows kernel with, or
     None for the flat kernels: ``config`` when it is one (the conv must be one the kernel
-    computes, without ``fused`` epilogue work: a dgrad's batch-norm sums), else the pick when
-    ``enabled`` (default ROLLING_ROWS) and the conv qualifies."""
+    computes), else the pick when ``enabled`` (default ROLLING_ROWS) and the conv qualifies."""
     enabled = ROLLING_ROWS if enabled is None else enabled
-    fits = applies(kernel, stride, padding, dilation) and not fused
+    fits = applies(kernel, stride, padding, dilation)
     if isinstance(config, RowsConfig):
         if not fits:
             raise ValueError(
-                "depthwise: a RowsConfig needs a 3x3 kernel, stride 1, padding 1, dilation 1 "
-                "(and for a dgrad no batch-norm sums); pass a DepthwiseConfig (or None)"
+                "depthwise: a RowsConfig needs a 3x3 kernel, stride 1, padding 1, dilation 1; "
+                "pass a DepthwiseConfig (or None)"
             )
         return config
     if config is None and enabled and fits:
@@ -679,7 +677,7 @@ def _forward(
         raise ValueError(f"depthwise forward: empty output {ho}x{wo} for input {h}x{w}")
     if bias is not None and bias.shape != (c,):
         raise ValueError(f"depthwise bias must have shape ({c},), got {tuple(bias.shape)}")
-    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), False, c, w)
+    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), c, w)
     if rows is not None:
         return rows_conv(x, weight, bias, act, alpha, rows, moments, pending=pending)
     y = runtime.empty_nhwc(n, c, ho, wo, x.dtype)
@@ -772,8 +770,10 @@ def _dgrad(
         raise ValueError(f"depthwise dgrad: out {tuple(out.shape)} != input shape {(n, c, h, w)}")
     else:
         grad_in = out
-    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bn is not None, c, w)
+    rows = _rows_config(config, (kh, kw), (sh, sw), (ph, pw), (dh, dw), c, w)
     if rows is not None:  # stride 1: the correlation with the rotated kernel
+        if bn is not None:
+            return rows_dgrad_grad_sums(grad_out, weight, rows, bn_input, bn, grad_in)
         return rows_conv(grad_out, weight, None, ACT_NONE, 0.0, rows, False, True, grad_in)[0], None
     pixels = n * h * w
     cfg = config or pick_config(c, pixels)
@@ -832,7 +832,7 @@ def depthwise_conv2d_wgrad(
         grad_weight = runtime.empty_nhwc(c, 1, kh, kw, torch.float32)
 
     geometry = ((kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    rows = _rows_config(config, *geometry, False, c, w, WGRAD_ROLLING_ROWS)
+    rows = _rows_config(config, *geometry, c, w, WGRAD_ROLLING_ROWS)
     if rows is not None:
         groups = _rows_wgrad_groups(n, c, w, rows)
         partials = rows_wgrad_partials(x, grad_out, rows, groups, pending)

@@ -30,11 +30,16 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels.elementwise import apply_activation
+from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
+    GradSums,
     PendingNorm,
     TileMoments,
     apply_pending_norm,
+    grad_sums,
+    grad_sums_args,
+    grad_sums_terms,
+    load_grad_sums_norm,
     load_pending_norm,
     merge_lanes,
     pending_norm_args,
@@ -108,6 +113,17 @@ def _welford_row(lane_mean, lane_m2, y, k):
 
 
 @triton.jit
+def _grad_sums_row(sum_g, sum_gx, y, xn_ptr, xn_off, row_off, valid, mean, invstd, w, b, alpha,
+                   ACT: tl.constexpr):  # fmt: skip
+    """Add a stored dgrad row's batch-norm backward terms (norm.grad_sums_terms: g' and
+    g' * xhat, from the values as stored and the batch norm's input row) to the running
+    per-element sums."""
+    x = tl.load(xn_ptr + xn_off + row_off, mask=valid, other=0.0).to(tl.float32)
+    g, gx = grad_sums_terms(y.to(tl.float32), x, valid, mean, invstd, w, b, alpha, ACT)
+    return sum_g + g, sum_gx + gx
+
+
+@triton.jit
 def _tap(w_ptr, c, c_mask, sw_c, kh: tl.constexpr, kw: tl.constexpr, sw_h, sw_w):
     """Tap (kh, kw) of the weight for channels c, fp32."""
     return tl.load(w_ptr + c * sw_c + (kh * sw_h + kw * sw_w), mask=c_mask, other=0.0)
@@ -127,6 +143,7 @@ def depthwise_rows_kernel(
     STAGES: tl.constexpr,
     IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
     IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+    xn_ptr=None, sn_n=0, sn_h=0, sn_w=0, sn_c=0, GRAD_SUMS: tl.constexpr = False,
 ):  # fmt: skip
     """y[n,c,h,w] = act(bias[c] + sum_{a,b in 0..2} x[n,c,h-1+a,w-1+b] * w[c,0,a,b]); zero
     padding, output H x W.
@@ -150,6 +167,11 @@ def depthwise_rows_kernel(
     IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
     is a batch norm's input whose apply was left to this kernel (norm.PendingNorm), applied
     to each loaded row as in depthwise_fwd_kernel.
+    GRAD_SUMS (a dgrad, not with IN_NORM or MOMENTS): y is the gradient of a training batch
+    norm's output and xn_ptr (strides sn_*) that batch norm's input; the n* pointers, n_alpha
+    and IN_* flags are that batch norm's. Each stored row's g' and g' * xhat (norm.
+    grad_sums_terms) add up per tile element down the rows; their column sums go to row g of
+    pmean_ptr / pm2_ptr as norm.GradSums partials (sum(g'), sum(g' * xhat)).
     """
     wait_for_inputs()
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
@@ -170,6 +192,13 @@ def depthwise_rows_kernel(
     x_c = c * sx_c
     y_off = y_img[:, None] + (col * sy_w)[:, None] + (c * sy_c)[None, :]
     y_mask = pix[:, None] & c_mask[None, :]
+    if GRAD_SUMS:
+        tl.static_assert(not (IN_NORM or MOMENTS), "grad sums: a dgrad's epilogue only")
+        s_mean, s_invstd, s_w, s_b = load_grad_sums_norm(
+            nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, c, c_mask, IN_HAS_W, IN_HAS_B, IN_ACT,
+            BLOCK_C,
+        )  # fmt: skip
+        xn_off = (n.to(tl.int64) * sn_n)[:, None] + (col * sn_w)[:, None] + (c * sn_c)[None, :]
 
     w00 = _tap(w_ptr, c, c_mask, sw_c, 0, 0, sw_h, sw_w)
     w01 = _tap(w_ptr, c, c_mask, sw_c, 0, 1, sw_h, sw_w)
@@ -212,8 +241,19 @@ def depthwise_rows_kernel(
         tl.store(y_ptr + y_off + (r - 1) * sy_h, y, mask=y_mask)
         if MOMENTS:
             lane_mean, lane_m2 = _welford_row(lane_mean, lane_m2, y, r)
+        if GRAD_SUMS:  # (lane_mean, lane_m2: the sums of g', g' * xhat)
+            lane_mean, lane_m2 = _grad_sums_row(lane_mean, lane_m2, y, xn_ptr, xn_off,
+                                                (r - 1) * sn_h, y_mask, s_mean, s_invstd, s_w,
+                                                s_b, n_alpha, IN_ACT)  # fmt: skip
     y = apply_activation(acc_up + bias[None, :], ACT, alpha).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + y_off + (H - 1) * sy_h, y, mask=y_mask)
+    if GRAD_SUMS:
+        lane_mean, lane_m2 = _grad_sums_row(lane_mean, lane_m2, y, xn_ptr, xn_off,
+                                            (H - 1) * sn_h, y_mask, s_mean, s_invstd, s_w, s_b,
+                                            n_alpha, IN_ACT)  # fmt: skip
+        out = pid_g.to(tl.int64) * C + c
+        tl.store(pmean_ptr + out, tl.sum(lane_mean, axis=0), mask=c_mask)
+        tl.store(pm2_ptr + out, tl.sum(lane_m2, axis=0), mask=c_mask)
     if MOMENTS:
         lane_mean, lane_m2 = _welford_row(lane_mean, lane_m2, y, H)
         lane_count = tl.where(pix, H, 0).to(tl.float32)
@@ -380,29 +420,67 @@ def rows_conv(
     also the output's per-program moments (norm.TileMoments)."""
     n, c, h, w = x.shape
     y = runtime.empty_nhwc(n, c, h, w, x.dtype) if out is None else out
-    block_w = triton.next_power_of_2(w)
-    block_n = max(1, cfg.pixels // block_w)
+    block_n = _block_n(cfg, w)
     tiles = tile_moments(n * h * w, c, block_n * h * w) if moments else None
     parts = tiles.partials if tiles is not None else (y, y)
+    in_ptrs, in_alpha, in_flags = pending_args(pending, c, weight)
+    _launch(x, weight, bias, act, alpha, cfg, y, parts, rotate, in_ptrs, in_alpha,
+            dict(in_flags, MOMENTS=moments))  # fmt: skip
+    return y, tiles
+
+
+def rows_dgrad_grad_sums(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    cfg: RowsConfig,
+    bn_input: torch.Tensor,
+    bn: PendingNorm,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, GradSums]:
+    """The stride-1 dgrad of ``rows_conv`` (grad_out convolved with the rotated kernel) for a
+    conv whose input is a training batch norm's output: also that batch norm's backward sums
+    over each program's images (norm.GradSums; ``bn``: its statistics, parameters and fused
+    activation, ``bn_input``: its input, the conv input's shape)."""
+    n, c, h, w = grad_out.shape
+    y = runtime.empty_nhwc(n, c, h, w, grad_out.dtype) if out is None else out
+    sums = grad_sums(triton.cdiv(n, _block_n(cfg, w)), c)
+    xn, ptrs, n_alpha, flags = grad_sums_args(bn, bn_input, (n, c, h, w), y, "depthwise dgrad:")
+    grad = dict(flags, xn_ptr=xn, GRAD_SUMS=True, MOMENTS=False)
+    grad.update(zip(("sn_n", "sn_h", "sn_w", "sn_c"), runtime.nhwc_strides(xn), strict=True))
+    _launch(grad_out, weight, None, ACT_NONE, 0.0, cfg, y, (sums.partials[0], sums.partials[1]),
+            True, ptrs, n_alpha, grad)  # fmt: skip
+    return y, sums
+
+
+def _block_n(cfg: RowsConfig, w: int) -> int:
+    """Images side by side in a row tile of ``cfg`` for rows ``w`` wide."""
+    return max(1, cfg.pixels // triton.next_power_of_2(w))
+
+
+def _launch(x, weight, bias, act, alpha, cfg, y, parts, rotate, n_ptrs, n_alpha, flags):
+    """depthwise_rows_kernel over x (N,C,H,W) into y; ``parts``: its two fp32 partial
+    buffers; ``n_ptrs``, ``n_alpha``, ``flags``: the batch norm applied to the loads or whose
+    sums the epilogue stores, and the other keyword arguments."""
+    n, c, h, w = x.shape
+    block_w = triton.next_power_of_2(w)
+    block_n = _block_n(cfg, w)
     sw_c, sw_h, sw_w = weight.stride(0), weight.stride(2), weight.stride(3)
     w_arg = weight
     if rotate:  # tap (a, b) of the rotated kernel is tap (2 - a, 2 - b)
         w_arg = weight[:, :, 2:, 2:]
         sw_h, sw_w = -sw_h, -sw_w
-    in_ptrs, in_alpha, in_flags = pending_args(pending, c, weight)
     depthwise_rows_kernel[row_channel_grid(n, block_n, c, cfg.block_c)](
-        x, w_arg, bias if bias is not None else weight, y, parts[0], parts[1], *in_ptrs,
+        x, w_arg, bias if bias is not None else weight, y, parts[0], parts[1], *n_ptrs,
         n, c, h, w,
         *runtime.nhwc_strides(x),
         sw_c, sw_h, sw_w,
         *runtime.nhwc_strides(y),
-        float(alpha), in_alpha,
-        HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
+        float(alpha), n_alpha,
+        HAS_BIAS=bias is not None, ACT=act,
         BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
-        num_warps=cfg.num_warps, **in_flags,
+        num_warps=cfg.num_warps, **flags,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
-    return y, tiles
 
 
 def rows_wgrad_partials(

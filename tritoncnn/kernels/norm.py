@@ -744,17 +744,42 @@ def store_grad_sums(
     batch statistics), w_ptr, b_ptr (read only with HAS_WEIGHT / HAS_BIAS), ACT, alpha: the
     batch norm's. ``bn_bwd_sums_from_tiles_kernel`` adds the partials, so the backward needs
     no reduction pass over g and x."""
+    mean, invstd, w, b = load_grad_sums_norm(
+        mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, mask_cols, HAS_WEIGHT, HAS_BIAS, ACT, BLOCK_C
+    )
+    g, gx = grad_sums_terms(g, x, valid, mean, invstd, w, b, alpha, ACT)
+    out = part.to(tl.int64) * C + cols
+    tl.store(psum_g_ptr + out, tl.sum(g, axis=0), mask=mask_cols)
+    tl.store(psum_gx_ptr + out, tl.sum(gx, axis=0), mask=mask_cols)
+
+
+@triton.jit
+def load_grad_sums_norm(
+    mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, mask_cols,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The batch norm's (mean, invstd, weight, bias) for ``grad_sums_terms``, fp32 per column
+    (the affine parameters only matter, and are only read, with an activation)."""
     mean, invstd = _channel_stats(mean_ptr, invstd_ptr, cols, mask_cols, 0.0, False)
-    diff = x - mean[None, :]
     if ACT != 0:
         w, b = _affine(w_ptr, b_ptr, cols, mask_cols, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    else:
+        w, b = invstd, invstd  # (unused)
+    return mean, invstd, w, b
+
+
+@triton.jit
+def grad_sums_terms(g, x, valid, mean, invstd, w, b, alpha, ACT: tl.constexpr):
+    """Per element of a [rows, columns] tile: g' and g' * xhat (zero where not ``valid``), the
+    terms whose column sums store_grad_sums stores; g' = g * act'(z), z and xhat recomputed
+    from the batch norm's input x as bn_bwd_reduce_kernel does."""
+    diff = x - mean[None, :]
+    if ACT != 0:
         z = diff * (invstd * w)[None, :] + b[None, :]
         g = activation_grad(g, z, ACT, alpha)
     g = tl.where(valid, g, 0.0)
     xhat = tl.where(valid, diff * invstd[None, :], 0.0)
-    out = part.to(tl.int64) * C + cols
-    tl.store(psum_g_ptr + out, tl.sum(g, axis=0), mask=mask_cols)
-    tl.store(psum_gx_ptr + out, tl.sum(g * xhat, axis=0), mask=mask_cols)
+    return g, g * xhat
 
 
 @triton.jit
