@@ -11,8 +11,9 @@
 #                                           # reach (named as they finish) until 560 s
 #   bash benchmarks/device_halo.sh tiles    # 9 min: 1; conv_graphed.py (the heuristic tiles
 #                                           # graphed), with the wgrad's loader warp alone,
-#                                           # ResNet-18 with it (--loader-warp-wgrad); then 3
-#                                           # for every halo tile, loader-warp ones included
+#                                           # ResNet-18 with it (--loader-warp-wgrad); the BN
+#                                           # sums' gpu tests and MobileNetV2 --bn-grad-sums;
+#                                           # then 3 for every halo tile, loader-warp included
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
 #    epilogues, the dispatch, a CUDA-graph capture ($OUT/gpu_tests_halo.log);
@@ -48,6 +49,14 @@ if [ "${1:-}" = tiles ]; then  # the rest of a 560 s call, most wanted first
     timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 \
         --graph-only --ours-only --loader-warp-wgrad --out "$OUT/halo" 2>&1 | grep -v -i warn \
         | grep " ms "
+    # MobileNetV2 with the dgrad BN sums: the rolling-rows depthwise dgrad stores them now
+    gpu_tests gpu_tests_grad_sums 100 tests/test_grad_sums.py
+    if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_grad_sums.log" \
+        && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_grad_sums.log"; then
+        timeout 120 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 \
+            --graph-only --ours-only --bn-grad-sums --out "$OUT/grad_sums" 2>&1 \
+            | grep -v -i warn | grep " ms "
+    fi
     # every halo tile (loader-warp ones too) graphed against cuDNN: the heuristics' next tiles
     left=$((560 - SECONDS))
     [ "$left" -gt 30 ] || exit 0
