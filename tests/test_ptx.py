@@ -245,13 +245,6 @@ def test_tma_largest_tiles_do_not_spill(op, config, extra):
     assert report["spill_bytes"] == 0, report
 
 
-def _halo_config(cfg) -> str:
-    return (
-        f"{cfg.BLOCK_M},{cfg.BLOCK_N},{cfg.BLOCK_K},{cfg.num_warps},{cfg.num_stages},"
-        f"{cfg.per_sm},{int(cfg.loader_warp)}"
-    )
-
-
 @pytest.mark.parametrize(
     "op,config,epilogue,rows",
     [
