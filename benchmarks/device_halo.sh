@@ -12,7 +12,8 @@
 #   bash benchmarks/device_halo.sh tiles    # 9 min: 1; conv_graphed.py (the heuristic tiles
 #                                           # graphed), with the wgrad's loader warp alone,
 #                                           # ResNet-18 with it (--loader-warp-wgrad); the BN
-#                                           # sums' gpu tests and MobileNetV2 --bn-grad-sums;
+#                                           # depthwise and BN sums' gpu tests, MobileNetV2
+#                                           # --bn-grad-sums;
 #                                           # then 3 for every halo tile, loader-warp included
 #
 # 1. the halo kernel's gpu tests: every tile at ResNet-18's 3x3 shapes against torch, the
@@ -50,6 +51,8 @@ if [ "${1:-}" = tiles ]; then  # the rest of a 560 s call, most wanted first
         --graph-only --ours-only --loader-warp-wgrad --out "$OUT/halo" 2>&1 | grep -v -i warn \
         | grep " ms "
     # MobileNetV2 with the dgrad BN sums: the rolling-rows depthwise dgrad stores them now
+    # (its default path changed too: the depthwise gpu tests first)
+    gpu_tests gpu_tests_depthwise 100 tests/test_depthwise.py
     gpu_tests gpu_tests_grad_sums 100 tests/test_grad_sums.py
     if grep -qE "[0-9]+ passed" "$OUT/gpu_tests_grad_sums.log" \
         && ! grep -qE "failed|error|Timeout" "$OUT/gpu_tests_grad_sums.log"; then
