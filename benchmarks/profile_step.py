@@ -9,6 +9,8 @@ the graphed step's wall time: the difference is what a graph still pays between 
 Writes ``profile_step_<gpu>.csv`` to ``--out`` (default ``$OUT``, else benchmarks/results).
 
     python benchmarks/profile_step.py [--models baseline resnet18] [--batches 128] [--steps 10]
+        [--bn-grad-sums]   # the BatchNorms before convs take their backward sums from the
+                           # dgrads (train_step.ours_step's option; files get a _grad_sums tag)
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def main() -> None:
         help="also write every kernel of one step in launch order, with the layer that "
         "launched it (profile_trace_<gpu>.csv)",
     )
+    ap.add_argument(
+        "--bn-grad-sums",
+        action="store_true",
+        help="the step with models.build's bn_grad_sums (files named *_grad_sums_<gpu>.csv)",
+    )
     args = ap.parse_args()
     if runtime.INTERPRETED:
         sys.exit("benchmarks/profile_step.py needs a CUDA GPU")
@@ -98,7 +105,8 @@ def main() -> None:
     rows, trace_rows = [], []
     for name in args.models:
         for batch in args.batches:
-            step = train_step.ours_step(name, batch, torch.float16, graph=False)
+            options = {"bn_grad_sums": args.bn_grad_sums}
+            step = train_step.ours_step(name, batch, torch.float16, graph=False, **options)
             totals = kernel_times(step, args.steps)
             if args.trace:
                 for i, row in enumerate(kernel_trace(step)):
@@ -106,7 +114,7 @@ def main() -> None:
                         {"gpu": gpu, "model": name, "batch": batch, "index": i,
                          "kernel": row.pop("kernel"), "us": row.pop("us"), **row}
                     )  # fmt: skip
-            graphed = train_step.ours_step(name, batch, torch.float16, graph=True)
+            graphed = train_step.ours_step(name, batch, torch.float16, graph=True, **options)
             graph_ms = train_step.bench(graphed)
             kernel_us = sum(us for _, us in totals.values()) / args.steps
             launches = sum(n for n, _ in totals.values()) / args.steps
@@ -134,9 +142,10 @@ def main() -> None:
                 )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / f"profile_step_{gpu.replace(' ', '_')}.csv", rows)
+    tag = "_grad_sums" if args.bn_grad_sums else ""
+    write_csv(out / f"profile_step{tag}_{gpu.replace(' ', '_')}.csv", rows)
     if trace_rows:
-        write_csv(out / f"profile_trace_{gpu.replace(' ', '_')}.csv", trace_rows)
+        write_csv(out / f"profile_trace{tag}_{gpu.replace(' ', '_')}.csv", trace_rows)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
