@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# On the GPU machine (the device tool), one call (~8 min): where ResNet-18's and MobileNetV2's
-# graphed step spends its time now, and torch's eager modes beside it in the same call. Most
-# wanted first (a call cut short keeps what it wrote):
+# On the GPU machine (the device tool), one call (~9 min): the checks and step times that
+# decide two off-by-default options, then where MobileNetV2's graphed step spends its time and
+# torch's eager modes beside ours. Most wanted first (a call cut short keeps what it wrote):
 #
 #   bash benchmarks/device_profile.sh       # carry .whl
 #
-# 1. profile_step.py --trace, ResNet-18 and MobileNetV2 at b512 with the defaults: every kernel
-#    of one step with its layer (trace_report.py prints the slowest layers);
-# 2. the same trace of MobileNetV2 with the dgrads' BN sums (--bn-grad-sums);
-# 3. train_step.py, both nets at b512: ours graphed, torch eager fp32 and eager AMP +
-#    channels_last (--no-compile: torch.compile's rows take minutes per net; the 12-05 run
-#    has them).
+# 1. the depthwise and batch-norm sums' gpu tests (the rolling-rows dgrad stores the sums now);
+# 2. MobileNetV2 and ResNet-18 graphed at b512: the default, --bn-grad-sums (the dgrads' BN
+#    sums; with the BN deferral too), ResNet-18 also --loader-warp-wgrad (the halo weight
+#    gradient's loader warp);
+# 3. profile_step.py --trace of MobileNetV2 with the defaults and with --bn-grad-sums: every
+#    kernel of one step with its layer (trace_report.py prints the slowest layers);
+# 4. train_step.py, both nets at b512: torch eager fp32 and eager AMP + channels_last beside
+#    ours (--no-compile: torch.compile's rows take minutes per net; the 12-05 run has them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -18,16 +20,24 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 160 python3 benchmarks/profile_step.py --models resnet18 mobilenetv2 --batches 512 \
-    --trace --out "$OUT" > "$OUT/profile_step.log" 2>&1
-grep -A14 "launches" "$OUT/profile_step.log"
-grep "warning" "$OUT/profile_step.log"  # a trace without layers says why
-python3 benchmarks/trace_report.py "$OUT"/profile_trace_NVIDIA*.csv --top 8 2>&1 | head -40
-timeout 100 python3 benchmarks/profile_step.py --models mobilenetv2 --batches 512 --trace \
-    --bn-grad-sums --out "$OUT" > "$OUT/profile_step_grad_sums.log" 2>&1
-grep -A14 "launches" "$OUT/profile_step_grad_sums.log"
-python3 benchmarks/trace_report.py "$OUT"/profile_trace_grad_sums_*.csv --top 8 2>&1 | head -30
-left=$((540 - SECONDS))
+gpu_tests gpu_tests_depthwise 90 tests/test_depthwise.py
+gpu_tests gpu_tests_grad_sums 80 tests/test_grad_sums.py
+timeout 120 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
+    --ours-only --bn-grad-sums --out "$OUT/options" 2>&1 | grep -v -i warn | grep " ms "
+timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
+    --ours-only --bn-grad-sums --loader-warp-wgrad --out "$OUT/options" 2>&1 \
+    | grep -v -i warn | grep " ms "
+trace() {  # trace <log name> <timeout s> [profile_step.py options]: MobileNetV2's step trace
+    timeout "$2" python3 benchmarks/profile_step.py --models mobilenetv2 --batches 512 --trace \
+        "${@:3}" --out "$OUT" > "$OUT/$1.log" 2>&1
+    grep -A14 "launches" "$OUT/$1.log"
+    grep "warning" "$OUT/$1.log"  # a trace without layers says why
+}
+trace profile_step_grad_sums 90 --bn-grad-sums
+python3 benchmarks/trace_report.py "$OUT"/profile_trace_grad_sums_*.csv --top 10 2>&1 | head -30
+trace profile_step 90
+python3 benchmarks/trace_report.py "$OUT"/profile_trace_NVIDIA*.csv --top 10 2>&1 | head -30
+left=$((570 - SECONDS))
 [ "$left" -gt 60 ] || exit 0
-timeout "$left" python3 benchmarks/train_step.py --models resnet18 mobilenetv2 --batches 512 \
+timeout "$left" python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
     --no-compile --graph-only --out "$OUT/torch" 2>&1 | grep -v -i warn | grep " ms "
