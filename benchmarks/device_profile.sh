@@ -13,7 +13,8 @@
 #    kernel of one step with its layer (trace_report.py prints the slowest layers);
 # 4. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
 #    through shared memory (3 stages: cp.async, two barriers per row tile) against plain
-#    register loads (1 stage), on 4 and 8 warps (never timed on the H100: 12-07 had 3 and 6);
+#    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
+#    H100: 12-07 had 3 and 6 stages of the default tile);
 # 5. train_step.py, both nets at b512: torch eager fp32 and eager AMP + channels_last beside
 #    ours (--no-compile: torch.compile's rows take minutes per net; the 12-05 run has them).
 set -uo pipefail
@@ -40,8 +41,8 @@ trace profile_step_grad_sums 90 --bn-grad-sums
 python3 benchmarks/trace_report.py "$OUT"/profile_trace_grad_sums_*.csv --top 10 2>&1 | head -30
 trace profile_step 90
 python3 benchmarks/trace_report.py "$OUT"/profile_trace_NVIDIA*.csv --top 10 2>&1 | head -30
-timeout 80 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
-    --bn-tiles default w8 half_w8 --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
+timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
+    --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
 grep -A8 "totals" "$OUT/reduction_tiles.log"
 left=$((570 - SECONDS))
 [ "$left" -gt 60 ] || exit 0
