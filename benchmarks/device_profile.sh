@@ -6,16 +6,16 @@
 #   bash benchmarks/device_profile.sh       # carry .whl
 #
 # 1. the depthwise and batch-norm sums' gpu tests (the rolling-rows dgrad stores the sums now);
-# 2. MobileNetV2 and ResNet-18 graphed at b512: the default, --bn-grad-sums (the dgrads' BN
-#    sums; with the BN deferral too), ResNet-18 also --loader-warp-wgrad (the halo weight
-#    gradient's loader warp);
-# 3. profile_step.py --trace of MobileNetV2 with the defaults and with --bn-grad-sums: every
-#    kernel of one step with its layer (trace_report.py prints the slowest layers);
-# 4. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
+# 2. MobileNetV2 graphed at b512: the default against --bn-grad-sums (the dgrads' BN sums;
+#    with the BN deferral too);
+# 3. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
 #    through shared memory (3 stages: cp.async, two barriers per row tile) against plain
 #    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
 #    H100: 12-07 had 3 and 6 stages of the default tile);
-# 5. train_step.py, both nets at b512: torch eager fp32 and eager AMP + channels_last beside
+# 4. ResNet-18 the same, and with --loader-warp-wgrad (the halo weight gradient's loader warp);
+# 5. profile_step.py --trace of MobileNetV2 with --bn-grad-sums and with the defaults: every
+#    kernel of one step with its layer (trace_report.py prints the slowest layers);
+# 6. train_step.py, both nets at b512: torch eager fp32 and eager AMP + channels_last beside
 #    ours (--no-compile: torch.compile's rows take minutes per net; the 12-05 run has them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,9 @@ gpu_tests gpu_tests_depthwise 90 tests/test_depthwise.py
 gpu_tests gpu_tests_grad_sums 80 tests/test_grad_sums.py
 timeout 120 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
     --ours-only --bn-grad-sums --out "$OUT/options" 2>&1 | grep -v -i warn | grep " ms "
+timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
+    --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
+grep -A8 "totals" "$OUT/reduction_tiles.log"
 timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
     --ours-only --bn-grad-sums --loader-warp-wgrad --out "$OUT/options" 2>&1 \
     | grep -v -i warn | grep " ms "
@@ -41,9 +44,6 @@ trace profile_step_grad_sums 90 --bn-grad-sums
 python3 benchmarks/trace_report.py "$OUT"/profile_trace_grad_sums_*.csv --top 10 2>&1 | head -30
 trace profile_step 90
 python3 benchmarks/trace_report.py "$OUT"/profile_trace_NVIDIA*.csv --top 10 2>&1 | head -30
-timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
-    --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
-grep -A8 "totals" "$OUT/reduction_tiles.log"
 left=$((570 - SECONDS))
 [ "$left" -gt 60 ] || exit 0
 timeout "$left" python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
