@@ -2,7 +2,8 @@
 
 Compiles a conv kernel (``--op fwd|dgrad|wgrad``), a batch-norm kernel (``--op
 bn_stats|bn_apply|bn_bwd_reduce|bn_bwd_input``) or a rolling-rows depthwise kernel (``--op
-dw_rows|dw_rows_wgrad``, the forward with BN moments and the weight gradient) for one layer
+dw_rows|dw_rows_dgrad|dw_rows_dgrad_sums|dw_rows_wgrad``: the forward with BN moments, the
+dgrad, alone or storing a batch norm's backward sums, and the weight gradient) for one layer
 shape (NHWC fp16 activations,
 fp32 parameters, the strides, tile and alignment hints the launch helpers would pass) for an
 sm_90 target with Triton's own compiler and ptxas, and counts the global-memory and cp.async
@@ -54,6 +55,7 @@ from tritoncnn.kernels import (  # noqa: E402
     depthwise_rows,
     norm,
 )
+from tritoncnn.kernels.elementwise import ACT_RELU6  # noqa: E402
 
 # The batch-norm row split asks the device for its SMs; an H100 / H200 (sm_90) has 132.
 runtime.sm_count = lambda: 132
@@ -334,25 +336,33 @@ def bn_args(op: str, n: int, c: int, hw: int):
 
 DEPTHWISE_ROWS = {
     "dw_rows": depthwise_rows.depthwise_rows_kernel,
+    "dw_rows_dgrad": depthwise_rows.depthwise_rows_kernel,  # rotated taps, no moments
+    "dw_rows_dgrad_sums": depthwise_rows.depthwise_rows_kernel,  # + a ReLU6 BN's sums
     "dw_rows_wgrad": depthwise_rows.depthwise_rows_wgrad_kernel,
 }
 
 
 def depthwise_rows_args(op: str, n: int, c: int, hw: int):
     """(kernel, pointer types, runtime arguments, constexpr arguments, warps, stages) of the
-    rolling-rows depthwise forward (with the batch-norm moments, as in training) or weight
-    gradient of an N x C x hw x hw NHWC fp16 tensor, with depthwise.pick_rows_config's tile."""
+    rolling-rows depthwise forward (with the batch-norm moments, as in training), dgrad (the
+    rotated taps: negative weight strides; ``dw_rows_dgrad_sums`` also stores a ReLU6 batch
+    norm's backward sums, as with ``bn_grad_sums``) or weight gradient of an N x C x hw x hw
+    NHWC fp16 tensor, with depthwise.pick_rows_config's tile."""
     kernel = DEPTHWISE_ROWS[op]
     cfg = depthwise.pick_rows_config(c, hw)
     block_w = triton.next_power_of_2(hw)
     strides = (hw * hw * c, hw * c, c, 1)
-    ints = dict(N=n, C=c, H=hw, W=hw, GROUPS=4, sw_c=9, sw_h=3, sw_w=1, alpha=0.0, n_alpha=0.0)
+    dgrad, sums = op.startswith("dw_rows_dgrad"), op == "dw_rows_dgrad_sums"
+    taps = (9, -3, -1) if dgrad else (9, 3, 1)
+    ints = dict(N=n, C=c, H=hw, W=hw, GROUPS=4, alpha=0.0, n_alpha=0.0)
+    ints.update(zip(("sw_c", "sw_h", "sw_w"), taps, strict=True))
     for prefix in ("sx", "sy", "sg", "sn"):
         ints.update(_named(prefix, "nhwc", strides))
     const = dict(
-        HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_N=max(1, cfg.pixels // block_w),
+        HAS_BIAS=False, ACT=0, MOMENTS=not dgrad, BLOCK_N=max(1, cfg.pixels // block_w),
         BLOCK_W=block_w, BLOCK_C=cfg.block_c, STAGES=cfg.stages,
-        IN_NORM=False, IN_HAS_W=False, IN_HAS_B=False, IN_ACT=0, GRAD_SUMS=False,
+        IN_NORM=False, IN_HAS_W=sums, IN_HAS_B=sums, IN_ACT=ACT_RELU6 if sums else 0,
+        GRAD_SUMS=sums,
     )  # fmt: skip
     const = {k: v for k, v in const.items() if k in kernel.arg_names}
     ints = {k: v for k, v in ints.items() if k in kernel.arg_names}

@@ -217,6 +217,19 @@ def test_rolling_rows_depthwise_is_pipelined_in_few_registers(op, channels, size
     assert report["registers"] <= 96 and report["spill_bytes"] == 0, report
 
 
+@pytest.mark.parametrize("op,max_registers", [("dw_rows_dgrad", 96), ("dw_rows_dgrad_sums", 128)])
+@pytest.mark.parametrize("channels,size", [(144, 32), (960, 4)])
+def test_rolling_rows_depthwise_dgrad_compiles_pipelined(op, max_registers, channels, size):
+    """The rolling-rows dgrad (rotated taps: negative weight strides), MobileNetV2's default
+    for its stride-1 depthwise layers, and its variant that also stores a ReLU6 batch norm's
+    backward sums (``bn_grad_sums``; it reads the batch norm's input rows too) compile for
+    sm_90 with their rows in the cp.async pipeline and no spills; the sums variant in at most
+    128 registers (4 four-warp programs per SM; 116 on 2026-12-07), the plain one in 96."""
+    report = _report(op, channels, None, 1, "--size", str(size))
+    assert report["instructions"].get("cp.async.commit_group", 0) > 0, report
+    assert report["registers"] <= max_registers and report["spill_bytes"] == 0, report
+
+
 @pytest.mark.parametrize("config,max_registers", [("128,64,64,4,4", 160), ("256,128,64,8,3", 224)])
 def test_tma_dgrad_epilogue_is_tma_copies(config, max_registers):
     """The TMA dgrad (kernels/conv_tma.py) stores its output tile and reads the skip-gradient
