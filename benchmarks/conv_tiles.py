@@ -12,7 +12,8 @@ loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward,
 wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
 candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
 conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": persistent, at
-most K programs per SM). Each timing row carries
+most K programs per SM); ``--ops fwd_pointwise`` the short-K 1x1 forward through
+conv_pointwise's persistent kernel, every pointwise tile. Each timing row carries
 its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic
 tile's time, the best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with
 every timing under ``--out``. Times are CUDA-graph replays (``--eager``: launches).
@@ -34,12 +35,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_tma  # noqa: E402
+from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma  # noqa: E402
 
 # Replayed in a CUDA graph unless --eager: the training step is graphed, and eagerly the host
 # time of a Gluon launch (its descriptors built in Python) can exceed a 100 us kernel's: on
 # 12-07 the same halo tile timed 118 us graphed and 240 us eagerly.
 GRAPHED = True
+
+
+def tile_label(cfg, tma: bool, halo: bool) -> str:
+    """A tile's CSV name: BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, and its kernel."""
+    if isinstance(cfg, conv_pointwise.PointwiseConfig):
+        return (
+            f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} p{cfg.per_sm} "
+            "pointwise"
+        )
+    return (
+        f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} s{cfg.num_stages}"
+        + (" tma" if tma else "")
+        + (" halo" if halo else "")
+        + (f" p{cfg.per_sm}" if getattr(cfg, "per_sm", 0) else "")
+        + (" lw" if getattr(cfg, "loader_warp", False) else "")
+    )
 
 
 def bench(fn) -> float:
@@ -89,6 +106,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "fwd_halo": (m, cout, cin * k * k),
         "dgrad_halo": (batch * hw * hw, cin, cout * k * k),
         "wgrad_halo": (cout, cin, m),
+        "fwd_pointwise": (m, cout, cin),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -97,6 +115,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         ops = {
             "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "fwd_pointwise": lambda cfg, w=w: conv_k.conv2d_forward(
+                x, w, None, *pair, 1, config=cfg
+            ),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             "fwd_halo": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
@@ -133,7 +154,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_tma"] = cudnn["wgrad"]
         cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
-        cudnn["wgrad_halo"] = cudnn["wgrad"]
+        cudnn["wgrad_halo"], cudnn["fwd_pointwise"] = cudnn["wgrad"], cudnn["fwd"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -155,6 +176,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 x if op == "fwd_halo" else gy, w, (s, s), (pad,) * 4, (1, 1), 1
             ):
                 continue  # (an fp32 weight, a stride, a shape the halo kernel can't take)
+            if op == "fwd_pointwise" and not conv_pointwise.pointwise_applicable(
+                x, w, (s, s), (pad,) * 4, (1, 1), 1
+            ):
+                continue  # (not a short-K 1x1)
             if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
             if op == "dgrad_tma" and not conv_tma.tma_dgrad_applicable(
@@ -186,6 +211,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cols = cin if op == "dgrad_halo" else cout
                 cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_optin(), 1)
                 heuristic = conv_halo.pick_halo_config(hw, hw, op == "dgrad_halo")
+            elif op == "fwd_pointwise":
+                cands = list(conv_pointwise.POINTWISE_CONFIGS)
+                heuristic = conv_pointwise.pick_pointwise_config(cout)
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)
@@ -208,12 +236,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
                     "op": op,
                     "weight": w_name,
-                    "tile": f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} "
-                    f"s{cfg.num_stages}"
-                    + (" tma" if tma else "")
-                    + (" halo" if halo else "")
-                    + (f" p{cfg.per_sm}" if getattr(cfg, "per_sm", 0) else "")
-                    + (" lw" if getattr(cfg, "loader_warp", False) else ""),
+                    "tile": tile_label(cfg, tma, halo),
                     "heuristic": cfg == heuristic,
                     "us": us,
                     "cudnn_us": 1e3 * t_cudnn,

@@ -50,6 +50,7 @@ from tritoncnn.kernels import conv as K  # noqa: E402
 from tritoncnn.kernels import (  # noqa: E402
     conv_halo,
     conv_halo_wgrad,
+    conv_pointwise,
     conv_tma,
     depthwise,
     depthwise_rows,
@@ -205,6 +206,27 @@ def tma_args(
 
 
 HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
+POINTWISE_OPS = ("fwd_pointwise",)
+
+
+def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg):
+    """(kernel, pointer types, runtime arguments, constexpr arguments) of conv_pointwise's
+    forward (with the BN moments, as in training) of dense NHWC fp16 tensors."""
+    kernel = conv_pointwise.pointwise_fwd_kernel
+    pointers = {
+        name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr") else "*fp32"
+        for name in kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    m = batch * size * size
+    ints = dict(M=m, C_in=c_in, C_out=c_out, sw_o=c_in, sw_i=1, alpha=0.0)
+    const = dict(
+        HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=conv_pointwise._block_k(c_in), STAGES=cfg.num_stages,
+        X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
+        EMULATE_BF16=False,
+    )  # fmt: skip
+    return kernel, pointers, ints, const
 
 
 def compile_halo(
@@ -486,7 +508,7 @@ def tma_load_barriers(ptx: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ops = (*CONV_POINTERS, *TMA_OPS, *HALO_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
+    ops = (*CONV_POINTERS, *TMA_OPS, *HALO_OPS, *POINTWISE_OPS, *BN_KERNELS, *DEPTHWISE_ROWS)
     ap.add_argument("--op", choices=ops, default="fwd")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--c-in", type=int, required=True)
@@ -540,6 +562,16 @@ def main() -> None:
         kernel = conv_halo_wgrad.conv3x3_halo_wgrad_kernel if args.op == "wgrad_halo" else None
         kernel = kernel or conv_halo.conv3x3_halo_kernel
         shape = f"{args.c_in}->{args.c_out} 3x3 {args.size}x{args.size} {cfg}"
+    elif args.op in POINTWISE_OPS:  # --config: an index into POINTWISE_CONFIGS
+        if args.c_out is None:
+            ap.error("--c-out is required for a conv kernel")
+        cfg = conv_pointwise.POINTWISE_CONFIGS[int(args.config)]
+        kernel, pointers, ints, const = pointwise_args(
+            args.batch, args.c_in, args.c_out, args.size, cfg
+        )
+        compiled = compile_kernel(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
+        ptx, const["shared_bytes"] = compiled.asm["ptx"], compiled.metadata.shared
+        shape = f"{args.c_in}->{args.c_out} 1x1 {args.size}x{args.size} {cfg}"
     elif args.op in DEPTHWISE_ROWS:
         kernel, pointers, ints, const, warps = depthwise_rows_args(
             args.op, args.batch, args.c_in, args.size
@@ -578,6 +610,8 @@ def main() -> None:
         usage["shared_bytes"] = const["shared_bytes"]
     if args.op in BN_KERNELS:
         usage["shared_bytes"] = shared_bytes
+    if args.op in POINTWISE_OPS:
+        usage["shared_bytes"] = const["shared_bytes"]
     if args.json:
         print(json.dumps({"instructions": counts, "hints": hints, "wgmma": mma, **usage}))
         return

@@ -103,6 +103,7 @@ def ours_step(
     halo: bool | None = None,
     loader_warp: bool | None = None,
     loader_warp_wgrad: bool = False,
+    pointwise: bool | None = None,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -131,9 +132,11 @@ def ours_step(
     ``loader_warp``: whether the halo kernels' heuristic tiles (and candidates) are their
     loader-warp versions (conv_halo.LOADER_WARP; None: as TRITONCNN_HALO_LOADER_WARP says).
     ``loader_warp_wgrad``: the halo weight gradient's alone (conv_halo_wgrad.LOADER_WARP;
-    False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says)."""
+    False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says).
+    ``pointwise``: whether short-K 1x1 forwards take kernels/conv_pointwise.py's persistent
+    kernel (conv_pointwise.ENABLED; None: as TRITONCNN_POINTWISE says, off unless 1)."""
     from tritoncnn.data.loader import GPULoader
-    from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_tma
+    from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
     conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
@@ -147,6 +150,7 @@ def ours_step(
     )
     env_wgrad = conv_halo_wgrad.wgrad_loader_warp_env_enabled()
     conv_halo_wgrad.LOADER_WARP = True if loader_warp_wgrad or env_wgrad else None
+    conv_pointwise.ENABLED = conv_pointwise.env_enabled() if pointwise is None else pointwise
 
     torch.manual_seed(0)
     model = models.build(
@@ -331,6 +335,12 @@ def main() -> None:
         help="add a graph row where only the halo weight gradient has a loader warp",
     )
     ap.add_argument(
+        "--pointwise",
+        action="store_true",
+        help="add a graph row whose short-K 1x1 forwards take the persistent pointwise kernel "
+        "(kernels/conv_pointwise.py, off by default)",
+    )
+    ap.add_argument(
         "--without-halo",
         action="store_true",
         help="add a graph row without the halo kernels (the default rows have them on sm_90)",
@@ -399,6 +409,8 @@ def main() -> None:
             if args.loader_warp_wgrad:
                 lw_wgrad = {**graph, "loader_warp_wgrad": True}
                 ours["tritoncnn_fp16_graph_loader_warp_wgrad"] = lw_wgrad
+            if args.pointwise:
+                ours["tritoncnn_fp16_graph_pointwise"] = {**graph, "pointwise": True}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -230,6 +230,24 @@ def test_rolling_rows_depthwise_dgrad_compiles_pipelined(op, max_registers, chan
     assert report["registers"] <= max_registers and report["spill_bytes"] == 0, report
 
 
+@pytest.mark.parametrize("config", range(3))
+@pytest.mark.parametrize("c_in,c_out", [(24, 144), (128, 40)])
+def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out):
+    """conv_pointwise's tiles compile for sm_90 with their row tiles in the cp.async pipeline,
+    no spills, registers for the programs per SM their config claims (a program beyond those
+    would be a second wave of persistent programs), and no more shared memory than
+    PointwiseConfig.smem_bytes counts (what the launch divides the SM's by)."""
+    from tritoncnn.kernels import conv_pointwise
+
+    cfg = conv_pointwise.POINTWISE_CONFIGS[config]
+    report = _report("fwd_pointwise", c_in, c_out, 1, "--config", str(config))
+    assert report["instructions"].get("cp.async.commit_group", 0) > 0, report
+    assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
+    registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
+    assert cfg.per_sm * 32 * cfg.num_warps * registers <= 65536, report
+    assert report["shared_bytes"] <= cfg.smem_bytes(conv_pointwise._block_k(c_in)), report
+
+
 @pytest.mark.parametrize("config,max_registers", [("128,64,64,4,4", 160), ("256,128,64,8,3", 224)])
 def test_tma_dgrad_epilogue_is_tma_copies(config, max_registers):
     """The TMA dgrad (kernels/conv_tma.py) stores its output tile and reads the skip-gradient

@@ -48,7 +48,14 @@ import triton
 import triton.language as tl
 
 from tritoncnn import runtime
-from tritoncnn.kernels import alignment, autotune, conv_halo, conv_halo_wgrad, conv_tma
+from tritoncnn.kernels import (
+    alignment,
+    autotune,
+    conv_halo,
+    conv_halo_wgrad,
+    conv_pointwise,
+    conv_tma,
+)
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
@@ -1072,9 +1079,17 @@ def _forward(
         and conv_halo.halo_applicable(x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, y)
     )
 
+    pointwise = conv_pointwise.pointwise_applicable(
+        x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups
+    )
+
     def launch(out: torch.Tensor, cfg) -> TileMoments | None:
         if isinstance(cfg, conv_halo.HaloConfig):
             return conv_halo.launch_halo(x, weight, out, cfg, dgrad=False, moments=moments)
+        if isinstance(cfg, conv_pointwise.PointwiseConfig):
+            return conv_pointwise.conv2d_forward_pointwise(
+                x, weight, bias, out, act, alpha, moments, cfg
+            )
         if isinstance(cfg, conv_tma.TmaConfig):
             return conv_tma.conv2d_forward_tma(
                 x, weight, bias, out, (pt, pl), act, alpha, moments, cfg
@@ -1106,10 +1121,19 @@ def _forward(
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if halo:
         heuristic = conv_halo.pick_halo_config(ho, wo)
+    if pointwise and conv_pointwise.ENABLED:
+        heuristic = conv_pointwise.pick_pointwise_config(c_out)
     if config is not None or runtime.INTERPRETED:
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
         _check_tma_config(cfg, tma, "conv2d_forward")
         _check_halo_config(cfg, halo, "conv2d_forward")
+        if isinstance(cfg, conv_pointwise.PointwiseConfig) and not pointwise:
+            raise ValueError(
+                f"conv2d_forward: config {cfg} is a pointwise tile, but the pointwise kernel "
+                "can't run this conv (1x1, stride 1, no padding, one group, at most "
+                f"{conv_pointwise.MAX_C_IN} input channels, fp16/bf16 dense channels_last "
+                "input: see kernels/conv_pointwise.py)"
+            )
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
@@ -1125,6 +1149,8 @@ def _forward(
                 out += conv_tma.tma_candidates(c_in, c_out, ho, wo, _smem_limit())
             if halo:
                 out += conv_halo.halo_candidates(c_out, ho, wo, _smem_optin(), 1)
+            if pointwise and conv_pointwise.ENABLED:
+                out += list(conv_pointwise.POINTWISE_CONFIGS)
             return out
 
         cfg = _tuned(

@@ -1,0 +1,225 @@
+"""Persistent 1x1 convolution forward for short reductions (MobileNetV2's expand convs).
+
+A 1x1, stride-1 conv over dense NHWC activations is the GEMM y[M, C_out] = x[M, C_in] @ w^T
+with M = N * H * W. When C_in is small (16-128) the pointer kernel (conv.py) gives each
+program one BLOCK_M x BLOCK_N tile and one K step: it loads its A tile, waits for it, issues
+one MMA and spends the rest in the epilogue, and the next program on that SM starts only
+then. The 24 -> 144 expand forward at 32x32, b512 (~176 MB moved) took 216 us so on an H100
+(0.8 TB/s, 12-06 trace). Here a program stays resident and walks row tiles ``pid, pid + P,
+...`` of one column block: its weight block is loaded once, and the loop over row tiles is
+pipelined (``tl.range(num_stages=...)``), so the next A tile is in flight while the last
+one's output is stored.
+
+Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): not yet timed on a GPU;
+``benchmarks/conv_tiles.py --ops fwd_pointwise`` times it against the pointer tiles and cuDNN.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import runtime
+from tritoncnn.kernels import alignment
+from tritoncnn.kernels.alignment import below
+from tritoncnn.kernels.elementwise import apply_activation
+from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
+from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
+
+
+def env_enabled() -> bool:
+    """conv.py sends the 1x1 forwards that qualify here when TRITONCNN_POINTWISE=1."""
+    return os.environ.get("TRITONCNN_POINTWISE", "0") == "1"
+
+
+# Read at every launch (benchmarks and tests set it).
+ENABLED: bool = env_enabled()
+
+# The whole reduction is one K block (BLOCK_K = C_in rounded up to a power of two, at least
+# 16 for the MMA): beyond this the pointer kernel's pipelined K loop has work to overlap.
+MAX_C_IN = 128
+
+
+@dataclass(frozen=True)
+class PointwiseConfig:
+    """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
+    per SM its registers allow (the launch lowers it where shared memory allows fewer:
+    ``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    per_sm: int
+
+    def smem_bytes(self, block_k: int) -> int:
+        """Shared memory of a program: the pipelined A tiles, the weight block and the
+        epilogue's tile (ptxas for sm_90, 2026-12-07: 36 KiB at 128 x 64 and C_in 24, 120
+        KiB at C_in 128, 64 and 160 KiB for 128 x 128; this counts 44, 128, 64, 160)."""
+        a = self.num_stages * self.block_m * block_k
+        return 2 * (a + block_k * self.block_n + self.block_m * self.block_n)
+
+
+# per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
+# 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
+# 4 warps 80-95 (5). A program beyond those would start only when one finishes, and every
+# program walks the same number of row tiles: a second wave as long as the first.
+POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
+    PointwiseConfig(128, 64, 4, 3, 3),
+    PointwiseConfig(128, 128, 8, 3, 1),
+    PointwiseConfig(64, 64, 4, 4, 5),
+)
+
+
+def _block_k(c_in: int) -> int:
+    return max(16, triton.next_power_of_2(c_in))
+
+
+def resident_per_sm(cfg: PointwiseConfig, c_in: int) -> int:
+    """Programs of ``cfg`` that fit on one SM at once: its per_sm, or fewer where their
+    shared memory (228 KiB an SM on sm_90) runs out first."""
+    if runtime.INTERPRETED:
+        return cfg.per_sm
+    props = torch.cuda.get_device_properties(runtime.DEVICE)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
+    return max(1, min(cfg.per_sm, smem // (cfg.smem_bytes(_block_k(c_in)) + 1024)))
+
+
+def pick_pointwise_config(c_out: int) -> PointwiseConfig:
+    """64-wide column blocks pad MobileNetV2's 144 / 192 / 576 / 960 channels least (as the
+    pointer forward's heuristic), 128-wide ones where they pad no more."""
+    if triton.cdiv(c_out, 128) * 128 <= triton.cdiv(c_out, 64) * 64:
+        return POINTWISE_CONFIGS[1]
+    return POINTWISE_CONFIGS[0]
+
+
+def pointwise_applicable(
+    x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int
+) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped forward of dense NHWC fp16 / bf16 ``x`` with at
+    most MAX_C_IN input channels (weights of any float dtype: cast as loaded)."""
+    c_out, c_in, kh, kw = weight.shape
+    return (
+        kh == kw == 1
+        and tuple(stride) == (1, 1)
+        and tuple(padding) == (0, 0, 0, 0)
+        and tuple(dilation) == (1, 1)
+        and groups == 1
+        and c_in <= MAX_C_IN
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+@triton.jit
+def pointwise_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    M, C_in, C_out,
+    sw_o, sw_i,
+    alpha,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr, X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """y = act(x @ w^T + b) for dense NHWC x (M rows of C_in) and y (M rows of C_out).
+
+    Grid (P, column blocks): program (p, j) owns output channels [j*BLOCK_N, +BLOCK_N) and
+    row tiles p, p + P, p + 2P, ... of BLOCK_M rows. Its weight block (BLOCK_K x BLOCK_N, the
+    whole reduction: BLOCK_K >= C_in) is loaded once; each row tile is one A load (BLOCK_M x
+    BLOCK_K), one MMA into fp32, then bias, activation, one rounding and the store. The row
+    tile loop is software-pipelined over STAGES so the next A tile loads during the epilogue.
+
+    w_ptr: weight, logical C_out x C_in (strides sw_o, sw_i; any float dtype, cast to x's).
+    b_ptr: fp32 bias (read when HAS_BIAS). ACT, alpha: the fused activation (elementwise.py).
+    pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] (mean, M2) of each row
+    tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's).
+    X_ALIGN, Y_ALIGN: C_in and C_out are multiples of these (16-byte rows: vector accesses).
+    EMULATE_BF16: the MMA in fp32 (the interpreter can't multiply bf16).
+    """
+    wait_for_inputs()
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = below(cols, C_out, Y_ALIGN)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_k = below(offs_k, C_in, X_ALIGN)
+    w_offs = cols.to(tl.int64)[None, :] * sw_o + offs_k[:, None] * sw_i
+    w = tl.load(w_ptr + w_offs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+    w = w.to(x_ptr.dtype.element_ty)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)
+
+    for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), programs, num_stages=STAGES):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = rows < M
+        x_row = rows.to(tl.int64) * C_in
+        if X_ALIGN > 1:
+            x_row = tl.multiple_of(x_row, X_ALIGN)
+        a = tl.load(
+            x_ptr + x_row[:, None] + offs_k[None, :],
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        if EMULATE_BF16:
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            acc = tl.dot(a, w)
+        if HAS_BIAS:
+            acc += bias[None, :]
+        acc = apply_activation(acc, ACT, alpha)
+        y = acc.to(y_ptr.dtype.element_ty)
+        y_row = rows.to(tl.int64) * C_out
+        if Y_ALIGN > 1:
+            y_row = tl.multiple_of(y_row, Y_ALIGN)
+        tl.store(y_ptr + y_row[:, None] + cols[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+        if MOMENTS:
+            # fmt: off
+            part = tl.zeros((), tl.int64) + tile  # (a Python int in the interpreter)
+            store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part, cols, mask_n,
+                               C_out)
+            # fmt: on
+
+
+def conv2d_forward_pointwise(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    act: int,
+    alpha: float,
+    moments: bool,
+    cfg: PointwiseConfig,
+) -> TileMoments | None:
+    """The 1x1 forward of ``x`` into ``out`` (dense NHWC, x's dtype) with pointwise_fwd_kernel;
+    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments)."""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    if not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("conv2d_forward_pointwise: out must be a dense NHWC tensor")
+    m = n * h * w
+    tiles = tile_moments(m, c_out, cfg.block_m) if moments else None
+    parts = tiles.partials if tiles is not None else (out, out)
+    col_blocks = triton.cdiv(c_out, cfg.block_n)
+    row_tiles = triton.cdiv(m, cfg.block_m)
+    per_sm = resident_per_sm(cfg, c_in)
+    programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
+    pointwise_fwd_kernel[(programs, col_blocks)](
+        x, weight, weight if bias is None else bias, out, parts[0], parts[1],
+        m, c_in, c_out,
+        weight.stride(0), weight.stride(1),
+        float(alpha),
+        HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=_block_k(c_in),
+        STAGES=cfg.num_stages,
+        X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
+        Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
+        EMULATE_BF16=runtime.INTERPRETED and x.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps,
+        launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
+    return tiles
