@@ -12,11 +12,12 @@ loops in other conv kernels); ``--ops fwd_tma dgrad_tma wgrad_tma`` the forward,
 wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every TMA tile
 candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
 conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": persistent, at
-most K programs per SM); ``--ops fwd_pointwise`` the short-K 1x1 forward through
-conv_pointwise's persistent kernel, every pointwise tile. Each timing row carries
-its error against cuDNN's result. Prints one line per (shape, op, weight dtype): the heuristic
-tile's time, the best tile and its time, cuDNN's time; writes ``conv_tiles_<gpu>.csv`` with
-every timing under ``--out``. Times are CUDA-graph replays (``--eager``: launches).
+most K programs per SM); ``--ops fwd_pointwise dgrad_pointwise`` the short-K 1x1 forward and
+input gradient through conv_pointwise's persistent kernel, every pointwise tile. Each timing
+row carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype):
+the heuristic tile's time, the best tile and its time, cuDNN's time; writes
+``conv_tiles_<gpu>.csv`` with every timing under ``--out``. Times are CUDA-graph replays
+(``--eager``: launches).
 
     python benchmarks/conv_tiles.py --batch 512 --shapes 24:144:1:1:32 144:24:1:1:32
 """
@@ -107,6 +108,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "dgrad_halo": (batch * hw * hw, cin, cout * k * k),
         "wgrad_halo": (cout, cin, m),
         "fwd_pointwise": (m, cout, cin),
+        "dgrad_pointwise": (batch * hw * hw, cin, cout),
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
@@ -117,6 +119,9 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
             "fwd_pointwise": lambda cfg, w=w: conv_k.conv2d_forward(
                 x, w, None, *pair, 1, config=cfg
+            ),
+            "dgrad_pointwise": lambda cfg, w=w: conv_k.conv2d_dgrad(
+                gy, w, x.shape, *pair, 1, config=cfg
             ),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
@@ -155,6 +160,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         cudnn["wgrad_tma"] = cudnn["wgrad"]
         cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_halo"], cudnn["fwd_pointwise"] = cudnn["wgrad"], cudnn["fwd"]
+        cudnn["dgrad_pointwise"] = cudnn["dgrad"]
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -180,6 +186,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 x, w, (s, s), (pad,) * 4, (1, 1), 1
             ):
                 continue  # (not a short-K 1x1)
+            if op == "dgrad_pointwise" and not conv_pointwise.pointwise_applicable(
+                gy, w.transpose(0, 1), (s, s), (pad,) * 4, (1, 1), 1
+            ):
+                continue
             if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
             if op == "dgrad_tma" and not conv_tma.tma_dgrad_applicable(
@@ -211,9 +221,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 cols = cin if op == "dgrad_halo" else cout
                 cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_optin(), 1)
                 heuristic = conv_halo.pick_halo_config(hw, hw, op == "dgrad_halo")
-            elif op == "fwd_pointwise":
+            elif op in ("fwd_pointwise", "dgrad_pointwise"):
                 cands = list(conv_pointwise.POINTWISE_CONFIGS)
-                heuristic = conv_pointwise.pick_pointwise_config(cout)
+                heuristic = conv_pointwise.pick_pointwise_config(
+                    cout if op == "fwd_pointwise" else cin
+                )
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)

@@ -14,7 +14,7 @@
 #    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
 #    H100: 12-07 had 3 and 6 stages of the default tile);
 # 4. MobileNetV2's 1x1 convs (forward, dgrad), every pointer tile and the persistent
-#    pointwise forward's (kernels/conv_pointwise.py, off by default) graphed against cuDNN: the
+#    pointwise kernel's (kernels/conv_pointwise.py, off by default) graphed against cuDNN: the
 #    12-06 H100 trace had the 24 -> 144 expand forward at 216 us for ~176 MB (0.8 TB/s),
 #    the 1x1 forwards at 1.59 ms in all for ~1.8 GB (~0.6 ms at 3 TB/s);
 # 5. ResNet-18 graphed at b512: the default against --bn-grad-sums and --loader-warp-wgrad
@@ -39,7 +39,8 @@ timeout 150 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 
 timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
     --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
 grep -A8 "totals" "$OUT/reduction_tiles.log"
-timeout 100 python3 benchmarks/conv_tiles.py --ops fwd fwd_pointwise dgrad --weights fp16 \
+timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_pointwise dgrad dgrad_pointwise \
+    --weights fp16 \
     --out "$OUT/pointwise" \
     --shapes 24:144:1:1:32 144:24:1:1:32 32:192:1:1:16 96:576:1:1:8 2>&1 | grep -v -i warn \
     | tail -10

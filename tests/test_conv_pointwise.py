@@ -1,6 +1,7 @@
-"""The persistent 1x1 forward (kernels/conv_pointwise.py) against torch's conv2d in float64:
-odd row and channel counts, every tile, bias and activation, the per-tile batch-norm
-moments, a poisoned output (every element must be written), and conv2d_forward's dispatch."""
+"""The persistent 1x1 kernel (kernels/conv_pointwise.py) against torch in float64: the
+forward and the input gradient, odd row and channel counts, every tile, bias and activation,
+the per-tile batch-norm moments, poisoned outputs (every element must be written), and
+conv2d_forward's and conv2d_dgrad's dispatch."""
 
 import pytest
 import torch
@@ -61,6 +62,56 @@ def test_pointwise_relu6_without_bias_fp32_weight():
     _run(2, 24, 48, 3, torch.float16, CPU_CONFIG, bias=False, act=ACT_RELU6, fp32_weight=True)
 
 
+def _run_dgrad(n, c_in, c_out, hw, dtype, cfg, fp32_weight=False):
+    """dx of a c_in -> c_out 1x1 conv (a reduction over c_out) into a poisoned output."""
+    g = randn(n, c_out, hw, hw, dtype=dtype, channels_last=True)
+    weight = randn(c_out, c_in, 1, 1)
+    if not fp32_weight:
+        weight = weight.to(dtype)
+    ref = torch.nn.grad.conv2d_input((n, c_in, hw, hw), weight.double(), g.double())
+    out = torch.full((n, c_in, hw, hw), float("nan"), dtype=dtype, device=DEVICE)
+    out = out.contiguous(memory_format=torch.channels_last)
+    pw.conv2d_dgrad_pointwise(g, weight, out, cfg)
+    assert not out.isnan().any(), "unwritten outputs"
+    assert_close(out, ref, dtype, what="pointwise dgrad")
+
+
+@pytest.mark.parametrize("n,c_in,c_out,hw", [(2, 144, 24, 5), (3, 40, 16, 3), (1, 33, 128, 3)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pointwise_dgrad(n, c_in, c_out, hw, dtype):
+    _run_dgrad(n, c_in, c_out, hw, dtype, CPU_CONFIG)
+
+
+def test_pointwise_dgrad_fp32_weight():
+    _run_dgrad(2, 48, 24, 3, torch.float16, CPU_CONFIG, fp32_weight=True)
+
+
+def test_conv2d_dgrad_takes_it_when_enabled(monkeypatch):
+    """With ENABLED, a plain 1x1 dgrad with a short reduction goes here; one with an added
+    gradient (the skip's, in its epilogue) stays on the pointer kernel, and a pointwise tile
+    forced on it is an error."""
+    g = randn(2, 24, 5, 5, dtype=torch.float16, channels_last=True)
+    w = randn(24, 40, 1, 1).to(torch.float16)
+    shape = (2, 40, 5, 5)
+    ref = torch.nn.grad.conv2d_input(shape, w.double(), g.double())
+    calls = []
+    real = pw.conv2d_forward_pointwise
+    monkeypatch.setattr(pw, "conv2d_forward_pointwise", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(pw, "ENABLED", False)
+    conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1)
+    assert not calls
+    monkeypatch.setattr(pw, "ENABLED", True)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c: CPU_CONFIG)
+    assert_close(conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1), ref, torch.float16, what="dgrad")
+    assert len(calls) == 1
+    add = randn(*shape, dtype=torch.float16, channels_last=True)
+    summed = conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1, add=add)
+    assert len(calls) == 1
+    assert_close(summed, ref + add.double(), torch.float16, what="dgrad + add")
+    with pytest.raises(ValueError, match="pointwise tile"):
+        conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1, config=CPU_CONFIG, add=add)
+
+
 def test_applicability():
     x = randn(2, 24, 4, 4, dtype=torch.float16, channels_last=True)
     w = randn(48, 24, 1, 1)
@@ -112,6 +163,16 @@ def test_pointwise_gpu(cfg, c_in, c_out, hw):
     out, tiles, rows = _run(64, c_in, c_out, hw, torch.float16, cfg)
     if c_out <= 144:  # (the per-tile loop in float64 is slow on wide layers)
         _check_moments(out, tiles, rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", pw.POINTWISE_CONFIGS)
+@pytest.mark.parametrize(
+    "c_in,c_out,hw", [(96, 16, 32), (144, 24, 32), (192, 32, 16), (384, 64, 8), (576, 96, 8)]
+)
+def test_pointwise_dgrad_gpu(cfg, c_in, c_out, hw):
+    """MobileNetV2's projection dgrads (reductions over 16-96 channels) at b64, every tile."""
+    _run_dgrad(64, c_in, c_out, hw, torch.float16, cfg)
 
 
 @pytest.mark.gpu

@@ -966,6 +966,17 @@ def _check_tma_config(cfg, tma: bool, op: str) -> None:
         )
 
 
+def _check_pointwise_config(cfg, pointwise: bool, op: str) -> None:
+    """A forced conv_pointwise tile runs only where its kernel applies (as _check_tma_config)."""
+    if isinstance(cfg, conv_pointwise.PointwiseConfig) and not pointwise:
+        raise ValueError(
+            f"{op}: config {cfg} is a pointwise tile, but the pointwise kernel can't run this "
+            f"conv (1x1, stride 1, no padding, one group, at most {conv_pointwise.MAX_C_IN} "
+            "reduced channels, fp16/bf16 dense channels_last operands, no dgrad epilogue "
+            "extras: see kernels/conv_pointwise.py)"
+        )
+
+
 def _check_halo_config(cfg, halo: bool, op: str) -> None:
     """A forced conv_halo tile runs only where its kernel applies (as _check_tma_config)."""
     if isinstance(cfg, conv_halo.HaloConfig) and not halo:
@@ -1127,13 +1138,7 @@ def _forward(
         cfg = heuristic if config is None else _resolve_config(config, m, c_out_g, k, x.dtype)
         _check_tma_config(cfg, tma, "conv2d_forward")
         _check_halo_config(cfg, halo, "conv2d_forward")
-        if isinstance(cfg, conv_pointwise.PointwiseConfig) and not pointwise:
-            raise ValueError(
-                f"conv2d_forward: config {cfg} is a pointwise tile, but the pointwise kernel "
-                "can't run this conv (1x1, stride 1, no padding, one group, at most "
-                f"{conv_pointwise.MAX_C_IN} input channels, fp16/bf16 dense channels_last "
-                "input: see kernels/conv_pointwise.py)"
-            )
+        _check_pointwise_config(cfg, pointwise, "conv2d_forward")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, k=(kh, kw), stride=(sh, sw),
@@ -1287,6 +1292,15 @@ def _dgrad(
         grad_out, weight, (sh, sw), _padding4(padding), (dh, dw), groups, out, add, relu_out,
         bn_input,
     )  # fmt: skip
+    pointwise = (
+        bn is None
+        and add is None
+        and relu_out is None
+        and out.is_contiguous(memory_format=torch.channels_last)
+        and conv_pointwise.pointwise_applicable(
+            grad_out, weight.transpose(0, 1), (sh, sw), _padding4(padding), (dh, dw), groups
+        )
+    )
 
     def launch(dst: torch.Tensor, cfg) -> GradSums | None:
         if isinstance(cfg, conv_halo.HaloConfig):
@@ -1296,6 +1310,9 @@ def _dgrad(
             )  # fmt: skip
         if isinstance(cfg, conv_tma.TmaConfig):
             conv_tma.conv2d_dgrad_tma(grad_out, weight, dst, (pt, pl), cfg, add, relu_out)
+            return None
+        if isinstance(cfg, conv_pointwise.PointwiseConfig):
+            conv_pointwise.conv2d_dgrad_pointwise(grad_out, weight, dst, cfg)
             return None
         # partials per (stride phase, row tile): a tuning candidate gets buffers of its own
         row_tiles = triton.cdiv(m0, cfg.BLOCK_M)
@@ -1326,12 +1343,15 @@ def _dgrad(
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if halo:
         heuristic = conv_halo.pick_halo_config(h, w, dgrad=True)
+    if pointwise and conv_pointwise.ENABLED:
+        heuristic = conv_pointwise.pick_pointwise_config(c_in)
     if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
         )
         _check_tma_config(cfg, tma, "conv2d_dgrad")
         _check_halo_config(cfg, halo, "conv2d_dgrad")
+        _check_pointwise_config(cfg, pointwise, "conv2d_dgrad")
     else:
         problem = dict(
             n=n, c_in=c_in, h=h, w=w, c_out=c_out, ho=ho, wo=wo, k=(kh, kw), stride=(sh, sw),
@@ -1353,6 +1373,8 @@ def _dgrad(
             if halo:
                 tiles = 1 + (add is not None) + (relu_out is not None or bn is not None)
                 out += conv_halo.halo_candidates(c_in, h, w, _smem_optin(), tiles, bn is not None)
+            if pointwise and conv_pointwise.ENABLED:
+                out += list(conv_pointwise.POINTWISE_CONFIGS)
             return out
 
         cfg = _tuned(

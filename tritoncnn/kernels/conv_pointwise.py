@@ -1,17 +1,23 @@
-"""Persistent 1x1 convolution forward for short reductions (MobileNetV2's expand convs).
+"""Persistent 1x1 convolution for short reductions: MobileNetV2's expand forwards and its
+projections' input gradients.
 
 A 1x1, stride-1 conv over dense NHWC activations is the GEMM y[M, C_out] = x[M, C_in] @ w^T
-with M = N * H * W. When C_in is small (16-128) the pointer kernel (conv.py) gives each
-program one BLOCK_M x BLOCK_N tile and one K step: it loads its A tile, waits for it, issues
-one MMA and spends the rest in the epilogue, and the next program on that SM starts only
-then. The 24 -> 144 expand forward at 32x32, b512 (~176 MB moved) took 216 us so on an H100
-(0.8 TB/s, 12-06 trace). Here a program stays resident and walks row tiles ``pid, pid + P,
-...`` of one column block: its weight block is loaded once, and the loop over row tiles is
-pipelined (``tl.range(num_stages=...)``), so the next A tile is in flight while the last
-one's output is stored.
+with M = N * H * W. When C_in is small the pointer kernel (conv.py) gives each program one
+BLOCK_M x BLOCK_N tile and one to four K steps of 32 (one for C_in = 24): it loads its A
+tile, waits for it, issues the MMA and spends the rest in the epilogue, and the next program
+on that SM starts only then. The 24 -> 144 expand forward at 32x32, b512 (~176 MB moved)
+took 216 us so on an H100 (0.8 TB/s, 12-06 trace). Here a program stays resident and walks
+row tiles ``pid, pid + P, ...`` of one column block: its weight block is loaded once, and the
+loop over row tiles is pipelined (``tl.range(num_stages=...)``), so the next A tile is in
+flight while the last one's output is stored.
+
+The input gradient of a 1x1 conv is the same GEMM with the weight transposed (dx[M, C_in] =
+g[M, C_out] @ w, a reduction over C_out): ``conv2d_dgrad_pointwise`` runs it through the same
+kernel, for the plain dgrad (no added gradient, ReLU mask or batch-norm sums in its epilogue).
 
 Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): not yet timed on a GPU;
-``benchmarks/conv_tiles.py --ops fwd_pointwise`` times it against the pointer tiles and cuDNN.
+``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times it against the pointer
+tiles and cuDNN.
 """
 
 from __future__ import annotations
@@ -101,7 +107,8 @@ def pointwise_applicable(
     x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int
 ) -> bool:
     """A 1x1, stride-1, unpadded, ungrouped forward of dense NHWC fp16 / bf16 ``x`` with at
-    most MAX_C_IN input channels (weights of any float dtype: cast as loaded)."""
+    most MAX_C_IN input channels (weights of any float dtype: cast as loaded). For a dgrad:
+    ``x`` is grad_out and ``weight`` the transposed weight (``weight.transpose(0, 1)``)."""
     c_out, c_in, kh, kw = weight.shape
     return (
         kh == kw == 1
@@ -223,3 +230,11 @@ def conv2d_forward_pointwise(
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
     return tiles
+
+
+def conv2d_dgrad_pointwise(
+    grad_out: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, cfg: PointwiseConfig
+) -> None:
+    """The input gradient of a 1x1 conv (``weight``: C_out x C_in x 1 x 1) into ``out`` (dense
+    NHWC): the forward kernel over grad_out with the transposed weight, no epilogue extras."""
+    conv2d_forward_pointwise(grad_out, weight.transpose(0, 1), None, out, 0, 0.0, False, cfg)
