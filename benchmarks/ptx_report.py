@@ -222,7 +222,7 @@ def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg):
     ints = dict(M=m, C_in=c_in, C_out=c_out, sw_o=c_in, sw_i=1, alpha=0.0)
     const = dict(
         HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=conv_pointwise._block_k(c_in), STAGES=cfg.num_stages,
+        BLOCK_K=conv_pointwise.reduction_block(c_in), STAGES=cfg.num_stages,
         X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
         EMULATE_BF16=False,
     )  # fmt: skip

@@ -133,8 +133,9 @@ def ours_step(
     loader-warp versions (conv_halo.LOADER_WARP; None: as TRITONCNN_HALO_LOADER_WARP says).
     ``loader_warp_wgrad``: the halo weight gradient's alone (conv_halo_wgrad.LOADER_WARP;
     False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says).
-    ``pointwise``: whether short-K 1x1 forwards take kernels/conv_pointwise.py's persistent
-    kernel (conv_pointwise.ENABLED; None: as TRITONCNN_POINTWISE says, off unless 1)."""
+    ``pointwise``: whether short-K 1x1 forwards and plain dgrads take
+    kernels/conv_pointwise.py's persistent kernel (conv_pointwise.ENABLED; None: as
+    TRITONCNN_POINTWISE says, off unless 1)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -337,8 +338,8 @@ def main() -> None:
     ap.add_argument(
         "--pointwise",
         action="store_true",
-        help="add a graph row whose short-K 1x1 forwards take the persistent pointwise kernel "
-        "(kernels/conv_pointwise.py, off by default)",
+        help="add a graph row whose short-K 1x1 forwards and plain dgrads take the persistent "
+        "pointwise kernel (kernels/conv_pointwise.py, off by default)",
     )
     ap.add_argument(
         "--without-halo",

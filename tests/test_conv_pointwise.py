@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from helpers import DEVICE, assert_close, randn
 
-from tritoncnn import runtime
 from tritoncnn.kernels import conv as conv_k
 from tritoncnn.kernels import conv_pointwise as pw
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
@@ -179,7 +178,6 @@ def test_pointwise_dgrad_gpu(cfg, c_in, c_out, hw):
 def test_pointwise_gpu_bf16_relu6_fp32_weight():
     cfg = pw.pick_pointwise_config(144)
     _run(32, 24, 144, 32, torch.bfloat16, cfg, act=ACT_RELU6, fp32_weight=True)
-    assert runtime.sm_count() > 1
 
 
 def _mobilenetv2_with_pointwise(monkeypatch, batch: int, width: float) -> None:

@@ -245,7 +245,7 @@ def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out):
     assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
     registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
     assert cfg.per_sm * 32 * cfg.num_warps * registers <= 65536, report
-    assert report["shared_bytes"] <= cfg.smem_bytes(conv_pointwise._block_k(c_in)), report
+    assert report["shared_bytes"] <= cfg.smem_bytes(conv_pointwise.reduction_block(c_in)), report
 
 
 @pytest.mark.parametrize("config,max_registers", [("128,64,64,4,4", 160), ("256,128,64,8,3", 224)])

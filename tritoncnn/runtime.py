@@ -56,6 +56,12 @@ def sm_count() -> int:
     return torch.cuda.get_device_properties(DEVICE).multi_processor_count
 
 
+def bf16_dot_emulated(dtype: torch.dtype) -> bool:
+    """Whether a tl.dot of ``dtype`` operands must run in fp32: the interpreter can't multiply
+    bf16 (the kernels' EMULATE_BF16 / upcast flags)."""
+    return INTERPRETED and dtype == torch.bfloat16
+
+
 def bf16_supported() -> bool:
     """bf16 needs sm_80+ on the GPU; the interpreter emulates it through numpy."""
     if INTERPRETED:

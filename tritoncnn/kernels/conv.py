@@ -994,10 +994,6 @@ def _check_act(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: unsupported dtype {x.dtype}")
 
 
-def _emulate_bf16(dtype: torch.dtype) -> bool:
-    return runtime.INTERPRETED and dtype == torch.bfloat16
-
-
 def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
     """Output extent of one spatial axis (torch's formula, padding split into low/high sides)."""
     return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
@@ -1118,7 +1114,7 @@ def _forward(
             KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
             IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
             DOT_PRECISION=runtime.dot_precision(x.dtype),
-            EMULATE_BF16=_emulate_bf16(x.dtype),
+            EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
             W_ALIGN=_input_channel_align(x, weight), Y_ALIGN=vector_align(out, c_out_g),
@@ -1328,7 +1324,7 @@ def _dgrad(
             sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), norm_alpha,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_out_g < FLAT_MAX_CHANNELS,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
-            EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+            EMULATE_BF16=runtime.bf16_dot_emulated(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             DY_ALIGN=vector_align(grad_out, c_out_g), CI_ALIGN=_input_channel_align(dst, weight),
             GRAD_SUMS=bn is not None, **norm_flags, ADD_GRAD=add is not None,
@@ -1567,7 +1563,7 @@ def conv2d_wgrad(
             per_split,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
-            EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+            EMULATE_BF16=runtime.bf16_dot_emulated(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
             DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),

@@ -32,13 +32,15 @@ import triton.language as tl
 from tritoncnn import runtime
 from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
-from tritoncnn.kernels.elementwise import apply_activation
+from tritoncnn.kernels.conv_halo import sm_shared_bytes
+from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 
 def env_enabled() -> bool:
-    """conv.py sends the 1x1 forwards that qualify here when TRITONCNN_POINTWISE=1."""
+    """conv.py sends the 1x1 forwards and plain dgrads that qualify here when
+    TRITONCNN_POINTWISE=1."""
     return os.environ.get("TRITONCNN_POINTWISE", "0") == "1"
 
 
@@ -81,7 +83,8 @@ POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
 )
 
 
-def _block_k(c_in: int) -> int:
+def reduction_block(c_in: int) -> int:
+    """BLOCK_K: the whole reduction in one block (at least 16, the MMA's K)."""
     return max(16, triton.next_power_of_2(c_in))
 
 
@@ -90,9 +93,8 @@ def resident_per_sm(cfg: PointwiseConfig, c_in: int) -> int:
     shared memory (228 KiB an SM on sm_90) runs out first."""
     if runtime.INTERPRETED:
         return cfg.per_sm
-    props = torch.cuda.get_device_properties(runtime.DEVICE)
-    smem = getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
-    return max(1, min(cfg.per_sm, smem // (cfg.smem_bytes(_block_k(c_in)) + 1024)))
+    fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in)) + 1024)
+    return max(1, min(cfg.per_sm, fit))
 
 
 def pick_pointwise_config(c_out: int) -> PointwiseConfig:
@@ -221,11 +223,11 @@ def conv2d_forward_pointwise(
         weight.stride(0), weight.stride(1),
         float(alpha),
         HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=_block_k(c_in),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=reduction_block(c_in),
         STAGES=cfg.num_stages,
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
-        EMULATE_BF16=runtime.INTERPRETED and x.dtype == torch.bfloat16,
+        EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
@@ -237,4 +239,4 @@ def conv2d_dgrad_pointwise(
 ) -> None:
     """The input gradient of a 1x1 conv (``weight``: C_out x C_in x 1 x 1) into ``out`` (dense
     NHWC): the forward kernel over grad_out with the transposed weight, no epilogue extras."""
-    conv2d_forward_pointwise(grad_out, weight.transpose(0, 1), None, out, 0, 0.0, False, cfg)
+    conv2d_forward_pointwise(grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg)

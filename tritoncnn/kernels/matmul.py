@@ -268,7 +268,7 @@ def matmul(
     cfg = _resolve_config(config, m, n, k, dot_dtype)
     if cfg.block_k * max(abs(a.stride(1)), abs(b.stride(0))) >= 2**31:
         raise ValueError("matmul: stride along K too large for int32 K offsets")
-    upcast = runtime.INTERPRETED and dot_dtype == torch.bfloat16
+    upcast = runtime.bf16_dot_emulated(dot_dtype)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     key = (cfg, a.dtype, b.dtype, out.dtype, bias is not None, act, accumulate)
     stages = _STAGES.get(key, cfg.num_stages)
