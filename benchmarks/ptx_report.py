@@ -69,6 +69,10 @@ CONV_POINTERS = {
         "y_ptr": "*fp16",
         "pmean_ptr": "*fp32",
         "pm2_ptr": "*fp32",
+        "nmean_ptr": "*fp32",
+        "ninvstd_ptr": "*fp32",
+        "nw_ptr": "*fp32",
+        "nb_ptr": "*fp32",
     },  # fmt: skip
     "dgrad": {
         "dy_ptr": "*fp16",
@@ -83,7 +87,15 @@ CONV_POINTERS = {
         "psum_gx_ptr": "*fp32",
         "add_ptr": "*fp16",
     },  # fmt: skip
-    "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
+    "wgrad": {
+        "x_ptr": "*fp16",
+        "dy_ptr": "*fp16",
+        "dw_ptr": "*fp32",
+        "nmean_ptr": "*fp32",
+        "ninvstd_ptr": "*fp32",
+        "nw_ptr": "*fp32",
+        "nb_ptr": "*fp32",
+    },  # fmt: skip
 }
 TMA_OPS = ("fwd_tma", "dgrad_tma", "wgrad_tma")
 BN_KERNELS = {
@@ -118,10 +130,15 @@ def kernel_args(
     cfg: K.ConvConfig,
     rows: bool = False,
     epilogue: str = "none",
+    in_norm: bool = False,
 ):
     """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv;
     ``rows``: the wgrad's one program per filter row (ROW_TAPS); ``epilogue``: the dgrad's
-    skip-gradient add ("add", ADD_GRAD) and the input ReLU's backward too ("add_relu")."""
+    skip-gradient add ("add", ADD_GRAD) and the input ReLU's backward too ("add_relu");
+    ``in_norm``: the 1x1 forward's / wgrad's input batch norm + ReLU6 applied as x loads
+    (IN_NORM, nn.fusion.defer_bn_into_1x1)."""
+    norm_in = dict(IN_NORM=in_norm, IN_HAS_W=in_norm, IN_HAS_B=in_norm,
+                   IN_ACT=ACT_RELU6 if in_norm else 0)  # fmt: skip
     x = (hw * hw * c_in, hw * c_in, c_in, 1)  # NHWC strides (n, h, w, c)
     y = (hw * hw * c_out, hw * c_out, c_out, 1)
     w = (k * k * c_in, 1, k * c_in, c_in)  # channels_last weight (o, i, kh, kw)
@@ -131,7 +148,7 @@ def kernel_args(
     common = dict(KH=k, KW=k, IS_1X1=k == 1, DOT_PRECISION="ieee", EMULATE_BF16=False, **tile)
     flat = k > 1 and (c_out if op == "dgrad" else c_in) < K.FLAT_MAX_CHANNELS
     if op == "fwd":
-        ints = dict(geometry, **conv, alpha=0.0)
+        ints = dict(geometry, **conv, alpha=0.0, n_alpha=0.0)
         ints.update(_named("sx", "nhwc", x))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sy", "nhwc", y))
@@ -139,7 +156,7 @@ def kernel_args(
         x_align = _align(n, c_in, hw)
         const = dict(
             common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=x_align, MOMENTS=False,
-            W_ALIGN=x_align, Y_ALIGN=_align(n, c_out, hw),
+            W_ALIGN=x_align, Y_ALIGN=_align(n, c_out, hw), **norm_in,
         )  # fmt: skip
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":
@@ -155,13 +172,13 @@ def kernel_args(
             ADD_GRAD=epilogue != "none", RELU_INPUT=epilogue == "add_relu",
         )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
-    ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
+    ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in, n_alpha=0.0)
     ints.update(_named("sx", "nhwc", x))
     ints.update(_named("sdy", "nhwc", y))
     ints.update(_named("sdw", "oihw", w))
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
-                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
+                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows, **norm_in)  # fmt: skip
     return K.conv2d_wgrad_kernel, ints, const
 
 
@@ -532,6 +549,11 @@ def main() -> None:
         default="fp32",
         help="fwd/dgrad weight dtype (fp16: the layer's 16-bit copy, nn.Conv2d's default)",
     )
+    ap.add_argument(
+        "--in-norm",
+        action="store_true",
+        help="fwd, wgrad (1x1): the input's batch norm + ReLU6 applied as x loads (IN_NORM)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.op in BN_KERNELS:
@@ -585,7 +607,7 @@ def main() -> None:
         cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
         kernel, ints, const = kernel_args(
             args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg,
-            args.row_taps, args.epilogue,
+            args.row_taps, args.epilogue, args.in_norm,
         )  # fmt: skip
         pointers = dict(CONV_POINTERS[args.op])
         if "w_ptr" in pointers:

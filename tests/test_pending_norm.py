@@ -1,17 +1,24 @@
-"""A batch norm (+ activation) applied by the depthwise conv that reads its input
-(norm.PendingNorm, nn.fusion.defer_bn_into_depthwise): the conv's loads normalise x exactly as
-bn_apply_kernel would have stored it, so forward, weight gradient and the BN's own updates are
-those of the two separate layers, without the batch norm's apply pass."""
+"""A batch norm (+ activation) applied by the depthwise or 1x1 conv that reads its input
+(norm.PendingNorm, nn.fusion.defer_bn_into_depthwise / defer_bn_into_1x1): the conv's loads
+normalise x exactly as bn_apply_kernel would have stored it, so forward, weight gradient and
+the BN's own updates are those of the two separate layers, without the batch norm's apply
+pass."""
 
 import pytest
 import torch
 from helpers import DEVICE, assert_close, assert_same_step, randn, training_step
 
 from tritoncnn import models
+from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import norm
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
-from tritoncnn.nn.fusion import defer_bn_into_depthwise, undefer_bn_into_depthwise
+from tritoncnn.nn.fusion import (
+    defer_bn_into_1x1,
+    defer_bn_into_depthwise,
+    undefer_bn_into_1x1,
+    undefer_bn_into_depthwise,
+)
 
 EPS, MOMENTUM = 1e-5, 0.1
 GEOMETRIES = [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((1, 1), (0, 0))]  # (stride, padding)
@@ -145,3 +152,140 @@ def test_gpu_deferred_mobilenetv2_step():
     assert_close(l1, l0, what="logits")
     for i, (a, b) in enumerate(zip(g1, g0, strict=True)):
         assert_close(a, b, tol=1e-4, what=f"gradient {i}")
+
+
+# 1x1 convs (nn.fusion.defer_bn_into_1x1): the pointer GEMM's forward and weight gradient
+# normalise their x tiles between load and MMA.
+
+
+def _check_1x1(x, pending, applied, c_out: int, dtype, exact: bool, bias: bool = True) -> None:
+    """Forward (plain and with epilogue moments) and weight gradient (written, then
+    accumulated) of a 1x1 conv fed x + ``pending`` against the same kernel and tile fed the
+    applied tensor (bit for bit when ``exact``) and against torch in float64."""
+
+    def same(out, ref, what):
+        if exact:
+            assert torch.equal(out, ref), what
+        else:
+            assert_close(out, ref, dtype, tol=1e-3, what=what)
+
+    c_in = x.shape[1]
+    weight = randn(c_out, c_in, 1, 1, seed=13).to(dtype)  # the layer's 16-bit GEMM copy
+    b = randn(c_out, seed=14) if bias else None
+    args = (b, 1, 0, 1, 1)
+    ref = K.conv2d_forward(applied, weight, *args)
+    out = K.conv2d_forward(x, weight, *args, pending=pending)
+    same(out, ref, "forward")
+    ref64 = torch.nn.functional.conv2d(
+        applied.double(), weight.double(), None if b is None else b.double()
+    )
+    assert_close(out, ref64, dtype, what="forward vs float64")
+    out_m, tiles = K.conv2d_forward_moments(x, weight, *args, pending=pending)
+    ref_m, ref_tiles = K.conv2d_forward_moments(applied, weight, *args)
+    same(out_m, ref_m, "forward with moments")
+    same(tiles.partials, ref_tiles.partials, "moments")
+    g = randn(*ref.shape, dtype=dtype, channels_last=True, seed=15)
+    geo = (weight.shape, 1, 0, 1, 1)
+    ref_gw = K.conv2d_wgrad(applied, g, *geo)
+    gw = K.conv2d_wgrad(x, g, *geo, pending=pending)
+    same(gw, ref_gw, "wgrad")
+    gw64 = torch.nn.grad.conv2d_weight(applied.double(), weight.shape, g.double())
+    assert_close(gw, gw64, tol=1e-4 if dtype == torch.float32 else 2e-3, what="wgrad vs float64")
+    K.conv2d_wgrad(x, g, *geo, grad_weight=gw, pending=pending)
+    assert_close(gw, 2 * ref_gw, what="wgrad accumulate")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act,affine", [(ACT_RELU6, True), (ACT_NONE, False)])
+def test_1x1_conv_applies_the_pending_norm(dtype, act, affine):
+    """30 rows (two row tiles, the last one partial) of 20 channels (a partial K block) into
+    12: the normalised tile's masked rows and channels stay zero, as the applied tensor's."""
+    x = randn(2, 20, 5, 3, dtype=dtype, channels_last=True) * 3 + 1
+    pending, applied = _pending(x, act, affine)
+    _check_1x1(x, pending, applied, 12, dtype, exact=True, bias=affine)
+
+
+def test_1x1_pending_norm_refusals():
+    """A pending apply on a conv the GEMM prologue can't take (3x3, strided) is a clear
+    error; so is a pending norm of the wrong width."""
+    x = randn(1, 8, 5, 5, channels_last=True)
+    pending, _ = _pending(x, ACT_NONE, True)
+    with pytest.raises(ValueError, match="needs a 1x1, stride-1, unpadded conv"):
+        K.conv2d_forward(x, randn(4, 8, 3, 3), None, 1, 1, 1, 1, pending=pending)
+    with pytest.raises(ValueError, match="needs a 1x1, stride-1, unpadded conv"):
+        K.conv2d_wgrad(x, randn(1, 4, 3, 3, channels_last=True), (4, 8, 1, 1), 2, 0, 1, 1,
+                       pending=pending)  # fmt: skip
+    bad = pending._replace(invstd=pending.invstd[:4])
+    with pytest.raises(ValueError, match="pending batch-norm invstd"):
+        K.conv2d_forward(x, randn(4, 8, 1, 1), None, 1, 0, 1, 1, pending=bad)
+
+
+def _mobilenet_1x1(**options):
+    torch.manual_seed(0)
+    return models.build(
+        "mobilenetv2", num_classes=5, image_size=8, width_mult=0.25, dropout=0.0,
+        inverted_residual_setting=[[1, 8, 1, 1], [6, 8, 2, 2]], **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"bn_into_depthwise": True, "bn_grad_sums": True}],
+    ids=["alone", "with_depthwise_deferral_and_grad_sums"],
+)
+def test_1x1_deferred_model_trains_like_the_plain_one(options):
+    """A MobileNetV2 whose depthwise BatchNorms (and the last block's projection BatchNorm,
+    before the final 1x1 conv) leave their apply to the 1x1 conv after them: the same
+    logits, gradients and running statistics as the plain model, eval included; with the
+    expand deferral and the dgrads' BN sums too (the projection dgrad's sums then read the
+    deferred BatchNorm's input)."""
+    ref = training_step(_mobilenet_1x1(**options), evaluate=True)
+    model = _mobilenet_1x1(bn_into_1x1=True, **options)
+    deferred = [m for m in model.modules() if getattr(m, "pending_link", None) is not None]
+    assert any(not m.pending_link.conv._is_depthwise() for m in deferred)
+    assert_same_step(training_step(model, evaluate=True), ref, "1x1 deferred")
+
+
+def test_1x1_undefer_and_refusals():
+    """undefer_bn_into_1x1 unlinks only the 1x1 pairs; a 1x1 conv handed another tensor
+    while its BatchNorm's apply is pending says which undo to call."""
+    model = _mobilenet_1x1(bn_into_depthwise=True, bn_into_1x1=True)
+    n_dw = undefer_bn_into_depthwise(model)
+    assert n_dw > 0 and defer_bn_into_depthwise(model) == n_dw
+    n_1x1 = undefer_bn_into_1x1(model)
+    assert n_1x1 > 0 and defer_bn_into_1x1(model) == n_1x1
+    bn = next(
+        m for m in model.modules()
+        if getattr(m, "pending_link", None) is not None
+        and not m.pending_link.conv._is_depthwise()
+        and hasattr(m, "num_features")
+    )  # fmt: skip
+    model.train()
+    x = randn(2, bn.num_features, 4, 4, channels_last=True)
+    bn(x)
+    with pytest.raises(RuntimeError, match="undefer_bn_into_1x1"):
+        bn.pending_link.conv(randn(2, bn.num_features, 4, 4, channels_last=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "c_in,c_out,size",
+    [(144, 24, 32), (192, 32, 16), (384, 64, 8), (576, 96, 8), (960, 160, 4), (320, 1280, 4)],
+)
+def test_gpu_1x1_pending_norm(c_in, c_out, size):
+    """MobileNetV2's projection shapes (and the final 320 -> 1280) at batch 128, fp16, with
+    the autotuner's or heuristic's tiles: compiled, not interpreted."""
+    x = randn(128, c_in, size, size, dtype=torch.float16, channels_last=True) * 2 + 0.5
+    pending, applied = _pending(x, ACT_RELU6, True)
+    _check_1x1(x, pending, applied, c_out, torch.float16, exact=False, bias=False)
+
+
+@pytest.mark.gpu
+def test_gpu_1x1_deferred_mobilenetv2_step():
+    """The full-width MobileNetV2 (CIFAR) with the 1x1 deferral (and the depthwise one):
+    one fp32 training step equals the plain model's."""
+    from helpers import full_width_step
+
+    ref = full_width_step("mobilenetv2")
+    out = full_width_step("mobilenetv2", bn_into_1x1=True, bn_into_depthwise=True)
+    assert_same_step(out, ref, "1x1 deferred")

@@ -424,3 +424,30 @@ def test_pointer_conv_wgmmas_stay_pipelined(op, c_in, c_out, kernel, size):
     extra = ("--weight", "fp16") if op in ("fwd", "dgrad") else ()
     report = _report(op, c_in, c_out, kernel, "--size", str(size), *extra)
     assert max(report["wgmma_waits"]) > 0 and not report["wgmma_serialized"], report
+
+
+@pytest.mark.parametrize(
+    "op,c_in,c_out,size,config",
+    [
+        ("fwd", 144, 24, 32, "128,32,64,4,3"),
+        ("fwd", 576, 96, 8, "128,64,32,4,3"),
+        ("fwd", 960, 320, 4, "128,128,64,8,3"),
+        ("wgrad", 144, 24, 32, "32,64,64,4,3"),
+        ("wgrad", 576, 96, 8, "64,128,32,4,3"),
+        ("wgrad", 960, 320, 4, "128,128,32,8,3"),
+    ],
+)
+def test_1x1_input_norm_prologue_compiles_without_spills(op, c_in, c_out, size, config):
+    """The deferred batch norm in the 1x1 GEMMs (IN_NORM, nn.fusion.defer_bn_into_1x1) at
+    MobileNetV2's projection shapes: compiled for sm_90 with its loads still in the cp.async
+    pipeline, no spills, and the forward's MMAs on tensor cores (wgmma: the normalised A tile
+    goes from registers; ptxas, 2026-12-07: 143-157 registers, one wgmma in flight at
+    128 x 64; the weight gradient's B tile goes back through shared memory, its wgmmas
+    waited one by one)."""
+    extra = ("--weight", "fp16") if op == "fwd" else ()
+    report = _report(op, c_in, c_out, 1, "--size", str(size), "--config", config, "--in-norm",
+                     *extra)  # fmt: skip
+    assert report["spill_bytes"] == 0, report
+    assert report["cp_async_groups_in_flight"] >= 2, report
+    if op == "fwd":
+        assert report["wgmma"] > 0, report

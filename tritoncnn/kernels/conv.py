@@ -62,8 +62,11 @@ from tritoncnn.kernels.norm import (
     GradSums,
     PendingNorm,
     TileMoments,
+    apply_pending_norm,
     grad_sums,
     grad_sums_args,
+    load_pending_norm,
+    pending_norm_args,
     store_grad_sums,
     store_tile_moments,
     tile_moments,
@@ -276,14 +279,28 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
+def _normalized_tile(
+    t, mean_ptr, invstd_ptr, w_ptr, b_ptr, chan, chan_mask, mask, alpha,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """A loaded [rows, channels] tile of a batch norm's input with that norm's apply (and
+    activation) done (norm.PendingNorm), in the tile's dtype; zero outside ``mask``, as the
+    normalised tensor's masked loads would have been."""
+    mean, scale, b = load_pending_norm(mean_ptr, invstd_ptr, w_ptr, b_ptr, chan, chan_mask,
+                                       True, HAS_W, HAS_B, BLOCK_C)  # fmt: skip
+    z = apply_pending_norm(t.to(tl.float32), mean, scale, b, ACT, alpha, t.dtype)
+    return tl.where(mask, z, 0.0).to(t.dtype)
+
+
+@triton.jit
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sx_n, sx_h, sx_w, sx_c,
     sw_o, sw_i, sw_h, sw_w,
     sy_n, sy_h, sy_w, sy_c,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    alpha,
+    alpha, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
@@ -291,6 +308,8 @@ def conv2d_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False, W_ALIGN: tl.constexpr = 1,
     Y_ALIGN: tl.constexpr = 1,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -317,6 +336,11 @@ def conv2d_fwd_kernel(
     of a 24-channel 1x1 conv has 48-byte rows Triton can't see).
     Y_ALIGN: the same for y's row offsets and C_out_g (a 144 -> 24 projection stores 48-byte
     rows: 16-byte vectors instead of 2-byte stores).
+    IN_NORM (IS_1X1 only): x is a batch norm's input whose apply was left to this kernel
+    (norm.PendingNorm, MobileNetV2's projections): each A tile becomes act_in((x - mean) *
+    invstd * w_in + b_in) rounded to x's dtype, what bn_apply_kernel would have stored, before
+    the MMA. nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C_in] statistics and parameters
+    (weight / bias read only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -355,6 +379,10 @@ def conv2d_fwd_kernel(
                 mask=mask_m[:, None] & mk[None, :],
                 other=0.0,
             )
+            if IN_NORM:
+                a = _normalized_tile(a, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, g * C_in_g + kk,
+                                     mk, mask_m[:, None] & mk[None, :], n_alpha, IN_HAS_W,
+                                     IN_HAS_B, IN_ACT, BLOCK_K)  # fmt: skip
             b = tl.load(
                 w_ptr + w_col[None, :] + kk[:, None] * sw_i,
                 mask=mk[:, None] & mask_n[None, :],
@@ -646,17 +674,19 @@ def conv2d_dgrad_kernel(
 
 @triton.jit
 def conv2d_wgrad_kernel(
-    x_ptr, dy_ptr, dw_ptr,
+    x_ptr, dy_ptr, dw_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sx_n, sx_h, sx_w, sx_c,
     sdy_n, sdy_h, sdy_w, sdy_c,
     sdw_o, sdw_i, sdw_h, sdw_w, sdw_split,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    pix_per_split,
+    pix_per_split, n_alpha,
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, ROW_TAPS: tl.constexpr = False,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
     one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
@@ -684,6 +714,9 @@ def conv2d_wgrad_kernel(
     X_ALIGN, DY_ALIGN: as the forward's X_ALIGN, for x (C_in_g; never with FLAT_N) and dy
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
+    IN_NORM (IS_1X1 only): x is a batch norm's input whose apply the forward did as it loaded
+    (the forward's IN_NORM); each x tile is normalised (and activated) the same way here.
+    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as there.
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -757,6 +790,10 @@ def conv2d_wgrad_kernel(
                 mask=mp[:, None] & mask_n[None, :],
                 other=0.0,
             )
+            if IN_NORM:  # (the column channels are the program's: their norm stays in cache)
+                b = _normalized_tile(b, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, ci, mask_n,
+                                     mp[:, None] & mask_n[None, :], n_alpha, IN_HAS_W,
+                                     IN_HAS_B, IN_ACT, BLOCK_N)  # fmt: skip
         elif FLAT_N:
             hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
             wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
@@ -966,6 +1003,16 @@ def _check_tma_config(cfg, tma: bool, op: str) -> None:
         )
 
 
+def _check_pending(pending: PendingNorm | None, is_1x1: bool, op: str) -> None:
+    """A deferred batch-norm apply runs only in the pointer kernels' 1x1 path (the depthwise
+    kernels take those of 3x3 depthwise convs)."""
+    if pending is not None and not is_1x1:
+        raise ValueError(
+            f"{op}: a pending batch-norm apply (norm.PendingNorm) needs a 1x1, stride-1, "
+            "unpadded conv; apply the batch norm first (nn.fusion.undefer_bn_into_1x1)"
+        )
+
+
 def _check_pointwise_config(cfg, pointwise: bool, op: str) -> None:
     """A forced conv_pointwise tile runs only where its kernel applies (as _check_tma_config)."""
     if isinstance(cfg, conv_pointwise.PointwiseConfig) and not pointwise:
@@ -1016,13 +1063,18 @@ def conv2d_forward(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: ConvConfig | int | None = None,
+    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """act(conv2d(x, weight) + bias) as torch.nn.functional.conv2d, into a new NHWC tensor of
     x's dtype. ``padding`` is an int, an (h, w) pair, or (top, bottom, left, right) for the
     asymmetric padding of padding='same' with even kernels. ``weight`` may be fp32 or already
     in x's dtype (half the operand traffic and shared memory). ``config``
-    forces a tile; None lets the autotuner choose (the heuristic in the interpreter)."""
-    y, _ = _forward(x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False)
+    forces a tile; None lets the autotuner choose (the heuristic in the interpreter).
+    ``pending``: x is a batch norm's input whose apply (and activation) this conv does as it
+    loads x (norm.PendingNorm; 1x1, stride-1, unpadded convs on the pointer kernel only)."""
+    y, _ = _forward(
+        x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False, pending
+    )
     return y
 
 
@@ -1035,12 +1087,13 @@ def conv2d_forward_moments(
     dilation: IntPair,
     groups: int,
     config: ConvConfig | int | None = None,
+    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``conv2d_forward`` for a conv that feeds a training batch norm: also returns the
     per-tile moments of the output that its epilogue stored (norm.TileMoments), for
     ``norm.batch_norm_forward_train(moments=...)``."""
     y, moments = _forward(
-        x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True
+        x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True, pending
     )
     assert moments is not None
     return y, moments
@@ -1058,8 +1111,10 @@ def _forward(
     alpha: float,
     config: ConvConfig | int | None,
     moments: bool,
+    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
-    """The forward launch; with ``moments``, also the output's per-tile moments."""
+    """The forward launch; with ``moments``, also the output's per-tile moments; with
+    ``pending``, the input's batch norm applied as it loads (pointer kernel, 1x1 only)."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight.shape
@@ -1078,15 +1133,21 @@ def _forward(
     y = runtime.empty_nhwc(n, c_out, ho, wo, x.dtype)
     m, k = n * ho * wo, kh * kw * c_in_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
+    _check_pending(pending, is_1x1, "conv2d_forward")
+    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
+        pending, c_in, x, "conv2d_forward: pending"
+    )
 
-    tma = conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
+    # the TMA, halo and pointwise kernels have no input-norm prologue
+    tma = pending is None and conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
     halo = (
         bias is None
         and act == ACT_NONE
+        and pending is None
         and conv_halo.halo_applicable(x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, y)
     )
 
-    pointwise = conv_pointwise.pointwise_applicable(
+    pointwise = pending is None and conv_pointwise.pointwise_applicable(
         x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups
     )
 
@@ -1106,11 +1167,11 @@ def _forward(
         parts = tiles.partials if tiles is not None else (out, out)
         grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
         conv2d_fwd_kernel[grid](
-            x, weight, weight if bias is None else bias, out, parts[0], parts[1],
+            x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(out),
             sh, sw, pt, pl, dh, dw,
-            float(alpha),
+            float(alpha), norm_alpha,
             KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
             IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
             DOT_PRECISION=runtime.dot_precision(x.dtype),
@@ -1118,6 +1179,7 @@ def _forward(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
             W_ALIGN=_input_channel_align(x, weight), Y_ALIGN=vector_align(out, c_out_g),
+            IN_NORM=pending is not None, **norm_flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
@@ -1143,6 +1205,8 @@ def _forward(
         )  # fmt: skip
         if moments:  # the epilogue's reductions shift the best tile; older keys stay valid
             problem["moments"] = True
+        if pending is not None:  # so does the prologue's normalisation
+            problem["in_norm"] = True
 
         def candidates():
             out = gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1)
@@ -1451,6 +1515,7 @@ def conv2d_wgrad(
     split_k: int | None = None,
     flat_taps: bool | None = None,
     row_taps: bool | None = None,
+    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
     channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
@@ -1461,7 +1526,8 @@ def conv2d_wgrad(
     ``flat_taps`` forces the GEMM's columns to (tap, channel) flattened (True) or one tap per
     program (False); None: flattened for fewer than FLAT_MAX_CHANNELS input channels.
     ``row_taps`` forces one program per filter row (True, ROW_TAPS) or per tap (False); None:
-    ``use_row_taps`` decides for each tile."""
+    ``use_row_taps`` decides for each tile. ``pending``: the forward read x through this
+    batch norm (``conv2d_forward(pending=...)``), so the GEMM applies it to x here too."""
     _check_act(x, "input")
     _check_act(grad_out, "grad_out")
     c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
@@ -1481,6 +1547,8 @@ def conv2d_wgrad(
     flat_n = (not is_1x1) and (c_in_g < FLAT_MAX_CHANNELS if flat_taps is None else flat_taps)
     n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
     tap_loop = not (flat_n or is_1x1)  # a program per tap, or per row with ROW_TAPS
+    _check_pending(pending, is_1x1, "conv2d_wgrad")
+    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(pending, c_in, x, "conv2d_wgrad: pending")
     if row_taps and not (tap_loop and kw <= ROW_TAPS_MAX_KW):
         raise ValueError(
             f"conv2d_wgrad: row_taps=True needs a tap-looping conv with at most "
@@ -1490,12 +1558,14 @@ def conv2d_wgrad(
 
     tma = (
         not flat_n
+        and pending is None  # (no input-norm prologue in the TMA and halo kernels)
         and row_taps is not True
         and conv_tma.tma_wgrad_applicable(x, grad_out, (sh, sw), (dh, dw), groups)
         and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
     )
     halo = (
         not flat_n
+        and pending is None
         and row_taps is not True
         and conv_halo_wgrad.halo_wgrad_applicable(
             x, grad_out, weight_shape, (sh, sw), _padding4(padding), (dh, dw), groups
@@ -1555,18 +1625,19 @@ def conv2d_wgrad(
 
     def pointer_kernel(dst, dst_strides, split_stride, dst_acc, cfg, split, per_split):
         conv2d_wgrad_kernel[(tiles(cfg), grid_1(cfg), split)](
-            x, grad_out, dst,
+            x, grad_out, dst, *norm_ptrs,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
             *dst_strides, split_stride,
             sh, sw, pt, pl, dh, dw,
-            per_split,
+            per_split, norm_alpha,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=runtime.bf16_dot_emulated(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
             DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),
+            IN_NORM=pending is not None, **norm_flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
@@ -1594,6 +1665,8 @@ def conv2d_wgrad(
         grad_out=autotune.tensor_flag(grad_out), grad_weight=autotune.tensor_flag(grad_weight),
         accumulate=accumulate,
     )  # fmt: skip
+    if pending is not None:  # the prologue's normalisation shifts the best tile
+        problem["in_norm"] = True
     act_bytes = grad_out.element_size()
     scratch = []  # one scratch gradient shared by both tuning steps, allocated on first need
 
