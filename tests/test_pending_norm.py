@@ -161,7 +161,9 @@ def test_gpu_deferred_mobilenetv2_step():
 def _check_1x1(x, pending, applied, c_out: int, dtype, exact: bool, bias: bool = True) -> None:
     """Forward (plain and with epilogue moments) and weight gradient (written, then
     accumulated) of a 1x1 conv fed x + ``pending`` against the same kernel and tile fed the
-    applied tensor (bit for bit when ``exact``) and against torch in float64."""
+    applied tensor and against torch in float64. With ``exact`` the forward is equal bit for
+    bit; the weight gradient to fp32 summation order (its IN_NORM form computes dw^T, the
+    normalised tile as the MMA's register operand, so its sums run in another order)."""
 
     def same(out, ref, what):
         if exact:
@@ -188,7 +190,7 @@ def _check_1x1(x, pending, applied, c_out: int, dtype, exact: bool, bias: bool =
     geo = (weight.shape, 1, 0, 1, 1)
     ref_gw = K.conv2d_wgrad(applied, g, *geo)
     gw = K.conv2d_wgrad(x, g, *geo, pending=pending)
-    same(gw, ref_gw, "wgrad")
+    assert_close(gw, ref_gw, tol=1e-6 if exact else 1e-4, what="wgrad")
     gw64 = torch.nn.grad.conv2d_weight(applied.double(), weight.shape, g.double())
     assert_close(gw, gw64, tol=1e-4 if dtype == torch.float32 else 2e-3, what="wgrad vs float64")
     K.conv2d_wgrad(x, g, *geo, grad_weight=gw, pending=pending)

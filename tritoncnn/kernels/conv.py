@@ -715,7 +715,10 @@ def conv2d_wgrad_kernel(
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
     IN_NORM (IS_1X1 only): x is a batch norm's input whose apply the forward did as it loaded
-    (the forward's IN_NORM); each x tile is normalised (and activated) the same way here.
+    (the forward's IN_NORM); each x tile is normalised (and activated) the same way here, and
+    the program accumulates dw^T = x^T @ dy instead, so that the normalised tile, which lives
+    in registers, is the MMA's A operand (wgmma reads A from registers, B only from shared
+    memory: as B it went back through shared memory and ptxas waited for each wgmma).
     nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as there.
     """
     wait_for_inputs()
@@ -763,6 +766,7 @@ def conv2d_wgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # ROW_TAPS: taps kw + 1, kw + 2
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # IN_NORM: dw^T
     for k0 in range(k_lo, k_hi, BLOCK_K):
         p = k0 + tl.arange(0, BLOCK_K)
         mp = p < k_hi
@@ -805,7 +809,10 @@ def conv2d_wgrad_kernel(
                 x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw, H, W, sx_n, sx_h, sx_w,
                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN,
             )  # fmt: skip
-        acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+        if IN_NORM:
+            acc_t = _dot(tl.trans(b), tl.trans(a), acc_t, DOT_PRECISION, EMULATE_BF16)
+        else:
+            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
         if ROW_TAPS:
             if KW > 1:
                 b1 = _wgrad_x_tap(
@@ -820,6 +827,8 @@ def conv2d_wgrad_kernel(
                 )  # fmt: skip
                 acc2 = _dot(a, b2, acc2, DOT_PRECISION, EMULATE_BF16)
 
+    if IN_NORM:
+        acc = tl.trans(acc_t)
     dw_rows = dw_ptr + split.to(tl.int64) * sdw_split + co.to(tl.int64)[:, None] * sdw_o
     mask = mask_m[:, None] & mask_n[None, :]
     _store_dw_tile(dw_rows, acc, c, kh, kw, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
