@@ -226,9 +226,10 @@ HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
 POINTWISE_OPS = ("fwd_pointwise",)
 
 
-def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg):
+def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg, in_norm: bool = False):
     """(kernel, pointer types, runtime arguments, constexpr arguments) of conv_pointwise's
-    forward (with the BN moments, as in training) of dense NHWC fp16 tensors."""
+    forward (with the BN moments, as in training) of dense NHWC fp16 tensors; ``in_norm``:
+    x's batch norm + ReLU6 applied as it loads (IN_NORM)."""
     kernel = conv_pointwise.pointwise_fwd_kernel
     pointers = {
         name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr") else "*fp32"
@@ -236,12 +237,13 @@ def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg):
         if name.endswith("_ptr")
     }
     m = batch * size * size
-    ints = dict(M=m, C_in=c_in, C_out=c_out, sw_o=c_in, sw_i=1, alpha=0.0)
+    ints = dict(M=m, C_in=c_in, C_out=c_out, sw_o=c_in, sw_i=1, alpha=0.0, n_alpha=0.0)
     const = dict(
         HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=conv_pointwise.reduction_block(c_in), STAGES=cfg.num_stages,
         X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
-        EMULATE_BF16=False,
+        EMULATE_BF16=False, IN_NORM=in_norm, IN_HAS_W=in_norm, IN_HAS_B=in_norm,
+        IN_ACT=ACT_RELU6 if in_norm else 0,
     )  # fmt: skip
     return kernel, pointers, ints, const
 
@@ -552,7 +554,8 @@ def main() -> None:
     ap.add_argument(
         "--in-norm",
         action="store_true",
-        help="fwd, wgrad (1x1): the input's batch norm + ReLU6 applied as x loads (IN_NORM)",
+        help="fwd, wgrad (1x1), fwd_pointwise: the input's batch norm + ReLU6 applied as x "
+        "loads (IN_NORM)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -589,7 +592,7 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = conv_pointwise.POINTWISE_CONFIGS[int(args.config)]
         kernel, pointers, ints, const = pointwise_args(
-            args.batch, args.c_in, args.c_out, args.size, cfg
+            args.batch, args.c_in, args.c_out, args.size, cfg, args.in_norm
         )
         compiled = compile_kernel(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
         ptx, const["shared_bytes"] = compiled.asm["ptx"], compiled.metadata.shared

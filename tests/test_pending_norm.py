@@ -207,6 +207,39 @@ def test_1x1_conv_applies_the_pending_norm(dtype, act, affine):
     _check_1x1(x, pending, applied, 12, dtype, exact=True, bias=affine)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pointwise_kernel_applies_the_pending_norm(dtype, monkeypatch):
+    """The persistent pointwise kernel (kernels/conv_pointwise.py) fed x + a PendingNorm: its
+    output and moments equal, bit for bit, the same tile fed the applied tensor, and match
+    float64; conv2d_forward sends a pending 1x1 there when the kernel is enabled."""
+    from tritoncnn.kernels import conv_pointwise as pw
+
+    cfg = pw.PointwiseConfig(16, 32, 4, 2, 4)
+    x = randn(2, 40, 5, 3, dtype=dtype, channels_last=True) * 3 + 1  # 30 rows: 2 row tiles
+    pending, applied = _pending(x, ACT_RELU6, True)
+    weight = randn(24, 40, 1, 1, seed=13).to(dtype)
+
+    def run(inp, pend):
+        out = torch.full((2, 24, 5, 3), float("nan"), dtype=dtype, device=DEVICE)
+        out = out.contiguous(memory_format=torch.channels_last)
+        tiles = pw.conv2d_forward_pointwise(inp, weight, None, out, ACT_NONE, 0.0, True, cfg, pend)
+        return out, tiles.partials
+
+    out, parts = run(x, pending)
+    ref, ref_parts = run(applied, None)
+    assert torch.equal(out, ref) and torch.equal(parts, ref_parts)
+    ref64 = torch.nn.functional.conv2d(applied.double(), weight.double())
+    assert_close(out, ref64, dtype, what="pointwise forward vs float64")
+    calls = []
+    real = pw.conv2d_forward_pointwise
+    monkeypatch.setattr(pw, "conv2d_forward_pointwise", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(pw, "ENABLED", True)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c: cfg)
+    y = K.conv2d_forward(x, weight, None, 1, 0, 1, 1, pending=pending)
+    assert len(calls) == 1 and calls[0][-1] is pending
+    assert torch.equal(y, ref)
+
+
 def test_1x1_pending_norm_refusals():
     """A pending apply on a conv the GEMM prologue can't take (3x3, strided) is a clear
     error; so is a pending norm of the wrong width."""
@@ -280,6 +313,25 @@ def test_gpu_1x1_pending_norm(c_in, c_out, size):
     x = randn(128, c_in, size, size, dtype=torch.float16, channels_last=True) * 2 + 0.5
     pending, applied = _pending(x, ACT_RELU6, True)
     _check_1x1(x, pending, applied, c_out, torch.float16, exact=False, bias=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", range(3))
+@pytest.mark.parametrize("c_in,c_out", [(32, 16), (96, 24)])
+def test_gpu_pointwise_pending_norm(config, c_in, c_out):
+    """The pointwise kernel's tiles with an input batch norm at MobileNetV2's 32x32
+    projections, batch 128, fp16 (each tile's programs per SM from per_sm_in_norm)."""
+    from tritoncnn.kernels import conv_pointwise as pw
+
+    cfg = pw.POINTWISE_CONFIGS[config]
+    x = randn(128, c_in, 32, 32, dtype=torch.float16, channels_last=True) * 2 + 0.5
+    pending, applied = _pending(x, ACT_RELU6, True)
+    weight = randn(c_out, c_in, 1, 1, seed=13).to(torch.float16)
+    ref = K.conv2d_forward(applied, weight, None, 1, 0, 1, 1)
+    out = torch.full_like(ref, float("nan"))
+    tiles = pw.conv2d_forward_pointwise(x, weight, None, out, ACT_NONE, 0.0, True, cfg, pending)
+    assert_close(out, ref, torch.float16, tol=1e-3, what="pointwise forward")
+    assert torch.isfinite(tiles.partials).all()
 
 
 @pytest.mark.gpu

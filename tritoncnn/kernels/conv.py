@@ -62,10 +62,10 @@ from tritoncnn.kernels.norm import (
     GradSums,
     PendingNorm,
     TileMoments,
-    apply_pending_norm,
     grad_sums,
     grad_sums_args,
     load_pending_norm,
+    normalized_tile,
     pending_norm_args,
     store_grad_sums,
     store_tile_moments,
@@ -279,20 +279,6 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _normalized_tile(
-    t, mean_ptr, invstd_ptr, w_ptr, b_ptr, chan, chan_mask, mask, alpha,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """A loaded [rows, channels] tile of a batch norm's input with that norm's apply (and
-    activation) done (norm.PendingNorm), in the tile's dtype; zero outside ``mask``, as the
-    normalised tensor's masked loads would have been."""
-    mean, scale, b = load_pending_norm(mean_ptr, invstd_ptr, w_ptr, b_ptr, chan, chan_mask,
-                                       True, HAS_W, HAS_B, BLOCK_C)  # fmt: skip
-    z = apply_pending_norm(t.to(tl.float32), mean, scale, b, ACT, alpha, t.dtype)
-    return tl.where(mask, z, 0.0).to(t.dtype)
-
-
-@triton.jit
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
@@ -379,10 +365,13 @@ def conv2d_fwd_kernel(
                 mask=mask_m[:, None] & mk[None, :],
                 other=0.0,
             )
-            if IN_NORM:
-                a = _normalized_tile(a, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, g * C_in_g + kk,
-                                     mk, mask_m[:, None] & mk[None, :], n_alpha, IN_HAS_W,
-                                     IN_HAS_B, IN_ACT, BLOCK_K)  # fmt: skip
+            if IN_NORM:  # (each K step has channels of its own: their terms load with it)
+                n_mean, n_scale, n_b = load_pending_norm(
+                    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, g * C_in_g + kk, mk, True, IN_HAS_W,
+                    IN_HAS_B, BLOCK_K,
+                )  # fmt: skip
+                a = normalized_tile(a, n_mean, n_scale, n_b, mask_m[:, None] & mk[None, :],
+                                    IN_ACT, n_alpha)  # fmt: skip
             b = tl.load(
                 w_ptr + w_col[None, :] + kk[:, None] * sw_i,
                 mask=mk[:, None] & mask_n[None, :],
@@ -767,6 +756,9 @@ def conv2d_wgrad_kernel(
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # ROW_TAPS: taps kw + 1, kw + 2
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # IN_NORM: dw^T
+    # IN_NORM: the batch norm's terms for the program's columns, loaded once (stand-ins without)
+    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, ci, mask_n,
+                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_N)  # fmt: skip
     for k0 in range(k_lo, k_hi, BLOCK_K):
         p = k0 + tl.arange(0, BLOCK_K)
         mp = p < k_hi
@@ -794,10 +786,9 @@ def conv2d_wgrad_kernel(
                 mask=mp[:, None] & mask_n[None, :],
                 other=0.0,
             )
-            if IN_NORM:  # (the column channels are the program's: their norm stays in cache)
-                b = _normalized_tile(b, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, ci, mask_n,
-                                     mp[:, None] & mask_n[None, :], n_alpha, IN_HAS_W,
-                                     IN_HAS_B, IN_ACT, BLOCK_N)  # fmt: skip
+            if IN_NORM:
+                b = normalized_tile(b, n_mean, n_scale, n_b, mp[:, None] & mask_n[None, :],
+                                    IN_ACT, n_alpha)  # fmt: skip
         elif FLAT_N:
             hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
             wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
@@ -1013,8 +1004,8 @@ def _check_tma_config(cfg, tma: bool, op: str) -> None:
 
 
 def _check_pending(pending: PendingNorm | None, is_1x1: bool, op: str) -> None:
-    """A deferred batch-norm apply runs only in the pointer kernels' 1x1 path (the depthwise
-    kernels take those of 3x3 depthwise convs)."""
+    """A deferred batch-norm apply runs only in 1x1 GEMMs (the pointer kernels' 1x1 path and
+    the pointwise kernel; the depthwise kernels take those of depthwise convs)."""
     if pending is not None and not is_1x1:
         raise ValueError(
             f"{op}: a pending batch-norm apply (norm.PendingNorm) needs a 1x1, stride-1, "
@@ -1080,7 +1071,8 @@ def conv2d_forward(
     in x's dtype (half the operand traffic and shared memory). ``config``
     forces a tile; None lets the autotuner choose (the heuristic in the interpreter).
     ``pending``: x is a batch norm's input whose apply (and activation) this conv does as it
-    loads x (norm.PendingNorm; 1x1, stride-1, unpadded convs on the pointer kernel only)."""
+    loads x (norm.PendingNorm; 1x1, stride-1, unpadded convs: the pointer and pointwise
+    kernels)."""
     y, _ = _forward(
         x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False, pending
     )
@@ -1123,7 +1115,8 @@ def _forward(
     pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
     """The forward launch; with ``moments``, also the output's per-tile moments; with
-    ``pending``, the input's batch norm applied as it loads (pointer kernel, 1x1 only)."""
+    ``pending``, the input's batch norm applied as it loads (1x1 only: the pointer and
+    pointwise kernels)."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight.shape
@@ -1147,7 +1140,7 @@ def _forward(
         pending, c_in, x, "conv2d_forward: pending"
     )
 
-    # the TMA, halo and pointwise kernels have no input-norm prologue
+    # the TMA and halo kernels have no input-norm prologue (the pointer and pointwise do)
     tma = pending is None and conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
     halo = (
         bias is None
@@ -1156,7 +1149,7 @@ def _forward(
         and conv_halo.halo_applicable(x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, y)
     )
 
-    pointwise = pending is None and conv_pointwise.pointwise_applicable(
+    pointwise = conv_pointwise.pointwise_applicable(
         x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups
     )
 
@@ -1165,7 +1158,7 @@ def _forward(
             return conv_halo.launch_halo(x, weight, out, cfg, dgrad=False, moments=moments)
         if isinstance(cfg, conv_pointwise.PointwiseConfig):
             return conv_pointwise.conv2d_forward_pointwise(
-                x, weight, bias, out, act, alpha, moments, cfg
+                x, weight, bias, out, act, alpha, moments, cfg, pending
             )
         if isinstance(cfg, conv_tma.TmaConfig):
             return conv_tma.conv2d_forward_tma(

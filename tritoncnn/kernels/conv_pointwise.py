@@ -34,7 +34,15 @@ from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.conv_halo import sm_shared_bytes
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
+from tritoncnn.kernels.norm import (
+    PendingNorm,
+    TileMoments,
+    load_pending_norm,
+    normalized_tile,
+    pending_norm_args,
+    store_tile_moments,
+    tile_moments,
+)
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 
@@ -55,14 +63,16 @@ MAX_C_IN = 128
 @dataclass(frozen=True)
 class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
-    per SM its registers allow (the launch lowers it where shared memory allows fewer:
-    ``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
+    per SM its registers allow, plain and with an input batch norm (IN_NORM, whose
+    per-channel terms take registers; None: per_sm). The launch lowers it where shared
+    memory allows fewer (``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
     per_sm: int
+    per_sm_in_norm: int | None = None
 
     def smem_bytes(self, block_k: int) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
@@ -74,12 +84,13 @@ class PointwiseConfig:
 
 # per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
 # 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
-# 4 warps 80-95 (5). A program beyond those would start only when one finishes, and every
-# program walks the same number of row tiles: a second wave as long as the first.
+# 4 warps 80-95 (5); with IN_NORM (C_in 32-128) 170-222 (2), 206-228 (1), 133-136 (3). A
+# program beyond those would start only when one finishes, and every program walks the
+# same number of row tiles: a second wave as long as the first.
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
-    PointwiseConfig(128, 64, 4, 3, 3),
-    PointwiseConfig(128, 128, 8, 3, 1),
-    PointwiseConfig(64, 64, 4, 4, 5),
+    PointwiseConfig(128, 64, 4, 3, 3, 2),
+    PointwiseConfig(128, 128, 8, 3, 1, 1),
+    PointwiseConfig(64, 64, 4, 4, 5, 3),
 )
 
 
@@ -88,13 +99,17 @@ def reduction_block(c_in: int) -> int:
     return max(16, triton.next_power_of_2(c_in))
 
 
-def resident_per_sm(cfg: PointwiseConfig, c_in: int) -> int:
-    """Programs of ``cfg`` that fit on one SM at once: its per_sm, or fewer where their
-    shared memory (228 KiB an SM on sm_90) runs out first."""
+def resident_per_sm(cfg: PointwiseConfig, c_in: int, in_norm: bool = False) -> int:
+    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_in_norm with an
+    input batch norm), or fewer where their shared memory (228 KiB an SM on sm_90) runs out
+    first."""
+    per_sm = cfg.per_sm
+    if in_norm and cfg.per_sm_in_norm is not None:
+        per_sm = cfg.per_sm_in_norm
     if runtime.INTERPRETED:
-        return cfg.per_sm
+        return per_sm
     fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in)) + 1024)
-    return max(1, min(cfg.per_sm, fit))
+    return max(1, min(per_sm, fit))
 
 
 def pick_pointwise_config(c_out: int) -> PointwiseConfig:
@@ -126,14 +141,16 @@ def pointwise_applicable(
 
 @triton.jit
 def pointwise_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
     M, C_in, C_out,
     sw_o, sw_i,
-    alpha,
+    alpha, n_alpha,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MOMENTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr, X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y = act(x @ w^T + b) for dense NHWC x (M rows of C_in) and y (M rows of C_out).
 
@@ -149,6 +166,10 @@ def pointwise_fwd_kernel(
     tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's).
     X_ALIGN, Y_ALIGN: C_in and C_out are multiples of these (16-byte rows: vector accesses).
     EMULATE_BF16: the MMA in fp32 (the interpreter can't multiply bf16).
+    IN_NORM: x is a batch norm's input whose apply (and activation) was left to this kernel
+    (norm.PendingNorm; nn.fusion.defer_bn_into_1x1): each A tile is normalised between load
+    and MMA, with the C_in channels' terms loaded once. nmean_ptr, ninvstd_ptr, nw_ptr,
+    nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as conv2d_fwd_kernel's.
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -162,6 +183,11 @@ def pointwise_fwd_kernel(
     w = w.to(x_ptr.dtype.element_ty)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)
+    # IN_NORM: the batch norm's terms for all C_in channels, loaded once (stand-ins without)
+    n_mean, n_scale, n_b = load_pending_norm(
+        nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, offs_k, mask_k, IN_NORM, IN_HAS_W, IN_HAS_B,
+        BLOCK_K,
+    )  # fmt: skip
 
     for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), programs, num_stages=STAGES):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -174,6 +200,9 @@ def pointwise_fwd_kernel(
             mask=mask_m[:, None] & mask_k[None, :],
             other=0.0,
         )
+        if IN_NORM:
+            a = normalized_tile(a, n_mean, n_scale, n_b, mask_m[:, None] & mask_k[None, :],
+                                IN_ACT, n_alpha)  # fmt: skip
         if EMULATE_BF16:
             acc = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         else:
@@ -203,31 +232,37 @@ def conv2d_forward_pointwise(
     alpha: float,
     moments: bool,
     cfg: PointwiseConfig,
+    pending: PendingNorm | None = None,
 ) -> TileMoments | None:
     """The 1x1 forward of ``x`` into ``out`` (dense NHWC, x's dtype) with pointwise_fwd_kernel;
-    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments)."""
+    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments);
+    with ``pending``, x's batch norm applied as it loads."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     if not out.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("conv2d_forward_pointwise: out must be a dense NHWC tensor")
     m = n * h * w
+    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
+        pending, c_in, x, "conv2d_forward_pointwise: pending"
+    )
     tiles = tile_moments(m, c_out, cfg.block_m) if moments else None
     parts = tiles.partials if tiles is not None else (out, out)
     col_blocks = triton.cdiv(c_out, cfg.block_n)
     row_tiles = triton.cdiv(m, cfg.block_m)
-    per_sm = resident_per_sm(cfg, c_in)
+    per_sm = resident_per_sm(cfg, c_in, pending is not None)
     programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
     pointwise_fwd_kernel[(programs, col_blocks)](
-        x, weight, weight if bias is None else bias, out, parts[0], parts[1],
+        x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
         m, c_in, c_out,
         weight.stride(0), weight.stride(1),
-        float(alpha),
+        float(alpha), norm_alpha,
         HAS_BIAS=bias is not None, ACT=act, MOMENTS=moments,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=reduction_block(c_in),
         STAGES=cfg.num_stages,
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
         EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
+        IN_NORM=pending is not None, **norm_flags,
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
