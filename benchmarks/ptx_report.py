@@ -226,24 +226,28 @@ HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
 POINTWISE_OPS = ("fwd_pointwise",)
 
 
-def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg, in_norm: bool = False):
+def pointwise_args(
+    batch: int, c_in: int, c_out: int, size: int, cfg, in_norm: bool = False, sums: bool = False
+):
     """(kernel, pointer types, runtime arguments, constexpr arguments) of conv_pointwise's
     forward (with the BN moments, as in training) of dense NHWC fp16 tensors; ``in_norm``:
-    x's batch norm + ReLU6 applied as it loads (IN_NORM)."""
+    x's batch norm + ReLU6 applied as it loads (IN_NORM); ``sums``: the dgrad use instead
+    (c_in, c_out: the GEMM's), no moments but a ReLU6 batch norm's backward sums of the output
+    (GRAD_SUMS)."""
     kernel = conv_pointwise.pointwise_fwd_kernel
     pointers = {
-        name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr") else "*fp32"
+        name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr", "xn_ptr") else "*fp32"
         for name in kernel.arg_names
         if name.endswith("_ptr")
     }
     m = batch * size * size
     ints = dict(M=m, C_in=c_in, C_out=c_out, sw_o=c_in, sw_i=1, alpha=0.0, n_alpha=0.0)
     const = dict(
-        HAS_BIAS=False, ACT=0, MOMENTS=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_BIAS=False, ACT=0, MOMENTS=not sums, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=conv_pointwise.reduction_block(c_in), STAGES=cfg.num_stages,
         X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
-        EMULATE_BF16=False, IN_NORM=in_norm, IN_HAS_W=in_norm, IN_HAS_B=in_norm,
-        IN_ACT=ACT_RELU6 if in_norm else 0,
+        EMULATE_BF16=False, IN_NORM=in_norm, IN_HAS_W=in_norm or sums, IN_HAS_B=in_norm or sums,
+        IN_ACT=ACT_RELU6 if in_norm or sums else 0, GRAD_SUMS=sums,
     )  # fmt: skip
     return kernel, pointers, ints, const
 
@@ -543,7 +547,8 @@ def main() -> None:
         choices=("none", "add", "add_relu", "bn_sums"),
         default="none",
         help="dgrad, dgrad_tma: add a skip gradient (and apply the input ReLU's backward) in "
-        "the epilogue; dgrad_halo also bn_sums: store a ReLU batch norm's backward sums",
+        "the epilogue; dgrad_halo also bn_sums: store a ReLU batch norm's backward sums "
+        "(fwd_pointwise: its dgrad use with a ReLU6 batch norm's sums)",
     )
     ap.add_argument(
         "--weight",
@@ -592,8 +597,9 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = conv_pointwise.POINTWISE_CONFIGS[int(args.config)]
         kernel, pointers, ints, const = pointwise_args(
-            args.batch, args.c_in, args.c_out, args.size, cfg, args.in_norm
-        )
+            args.batch, args.c_in, args.c_out, args.size, cfg, args.in_norm,
+            args.epilogue == "bn_sums",
+        )  # fmt: skip
         compiled = compile_kernel(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
         ptx, const["shared_bytes"] = compiled.asm["ptx"], compiled.metadata.shared
         shape = f"{args.c_in}->{args.c_out} 1x1 {args.size}x{args.size} {cfg}"

@@ -94,13 +94,13 @@ def test_conv2d_dgrad_takes_it_when_enabled(monkeypatch):
     shape = (2, 40, 5, 5)
     ref = torch.nn.grad.conv2d_input(shape, w.double(), g.double())
     calls = []
-    real = pw.conv2d_forward_pointwise
-    monkeypatch.setattr(pw, "conv2d_forward_pointwise", lambda *a: calls.append(1) or real(*a))
+    real = pw.conv2d_dgrad_pointwise
+    monkeypatch.setattr(pw, "conv2d_dgrad_pointwise", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(pw, "ENABLED", False)
     conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1)
     assert not calls
     monkeypatch.setattr(pw, "ENABLED", True)
-    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c: CPU_CONFIG)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c, sums=False: CPU_CONFIG)
     assert_close(conv_k.conv2d_dgrad(g, w, shape, 1, 0, 1, 1), ref, torch.float16, what="dgrad")
     assert len(calls) == 1
     add = randn(*shape, dtype=torch.float16, channels_last=True)
@@ -137,7 +137,7 @@ def test_conv2d_forward_takes_it_when_enabled(monkeypatch):
     conv_k.conv2d_forward_moments(x, w, None, 1, 0, 1, 1)
     assert not calls
     monkeypatch.setattr(pw, "ENABLED", True)
-    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c_out: CPU_CONFIG)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c_out, sums=False: CPU_CONFIG)
     y, tiles = conv_k.conv2d_forward_moments(x, w, None, 1, 0, 1, 1)
     assert len(calls) == 1 and tiles.rows == CPU_CONFIG.block_m
     assert_close(y, ref, torch.float16, what="dispatched forward")
@@ -180,32 +180,44 @@ def test_pointwise_gpu_bf16_relu6_fp32_weight():
     _run(32, 24, 144, 32, torch.bfloat16, cfg, act=ACT_RELU6, fp32_weight=True)
 
 
-def _mobilenetv2_with_pointwise(monkeypatch, batch: int, width: float) -> None:
-    """MobileNetV2 (CIFAR, fp16 activations) with its short-K 1x1 forwards on the pointwise
-    kernel, against its float64 torch twin as test_models holds every model."""
+# every off-by-default MobileNetV2 option that changes what the 1x1 GEMMs do
+ALL_OPTIONS = dict(bn_grad_sums=True, bn_into_1x1=True, bn_into_depthwise=True)
+
+
+def _mobilenetv2_with_pointwise(monkeypatch, batch: int, width: float, **options) -> None:
+    """MobileNetV2 (CIFAR, fp16 activations) with its short-K 1x1 forwards and dgrads on the
+    pointwise kernel (and ``options`` of models.build), against its float64 torch twin as
+    test_models holds every model."""
     from test_models import check_against_twin, randn_input, randomize_
 
     from tritoncnn import models
 
     calls = []
-    real = pw.conv2d_forward_pointwise
-    monkeypatch.setattr(pw, "conv2d_forward_pointwise", lambda *a: calls.append(1) or real(*a))
+    for name in ("conv2d_forward_pointwise", "conv2d_dgrad_pointwise"):
+        real = getattr(pw, name)
+        counted = lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)  # noqa: E731
+        monkeypatch.setattr(pw, name, counted)
     monkeypatch.setattr(pw, "ENABLED", True)
     x = randn_input(batch, 3, 32, torch.float16)
-    model = models.build("mobilenetv2", num_classes=10, dropout=0.0, width_mult=width)
+    model = models.build("mobilenetv2", num_classes=10, dropout=0.0, width_mult=width, **options)
     randomize_(model)
     check_against_twin(model, x, train=True, require_conditioned=False)
-    assert calls, "no 1x1 forward took the pointwise kernel"
+    assert "conv2d_forward_pointwise" in calls, "no 1x1 forward took the pointwise kernel"
+    assert "conv2d_dgrad_pointwise" in calls, "no 1x1 dgrad took the pointwise kernel"
 
 
-def test_mobilenetv2_fp16_with_pointwise_matches_twin(monkeypatch):
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["defaults", "all_options"])
+def test_mobilenetv2_fp16_with_pointwise_matches_twin(monkeypatch, options):
     """(Batch 4 at 32x32, a quarter of the width: at batch 2 and 8x8 the last stages' batch
     norms see 2 values per channel; there one fp16 ulp of one 1x1 output (48 input channels,
     which the pointer kernel sums in other K blocks) moved the logits by 10% and the run
-    left the twin's tolerance, while the pointer kernel's own rounding happened to pass.)"""
-    _mobilenetv2_with_pointwise(monkeypatch, 4, 0.25)
+    left the twin's tolerance, while the pointer kernel's own rounding happened to pass.)
+    With all options the projections' dgrads store their BN sums and the depthwise BNs are
+    applied in the projections' loads (pointwise where C_in <= 128)."""
+    _mobilenetv2_with_pointwise(monkeypatch, 4, 0.25, **options)
 
 
 @pytest.mark.gpu
-def test_mobilenetv2_fp16_with_pointwise_matches_twin_gpu(monkeypatch):
-    _mobilenetv2_with_pointwise(monkeypatch, 128, 1.0)
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["defaults", "all_options"])
+def test_mobilenetv2_fp16_with_pointwise_matches_twin_gpu(monkeypatch, options):
+    _mobilenetv2_with_pointwise(monkeypatch, 128, 1.0, **options)

@@ -95,6 +95,44 @@ def test_conv_dgrad_stores_bn_sums(case, dtype, act, affine):
     _check_backward(sums, dx, x, bn, case)
 
 
+@pytest.mark.parametrize(
+    "dtype,act,affine",
+    [
+        (torch.float16, ACT_RELU6, True),
+        (torch.bfloat16, ACT_RELU, True),
+        (torch.float16, ACT_NONE, False),
+    ],
+)
+def test_pointwise_dgrad_stores_bn_sums(dtype, act, affine, monkeypatch):
+    """The persistent pointwise kernel's dgrad (kernels/conv_pointwise.py) stores the sums
+    per row tile: 30 rows (two 16-row tiles, the last partial) of 40 channels; its dx is its
+    plain dgrad's, and conv2d_dgrad_grad_sums sends a linked 1x1 there when enabled."""
+    from tritoncnn.kernels import conv_pointwise as pw
+
+    cfg = pw.PointwiseConfig(16, 32, 4, 2, 4)
+    x = randn(2, 40, 5, 3, dtype=dtype, channels_last=True) * 2 + 0.5  # BN input
+    bn = _bn(x, act, affine)
+    weight = randn(24, 40, 1, 1).to(dtype) / 40**0.5
+    g_out = randn(2, 24, 5, 3, dtype=dtype, channels_last=True)
+    plain = torch.full_like(x, float("nan"))
+    pw.conv2d_dgrad_pointwise(g_out, weight, plain, cfg)
+    dx = torch.full_like(x, float("nan"))
+    sums = pw.conv2d_dgrad_pointwise(g_out, weight, dx, cfg, bn, x)
+    assert torch.equal(dx, plain), "the input gradient is the plain dgrad's"
+    assert sums.partials.shape == (2, 2, 40)
+    _check_sums(sums, dx, x, bn, "pointwise")
+    _check_backward(sums, dx, x, bn, "pointwise")
+    calls = []
+    real = pw.conv2d_dgrad_pointwise
+    monkeypatch.setattr(pw, "conv2d_dgrad_pointwise", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(pw, "ENABLED", True)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c, sums=False: cfg)
+    dx2, sums2 = K.conv2d_dgrad_grad_sums(g_out, weight, x.shape, 1, 0, 1, 1, bn_input=x, bn=bn)
+    assert calls == [1] and torch.equal(dx2, dx) and torch.equal(sums2.partials, sums.partials)
+    with pytest.raises(ValueError, match="bn_input must be a dense NHWC"):
+        pw.conv2d_dgrad_pointwise(g_out, weight, dx, cfg, bn, x.contiguous())
+
+
 @pytest.mark.parametrize("stride,kernel", [(1, "flat"), (1, "rows"), (2, "flat")])
 @pytest.mark.parametrize(
     "dtype,act", [(torch.float32, ACT_RELU6), (torch.float16, ACT_NONE), (torch.float16, ACT_RELU)]
@@ -254,6 +292,26 @@ def test_gpu_conv_dgrad_bn_sums(shape):
     for cfg in K.gemm_candidates(n * size * size, c_in, k * k * c_out, 2, 2, k == 1):
         dx, sums = K.conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn, config=cfg)
         _check_sums(sums, dx, x, bn, f"{shape} {cfg}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("c_in,size,c_out", [(144, 32, 24), (192, 16, 32), (576, 8, 96)])
+def test_gpu_pointwise_dgrad_bn_sums(c_in, size, c_out):
+    """The pointwise kernel's dgrad with the sums (SUMS_CONFIGS) at MobileNetV2's projections,
+    batch 128, fp16: the pointer kernel's input gradient, the float64 sums."""
+    from tritoncnn.kernels import conv_pointwise as pw
+
+    x = randn(128, c_in, size, size, dtype=torch.float16, channels_last=True, seed=1) * 2 + 0.5
+    bn = _bn(x, ACT_RELU6, True)
+    weight = (randn(c_out, c_in, 1, 1, seed=2) / c_in**0.5).to(torch.float16)
+    g_out = randn(128, c_out, size, size, dtype=torch.float16, channels_last=True, seed=3)
+    plain = K.conv2d_dgrad(g_out, weight, x.shape, 1, 0, 1, 1)
+    for cfg in pw.SUMS_CONFIGS:
+        dx = torch.full_like(x, float("nan"))
+        sums = pw.conv2d_dgrad_pointwise(g_out, weight, dx, cfg, bn, x)
+        assert_close(dx, plain, torch.float16, tol=1e-3, what=f"input gradient {cfg}")
+        _check_sums(sums, dx, x, bn, f"pointwise {cfg}")
+        _check_backward(sums, dx, x, bn, f"pointwise {cfg}")
 
 
 @pytest.mark.gpu

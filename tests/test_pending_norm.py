@@ -234,7 +234,7 @@ def test_pointwise_kernel_applies_the_pending_norm(dtype, monkeypatch):
     real = pw.conv2d_forward_pointwise
     monkeypatch.setattr(pw, "conv2d_forward_pointwise", lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(pw, "ENABLED", True)
-    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c: cfg)
+    monkeypatch.setattr(pw, "pick_pointwise_config", lambda c, sums=False: cfg)
     y = K.conv2d_forward(x, weight, None, 1, 0, 1, 1, pending=pending)
     assert len(calls) == 1 and calls[0][-1] is pending
     assert torch.equal(y, ref)
@@ -281,6 +281,20 @@ def test_1x1_deferred_model_trains_like_the_plain_one(options):
     assert_same_step(training_step(model, evaluate=True), ref, "1x1 deferred")
 
 
+@pytest.mark.parametrize("option", ["bn_into_1x1", "bn_into_depthwise"])
+def test_deferred_fp16_mobilenetv2_matches_twin(option):
+    """In fp16 (each deferred apply rounds to fp16 in the consumer's loads, as
+    bn_apply_kernel would store it) against the float64 torch twin, as test_models holds
+    every model: batch 4 at 32x32, a quarter of the width (see test_conv_pointwise)."""
+    from test_models import check_against_twin, randn_input, randomize_
+
+    x = randn_input(4, 3, 32, torch.float16)
+    model = models.build("mobilenetv2", num_classes=10, dropout=0.0, width_mult=0.25,
+                         **{option: True})  # fmt: skip
+    randomize_(model)
+    check_against_twin(model, x, train=True, require_conditioned=False)
+
+
 def test_1x1_undefer_and_refusals():
     """undefer_bn_into_1x1 unlinks only the 1x1 pairs; a 1x1 conv handed another tensor
     while its BatchNorm's apply is pending says which undo to call."""
@@ -320,7 +334,7 @@ def test_gpu_1x1_pending_norm(c_in, c_out, size):
 @pytest.mark.parametrize("c_in,c_out", [(32, 16), (96, 24)])
 def test_gpu_pointwise_pending_norm(config, c_in, c_out):
     """The pointwise kernel's tiles with an input batch norm at MobileNetV2's 32x32
-    projections, batch 128, fp16 (each tile's programs per SM from per_sm_in_norm)."""
+    projections, batch 128, fp16 (each tile's programs per SM from per_sm_extras)."""
     from tritoncnn.kernels import conv_pointwise as pw
 
     cfg = pw.POINTWISE_CONFIGS[config]

@@ -240,7 +240,7 @@ def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out, in_norm)
     would be a second wave of persistent programs), and no more shared memory than
     PointwiseConfig.smem_bytes counts (what the launch divides the SM's by). With an input
     batch norm (IN_NORM: MobileNetV2's 32 -> 16 and 96 -> 24 projections) its per-channel
-    terms take registers: per_sm_in_norm programs."""
+    terms take registers: per_sm_extras programs."""
     from tritoncnn.kernels import conv_pointwise
 
     cfg = conv_pointwise.POINTWISE_CONFIGS[config]
@@ -252,6 +252,26 @@ def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out, in_norm)
     per_sm = conv_pointwise.resident_per_sm(cfg, c_in, in_norm)
     assert per_sm * 32 * cfg.num_warps * registers <= 65536, report
     assert report["shared_bytes"] <= cfg.smem_bytes(conv_pointwise.reduction_block(c_in)), report
+
+
+@pytest.mark.parametrize("k,cols", [(24, 144), (96, 576)])
+def test_pointwise_dgrad_bn_sums_tile_does_not_spill(k, cols):
+    """The pointwise kernel's dgrad with a batch norm's backward sums in its epilogue
+    (GRAD_SUMS, ``bn_grad_sums`` on MobileNetV2's projections: K = the conv's 24 / 96 output
+    channels, 144 / 576 columns): the tiles it may run (SUMS_CONFIGS) compile for sm_90 without
+    spills, in the registers and shared memory their per_sm_extras and smem_bytes(sums=True)
+    count (the 128-row tiles spilled: 136 and 216 bytes)."""
+    from tritoncnn.kernels import conv_pointwise
+
+    for cfg in conv_pointwise.SUMS_CONFIGS:
+        index = str(conv_pointwise.POINTWISE_CONFIGS.index(cfg))
+        report = _report("fwd_pointwise", k, cols, 1, "--config", index, "--epilogue", "bn_sums")
+        assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
+        registers = -(-report["registers"] // 8) * 8
+        per_sm = conv_pointwise.resident_per_sm(cfg, k, sums=True)
+        assert per_sm * 32 * cfg.num_warps * registers <= 65536, report
+        smem = cfg.smem_bytes(conv_pointwise.reduction_block(k), sums=True)
+        assert report["shared_bytes"] <= smem, report
 
 
 @pytest.mark.parametrize("config,max_registers", [("128,64,64,4,4", 160), ("256,128,64,8,3", 224)])

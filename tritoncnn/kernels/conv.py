@@ -1355,7 +1355,7 @@ def _dgrad(
         bn_input,
     )  # fmt: skip
     pointwise = (
-        bn is None
+        (bn is None or bn_input.is_contiguous(memory_format=torch.channels_last))
         and add is None
         and relu_out is None
         and out.is_contiguous(memory_format=torch.channels_last)
@@ -1374,8 +1374,7 @@ def _dgrad(
             conv_tma.conv2d_dgrad_tma(grad_out, weight, dst, (pt, pl), cfg, add, relu_out)
             return None
         if isinstance(cfg, conv_pointwise.PointwiseConfig):
-            conv_pointwise.conv2d_dgrad_pointwise(grad_out, weight, dst, cfg)
-            return None
+            return conv_pointwise.conv2d_dgrad_pointwise(grad_out, weight, dst, cfg, bn, bn_input)
         # partials per (stride phase, row tile): a tuning candidate gets buffers of its own
         row_tiles = triton.cdiv(m0, cfg.BLOCK_M)
         sums = grad_sums(sh * sw * row_tiles, c_in) if bn is not None else None
@@ -1406,7 +1405,7 @@ def _dgrad(
     if halo:
         heuristic = conv_halo.pick_halo_config(h, w, dgrad=True)
     if pointwise and conv_pointwise.ENABLED:
-        heuristic = conv_pointwise.pick_pointwise_config(c_in)
+        heuristic = conv_pointwise.pick_pointwise_config(c_in, sums=bn is not None)
     if config is not None or runtime.INTERPRETED:
         cfg = (
             heuristic if config is None else _resolve_config(config, m0, c_in_g, k, grad_out.dtype)
@@ -1436,7 +1435,8 @@ def _dgrad(
                 tiles = 1 + (add is not None) + (relu_out is not None or bn is not None)
                 out += conv_halo.halo_candidates(c_in, h, w, _smem_optin(), tiles, bn is not None)
             if pointwise and conv_pointwise.ENABLED:
-                out += list(conv_pointwise.POINTWISE_CONFIGS)
+                sums_tiles = conv_pointwise.SUMS_CONFIGS if bn is not None else None
+                out += list(sums_tiles or conv_pointwise.POINTWISE_CONFIGS)
             return out
 
         cfg = _tuned(

@@ -13,7 +13,10 @@ flight while the last one's output is stored.
 
 The input gradient of a 1x1 conv is the same GEMM with the weight transposed (dx[M, C_in] =
 g[M, C_out] @ w, a reduction over C_out): ``conv2d_dgrad_pointwise`` runs it through the same
-kernel, for the plain dgrad (no added gradient, ReLU mask or batch-norm sums in its epilogue).
+kernel, with the backward sums of the batch norm before the conv in its epilogue when linked
+(``bn_grad_sums``), but no added gradient or ReLU mask (those stay on the pointer kernel).
+With a batch norm left to the conv (``bn_into_1x1``) the forward normalises each A tile
+between load and MMA.
 
 Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): not yet timed on a GPU;
 ``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times it against the pointer
@@ -35,11 +38,15 @@ from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.conv_halo import sm_shared_bytes
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm import (
+    GradSums,
     PendingNorm,
     TileMoments,
+    grad_sums,
+    grad_sums_args,
     load_pending_norm,
     normalized_tile,
     pending_norm_args,
+    store_grad_sums,
     store_tile_moments,
     tile_moments,
 )
@@ -47,8 +54,8 @@ from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 
 def env_enabled() -> bool:
-    """conv.py sends the 1x1 forwards and plain dgrads that qualify here when
-    TRITONCNN_POINTWISE=1."""
+    """conv.py sends the 1x1 forwards and dgrads (without an added gradient or ReLU mask)
+    that qualify here when TRITONCNN_POINTWISE=1."""
     return os.environ.get("TRITONCNN_POINTWISE", "0") == "1"
 
 
@@ -63,35 +70,42 @@ MAX_C_IN = 128
 @dataclass(frozen=True)
 class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
-    per SM its registers allow, plain and with an input batch norm (IN_NORM, whose
-    per-channel terms take registers; None: per_sm). The launch lowers it where shared
-    memory allows fewer (``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
+    per SM its registers allow, plain and with an extra (per_sm_extras: an input batch norm,
+    IN_NORM, or the dgrad's batch-norm sums, GRAD_SUMS, whose per-channel terms and tiles
+    take registers; None: per_sm). The launch lowers it where shared memory allows fewer
+    (``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
     per_sm: int
-    per_sm_in_norm: int | None = None
+    per_sm_extras: int | None = None
 
-    def smem_bytes(self, block_k: int) -> int:
+    def smem_bytes(self, block_k: int, sums: bool = False) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
         epilogue's tile (ptxas for sm_90, 2026-12-07: 36 KiB at 128 x 64 and C_in 24, 120
-        KiB at C_in 128, 64 and 160 KiB for 128 x 128; this counts 44, 128, 64, 160)."""
+        KiB at C_in 128, 64 and 160 KiB for 128 x 128; this counts 44, 128, 64, 160); with
+        ``sums``, the pipelined tiles of the batch norm's input too (55 KiB at 64 x 64 and
+        K 24; this counts 60)."""
         a = self.num_stages * self.block_m * block_k
-        return 2 * (a + block_k * self.block_n + self.block_m * self.block_n)
+        xn = self.num_stages * self.block_m * self.block_n if sums else 0
+        return 2 * (a + block_k * self.block_n + self.block_m * self.block_n + xn)
 
 
 # per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
 # 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
-# 4 warps 80-95 (5); with IN_NORM (C_in 32-128) 170-222 (2), 206-228 (1), 133-136 (3). A
-# program beyond those would start only when one finishes, and every program walks the
-# same number of row tiles: a second wave as long as the first.
+# 4 warps 80-95 (5); with IN_NORM (C_in 32-128) 170-222 (2), 206-228 (1), 133-136 (3); with
+# GRAD_SUMS (K 24-128) 255 + 136 bytes of spills (128 x 64), 255 + 216 (128 x 128), 172-211
+# (64 x 64: 2). A program beyond those would start only when one finishes, and every
+# program walks the same number of row tiles: a second wave as long as the first.
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
     PointwiseConfig(128, 64, 4, 3, 3, 2),
     PointwiseConfig(128, 128, 8, 3, 1, 1),
-    PointwiseConfig(64, 64, 4, 4, 5, 3),
+    PointwiseConfig(64, 64, 4, 4, 5, 2),
 )
+# The tiles that store the dgrad's batch-norm sums without spilling.
+SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
 
 
 def reduction_block(c_in: int) -> int:
@@ -99,22 +113,27 @@ def reduction_block(c_in: int) -> int:
     return max(16, triton.next_power_of_2(c_in))
 
 
-def resident_per_sm(cfg: PointwiseConfig, c_in: int, in_norm: bool = False) -> int:
-    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_in_norm with an
-    input batch norm), or fewer where their shared memory (228 KiB an SM on sm_90) runs out
-    first."""
+def resident_per_sm(
+    cfg: PointwiseConfig, c_in: int, in_norm: bool = False, sums: bool = False
+) -> int:
+    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_extras with an
+    input batch norm or the dgrad's sums), or fewer where their shared memory (228 KiB an
+    SM on sm_90) runs out first."""
     per_sm = cfg.per_sm
-    if in_norm and cfg.per_sm_in_norm is not None:
-        per_sm = cfg.per_sm_in_norm
+    if (in_norm or sums) and cfg.per_sm_extras is not None:
+        per_sm = cfg.per_sm_extras
     if runtime.INTERPRETED:
         return per_sm
-    fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in)) + 1024)
+    fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in), sums) + 1024)
     return max(1, min(per_sm, fit))
 
 
-def pick_pointwise_config(c_out: int) -> PointwiseConfig:
+def pick_pointwise_config(c_out: int, sums: bool = False) -> PointwiseConfig:
     """64-wide column blocks pad MobileNetV2's 144 / 192 / 576 / 960 channels least (as the
-    pointer forward's heuristic), 128-wide ones where they pad no more."""
+    pointer forward's heuristic), 128-wide ones where they pad no more; with the dgrad's
+    batch-norm sums, the tile that holds them without spilling."""
+    if sums:
+        return SUMS_CONFIGS[0]
     if triton.cdiv(c_out, 128) * 128 <= triton.cdiv(c_out, 64) * 64:
         return POINTWISE_CONFIGS[1]
     return POINTWISE_CONFIGS[0]
@@ -142,6 +161,7 @@ def pointwise_applicable(
 @triton.jit
 def pointwise_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+    xn_ptr, psum_g_ptr, psum_gx_ptr,
     M, C_in, C_out,
     sw_o, sw_i,
     alpha, n_alpha,
@@ -150,7 +170,7 @@ def pointwise_fwd_kernel(
     STAGES: tl.constexpr, X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0, GRAD_SUMS: tl.constexpr = False,
 ):  # fmt: skip
     """y = act(x @ w^T + b) for dense NHWC x (M rows of C_in) and y (M rows of C_out).
 
@@ -170,7 +190,14 @@ def pointwise_fwd_kernel(
     (norm.PendingNorm; nn.fusion.defer_bn_into_1x1): each A tile is normalised between load
     and MMA, with the C_in channels' terms loaded once. nmean_ptr, ninvstd_ptr, nw_ptr,
     nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as conv2d_fwd_kernel's.
+    GRAD_SUMS (the dgrad use, never with IN_NORM, whose arguments it takes): y is the
+    gradient of a training batch norm's output (after its activation IN_ACT) and xn_ptr that
+    batch norm's input (dense NHWC, M rows of C_out): each row tile also stores its per-column
+    sum(g') and sum(g' * xhat) (norm.store_grad_sums' terms) as partial ``tile`` of the fp32
+    [cdiv(M, BLOCK_M), C_out] buffers psum_g_ptr, psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr,
+    nb_ptr, n_alpha: that batch norm's statistics, parameters and activation.
     """
+    tl.static_assert(not (IN_NORM and GRAD_SUMS), "IN_NORM and GRAD_SUMS share arguments")
     wait_for_inputs()
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -215,6 +242,16 @@ def pointwise_fwd_kernel(
         if Y_ALIGN > 1:
             y_row = tl.multiple_of(y_row, Y_ALIGN)
         tl.store(y_ptr + y_row[:, None] + cols[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+        if GRAD_SUMS:
+            valid = mask_m[:, None] & mask_n[None, :]
+            xn = tl.load(xn_ptr + y_row[:, None] + cols[None, :], mask=valid, other=0.0)
+            # (the norm's terms load with each tile: hoisted, they held registers all loop)
+            # fmt: off
+            store_grad_sums(psum_g_ptr, psum_gx_ptr, y.to(tl.float32), xn.to(tl.float32), valid,
+                            tl.zeros((), tl.int64) + tile, cols, mask_n, C_out, nmean_ptr,
+                            ninvstd_ptr, nw_ptr, nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT,
+                            BLOCK_N)
+            # fmt: on
         if MOMENTS:
             # fmt: off
             part = tl.zeros((), tl.int64) + tile  # (a Python int in the interpreter)
@@ -237,22 +274,59 @@ def conv2d_forward_pointwise(
     """The 1x1 forward of ``x`` into ``out`` (dense NHWC, x's dtype) with pointwise_fwd_kernel;
     with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments);
     with ``pending``, x's batch norm applied as it loads."""
+    tiles, _ = _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, None, None)
+    return tiles
+
+
+def conv2d_dgrad_pointwise(
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    cfg: PointwiseConfig,
+    bn: PendingNorm | None = None,
+    bn_input: torch.Tensor | None = None,
+) -> GradSums | None:
+    """The input gradient of a 1x1 conv (``weight``: C_out x C_in x 1 x 1) into ``out`` (dense
+    NHWC): the forward kernel over grad_out with the transposed weight. With ``bn`` (the
+    statistics, parameters and activation of the training batch norm whose output the conv
+    read) and ``bn_input`` (that batch norm's input, dense NHWC), also that batch norm's
+    backward sums (norm.GradSums, one partial per row tile), as conv2d_dgrad_grad_sums."""
+    _, sums = _launch(
+        grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg, None, bn, bn_input
+    )
+    return sums
+
+
+def _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, bn, bn_input):
+    """pointwise_fwd_kernel over ``x`` into ``out``: (TileMoments or None, GradSums or
+    None)."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     if not out.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("conv2d_forward_pointwise: out must be a dense NHWC tensor")
     m = n * h * w
-    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
-        pending, c_in, x, "conv2d_forward_pointwise: pending"
-    )
+    if bn is not None:  # the dgrad's batch-norm sums: that norm's terms in the norm slots
+        xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
+            bn, bn_input, out.shape, out, "conv2d_dgrad_pointwise:"
+        )
+        if not xn.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("conv2d_dgrad_pointwise: bn_input must be a dense NHWC tensor")
+    else:
+        xn = out
+        norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
+            pending, c_in, x, "conv2d_forward_pointwise: pending"
+        )
     tiles = tile_moments(m, c_out, cfg.block_m) if moments else None
     parts = tiles.partials if tiles is not None else (out, out)
-    col_blocks = triton.cdiv(c_out, cfg.block_n)
     row_tiles = triton.cdiv(m, cfg.block_m)
-    per_sm = resident_per_sm(cfg, c_in, pending is not None)
+    sums = grad_sums(row_tiles, c_out) if bn is not None else None
+    sum_parts = sums.partials if sums is not None else (out, out)
+    col_blocks = triton.cdiv(c_out, cfg.block_n)
+    per_sm = resident_per_sm(cfg, c_in, pending is not None, bn is not None)
     programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
     pointwise_fwd_kernel[(programs, col_blocks)](
         x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
+        xn, sum_parts[0], sum_parts[1],
         m, c_in, c_out,
         weight.stride(0), weight.stride(1),
         float(alpha), norm_alpha,
@@ -262,16 +336,8 @@ def conv2d_forward_pointwise(
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
         EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
-        IN_NORM=pending is not None, **norm_flags,
+        IN_NORM=pending is not None, GRAD_SUMS=bn is not None, **norm_flags,
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
-    return tiles
-
-
-def conv2d_dgrad_pointwise(
-    grad_out: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, cfg: PointwiseConfig
-) -> None:
-    """The input gradient of a 1x1 conv (``weight``: C_out x C_in x 1 x 1) into ``out`` (dense
-    NHWC): the forward kernel over grad_out with the transposed weight, no epilogue extras."""
-    conv2d_forward_pointwise(grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg)
+    return tiles, sums
