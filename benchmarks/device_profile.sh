@@ -9,7 +9,8 @@
 #    dgrad stores the sums now; kernels/conv_pointwise.py and the 1x1 GEMMs' IN_NORM are new);
 # 2. MobileNetV2 graphed at b512: the default against --bn-grad-sums (the dgrads' BN sums;
 #    with the BN deferral too), --pointwise (the persistent short-K 1x1 forward) and
-#    --bn-into-1x1 (the depthwise BNs applied in the projections' GEMM loads);
+#    --bn-into-1x1 (the depthwise BNs applied in the projections' GEMM loads), and all of
+#    them at once (the pointwise kernel takes the deferred BNs and the BN sums too);
 # 3. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
 #    through shared memory (3 stages: cp.async, two barriers per row tile) against plain
 #    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
@@ -35,7 +36,7 @@ gpu_tests gpu_tests_depthwise 90 tests/test_depthwise.py
 gpu_tests gpu_tests_grad_sums 80 tests/test_grad_sums.py
 gpu_tests gpu_tests_pointwise 60 tests/test_conv_pointwise.py
 gpu_tests gpu_tests_pending_norm 60 tests/test_pending_norm.py
-timeout 200 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
+timeout 260 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
     --ours-only --bn-grad-sums --pointwise --bn-into-1x1 --out "$OUT/options" 2>&1 \
     | grep -v -i warn | grep " ms "
 timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \

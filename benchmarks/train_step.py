@@ -347,7 +347,8 @@ def main() -> None:
         "--bn-into-1x1",
         action="store_true",
         help="add graph rows whose BatchNorms before 1x1 convs are applied in those GEMMs' "
-        "loads (models.build's bn_into_1x1), alone and with bn_into_depthwise",
+        "loads (models.build's bn_into_1x1), alone and with bn_into_depthwise (and, with "
+        "--bn-grad-sums and --pointwise, a row with all four)",
     )
     ap.add_argument(
         "--without-halo",
@@ -396,6 +397,11 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_1x1_deferred"] = {**graph, "bn_into_1x1": True}
                 both = {**graph, "bn_into_1x1": True, "bn_into_depthwise": True}
                 ours["tritoncnn_fp16_graph_1x1_dw_deferred"] = both
+            if args.bn_into_1x1 and args.bn_grad_sums and args.pointwise:
+                ours["tritoncnn_fp16_graph_all_options"] = {
+                    **graph, "bn_into_1x1": True, "bn_into_depthwise": True,
+                    "bn_grad_sums": True, "pointwise": True,
+                }  # fmt: skip
             if args.without_fuse_residual:
                 ours["tritoncnn_fp16_graph_unfused_residual"] = {**graph, "fuse_residual": False}
             if args.without_row_taps:
