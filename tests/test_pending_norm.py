@@ -12,6 +12,7 @@ from tritoncnn import models
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import norm
+from tritoncnn.kernels.conv_pointwise import POINTWISE_CONFIGS
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
 from tritoncnn.nn.fusion import (
     defer_bn_into_1x1,
@@ -330,7 +331,7 @@ def test_gpu_1x1_pending_norm(c_in, c_out, size):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", range(3))
+@pytest.mark.parametrize("config", range(len(POINTWISE_CONFIGS)))
 @pytest.mark.parametrize("c_in,c_out", [(32, 16), (96, 24)])
 def test_gpu_pointwise_pending_norm(config, c_in, c_out):
     """The pointwise kernel's tiles with an input batch norm at MobileNetV2's 32x32

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tritoncnn.kernels.conv_pointwise import POINTWISE_CONFIGS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ptx_report.py"
 
 
@@ -230,7 +232,7 @@ def test_rolling_rows_depthwise_dgrad_compiles_pipelined(op, max_registers, chan
     assert report["registers"] <= max_registers and report["spill_bytes"] == 0, report
 
 
-@pytest.mark.parametrize("config", range(3))
+@pytest.mark.parametrize("config", range(len(POINTWISE_CONFIGS)))
 @pytest.mark.parametrize(
     "c_in,c_out,in_norm", [(24, 144, False), (128, 40, False), (32, 16, True), (96, 24, True)]
 )

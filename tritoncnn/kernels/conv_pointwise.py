@@ -99,10 +99,15 @@ class PointwiseConfig:
 # GRAD_SUMS (K 24-128) 255 + 136 bytes of spills (128 x 64), 255 + 216 (128 x 128), 172-211
 # (64 x 64: 2). A program beyond those would start only when one finishes, and every
 # program walks the same number of row tiles: a second wave as long as the first.
+# The last is the first with a deeper row-tile pipeline (ptxas: the same 135-138 registers,
+# two A tiles in flight instead of one, 44 KiB at C_in 24): 3 programs then keep ~36 KB of
+# a 24-channel input in flight per SM instead of ~18 (DRAM's latency at 3 TB/s is ~23 KB
+# per SM); an autotuning candidate until a GPU times it (conv_tiles.py --ops fwd_pointwise).
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
     PointwiseConfig(128, 64, 4, 3, 3, 2),
     PointwiseConfig(128, 128, 8, 3, 1, 1),
     PointwiseConfig(64, 64, 4, 4, 5, 2),
+    PointwiseConfig(128, 64, 4, 4, 3, 2),
 )
 # The tiles that store the dgrad's batch-norm sums without spilling.
 SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
