@@ -202,8 +202,8 @@ def pointwise_fwd_kernel(
     [cdiv(M, BLOCK_M), C_out] buffers psum_g_ptr, psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr,
     nb_ptr, n_alpha: that batch norm's statistics, parameters and activation.
     """
-    tl.static_assert(not (IN_NORM and GRAD_SUMS), "IN_NORM and GRAD_SUMS share arguments")
     wait_for_inputs()
+    tl.static_assert(not (IN_NORM and GRAD_SUMS), "IN_NORM and GRAD_SUMS share arguments")
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
