@@ -196,6 +196,10 @@ def _check_1x1(x, pending, applied, c_out: int, dtype, exact: bool, bias: bool =
     assert_close(gw, gw64, tol=1e-4 if dtype == torch.float32 else 2e-3, what="wgrad vs float64")
     K.conv2d_wgrad(x, g, *geo, grad_weight=gw, pending=pending)
     assert_close(gw, 2 * ref_gw, what="wgrad accumulate")
+    # the GPU's heuristic tile for it (32 x 64, split in two along the pixels)
+    cfg = K.IN_NORM_WGRAD_CONFIG
+    gw = K.conv2d_wgrad(x, g, *geo, pending=pending, config=cfg, split_k=2)
+    assert_close(gw, gw64, tol=1e-4 if dtype == torch.float32 else 2e-3, what="wgrad 32 x 64")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

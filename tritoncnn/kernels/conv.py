@@ -139,6 +139,14 @@ CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(256, 64, 64, 8, 3),
 )
 
+# The 1x1 weight gradient with a pending batch norm (IN_NORM) accumulates dw^T with the
+# normalised x tile as wgmma's register operand. ptxas for sm_90 (2026-12-07, MobileNetV2's
+# projections) serializes those wgmmas for every CONFIGS tile that doesn't spill (a
+# BLOCK_M = c_out side of 64+, or mma.sync for 32-column tiles); this one, 32 output channels
+# by 64 input channels, keeps three in flight in 104-109 registers. The heuristic there, and
+# one more candidate for the autotuner (not in CONFIGS: no other GEMM wants 32-row tiles).
+IN_NORM_WGRAD_CONFIG = ConvConfig(32, 64, 64, 4, 3)
+
 # Operand tiles of all stages must fit in shared memory with room for the epilogue: a share of
 # the per-block opt-in maximum (227 KiB on an H100, 163 KiB on an A100).
 SMEM_SHARE = 0.78
@@ -1651,6 +1659,8 @@ def conv2d_wgrad(
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if halo:
         heuristic = conv_halo_wgrad.pick_halo_wgrad_config(ho, wo)
+    if pending is not None and not runtime.INTERPRETED:
+        heuristic = IN_NORM_WGRAD_CONFIG
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
         if config is not None:
@@ -1692,6 +1702,8 @@ def conv2d_wgrad(
             out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
         if halo:
             out += conv_halo_wgrad.halo_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
+        if pending is not None:
+            out.append(IN_NORM_WGRAD_CONFIG)
         return out
 
     cfg = _tuned(
