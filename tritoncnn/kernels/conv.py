@@ -139,6 +139,12 @@ CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(256, 64, 64, 8, 3),
 )
 
+# The 1x1 forward with a pending batch norm (IN_NORM): the normalised A tile is wgmma's
+# register operand. ptxas for sm_90 (2026-12-07) serializes those wgmmas at 32- and 128-wide
+# column tiles (pick_config's for MobileNetV2's 16-32 and 96-channel projections) and keeps
+# them in flight at 64-wide ones (128 x 64: 137-157 registers at every projection shape).
+IN_NORM_FWD_CONFIG = ConvConfig(128, 64, 32, 4, 3)  # (one of CONFIGS)
+
 # The 1x1 weight gradient with a pending batch norm (IN_NORM) accumulates dw^T with the
 # normalised x tile as wgmma's register operand. ptxas for sm_90 (2026-12-07, MobileNetV2's
 # projections) serializes those wgmmas for every CONFIGS tile that doesn't spill (a
@@ -1200,6 +1206,8 @@ def _forward(
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if halo:
         heuristic = conv_halo.pick_halo_config(ho, wo)
+    if pending is not None and not runtime.INTERPRETED:
+        heuristic = IN_NORM_FWD_CONFIG
     if pointwise and conv_pointwise.ENABLED:
         heuristic = conv_pointwise.pick_pointwise_config(c_out)
     if config is not None or runtime.INTERPRETED:
