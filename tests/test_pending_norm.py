@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import DEVICE, assert_close, assert_same_step, randn, training_step
 
-from tritoncnn import models
+from tritoncnn import models, nn
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import norm
@@ -274,15 +274,20 @@ def _mobilenet_1x1(**options):
     ids=["alone", "with_depthwise_deferral_and_grad_sums"],
 )
 def test_1x1_deferred_model_trains_like_the_plain_one(options):
-    """A MobileNetV2 whose depthwise BatchNorms (and the last block's projection BatchNorm,
-    before the final 1x1 conv) leave their apply to the 1x1 conv after them: the same
-    logits, gradients and running statistics as the plain model, eval included; with the
-    expand deferral and the dgrads' BN sums too (the projection dgrad's sums then read the
-    deferred BatchNorm's input)."""
+    """A MobileNetV2 whose depthwise BatchNorms (one per inverted residual block: the
+    projection is the only reader) leave their apply to the 1x1 projection after them: the
+    same logits, gradients and running statistics as the plain model, eval included; with
+    the expand deferral and the dgrads' BN sums too (the projection dgrad's sums then read
+    the deferred BatchNorm's input)."""
     ref = training_step(_mobilenet_1x1(**options), evaluate=True)
     model = _mobilenet_1x1(bn_into_1x1=True, **options)
-    deferred = [m for m in model.modules() if getattr(m, "pending_link", None) is not None]
-    assert any(not m.pending_link.conv._is_depthwise() for m in deferred)
+    deferred = [
+        m for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d) and m.pending_link is not None
+        and not m.pending_link.conv._is_depthwise()
+    ]  # fmt: skip
+    blocks = [m for m in model.modules() if type(m).__name__ == "InvertedResidual"]
+    assert len(deferred) == len(blocks) == 3
     assert_same_step(training_step(model, evaluate=True), ref, "1x1 deferred")
 
 
@@ -327,7 +332,7 @@ def test_1x1_undefer_and_refusals():
     [(144, 24, 32), (192, 32, 16), (384, 64, 8), (576, 96, 8), (960, 160, 4), (320, 1280, 4)],
 )
 def test_gpu_1x1_pending_norm(c_in, c_out, size):
-    """MobileNetV2's projection shapes (and the final 320 -> 1280) at batch 128, fp16, with
+    """MobileNetV2's projection shapes (and a 320 -> 1280 1x1) at batch 128, fp16, with
     the autotuner's or heuristic's tiles: compiled, not interpreted."""
     x = randn(128, c_in, size, size, dtype=torch.float16, channels_last=True) * 2 + 0.5
     pending, applied = _pending(x, ACT_RELU6, True)
