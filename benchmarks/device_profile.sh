@@ -19,6 +19,8 @@
 #    pointwise kernel's (kernels/conv_pointwise.py, off by default) graphed against cuDNN: the
 #    12-06 H100 trace had the 24 -> 144 expand forward at 216 us for ~176 MB (0.8 TB/s),
 #    the 1x1 forwards at 1.59 ms in all for ~1.8 GB (~0.6 ms at 3 TB/s);
+#    Then two projections' forward and weight gradient with the deferred BN in the GEMM
+#    (IN_NORM) beside the plain ones: the prologue's cost, tile by tile;
 # 5. ResNet-18 graphed at b512: the default against --bn-grad-sums and --loader-warp-wgrad
 #    (the halo weight gradient's loader warp);
 # 6. profile_step.py --trace of MobileNetV2 with --bn-grad-sums and with the defaults: every
@@ -47,6 +49,9 @@ timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_pointwise dgrad dgrad
     --out "$OUT/pointwise" \
     --shapes 24:144:1:1:32 144:24:1:1:32 32:192:1:1:16 96:576:1:1:8 2>&1 | grep -v -i warn \
     | tail -10
+timeout 90 python3 benchmarks/conv_tiles.py --ops fwd fwd_in_norm wgrad wgrad_in_norm \
+    --weights fp16 --out "$OUT/in_norm" --shapes 144:24:1:1:32 576:96:1:1:8 2>&1 \
+    | grep -v -i warn | tail -8
 timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
     --ours-only --bn-grad-sums --loader-warp-wgrad --out "$OUT/options" 2>&1 \
     | grep -v -i warn | grep " ms "
