@@ -1033,8 +1033,8 @@ def _check_pointwise_config(cfg, pointwise: bool, op: str) -> None:
         raise ValueError(
             f"{op}: config {cfg} is a pointwise tile, but the pointwise kernel can't run this "
             f"conv (1x1, stride 1, no padding, one group, at most {conv_pointwise.MAX_C_IN} "
-            "reduced channels, fp16/bf16 dense channels_last operands, no dgrad epilogue "
-            "extras: see kernels/conv_pointwise.py)"
+            "reduced channels, fp16/bf16 dense channels_last operands, no added gradient or "
+            "ReLU mask in a dgrad: see kernels/conv_pointwise.py)"
         )
 
 
