@@ -4,7 +4,7 @@
 # kernel's (fwd_pointwise, dgrad_pointwise), graphed, one conv_tiles.py run per shape so a
 # call cut short keeps the shapes it finished; the 32x32 layers first (they are ~60% of the
 # 1x1 convs' time in the 12-06 trace), then 16x16, then the 8x8 ones that repeat. The CSVs
-# come back as one tar (the device tool returns at most 8 files):
+# come back as one tar, csvs.tgz (the device tool returns at most 8 files):
 #
 #   bash benchmarks/device_1x1_tiles.sh       # carry .whl
 set -uo pipefail
@@ -23,4 +23,4 @@ for shape in 144:24:1:1:32 24:144:1:1:32 96:24:1:1:32 16:96:1:1:32 32:16:1:1:32 
         --ops fwd fwd_pointwise dgrad dgrad_pointwise wgrad --out "$OUT/tiles/${shape//:/_}" \
         2>&1 | grep -v -i warn | grep " us "
 done
-tar -C "$OUT" -czf "$OUT/tiles.tgz" tiles && rm -rf "$OUT/tiles"
+bundle_csvs

@@ -14,3 +14,9 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
         > "$OUT/$1.log" 2>&1
     grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
 }
+# bundle_csvs: every CSV and PNG under $OUT (any depth) into $OUT/csvs.tgz, the originals
+# removed: the device tool returns at most 8 files.
+bundle_csvs() {
+    (cd "$OUT" && find . \( -name "*.csv" -o -name "*.png" \) -print0 \
+        | tar --null -czf csvs.tgz -T - --remove-files)
+}
