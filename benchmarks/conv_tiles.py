@@ -13,11 +13,7 @@ wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every 
 candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
 conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": persistent, at
 most K programs per SM); ``--ops fwd_pointwise dgrad_pointwise`` the short-K 1x1 forward and
-input gradient through conv_pointwise's persistent kernel, every pointwise tile; ``--ops
-fwd_in_norm wgrad_in_norm`` a 1x1 forward and weight gradient whose input carries a pending
-batch norm + ReLU6 (IN_NORM, ``models.build(bn_into_1x1=True)``: the GEMM applies it as it
-loads), every tile, against cuDNN on the applied tensor: the prologue's cost beside the
-``fwd`` / ``wgrad`` rows of the same shape. Each timing
+input gradient through conv_pointwise's persistent kernel, every pointwise tile. Each timing
 row carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype):
 the heuristic tile's time, the best tile and its time, cuDNN's time; writes
 ``conv_tiles_<gpu>.csv`` with every timing under ``--out``. Times are CUDA-graph replays
@@ -41,8 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
 from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma  # noqa: E402
-from tritoncnn.kernels.elementwise import ACT_RELU6  # noqa: E402
-from tritoncnn.kernels.norm import PendingNorm  # noqa: E402
 
 # Replayed in a CUDA graph unless --eager: the training step is graphed, and eagerly the host
 # time of a Gluon launch (its descriptors built in Python) can exceed a 100 us kernel's: on
@@ -118,11 +112,6 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
     }
     other_flat = cin >= conv_k.FLAT_MAX_CHANNELS
     cv = torch.ops.aten.convolution_backward
-    # a pending batch norm (zero mean, unit scale) + ReLU6 on x, and the tensor it stands for
-    ones = torch.ones(cin, device="cuda")
-    pending = PendingNorm(ones * 0.0, ones, None, None, ACT_RELU6, 0.0)
-    applied = x.clamp(0.0, 6.0)
-    gemm["fwd_in_norm"], gemm["wgrad_in_norm"] = gemm["fwd"], gemm["wgrad"]
     w16 = w32.to(dtype)  # cuDNN's weight, cast once: no cast kernel in its time
     for w_name, w in (("fp32", w32), ("fp16", w16)):
         ops = {
@@ -142,12 +131,6 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
             "wgrad_halo": lambda cfg, w=w: conv_k.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg
-            ),
-            "fwd_in_norm": lambda cfg, w=w: conv_k.conv2d_forward(
-                x, w, None, *pair, 1, config=cfg, pending=pending
-            ),
-            "wgrad_in_norm": lambda cfg, w=w: conv_k.conv2d_wgrad(
-                x, gy, w.shape, *pair, 1, config=cfg, pending=pending
             ),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
@@ -178,11 +161,6 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_halo"], cudnn["fwd_pointwise"] = cudnn["wgrad"], cudnn["fwd"]
         cudnn["dgrad_pointwise"] = cudnn["dgrad"]
-        cudnn["fwd_in_norm"] = lambda: torch.nn.functional.conv2d(applied, w16, None, s, pad)
-        cudnn["wgrad_in_norm"] = lambda: cv(
-            gy, applied, w16, None, (s, s), (pad, pad), (1, 1), False, (0, 0), 1,
-            (False, True, False),
-        )  # fmt: skip
         for op, run in ops.items():
             if op not in op_names or w_name not in weights:
                 continue
@@ -212,8 +190,6 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 gy, w.transpose(0, 1), (s, s), (pad,) * 4, (1, 1), 1
             ):
                 continue
-            if op.endswith("_in_norm") and not is_1x1:
-                continue  # (the GEMM prologue takes 1x1 convs only)
             if op == "fwd_tma" and not conv_tma.tma_applicable(x, w, (s, s), (1, 1), 1, ho, ho):
                 continue  # (an fp32 weight, a stride, a channel count TMA can't take)
             if op == "dgrad_tma" and not conv_tma.tma_dgrad_applicable(
@@ -250,10 +226,6 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 heuristic = conv_pointwise.pick_pointwise_config(
                     cout if op == "fwd_pointwise" else cin
                 )
-            elif op == "fwd_in_norm":
-                heuristic = conv_k.IN_NORM_FWD_CONFIG
-            elif op == "wgrad_in_norm":
-                heuristic = conv_k.IN_NORM_WGRAD_CONFIG
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)

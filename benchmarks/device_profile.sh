@@ -5,12 +5,10 @@
 #
 #   bash benchmarks/device_profile.sh       # carry .whl
 #
-# 1. the depthwise, batch-norm sums', pointwise and pending-norm gpu tests (the rolling-rows
-#    dgrad stores the sums now; kernels/conv_pointwise.py and the 1x1 GEMMs' IN_NORM are new);
+# 1. the depthwise, batch-norm sums' and pointwise gpu tests (the rolling-rows dgrad stores
+#    the sums now; kernels/conv_pointwise.py is new);
 # 2. MobileNetV2 graphed at b512: the default against --bn-grad-sums (the dgrads' BN sums;
-#    with the BN deferral too), --pointwise (the persistent short-K 1x1 forward) and
-#    --bn-into-1x1 (the depthwise BNs applied in the projections' GEMM loads), and all of
-#    them at once (the pointwise kernel takes the deferred BNs and the BN sums too);
+#    with the BN deferral too) and --pointwise (the persistent short-K 1x1 forward);
 # 3. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
 #    through shared memory (3 stages: cp.async, two barriers per row tile) against plain
 #    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
@@ -19,8 +17,6 @@
 #    pointwise kernel's (kernels/conv_pointwise.py, off by default) graphed against cuDNN: the
 #    12-06 H100 trace had the 24 -> 144 expand forward at 216 us for ~176 MB (0.8 TB/s),
 #    the 1x1 forwards at 1.59 ms in all for ~1.8 GB (~0.6 ms at 3 TB/s);
-#    Then two projections' forward and weight gradient with the deferred BN in the GEMM
-#    (IN_NORM) beside the plain ones: the prologue's cost, tile by tile;
 # 5. ResNet-18 graphed at b512: the default against --bn-grad-sums and --loader-warp-wgrad
 #    (the halo weight gradient's loader warp);
 # 6. profile_step.py --trace of MobileNetV2 with --bn-grad-sums and with the defaults: every
@@ -37,10 +33,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 gpu_tests gpu_tests_depthwise 90 tests/test_depthwise.py
 gpu_tests gpu_tests_grad_sums 160 tests/test_grad_sums.py
 gpu_tests gpu_tests_pointwise 120 tests/test_conv_pointwise.py
-gpu_tests gpu_tests_pending_norm 60 tests/test_pending_norm.py
-timeout 260 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
-    --ours-only --bn-grad-sums --pointwise --bn-into-1x1 --out "$OUT/options" 2>&1 \
-    | grep -v -i warn | grep " ms "
+timeout 150 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
+    --ours-only --bn-grad-sums --pointwise --out "$OUT/options" 2>&1 | grep -v -i warn \
+    | grep " ms "
 timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
     --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
 grep -A8 "totals" "$OUT/reduction_tiles.log"
@@ -49,9 +44,6 @@ timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_pointwise dgrad dgrad
     --out "$OUT/pointwise" \
     --shapes 24:144:1:1:32 144:24:1:1:32 32:192:1:1:16 96:576:1:1:8 2>&1 | grep -v -i warn \
     | tail -10
-timeout 90 python3 benchmarks/conv_tiles.py --ops fwd fwd_in_norm wgrad wgrad_in_norm \
-    --weights fp16 --out "$OUT/in_norm" --shapes 144:24:1:1:32 576:96:1:1:8 2>&1 \
-    | grep -v -i warn | tail -8
 timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
     --ours-only --bn-grad-sums --loader-warp-wgrad --out "$OUT/options" 2>&1 \
     | grep -v -i warn | grep " ms "

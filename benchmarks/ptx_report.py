@@ -69,10 +69,6 @@ CONV_POINTERS = {
         "y_ptr": "*fp16",
         "pmean_ptr": "*fp32",
         "pm2_ptr": "*fp32",
-        "nmean_ptr": "*fp32",
-        "ninvstd_ptr": "*fp32",
-        "nw_ptr": "*fp32",
-        "nb_ptr": "*fp32",
     },  # fmt: skip
     "dgrad": {
         "dy_ptr": "*fp16",
@@ -87,15 +83,7 @@ CONV_POINTERS = {
         "psum_gx_ptr": "*fp32",
         "add_ptr": "*fp16",
     },  # fmt: skip
-    "wgrad": {
-        "x_ptr": "*fp16",
-        "dy_ptr": "*fp16",
-        "dw_ptr": "*fp32",
-        "nmean_ptr": "*fp32",
-        "ninvstd_ptr": "*fp32",
-        "nw_ptr": "*fp32",
-        "nb_ptr": "*fp32",
-    },  # fmt: skip
+    "wgrad": {"x_ptr": "*fp16", "dy_ptr": "*fp16", "dw_ptr": "*fp32"},
 }
 TMA_OPS = ("fwd_tma", "dgrad_tma", "wgrad_tma")
 BN_KERNELS = {
@@ -130,15 +118,10 @@ def kernel_args(
     cfg: K.ConvConfig,
     rows: bool = False,
     epilogue: str = "none",
-    in_norm: bool = False,
 ):
     """(kernel, runtime integer arguments, constexpr arguments) of a stride-1 'same' conv;
     ``rows``: the wgrad's one program per filter row (ROW_TAPS); ``epilogue``: the dgrad's
-    skip-gradient add ("add", ADD_GRAD) and the input ReLU's backward too ("add_relu");
-    ``in_norm``: the 1x1 forward's / wgrad's input batch norm + ReLU6 applied as x loads
-    (IN_NORM, nn.fusion.defer_bn_into_1x1)."""
-    norm_in = dict(IN_NORM=in_norm, IN_HAS_W=in_norm, IN_HAS_B=in_norm,
-                   IN_ACT=ACT_RELU6 if in_norm else 0)  # fmt: skip
+    skip-gradient add ("add", ADD_GRAD) and the input ReLU's backward too ("add_relu")."""
     x = (hw * hw * c_in, hw * c_in, c_in, 1)  # NHWC strides (n, h, w, c)
     y = (hw * hw * c_out, hw * c_out, c_out, 1)
     w = (k * k * c_in, 1, k * c_in, c_in)  # channels_last weight (o, i, kh, kw)
@@ -148,7 +131,7 @@ def kernel_args(
     common = dict(KH=k, KW=k, IS_1X1=k == 1, DOT_PRECISION="ieee", EMULATE_BF16=False, **tile)
     flat = k > 1 and (c_out if op == "dgrad" else c_in) < K.FLAT_MAX_CHANNELS
     if op == "fwd":
-        ints = dict(geometry, **conv, alpha=0.0, n_alpha=0.0)
+        ints = dict(geometry, **conv, alpha=0.0)
         ints.update(_named("sx", "nhwc", x))
         ints.update(_named("sw", "oihw", w))
         ints.update(_named("sy", "nhwc", y))
@@ -156,7 +139,7 @@ def kernel_args(
         x_align = _align(n, c_in, hw)
         const = dict(
             common, HAS_BIAS=False, ACT=0, FLAT_K=flat, X_ALIGN=x_align, MOMENTS=False,
-            W_ALIGN=x_align, Y_ALIGN=_align(n, c_out, hw), **norm_in,
+            W_ALIGN=x_align, Y_ALIGN=_align(n, c_out, hw),
         )  # fmt: skip
         return K.conv2d_fwd_kernel, ints, const
     if op == "dgrad":
@@ -172,13 +155,13 @@ def kernel_args(
             ADD_GRAD=epilogue != "none", RELU_INPUT=epilogue == "add_relu",
         )  # fmt: skip
         return K.conv2d_dgrad_kernel, ints, const
-    ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in, n_alpha=0.0)
+    ints = dict(geometry, **conv, pix_per_split=4096, sdw_split=c_out * k * k * c_in)
     ints.update(_named("sx", "nhwc", x))
     ints.update(_named("sdy", "nhwc", y))
     ints.update(_named("sdw", "oihw", w))
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
-                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows, **norm_in)  # fmt: skip
+                 DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
     return K.conv2d_wgrad_kernel, ints, const
 
 
@@ -226,14 +209,11 @@ HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
 POINTWISE_OPS = ("fwd_pointwise",)
 
 
-def pointwise_args(
-    batch: int, c_in: int, c_out: int, size: int, cfg, in_norm: bool = False, sums: bool = False
-):
+def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg, sums: bool = False):
     """(kernel, pointer types, runtime arguments, constexpr arguments) of conv_pointwise's
-    forward (with the BN moments, as in training) of dense NHWC fp16 tensors; ``in_norm``:
-    x's batch norm + ReLU6 applied as it loads (IN_NORM); ``sums``: the dgrad use instead
-    (c_in, c_out: the GEMM's), no moments but a ReLU6 batch norm's backward sums of the output
-    (GRAD_SUMS)."""
+    forward (with the BN moments, as in training) of dense NHWC fp16 tensors; ``sums``: the
+    dgrad use instead (c_in, c_out: the GEMM's), no moments but a ReLU6 batch norm's backward
+    sums of the output (GRAD_SUMS)."""
     kernel = conv_pointwise.pointwise_fwd_kernel
     pointers = {
         name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr", "xn_ptr") else "*fp32"
@@ -246,8 +226,8 @@ def pointwise_args(
         HAS_BIAS=False, ACT=0, MOMENTS=not sums, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=conv_pointwise.reduction_block(c_in), STAGES=cfg.num_stages,
         X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
-        EMULATE_BF16=False, IN_NORM=in_norm, IN_HAS_W=in_norm or sums, IN_HAS_B=in_norm or sums,
-        IN_ACT=ACT_RELU6 if in_norm or sums else 0, GRAD_SUMS=sums,
+        EMULATE_BF16=False, IN_HAS_W=sums, IN_HAS_B=sums, IN_ACT=ACT_RELU6 if sums else 0,
+        GRAD_SUMS=sums,
     )  # fmt: skip
     return kernel, pointers, ints, const
 
@@ -556,12 +536,6 @@ def main() -> None:
         default="fp32",
         help="fwd/dgrad weight dtype (fp16: the layer's 16-bit copy, nn.Conv2d's default)",
     )
-    ap.add_argument(
-        "--in-norm",
-        action="store_true",
-        help="fwd, wgrad (1x1), fwd_pointwise: the input's batch norm + ReLU6 applied as x "
-        "loads (IN_NORM)",
-    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.op in BN_KERNELS:
@@ -597,9 +571,8 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = conv_pointwise.POINTWISE_CONFIGS[int(args.config)]
         kernel, pointers, ints, const = pointwise_args(
-            args.batch, args.c_in, args.c_out, args.size, cfg, args.in_norm,
-            args.epilogue == "bn_sums",
-        )  # fmt: skip
+            args.batch, args.c_in, args.c_out, args.size, cfg, args.epilogue == "bn_sums"
+        )
         compiled = compile_kernel(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
         ptx, const["shared_bytes"] = compiled.asm["ptx"], compiled.metadata.shared
         shape = f"{args.c_in}->{args.c_out} 1x1 {args.size}x{args.size} {cfg}"
@@ -616,7 +589,7 @@ def main() -> None:
         cfg = K.ConvConfig(*(int(v) for v in args.config.split(",")))
         kernel, ints, const = kernel_args(
             args.op, args.batch, args.c_in, args.c_out, args.size, args.kernel, cfg,
-            args.row_taps, args.epilogue, args.in_norm,
+            args.row_taps, args.epilogue,
         )  # fmt: skip
         pointers = dict(CONV_POINTERS[args.op])
         if "w_ptr" in pointers:

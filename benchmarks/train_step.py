@@ -93,7 +93,6 @@ def ours_step(
     conv_bn_moments: bool = True,
     wgrad_row_taps: bool = True,
     bn_into_depthwise: bool = False,
-    bn_into_1x1: bool = False,
     bn_grad_sums: bool = False,
     fuse_residual: bool = True,
     dw_wgrad_all_taps: bool = True,
@@ -115,7 +114,6 @@ def ours_step(
     allows (kernels.conv.WGRAD_ROW_TAPS, the default, read at every launch: set for this
     variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
-    ``bn_into_1x1``: BatchNorms before 1x1 convs applied in those GEMMs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
     ``fuse_residual``: residual blocks add their skip tensor in their last BN's apply
     (models.build's default).
@@ -159,7 +157,7 @@ def ours_step(
     model = models.build(
         name, num_classes=10, in_channels=3, image_size=32, fuse=fuse,
         conv_bn_moments=conv_bn_moments, bn_into_depthwise=bn_into_depthwise,
-        bn_into_1x1=bn_into_1x1, bn_grad_sums=bn_grad_sums, fuse_residual=fuse_residual,
+        bn_grad_sums=bn_grad_sums, fuse_residual=fuse_residual,
         skip_grad_in_dgrad=skip_grad_in_dgrad, relu_grad_in_dgrad=relu_grad_in_dgrad,
     )  # fmt: skip
     for m in model.modules():
@@ -344,13 +342,6 @@ def main() -> None:
         "pointwise kernel (kernels/conv_pointwise.py, off by default)",
     )
     ap.add_argument(
-        "--bn-into-1x1",
-        action="store_true",
-        help="add graph rows whose BatchNorms before 1x1 convs are applied in those GEMMs' "
-        "loads (models.build's bn_into_1x1), alone and with bn_into_depthwise (and, with "
-        "--bn-grad-sums and --pointwise, a row with all four)",
-    )
-    ap.add_argument(
         "--without-halo",
         action="store_true",
         help="add a graph row without the halo kernels (the default rows have them on sm_90)",
@@ -393,15 +384,6 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_grad_sums"] = {**graph, "bn_grad_sums": True}
                 both = {**graph, "bn_grad_sums": True, "bn_into_depthwise": True}
                 ours["tritoncnn_fp16_graph_grad_sums_deferred"] = both
-            if args.bn_into_1x1:
-                ours["tritoncnn_fp16_graph_1x1_deferred"] = {**graph, "bn_into_1x1": True}
-                both = {**graph, "bn_into_1x1": True, "bn_into_depthwise": True}
-                ours["tritoncnn_fp16_graph_1x1_dw_deferred"] = both
-            if args.bn_into_1x1 and args.bn_grad_sums and args.pointwise:
-                ours["tritoncnn_fp16_graph_all_options"] = {
-                    **graph, "bn_into_1x1": True, "bn_into_depthwise": True,
-                    "bn_grad_sums": True, "pointwise": True,
-                }  # fmt: skip
             if args.without_fuse_residual:
                 ours["tritoncnn_fp16_graph_unfused_residual"] = {**graph, "fuse_residual": False}
             if args.without_row_taps:

@@ -82,8 +82,8 @@ class KinkRecorder:
 def _fused_decision(bn, out: torch.Tensor) -> torch.Tensor:
     """What a fused BN -> activation decided on: its output ``out`` = act(z) where that is
     unambiguous (always in fp32), the rebuilt z where a 16-bit rounding landed on a kink.
-    A BN whose apply was deferred to the conv after it (nn.fusion.defer_bn_into_depthwise /
-    defer_bn_into_1x1) passed its input through: that conv decided on z as it loaded, so the
+    A BN whose apply was deferred to the conv after it (nn.fusion.defer_bn_into_depthwise)
+    passed its input through: that conv decided on z as it loaded, so the
     rebuilt z is all there is (an element within an fp32 ulp of a kink could be decided the
     other way there: rare enough at test sizes)."""
     if bn.pending_link is not None and bn._saved is not None and out is bn._saved[0]:

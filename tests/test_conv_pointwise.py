@@ -181,7 +181,7 @@ def test_pointwise_gpu_bf16_relu6_fp32_weight():
 
 
 # every off-by-default MobileNetV2 option that changes what the 1x1 GEMMs do
-ALL_OPTIONS = dict(bn_grad_sums=True, bn_into_1x1=True, bn_into_depthwise=True)
+ALL_OPTIONS = dict(bn_grad_sums=True, bn_into_depthwise=True)
 
 
 def _mobilenetv2_with_pointwise(monkeypatch, batch: int, width: float, **options) -> None:

@@ -64,9 +64,6 @@ from tritoncnn.kernels.norm import (
     TileMoments,
     grad_sums,
     grad_sums_args,
-    load_pending_norm,
-    normalized_tile,
-    pending_norm_args,
     store_grad_sums,
     store_tile_moments,
     tile_moments,
@@ -138,20 +135,6 @@ CONFIGS: tuple[ConvConfig, ...] = (
     ConvConfig(256, 128, 64, 8, 3),
     ConvConfig(256, 64, 64, 8, 3),
 )
-
-# The 1x1 forward with a pending batch norm (IN_NORM): the normalised A tile is wgmma's
-# register operand. ptxas for sm_90 (2026-12-07) serializes those wgmmas at 32- and 128-wide
-# column tiles (pick_config's for MobileNetV2's 16-32 and 96-channel projections) and keeps
-# them in flight at 64-wide ones (128 x 64: 137-157 registers at every projection shape).
-IN_NORM_FWD_CONFIG = ConvConfig(128, 64, 32, 4, 3)  # (one of CONFIGS)
-
-# The 1x1 weight gradient with a pending batch norm (IN_NORM) accumulates dw^T with the
-# normalised x tile as wgmma's register operand. ptxas for sm_90 (2026-12-07, MobileNetV2's
-# projections) serializes those wgmmas for every CONFIGS tile that doesn't spill (a
-# BLOCK_M = c_out side of 64+, or mma.sync for 32-column tiles); this one, 32 output channels
-# by 64 input channels, keeps three in flight in 104-109 registers. The heuristic there, and
-# one more candidate for the autotuner (not in CONFIGS: no other GEMM wants 32-row tiles).
-IN_NORM_WGRAD_CONFIG = ConvConfig(32, 64, 64, 4, 3)
 
 # Operand tiles of all stages must fit in shared memory with room for the epilogue: a share of
 # the per-block opt-in maximum (227 KiB on an H100, 163 KiB on an A100).
@@ -294,13 +277,13 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 @triton.jit
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, pmean_ptr, pm2_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sx_n, sx_h, sx_w, sx_c,
     sw_o, sw_i, sw_h, sw_w,
     sy_n, sy_h, sy_w, sy_c,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    alpha, n_alpha,
+    alpha,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     IS_1X1: tl.constexpr, FLAT_K: tl.constexpr,
@@ -308,8 +291,6 @@ def conv2d_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, MOMENTS: tl.constexpr = False, W_ALIGN: tl.constexpr = 1,
     Y_ALIGN: tl.constexpr = 1,
-    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y = act(conv2d(x, w) + b): one BLOCK_M x BLOCK_N tile of output pixels x out channels.
 
@@ -336,11 +317,6 @@ def conv2d_fwd_kernel(
     of a 24-channel 1x1 conv has 48-byte rows Triton can't see).
     Y_ALIGN: the same for y's row offsets and C_out_g (a 144 -> 24 projection stores 48-byte
     rows: 16-byte vectors instead of 2-byte stores).
-    IN_NORM (IS_1X1 only): x is a batch norm's input whose apply was left to this kernel
-    (norm.PendingNorm, MobileNetV2's projections): each A tile becomes act_in((x - mean) *
-    invstd * w_in + b_in) rounded to x's dtype, what bn_apply_kernel would have stored, before
-    the MMA. nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C_in] statistics and parameters
-    (weight / bias read only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -379,13 +355,6 @@ def conv2d_fwd_kernel(
                 mask=mask_m[:, None] & mk[None, :],
                 other=0.0,
             )
-            if IN_NORM:  # (each K step has channels of its own: their terms load with it)
-                n_mean, n_scale, n_b = load_pending_norm(
-                    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, g * C_in_g + kk, mk, True, IN_HAS_W,
-                    IN_HAS_B, BLOCK_K,
-                )  # fmt: skip
-                a = normalized_tile(a, n_mean, n_scale, n_b, mask_m[:, None] & mk[None, :],
-                                    IN_ACT, n_alpha)  # fmt: skip
             b = tl.load(
                 w_ptr + w_col[None, :] + kk[:, None] * sw_i,
                 mask=mk[:, None] & mask_n[None, :],
@@ -677,19 +646,17 @@ def conv2d_dgrad_kernel(
 
 @triton.jit
 def conv2d_wgrad_kernel(
-    x_ptr, dy_ptr, dw_ptr, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr,
+    x_ptr, dy_ptr, dw_ptr,
     N, H, W, C_in_g, HO, WO, C_out_g,
     sx_n, sx_h, sx_w, sx_c,
     sdy_n, sdy_h, sdy_w, sdy_c,
     sdw_o, sdw_i, sdw_h, sdw_w, sdw_split,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    pix_per_split, n_alpha,
+    pix_per_split,
     KH: tl.constexpr, KW: tl.constexpr, IS_1X1: tl.constexpr, FLAT_N: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, ROW_TAPS: tl.constexpr = False,
-    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """dw[o, c, kh, kw] = sum over output pixels p of dy[p, o] * x[pixel p shifted by the tap, c]:
     one BLOCK_M x BLOCK_N tile of (out channel, in channel) for one tap, one group, one K split.
@@ -717,12 +684,6 @@ def conv2d_wgrad_kernel(
     X_ALIGN, DY_ALIGN: as the forward's X_ALIGN, for x (C_in_g; never with FLAT_N) and dy
     (C_out_g): their channel runs are the contiguous axes of the B and A tiles here.
     ROW_TAPS: one program per filter row, KW accumulators (not with FLAT_N or IS_1X1).
-    IN_NORM (IS_1X1 only): x is a batch norm's input whose apply the forward did as it loaded
-    (the forward's IN_NORM); each x tile is normalised (and activated) the same way here, and
-    the program accumulates dw^T = x^T @ dy instead, so that the normalised tile, which lives
-    in registers, is the MMA's A operand (wgmma reads A from registers, B only from shared
-    memory: as B it went back through shared memory and ptxas waited for each wgmma).
-    nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as there.
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -769,10 +730,6 @@ def conv2d_wgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # ROW_TAPS: taps kw + 1, kw + 2
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # IN_NORM: dw^T
-    # IN_NORM: the batch norm's terms for the program's columns, loaded once (stand-ins without)
-    n_mean, n_scale, n_b = load_pending_norm(nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, ci, mask_n,
-                                             IN_NORM, IN_HAS_W, IN_HAS_B, BLOCK_N)  # fmt: skip
     for k0 in range(k_lo, k_hi, BLOCK_K):
         p = k0 + tl.arange(0, BLOCK_K)
         mp = p < k_hi
@@ -800,9 +757,6 @@ def conv2d_wgrad_kernel(
                 mask=mp[:, None] & mask_n[None, :],
                 other=0.0,
             )
-            if IN_NORM:
-                b = normalized_tile(b, n_mean, n_scale, n_b, mp[:, None] & mask_n[None, :],
-                                    IN_ACT, n_alpha)  # fmt: skip
         elif FLAT_N:
             hi = ho[:, None] * stride_h - pad_h + kh[None, :] * dil_h
             wi = wo[:, None] * stride_w - pad_w + kw[None, :] * dil_w
@@ -814,10 +768,7 @@ def conv2d_wgrad_kernel(
                 x_ptr, x_col, mask_n, n64, ho, wo, mp, kh, kw, H, W, sx_n, sx_h, sx_w,
                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, X_ALIGN,
             )  # fmt: skip
-        if IN_NORM:
-            acc_t = _dot(tl.trans(b), tl.trans(a), acc_t, DOT_PRECISION, EMULATE_BF16)
-        else:
-            acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
+        acc = _dot(a, b, acc, DOT_PRECISION, EMULATE_BF16)
         if ROW_TAPS:
             if KW > 1:
                 b1 = _wgrad_x_tap(
@@ -832,8 +783,6 @@ def conv2d_wgrad_kernel(
                 )  # fmt: skip
                 acc2 = _dot(a, b2, acc2, DOT_PRECISION, EMULATE_BF16)
 
-    if IN_NORM:
-        acc = tl.trans(acc_t)
     dw_rows = dw_ptr + split.to(tl.int64) * sdw_split + co.to(tl.int64)[:, None] * sdw_o
     mask = mask_m[:, None] & mask_n[None, :]
     _store_dw_tile(dw_rows, acc, c, kh, kw, sdw_i, sdw_h, sdw_w, mask, ACCUMULATE)
@@ -1017,16 +966,6 @@ def _check_tma_config(cfg, tma: bool, op: str) -> None:
         )
 
 
-def _check_pending(pending: PendingNorm | None, is_1x1: bool, op: str) -> None:
-    """A deferred batch-norm apply runs only in 1x1 GEMMs (the pointer kernels' 1x1 path and
-    the pointwise kernel; the depthwise kernels take those of depthwise convs)."""
-    if pending is not None and not is_1x1:
-        raise ValueError(
-            f"{op}: a pending batch-norm apply (norm.PendingNorm) needs a 1x1, stride-1, "
-            "unpadded conv; apply the batch norm first (nn.fusion.undefer_bn_into_1x1)"
-        )
-
-
 def _check_pointwise_config(cfg, pointwise: bool, op: str) -> None:
     """A forced conv_pointwise tile runs only where its kernel applies (as _check_tma_config)."""
     if isinstance(cfg, conv_pointwise.PointwiseConfig) and not pointwise:
@@ -1077,19 +1016,13 @@ def conv2d_forward(
     act: int = ACT_NONE,
     alpha: float = 0.0,
     config: ConvConfig | int | None = None,
-    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """act(conv2d(x, weight) + bias) as torch.nn.functional.conv2d, into a new NHWC tensor of
     x's dtype. ``padding`` is an int, an (h, w) pair, or (top, bottom, left, right) for the
     asymmetric padding of padding='same' with even kernels. ``weight`` may be fp32 or already
     in x's dtype (half the operand traffic and shared memory). ``config``
-    forces a tile; None lets the autotuner choose (the heuristic in the interpreter).
-    ``pending``: x is a batch norm's input whose apply (and activation) this conv does as it
-    loads x (norm.PendingNorm; 1x1, stride-1, unpadded convs: the pointer and pointwise
-    kernels)."""
-    y, _ = _forward(
-        x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False, pending
-    )
+    forces a tile; None lets the autotuner choose (the heuristic in the interpreter)."""
+    y, _ = _forward(x, weight, bias, stride, padding, dilation, groups, act, alpha, config, False)
     return y
 
 
@@ -1102,13 +1035,12 @@ def conv2d_forward_moments(
     dilation: IntPair,
     groups: int,
     config: ConvConfig | int | None = None,
-    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``conv2d_forward`` for a conv that feeds a training batch norm: also returns the
     per-tile moments of the output that its epilogue stored (norm.TileMoments), for
     ``norm.batch_norm_forward_train(moments=...)``."""
     y, moments = _forward(
-        x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True, pending
+        x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True
     )
     assert moments is not None
     return y, moments
@@ -1126,11 +1058,8 @@ def _forward(
     alpha: float,
     config: ConvConfig | int | None,
     moments: bool,
-    pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments | None]:
-    """The forward launch; with ``moments``, also the output's per-tile moments; with
-    ``pending``, the input's batch norm applied as it loads (1x1 only: the pointer and
-    pointwise kernels)."""
+    """The forward launch; with ``moments``, also the output's per-tile moments."""
     _check_act(x, "input")
     n, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight.shape
@@ -1149,17 +1078,11 @@ def _forward(
     y = runtime.empty_nhwc(n, c_out, ho, wo, x.dtype)
     m, k = n * ho * wo, kh * kw * c_in_g
     is_1x1 = kh == kw == 1 and sh == sw == 1 and pt == pl == 0
-    _check_pending(pending, is_1x1, "conv2d_forward")
-    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
-        pending, c_in, x, "conv2d_forward: pending"
-    )
 
-    # the TMA and halo kernels have no input-norm prologue (the pointer and pointwise do)
-    tma = pending is None and conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
+    tma = conv_tma.tma_applicable(x, weight, (sh, sw), (dh, dw), groups, ho, wo)
     halo = (
         bias is None
         and act == ACT_NONE
-        and pending is None
         and conv_halo.halo_applicable(x, weight, (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, y)
     )
 
@@ -1172,7 +1095,7 @@ def _forward(
             return conv_halo.launch_halo(x, weight, out, cfg, dgrad=False, moments=moments)
         if isinstance(cfg, conv_pointwise.PointwiseConfig):
             return conv_pointwise.conv2d_forward_pointwise(
-                x, weight, bias, out, act, alpha, moments, cfg, pending
+                x, weight, bias, out, act, alpha, moments, cfg
             )
         if isinstance(cfg, conv_tma.TmaConfig):
             return conv_tma.conv2d_forward_tma(
@@ -1183,11 +1106,11 @@ def _forward(
         parts = tiles.partials if tiles is not None else (out, out)
         grid = (triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(c_out_g, cfg.BLOCK_N), groups)
         conv2d_fwd_kernel[grid](
-            x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
+            x, weight, weight if bias is None else bias, out, parts[0], parts[1],
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *weight.stride(), *runtime.nhwc_strides(out),
             sh, sw, pt, pl, dh, dw,
-            float(alpha), norm_alpha,
+            float(alpha),
             KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act,
             IS_1X1=is_1x1, FLAT_K=(not is_1x1) and c_in_g < FLAT_MAX_CHANNELS,
             DOT_PRECISION=runtime.dot_precision(x.dtype),
@@ -1195,7 +1118,6 @@ def _forward(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=vector_align(x, c_in_g), MOMENTS=moments,
             W_ALIGN=_input_channel_align(x, weight), Y_ALIGN=vector_align(out, c_out_g),
-            IN_NORM=pending is not None, **norm_flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
@@ -1206,8 +1128,6 @@ def _forward(
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if halo:
         heuristic = conv_halo.pick_halo_config(ho, wo)
-    if pending is not None and not runtime.INTERPRETED:
-        heuristic = IN_NORM_FWD_CONFIG
     if pointwise and conv_pointwise.ENABLED:
         heuristic = conv_pointwise.pick_pointwise_config(c_out)
     if config is not None or runtime.INTERPRETED:
@@ -1223,8 +1143,6 @@ def _forward(
         )  # fmt: skip
         if moments:  # the epilogue's reductions shift the best tile; older keys stay valid
             problem["moments"] = True
-        if pending is not None:  # so does the prologue's normalisation
-            problem["in_norm"] = True
 
         def candidates():
             out = gemm_candidates(m, c_out_g, k, x.element_size(), weight.element_size(), is_1x1)
@@ -1533,7 +1451,6 @@ def conv2d_wgrad(
     split_k: int | None = None,
     flat_taps: bool | None = None,
     row_taps: bool | None = None,
-    pending: PendingNorm | None = None,
 ) -> torch.Tensor:
     """fp32 gradient of conv2d with respect to its weight (logical O,I/g,KH,KW). Allocated
     channels_last and written when ``grad_weight`` is None, else added into ``grad_weight``.
@@ -1544,8 +1461,7 @@ def conv2d_wgrad(
     ``flat_taps`` forces the GEMM's columns to (tap, channel) flattened (True) or one tap per
     program (False); None: flattened for fewer than FLAT_MAX_CHANNELS input channels.
     ``row_taps`` forces one program per filter row (True, ROW_TAPS) or per tap (False); None:
-    ``use_row_taps`` decides for each tile. ``pending``: the forward read x through this
-    batch norm (``conv2d_forward(pending=...)``), so the GEMM applies it to x here too."""
+    ``use_row_taps`` decides for each tile."""
     _check_act(x, "input")
     _check_act(grad_out, "grad_out")
     c_out, c_in_g, kh, kw = (int(s) for s in weight_shape)
@@ -1565,8 +1481,6 @@ def conv2d_wgrad(
     flat_n = (not is_1x1) and (c_in_g < FLAT_MAX_CHANNELS if flat_taps is None else flat_taps)
     n_cols = kh * kw * c_in_g if flat_n else c_in_g  # GEMM columns per program group
     tap_loop = not (flat_n or is_1x1)  # a program per tap, or per row with ROW_TAPS
-    _check_pending(pending, is_1x1, "conv2d_wgrad")
-    norm_ptrs, norm_alpha, norm_flags = pending_norm_args(pending, c_in, x, "conv2d_wgrad: pending")
     if row_taps and not (tap_loop and kw <= ROW_TAPS_MAX_KW):
         raise ValueError(
             f"conv2d_wgrad: row_taps=True needs a tap-looping conv with at most "
@@ -1576,14 +1490,12 @@ def conv2d_wgrad(
 
     tma = (
         not flat_n
-        and pending is None  # (no input-norm prologue in the TMA and halo kernels)
         and row_taps is not True
         and conv_tma.tma_wgrad_applicable(x, grad_out, (sh, sw), (dh, dw), groups)
         and (grad_weight is None or grad_weight.is_contiguous(memory_format=torch.channels_last))
     )
     halo = (
         not flat_n
-        and pending is None
         and row_taps is not True
         and conv_halo_wgrad.halo_wgrad_applicable(
             x, grad_out, weight_shape, (sh, sw), _padding4(padding), (dh, dw), groups
@@ -1643,19 +1555,18 @@ def conv2d_wgrad(
 
     def pointer_kernel(dst, dst_strides, split_stride, dst_acc, cfg, split, per_split):
         conv2d_wgrad_kernel[(tiles(cfg), grid_1(cfg), split)](
-            x, grad_out, dst, *norm_ptrs,
+            x, grad_out, dst,
             n, h, w, c_in_g, ho, wo, c_out_g,
             *runtime.nhwc_strides(x), *runtime.nhwc_strides(grad_out),
             *dst_strides, split_stride,
             sh, sw, pt, pl, dh, dw,
-            per_split, norm_alpha,
+            per_split,
             KH=kh, KW=kw, IS_1X1=is_1x1, FLAT_N=flat_n, ACCUMULATE=dst_acc,
             DOT_PRECISION=runtime.dot_precision(grad_out.dtype),
             EMULATE_BF16=runtime.bf16_dot_emulated(grad_out.dtype),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=GROUP_M,
             X_ALIGN=1 if flat_n else vector_align(x, c_in_g),
             DY_ALIGN=vector_align(grad_out, c_out_g), ROW_TAPS=rows_of(cfg),
-            IN_NORM=pending is not None, **norm_flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             launch_pdl=LAUNCH_PDL,
         )  # fmt: skip
@@ -1667,8 +1578,6 @@ def conv2d_wgrad(
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
     if halo:
         heuristic = conv_halo_wgrad.pick_halo_wgrad_config(ho, wo)
-    if pending is not None and not runtime.INTERPRETED:
-        heuristic = IN_NORM_WGRAD_CONFIG
     if config is not None or split_k is not None or runtime.INTERPRETED:
         cfg = heuristic
         if config is not None:
@@ -1685,8 +1594,6 @@ def conv2d_wgrad(
         grad_out=autotune.tensor_flag(grad_out), grad_weight=autotune.tensor_flag(grad_weight),
         accumulate=accumulate,
     )  # fmt: skip
-    if pending is not None:  # the prologue's normalisation shifts the best tile
-        problem["in_norm"] = True
     act_bytes = grad_out.element_size()
     scratch = []  # one scratch gradient shared by both tuning steps, allocated on first need
 
@@ -1710,8 +1617,6 @@ def conv2d_wgrad(
             out += conv_tma.tma_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit(), kw)
         if halo:
             out += conv_halo_wgrad.halo_wgrad_candidates(c_in, c_out, ho, wo, _smem_limit())
-        if pending is not None:
-            out.append(IN_NORM_WGRAD_CONFIG)
         return out
 
     cfg = _tuned(

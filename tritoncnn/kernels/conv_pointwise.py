@@ -15,8 +15,6 @@ The input gradient of a 1x1 conv is the same GEMM with the weight transposed (dx
 g[M, C_out] @ w, a reduction over C_out): ``conv2d_dgrad_pointwise`` runs it through the same
 kernel, with the backward sums of the batch norm before the conv in its epilogue when linked
 (``bn_grad_sums``), but no added gradient or ReLU mask (those stay on the pointer kernel).
-With a batch norm left to the conv (``bn_into_1x1``) the forward normalises each A tile
-between load and MMA.
 
 Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): not yet timed on a GPU;
 ``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times it against the pointer
@@ -43,9 +41,6 @@ from tritoncnn.kernels.norm import (
     TileMoments,
     grad_sums,
     grad_sums_args,
-    load_pending_norm,
-    normalized_tile,
-    pending_norm_args,
     store_grad_sums,
     store_tile_moments,
     tile_moments,
@@ -70,10 +65,10 @@ MAX_C_IN = 128
 @dataclass(frozen=True)
 class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
-    per SM its registers allow, plain and with an extra (per_sm_extras: an input batch norm,
-    IN_NORM, or the dgrad's batch-norm sums, GRAD_SUMS, whose per-channel terms and tiles
-    take registers; None: per_sm). The launch lowers it where shared memory allows fewer
-    (``resident_per_sm``); a dataclass, as the autotuner's cache wants."""
+    per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_extras:
+    GRAD_SUMS, whose per-channel terms and tiles take registers; None: per_sm). The launch
+    lowers it where shared memory allows fewer (``resident_per_sm``); a dataclass, as the
+    autotuner's cache wants."""
 
     block_m: int
     block_n: int
@@ -95,7 +90,7 @@ class PointwiseConfig:
 
 # per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
 # 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
-# 4 warps 80-95 (5); with IN_NORM (C_in 32-128) 170-222 (2), 206-228 (1), 133-136 (3); with
+# 4 warps 80-95 (5); with
 # GRAD_SUMS (K 24-128) 255 + 136 bytes of spills (128 x 64), 255 + 216 (128 x 128), 172-211
 # (64 x 64: 2). A program beyond those would start only when one finishes, and every
 # program walks the same number of row tiles: a second wave as long as the first.
@@ -118,14 +113,12 @@ def reduction_block(c_in: int) -> int:
     return max(16, triton.next_power_of_2(c_in))
 
 
-def resident_per_sm(
-    cfg: PointwiseConfig, c_in: int, in_norm: bool = False, sums: bool = False
-) -> int:
-    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_extras with an
-    input batch norm or the dgrad's sums), or fewer where their shared memory (228 KiB an
-    SM on sm_90) runs out first."""
+def resident_per_sm(cfg: PointwiseConfig, c_in: int, sums: bool = False) -> int:
+    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_extras with the
+    dgrad's batch-norm sums), or fewer where their shared memory (228 KiB an SM on sm_90)
+    runs out first."""
     per_sm = cfg.per_sm
-    if (in_norm or sums) and cfg.per_sm_extras is not None:
+    if sums and cfg.per_sm_extras is not None:
         per_sm = cfg.per_sm_extras
     if runtime.INTERPRETED:
         return per_sm
@@ -174,8 +167,8 @@ def pointwise_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr, X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
-    IN_NORM: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
-    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0, GRAD_SUMS: tl.constexpr = False,
+    GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
+    IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
 ):  # fmt: skip
     """y = act(x @ w^T + b) for dense NHWC x (M rows of C_in) and y (M rows of C_out).
 
@@ -191,19 +184,15 @@ def pointwise_fwd_kernel(
     tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's).
     X_ALIGN, Y_ALIGN: C_in and C_out are multiples of these (16-byte rows: vector accesses).
     EMULATE_BF16: the MMA in fp32 (the interpreter can't multiply bf16).
-    IN_NORM: x is a batch norm's input whose apply (and activation) was left to this kernel
-    (norm.PendingNorm; nn.fusion.defer_bn_into_1x1): each A tile is normalised between load
-    and MMA, with the C_in channels' terms loaded once. nmean_ptr, ninvstd_ptr, nw_ptr,
-    nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: as conv2d_fwd_kernel's.
-    GRAD_SUMS (the dgrad use, never with IN_NORM, whose arguments it takes): y is the
-    gradient of a training batch norm's output (after its activation IN_ACT) and xn_ptr that
-    batch norm's input (dense NHWC, M rows of C_out): each row tile also stores its per-column
-    sum(g') and sum(g' * xhat) (norm.store_grad_sums' terms) as partial ``tile`` of the fp32
-    [cdiv(M, BLOCK_M), C_out] buffers psum_g_ptr, psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr,
-    nb_ptr, n_alpha: that batch norm's statistics, parameters and activation.
+    GRAD_SUMS (the dgrad use): y is the gradient of a training batch norm's output (after
+    its activation IN_ACT) and xn_ptr that batch norm's input (dense NHWC, M rows of C_out):
+    each row tile also stores its per-column sum(g') and sum(g' * xhat) (norm.store_grad_sums'
+    terms) as partial ``tile`` of the fp32 [cdiv(M, BLOCK_M), C_out] buffers psum_g_ptr,
+    psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr,
+    nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: that batch norm's statistics, parameters
+    and activation (as norm.store_grad_sums takes them).
     """
     wait_for_inputs()
-    tl.static_assert(not (IN_NORM and GRAD_SUMS), "IN_NORM and GRAD_SUMS share arguments")
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -215,11 +204,6 @@ def pointwise_fwd_kernel(
     w = w.to(x_ptr.dtype.element_ty)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)
-    # IN_NORM: the batch norm's terms for all C_in channels, loaded once (stand-ins without)
-    n_mean, n_scale, n_b = load_pending_norm(
-        nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, offs_k, mask_k, IN_NORM, IN_HAS_W, IN_HAS_B,
-        BLOCK_K,
-    )  # fmt: skip
 
     for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), programs, num_stages=STAGES):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -232,9 +216,6 @@ def pointwise_fwd_kernel(
             mask=mask_m[:, None] & mask_k[None, :],
             other=0.0,
         )
-        if IN_NORM:
-            a = normalized_tile(a, n_mean, n_scale, n_b, mask_m[:, None] & mask_k[None, :],
-                                IN_ACT, n_alpha)  # fmt: skip
         if EMULATE_BF16:
             acc = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         else:
@@ -274,12 +255,10 @@ def conv2d_forward_pointwise(
     alpha: float,
     moments: bool,
     cfg: PointwiseConfig,
-    pending: PendingNorm | None = None,
 ) -> TileMoments | None:
     """The 1x1 forward of ``x`` into ``out`` (dense NHWC, x's dtype) with pointwise_fwd_kernel;
-    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments);
-    with ``pending``, x's batch norm applied as it loads."""
-    tiles, _ = _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, None, None)
+    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments)."""
+    tiles, _ = _launch(x, weight, bias, out, act, alpha, moments, cfg, None, None)
     return tiles
 
 
@@ -297,12 +276,12 @@ def conv2d_dgrad_pointwise(
     read) and ``bn_input`` (that batch norm's input, dense NHWC), also that batch norm's
     backward sums (norm.GradSums, one partial per row tile), as conv2d_dgrad_grad_sums."""
     _, sums = _launch(
-        grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg, None, bn, bn_input
+        grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg, bn, bn_input
     )
     return sums
 
 
-def _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, bn, bn_input):
+def _launch(x, weight, bias, out, act, alpha, moments, cfg, bn, bn_input):
     """pointwise_fwd_kernel over ``x`` into ``out``: (TileMoments or None, GradSums or
     None)."""
     n, c_in, h, w = x.shape
@@ -310,24 +289,19 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, bn, bn_inpu
     if not out.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("conv2d_forward_pointwise: out must be a dense NHWC tensor")
     m = n * h * w
-    if bn is not None:  # the dgrad's batch-norm sums: that norm's terms in the norm slots
-        xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
-            bn, bn_input, out.shape, out, "conv2d_dgrad_pointwise:"
-        )
-        if not xn.is_contiguous(memory_format=torch.channels_last):
-            raise ValueError("conv2d_dgrad_pointwise: bn_input must be a dense NHWC tensor")
-    else:
-        xn = out
-        norm_ptrs, norm_alpha, norm_flags = pending_norm_args(
-            pending, c_in, x, "conv2d_forward_pointwise: pending"
-        )
+    # the dgrad's batch-norm sums: that norm's input and terms (stand-ins without)
+    xn, norm_ptrs, norm_alpha, norm_flags = grad_sums_args(
+        bn, bn_input, out.shape, out, "conv2d_dgrad_pointwise:"
+    )
+    if not xn.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("conv2d_dgrad_pointwise: bn_input must be a dense NHWC tensor")
     tiles = tile_moments(m, c_out, cfg.block_m) if moments else None
     parts = tiles.partials if tiles is not None else (out, out)
     row_tiles = triton.cdiv(m, cfg.block_m)
     sums = grad_sums(row_tiles, c_out) if bn is not None else None
     sum_parts = sums.partials if sums is not None else (out, out)
     col_blocks = triton.cdiv(c_out, cfg.block_n)
-    per_sm = resident_per_sm(cfg, c_in, pending is not None, bn is not None)
+    per_sm = resident_per_sm(cfg, c_in, bn is not None)
     programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
     pointwise_fwd_kernel[(programs, col_blocks)](
         x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
@@ -341,7 +315,7 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, pending, bn, bn_inpu
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
         EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
-        IN_NORM=pending is not None, GRAD_SUMS=bn is not None, **norm_flags,
+        GRAD_SUMS=bn is not None, **norm_flags,
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip

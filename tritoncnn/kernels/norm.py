@@ -386,16 +386,6 @@ def apply_pending_norm(x, mean, scale, b, ACT: tl.constexpr, alpha, DTYPE: tl.co
 
 
 @triton.jit
-def normalized_tile(t, mean, scale, b, mask, ACT: tl.constexpr, alpha):
-    """A loaded [rows, channels] tile ``t`` of a batch norm's input with that norm's apply
-    (and activation) done (``apply_pending_norm``, per-channel terms from
-    ``load_pending_norm``), in t's dtype, and zero outside ``mask``, as the normalised
-    tensor's masked loads would have been: a GEMM's operand tile."""
-    z = apply_pending_norm(t.to(tl.float32), mean, scale, b, ACT, alpha, t.dtype)
-    return tl.where(mask, z, 0.0).to(t.dtype)
-
-
-@triton.jit
 def count_batch_kernel(nbt_ptr):
     """num_batches_tracked += 1, for a training forward that leaves the apply (whose
     INC_NBT does it otherwise) to the next kernel: ``batch_norm_train_statistics``."""

@@ -49,7 +49,6 @@ def build(
     input_grad: bool = False,
     conv_bn_moments: bool = True,
     bn_into_depthwise: bool = False,
-    bn_into_1x1: bool = False,
     bn_grad_sums: bool = False,
     fuse_residual: bool = True,
     skip_grad_in_dgrad: bool = True,
@@ -70,11 +69,6 @@ def build(
     H100 MobileNetV2's step took 5% longer with the flat depthwise kernels, and 19% longer on
     an H200 when it kept the 3x3 stride-1 convs off the rolling-rows kernels; those take the
     pending norm now, unmeasured: off by default, see benchmarks/README.md).
-    ``bn_into_1x1``: with ``fuse``, the same for each BatchNorm (+ activation) whose output
-    feeds a 1x1 stride-1 conv (MobileNetV2's depthwise layers before the projections): the
-    GEMM normalises its x tiles between load and MMA in the forward and weight gradient, so
-    the BatchNorm's apply pass (a read and a write of the depthwise output, ~1.3 GB per step
-    at b512) is gone. Not yet timed on a GPU: off by default.
     ``bn_grad_sums``: with ``fuse``, each BatchNorm (+ activation) whose output feeds only a
     conv takes its backward sums from that conv's dgrad epilogue (its reduction pass, which
     read the gradient and the input, is gone, but the epilogue reads the input again). b512
@@ -115,8 +109,6 @@ def build(
             fusion.link_conv_bn_moments(model)
         if bn_into_depthwise:
             fusion.defer_bn_into_depthwise(model)
-        if bn_into_1x1:
-            fusion.defer_bn_into_1x1(model)
         if bn_grad_sums:
             fusion.link_bn_grad_sums(model)
         if fuse_residual:

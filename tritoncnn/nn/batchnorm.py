@@ -52,14 +52,14 @@ class TileMomentsLink:
 
 
 class PendingNormLink:
-    """Hands a BatchNorm's apply (and fused activation) to the depthwise or 1x1 conv that
-    reads its output (set up by ``nn.fusion.defer_bn_into_depthwise`` / ``defer_bn_into_1x1``).
+    """Hands a BatchNorm's apply (and fused activation) to the depthwise conv that reads its
+    output (set up by ``nn.fusion.defer_bn_into_depthwise``).
 
     In a batch-statistics forward the BatchNorm only takes the statistics, ``publish``es
     (its input, norm.PendingNorm) and returns its input unchanged; the conv ``take``s them for
-    its input and normalises as it loads (kernels/depthwise.py and kernels/conv.py, IN_NORM).
-    A conv handed any other tensor while an apply is pending raises: that tensor would be
-    missing the batch norm. Eval with running statistics applies as usual.
+    its input and normalises as it loads (kernels/depthwise.py, IN_NORM). A conv handed any
+    other tensor while an apply is pending raises: that tensor would be missing the batch
+    norm. Eval with running statistics applies as usual.
     """
 
     def __init__(self, bn: _BatchNorm, conv) -> None:
@@ -77,11 +77,10 @@ class PendingNormLink:
         pending, published = self._pending, self._input
         self._input = self._pending = None  # hold no tensor past this step's use
         if pending is not None and published is not x:
-            which = "depthwise" if self.conv._is_depthwise() else "1x1"
             raise RuntimeError(
                 f"{type(self.conv).__name__} got a tensor other than the output of the "
-                f"BatchNorm whose apply it was to do (nn.fusion.defer_bn_into_{which}): "
-                f"call undefer_bn_into_{which}(model) before feeding layers separately"
+                "BatchNorm whose apply it was to do (nn.fusion.defer_bn_into_depthwise): "
+                "call undefer_bn_into_depthwise(model) before feeding layers separately"
             )
         return pending
 
@@ -135,8 +134,8 @@ class _BatchNorm(Module):
     RANKS: tuple[int, ...] = ()
     # the conv right before this layer, when nn.fusion linked them (see TileMomentsLink)
     moments_link: TileMomentsLink | None = None
-    # the depthwise or 1x1 conv right after it (and its activation), when nn.fusion deferred
-    # this layer's apply into that conv's loads (see PendingNormLink)
+    # the depthwise conv right after it (and its activation), when nn.fusion deferred this
+    # layer's apply into that conv's loads (see PendingNormLink)
     pending_link: PendingNormLink | None = None
     # the conv right after it (and its activation), when nn.fusion linked them so that conv's
     # dgrad stores this layer's backward sums (see GradSumsLink)
@@ -256,7 +255,7 @@ class _BatchNorm(Module):
                 self.pending_link.publish(x, pending)
                 self._saved = (x, True, mean, invstd)
                 self._record_for_grad_sums(x, x, (mean, invstd))
-                return x  # the conv after this layer applies it as it loads
+                return x  # the depthwise conv after this layer applies it as it loads
             if self._synced:
                 forward = self._forward_synced
             else:

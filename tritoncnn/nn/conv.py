@@ -52,8 +52,8 @@ class Conv2d(Module):
     # the BatchNorm right after this conv, when nn.fusion linked them: the forward then stores
     # that BatchNorm's per-tile moments in its epilogue (batchnorm.TileMomentsLink)
     moments_link: TileMomentsLink | None = None
-    # the BatchNorm right before this (depthwise or 1x1) conv, when nn.fusion deferred that
-    # layer's apply into this conv's loads (batchnorm.PendingNormLink)
+    # the BatchNorm right before this (depthwise) conv, when nn.fusion deferred that layer's
+    # apply into this conv's loads (batchnorm.PendingNormLink)
     pending_link: PendingNormLink | None = None
     # the BatchNorm right before this conv (and its activation), when nn.fusion linked them:
     # the dgrad then stores that BatchNorm's backward sums in its epilogue (GradSumsLink)
@@ -146,10 +146,6 @@ class Conv2d(Module):
         symmetric = pt == pb and pl == pr  # the depthwise kernels take (h, w) padding
         return self.groups == self.in_channels == self.out_channels and symmetric
 
-    def _is_pointwise(self) -> bool:
-        """1x1, stride 1, unpadded: a plain GEMM over pixels (it can take a pending norm)."""
-        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self._pad4 == (0,) * 4
-
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"Conv2d expects a 4-d N,C,H,W input, got shape {tuple(x.shape)}")
@@ -178,15 +174,13 @@ class Conv2d(Module):
                 return DW.depthwise_conv2d_forward(*args, pending=pending)
             y, tiles = DW.depthwise_conv2d_forward_moments(*args, pending=pending)
         else:
-            if pending is not None and not self._is_pointwise():
-                raise RuntimeError(
-                    "Conv2d: a pending batch-norm apply needs a depthwise or 1x1 conv"
-                )
+            if pending is not None:
+                raise RuntimeError("Conv2d: a pending batch-norm apply needs a depthwise conv")
             self._w_gemm = self._gemm_weight(x.dtype)
             args = (x, self._w_gemm, b, self.stride, self._pad4, self.dilation, self.groups)
             if not moments:
-                return K.conv2d_forward(*args, pending=pending)
-            y, tiles = K.conv2d_forward_moments(*args, pending=pending)
+                return K.conv2d_forward(*args)
+            y, tiles = K.conv2d_forward_moments(*args)
         link.publish(y, tiles)
         return y
 
@@ -250,16 +244,12 @@ class Conv2d(Module):
                 dgrad_args = (grad_out, self._w_gemm, x.shape, *args)
                 if bn is not None and self.relu_input_grad:
                     raise RuntimeError("Conv2d: relu_input_grad with a batch-norm sums link")
-                if self._pending is not None and self.relu_input_grad:  # (x is no ReLU output)
-                    raise RuntimeError("Conv2d: relu_input_grad with a pending batch-norm apply")
                 if bn is None:
                     relu_out = x if self.relu_input_grad else None
                     grad_in = K.conv2d_dgrad(*dgrad_args, out=out, add=add, relu_out=relu_out)
                 else:
                     grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out, add=add)
-            w.grad = K.conv2d_wgrad(
-                x, grad_out, w.shape, *args, grad_weight=w.grad, pending=self._pending
-            )
+            w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         if sums is not None:
             link.publish(grad_in, sums)
         if self.bias is not None:

@@ -16,10 +16,7 @@ BatchNorm -> (activation ->) depthwise conv, MobileNetV2's expand layers: deferr
 (``defer_bn_into_depthwise``), the BatchNorm's training forward takes only the statistics and
 returns its input; the depthwise conv normalises (and activates) each value as it loads it, in
 its forward and its weight gradient (norm.PendingNorm), so the normalised tensor is never
-written or read: one write and one read of the activation less per layer. The same for a
-BatchNorm -> (activation ->) 1x1 conv, MobileNetV2's depthwise layers before the projections
-(``defer_bn_into_1x1``): the GEMM's A tiles (forward) and x tiles (weight gradient) are
-normalised between load and MMA.
+written or read: one write and one read of the activation less per layer.
 
 A residual block's last BatchNorm -> skip add (-> activation): fused
 (``fuse_residual_adds``), the BatchNorm's apply pass reads the skip tensor and writes the
@@ -105,7 +102,6 @@ def unfuse_bn_activations(model: Module) -> int:
     apply deferred into the conv after the activation, or backward sums linked across it,
     are undone too)."""
     undefer_bn_into_depthwise(model)
-    undefer_bn_into_1x1(model)
     unlink_bn_grad_sums(model)
     pairs = list(fused_pairs(model))
     for bn, act in pairs:
@@ -185,13 +181,6 @@ def _bn_depthwise_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
             yield bn, conv
 
 
-def _bn_1x1_pairs(model: Module) -> Iterator[tuple[BatchNorm2d, Conv2d]]:
-    """The ``_bn_conv_pairs`` whose conv is 1x1, stride 1, unpadded (a GEMM over pixels)."""
-    for bn, conv in _bn_conv_pairs(model):
-        if conv._is_pointwise() and not conv._is_depthwise():
-            yield bn, conv
-
-
 def _link_pairs(pairs: Iterator[tuple[Module, Module]], attr: str, make) -> int:
     """Give each (BatchNorm, conv) pair with neither side linked yet one ``make(bn, conv)``
     as attribute ``attr`` of both; returns how many."""
@@ -205,15 +194,12 @@ def _link_pairs(pairs: Iterator[tuple[Module, Module]], attr: str, make) -> int:
     return linked
 
 
-def _unlink_pairs(model: Module, attr: str, depthwise: bool | None = None) -> int:
-    """Remove every BatchNorm's link ``attr`` and its conv's (only those whose conv is, or is
-    not, depthwise when ``depthwise`` says so); returns how many."""
+def _unlink_pairs(model: Module, attr: str) -> int:
+    """Remove every BatchNorm's link ``attr`` and its conv's; returns how many."""
     unlinked = 0
     for module in model.modules():
         link = getattr(module, attr, None)
-        if not isinstance(module, _BatchNorm) or link is None:
-            continue
-        if depthwise is None or link.conv._is_depthwise() == depthwise:
+        if isinstance(module, _BatchNorm) and link is not None:
             setattr(module, attr, None)
             setattr(link.conv, attr, None)
             unlinked += 1
@@ -229,20 +215,7 @@ def defer_bn_into_depthwise(model: Module) -> int:
 
 def undefer_bn_into_depthwise(model: Module) -> int:
     """Undo ``defer_bn_into_depthwise`` (each BatchNorm applies itself again)."""
-    return _unlink_pairs(model, "pending_link", depthwise=True)
-
-
-def defer_bn_into_1x1(model: Module) -> int:
-    """Let every BatchNorm2d whose output (after its fused activation) feeds only a 1x1,
-    stride-1 conv leave its training apply to that conv's GEMM loads, forward and weight
-    gradient (MobileNetV2's depthwise BatchNorms before the projections); returns how many.
-    Run after ``fuse_bn_activations``."""
-    return _link_pairs(_bn_1x1_pairs(model), "pending_link", PendingNormLink)
-
-
-def undefer_bn_into_1x1(model: Module) -> int:
-    """Undo ``defer_bn_into_1x1`` (each BatchNorm applies itself again)."""
-    return _unlink_pairs(model, "pending_link", depthwise=False)
+    return _unlink_pairs(model, "pending_link")
 
 
 def link_bn_grad_sums(model: Module) -> int:
