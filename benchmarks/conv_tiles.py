@@ -198,8 +198,12 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 continue
             mm, nn_, kk = gemm[op]
             b_bytes = 2 if op.startswith("wgrad") else w.element_size()
-            # (the weight gradient's K, the pixels, is split: conv2d_wgrad picks with split_k)
-            heuristic = conv_k.pick_config(mm, nn_, kk, dtype, split_k=op.startswith("wgrad"))
+            # (the weight gradient's K, the pixels, is split: conv2d_wgrad picks with split_k;
+            # a 1x1 forward's and weight gradient's tiles have rules of their own)
+            heuristic = conv_k.pick_config(
+                mm, nn_, kk, dtype, split_k=op.startswith("wgrad"),
+                is_1x1=is_1x1 and op in ("fwd", "wgrad"),
+            )  # fmt: skip
             cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
             if op == "wgrad_rows":  # KW x tiles staged per K step, KW accumulators
                 cands = conv_k.gemm_candidates(mm, nn_, kk, 2, k * b_bytes, is_1x1)

@@ -373,6 +373,33 @@ def test_pick_config_wgrad_rows(monkeypatch):
     assert K.pick_config(64, 64, 10**5, torch.float16, split_k=True).BLOCK_M == 64
 
 
+def test_pick_config_1x1_tiles(monkeypatch):
+    """The 16-bit 1x1 rules (conv._pick_1x1, timed on an H100): a weight gradient of at most
+    64 output channels over more than 64 input channels takes 64 x 64 x 64 on 4 stages; a
+    forward into at most 32 channels over 64+ takes 64-deep K steps; the general rule
+    elsewhere (fp32, 3x3, the dgrad, a short K, wider outputs)."""
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    f16, pixels = torch.float16, 512 * 32 * 32
+
+    def tile(*args, **kw):
+        cfg = K.pick_config(*args, **kw)
+        assert cfg in K.CONFIGS
+        return cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K, cfg.num_warps, cfg.num_stages
+
+    for c_out, c_in in ((24, 144), (24, 96), (32, 192), (64, 384)):
+        wgrad = tile(c_out, c_in, pixels, f16, split_k=True, is_1x1=True)
+        assert wgrad == (64, 64, 64, 4, 4), (c_out, c_in)
+        assert tile(c_out, c_in, pixels, f16, split_k=True)[:2] == (64, 128)  # 3x3: unchanged
+    assert tile(96, 576, pixels, f16, split_k=True, is_1x1=True) == (128, 128, 64, 4, 3)
+    assert tile(144, 24, pixels, f16, split_k=True, is_1x1=True) == (64, 32, 64, 4, 3)
+    for c_in, c_out in ((144, 24), (96, 24), (192, 32)):
+        assert tile(pixels, c_out, c_in, f16, is_1x1=True) == (64, 32, 64, 4, 3), c_in
+        assert tile(pixels, c_out, c_in, f16)[2] == 32  # the dgrad's and 3x3's rule
+        assert tile(pixels, c_out, c_in, torch.float32, is_1x1=True)[2] == 32
+    assert tile(pixels, 16, 32, f16, is_1x1=True) == (64, 32, 32, 4, 3)  # K 32: one step
+    assert tile(pixels, 144, 24, f16, is_1x1=True) == tile(pixels, 144, 24, f16)
+
+
 @pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2)])
 def test_padding_same_and_valid(kernel, dilation):
     """'same' with an even kernel pads one extra row/column at the bottom/right, as torch."""

@@ -141,11 +141,14 @@ CONFIGS: tuple[ConvConfig, ...] = (
 SMEM_SHARE = 0.78
 
 
-def pick_config(m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False) -> ConvConfig:
+def pick_config(
+    m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False, is_1x1: bool = False
+) -> ConvConfig:
     """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count, least padding),
-    BLOCK_M shrinks when
-    there are too few row tiles to fill the GPU (unless ``split_k``: the wgrad's K splits fill
-    it), BLOCK_K doubles for a long 16-bit K."""
+    BLOCK_M shrinks when there are too few row tiles to fill the GPU (unless ``split_k``: the
+    wgrad's K splits fill it), BLOCK_K doubles for a long 16-bit K. ``is_1x1``: the forward
+    or weight gradient of a 1x1 stride-1 conv, whose short-K and few-row GEMMs (MobileNetV2's)
+    have tiles of their own (``_pick_1x1``)."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         ib = runtime.interpreter_block
         bm, bn = ib(m, 2048), ib(n, 128)
@@ -170,8 +173,38 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = Fals
     # the autotuner chose 32 for every 3x3 forward of ResNet-18 and the seed net (K <= 4608)
     # and for most dgrads, and 64 for every 3x3 wgrad
     bk = 64 if dtype != torch.float32 and k >= 8192 else 32
+    if is_1x1 and dtype != torch.float32:
+        bm, bn, bk, stages = _pick_1x1(bm, bn, bk, k, split_k)
+        return _listed(bm, bn, bk, stages)
+    return _listed(bm, bn, bk)
+
+
+def _pick_1x1(bm: int, bn: int, bk: int, k: int, split_k: bool) -> tuple[int, int, int, int | None]:
+    """pick_config's tile for a 16-bit 1x1 forward or weight gradient: (BLOCK_M, BLOCK_N,
+    BLOCK_K, stages; None: the general rule's). From every tile of MobileNetV2's 1x1 shapes
+    at 32x32 and 16x16, b512, graphed on an H100 (benchmarks/README.md, 2026-12-07 night;
+    us, general rule -> this one):
+    - a weight gradient of at most 64 output channels (its M) over more than 64 input
+      channels (measured: 96-192) takes 64 x 64 x 64 on 4 stages, not 64 x 128 x 64 (128
+      columns pad 144 / 192 to 256): 144->24 122.3 -> 103.3, 96->24 116.5 -> 66.4, 192->32
+      36.5 -> 32.3, 144->32 35.3 -> 31.0;
+    - a forward into at most 32 channels over 64+ input channels takes 64-deep K steps:
+      144->24 96.0 -> 71.2, 96->24 53.9 -> 48.4, 192->32 27.1 -> 22.1, 144->32 25.4 -> 20.7.
+      (Not the dgrads of the same GEMM shape: the 24-channel input gradient of 24->144 lost,
+      92.2 -> 100.1, so conv2d_dgrad does not pass is_1x1.)"""
+    if split_k and bm == 64 and bn == 128:
+        return 64, 64, 64, 4
+    if not split_k and bn == 32 and k >= 64:
+        return bm, bn, 64, 3
+    return bm, bn, bk, None
+
+
+def _listed(bm: int, bn: int, bk: int, stages: int | None = None) -> ConvConfig:
+    """The first 4-warp CONFIGS entry of that tile (on ``stages``, when given)."""
     for cfg in CONFIGS:
-        if (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K) == (bm, bn, bk):
+        if (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K, cfg.num_warps) == (bm, bn, bk, 4) and (
+            stages is None or cfg.num_stages == stages
+        ):
             return cfg
     raise AssertionError(f"pick_config chose a tile {bm}x{bn}x{bk} missing from CONFIGS")
 
@@ -1123,7 +1156,7 @@ def _forward(
         )  # fmt: skip
         return tiles
 
-    heuristic = pointer_heuristic = pick_config(m, c_out_g, k, x.dtype)
+    heuristic = pointer_heuristic = pick_config(m, c_out_g, k, x.dtype, is_1x1=is_1x1)
     if tma and "fwd" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_in, c_out)
     if halo:
@@ -1572,7 +1605,7 @@ def conv2d_wgrad(
         )  # fmt: skip
 
     heuristic = pointer_heuristic = pick_config(
-        c_out_g, n_cols, pixels, grad_out.dtype, split_k=True
+        c_out_g, n_cols, pixels, grad_out.dtype, split_k=True, is_1x1=is_1x1
     )
     if tma and "wgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_wgrad_config(c_in, c_out, kw)
