@@ -42,10 +42,16 @@ from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_t
 # time of a Gluon launch (its descriptors built in Python) can exceed a 100 us kernel's: on
 # 12-07 the same halo tile timed 118 us graphed and 240 us eagerly.
 GRAPHED = True
+# --splits: the K splits the wgrad_split op times (conv2d_wgrad(split_k=...))
+SPLITS: tuple[int, ...] = ()
 
 
 def tile_label(cfg, tma: bool, halo: bool) -> str:
-    """A tile's CSV name: BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, and its kernel."""
+    """A tile's CSV name: BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, and its kernel (and
+    " kN" for a wgrad_split row's N splits)."""
+    if isinstance(cfg, tuple):  # wgrad_split: (tile, split; None: the heuristic's)
+        split = "" if cfg[1] is None else f" k{cfg[1]}"
+        return tile_label(cfg[0], tma, halo) + split
     if isinstance(cfg, conv_pointwise.PointwiseConfig):
         return (
             f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} p{cfg.per_sm} "
@@ -101,6 +107,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
         "wgrad_other": (cout, cin if cin < conv_k.FLAT_MAX_CHANNELS else cin * k * k, m),
         "wgrad_rows": (cout, cin, m),
         "wgrad_8w": (cout, cin, m),
+        "wgrad_split": (cout, cin * k * k if cin < conv_k.FLAT_MAX_CHANNELS else cin, m),
         "fwd_tma": (m, cout, cin * k * k),
         "dgrad_tma": (batch * hw * hw, cin, cout * k * k),
         "wgrad_tma": (cout, cin, m),
@@ -134,6 +141,10 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+            # (cfg: (tile, split); split None: the heuristic's)
+            "wgrad_split": lambda cfg: conv_k.conv2d_wgrad(
+                x, gy, w32.shape, *pair, 1, config=cfg[0], split_k=cfg[1]
+            ),
             "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=other_flat
             ),
@@ -156,6 +167,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             ),
         }  # fmt: skip
         cudnn["wgrad_other"] = cudnn["wgrad_rows"] = cudnn["wgrad_8w"] = cudnn["wgrad"]
+        cudnn["wgrad_split"] = cudnn["wgrad"]
         cudnn["fwd_tma"], cudnn["dgrad_tma"] = cudnn["fwd"], cudnn["dgrad"]
         cudnn["wgrad_tma"] = cudnn["wgrad"]
         cudnn["fwd_halo"], cudnn["dgrad_halo"] = cudnn["fwd"], cudnn["dgrad"]
@@ -202,13 +214,16 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             # a 1x1 forward's and weight gradient's tiles have rules of their own)
             heuristic = conv_k.pick_config(
                 mm, nn_, kk, dtype, split_k=op.startswith("wgrad"),
-                is_1x1=is_1x1 and op in ("fwd", "wgrad"),
+                is_1x1=is_1x1 and op in ("fwd", "wgrad", "wgrad_split"),
             )  # fmt: skip
             cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
             if op == "wgrad_rows":  # KW x tiles staged per K step, KW accumulators
                 cands = conv_k.gemm_candidates(mm, nn_, kk, 2, k * b_bytes, is_1x1)
                 cands = [c for c in cands if c.BLOCK_M * c.BLOCK_N * k <= 192 * 32 * c.num_warps]
                 heuristic = cands[0] if heuristic not in cands else heuristic
+            if op == "wgrad_split":  # the heuristic tile at each split
+                cands = [(heuristic, split) for split in SPLITS]
+                heuristic = (heuristic, None)
             if op == "wgrad_8w":  # tap-looping 8-warp tiles: never candidates (Triton #1254)
                 cands = [c for c in conv_k.CONFIGS if c.num_warps == 8]
                 cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
@@ -273,9 +288,13 @@ def main() -> None:
         "--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results")
     )
     ap.add_argument("--eager", action="store_true", help="time eager launches, not graphs")
+    ap.add_argument(
+        "--splits", nargs="+", type=int, default=[], help="the K splits wgrad_split times"
+    )
     args = ap.parse_args()
-    global GRAPHED
+    global GRAPHED, SPLITS
     GRAPHED = not args.eager
+    SPLITS = tuple(args.splits)
     conv_tma.ENABLED = True  # the TMA ops are what this measures (off by default elsewhere)
     conv_halo.ENABLED = True  # so are the halo ops
     if runtime.INTERPRETED:
