@@ -67,14 +67,15 @@ def build(
     depthwise conv (MobileNetV2's expand layers) leaves its training apply to that conv's
     loads (one write and one read of the activation less, and 21% less peak memory, but on an
     H100 MobileNetV2's step took 5% longer with the flat depthwise kernels, and 19% longer on
-    an H200 when it kept the 3x3 stride-1 convs off the rolling-rows kernels; those take the
-    pending norm now, unmeasured: off by default, see benchmarks/README.md).
+    an H200 when it kept the 3x3 stride-1 convs off the rolling-rows kernels; with those
+    taking the pending norm, 12.075 against 12.086 ms with ``bn_grad_sums`` on an H100 on
+    2026-12-07: no faster, so off by default, see benchmarks/README.md).
     ``bn_grad_sums``: with ``fuse``, each BatchNorm (+ activation) whose output feeds only a
     conv takes its backward sums from that conv's dgrad epilogue (its reduction pass, which
     read the gradient and the input, is gone, but the epilogue reads the input again). b512
     graphed step: ResNet-18 -0.5% and MobileNetV2 -0.8% on an H100, -0.3% and +1.2% on an
-    H200, so off by default (benchmarks/README.md). Those runs predate the halo kernels'
-    sums (sm_90: the 3x3 stride-1 dgrads now keep their halo tiles when linked; unmeasured).
+    H200, so off by default (benchmarks/README.md); with the halo and rolling-rows dgrads'
+    sums (2026-12-07, H100) MobileNetV2 -0.1% and ResNet-18 +0.7%.
     ``fuse_residual``: with ``fuse``, each residual block's last BatchNorm adds the skip
     tensor (and ResNet's final ReLU) in its apply pass (one write and one read of the block
     output less, one launch less per block). b512 graphed step on an H200: ResNet-18 -0.3%,
