@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (the device tool), one call (~8 min): MobileNetV2's 1x1 convs against
 # cuDNN, graphed, one conv_tiles.py run per shape so a call cut short keeps what it finished.
-# The CSVs come back as one tar, csvs.tgz (the device tool returns at most 8 files):
+# The CSVs come back as one tar, tiles.tgz (the device tool returns at most 8 files):
 #
 #   bash benchmarks/device_1x1_tiles.sh       # carry .whl
 #
@@ -36,4 +36,4 @@ for shape in 96:576:1:1:8 576:96:1:1:8 64:384:1:1:8 384:64:1:1:8 160:960:1:1:4 \
         --ops fwd fwd_pointwise dgrad dgrad_pointwise wgrad --out "$OUT/tiles/${shape//:/_}" \
         2>&1 | grep -v -i warn | grep " us "
 done
-bundle_csvs
+bundle_csvs tiles

@@ -14,9 +14,10 @@ gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest arguments>
         > "$OUT/$1.log" 2>&1
     grep -E "FAILED|Error|[0-9]+ passed|[0-9]+ failed" "$OUT/$1.log" | tail -12
 }
-# bundle_csvs: every CSV and PNG under $OUT (any depth) into $OUT/csvs.tgz, the originals
-# removed: the device tool returns at most 8 files.
+# bundle_csvs [name]: every CSV and PNG under $OUT (any depth) into $OUT/<name, csvs>.tgz,
+# the originals removed (the device tool returns at most 8 files); nothing when there are none.
 bundle_csvs() {
-    (cd "$OUT" && find . \( -name "*.csv" -o -name "*.png" \) -print0 \
-        | tar --null -czf csvs.tgz -T - --remove-files)
+    local name=${1:-csvs}
+    (cd "$OUT" && find . \( -name "*.csv" -o -name "*.png" \) -print0 > .bundle \
+        && [ -s .bundle ] && tar --null -czf "$name.tgz" -T .bundle --remove-files; rm -f .bundle)
 }

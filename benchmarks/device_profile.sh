@@ -1,65 +1,36 @@
 #!/usr/bin/env bash
-# On the GPU machine (the device tool), one call (~9 min): the checks and step times that
-# decide two off-by-default options, then where MobileNetV2's graphed step spends its time and
-# torch's eager modes beside ours. Most wanted first (a call cut short keeps what it wrote):
+# On the GPU machine (the device tool), one call (~9 min), most wanted first (a call cut short
+# keeps what it wrote; the CSVs come back bundled in tiles.tgz and csvs.tgz):
 #
 #   bash benchmarks/device_profile.sh       # carry .whl
 #
-# 1. the depthwise, batch-norm sums' and pointwise gpu tests (the rolling-rows dgrad stores
-#    the sums now; kernels/conv_pointwise.py is new);
-# 2. MobileNetV2 graphed at b512: the default against --bn-grad-sums (the dgrads' BN sums;
-#    with the BN deferral too) and --pointwise (the persistent short-K 1x1 forward);
-# 3. bn_bwd_reduce_kernel alone per MobileNetV2 layer (reduction_tiles.py): loads pipelined
-#    through shared memory (3 stages: cp.async, two barriers per row tile) against plain
-#    register loads (1 stage), on 4 and 8 warps and 128-channel blocks (never timed on the
-#    H100: 12-07 had 3 and 6 stages of the default tile);
-# 4. MobileNetV2's 1x1 convs (forward, dgrad), every pointer tile and the persistent
-#    pointwise kernel's (kernels/conv_pointwise.py, off by default) graphed against cuDNN: the
-#    12-06 H100 trace had the 24 -> 144 expand forward at 216 us for ~176 MB (0.8 TB/s),
-#    the 1x1 forwards at 1.59 ms in all for ~1.8 GB (~0.6 ms at 3 TB/s);
-# 5. ResNet-18 graphed at b512: the default against --bn-grad-sums and --loader-warp-wgrad
-#    (the halo weight gradient's loader warp);
-# 6. profile_step.py --trace of MobileNetV2 with --bn-grad-sums and with the defaults: every
-#    kernel of one step with its layer (trace_report.py prints the slowest layers);
-# 7. train_step.py, both nets at b512: torch eager fp32 and eager AMP + channels_last beside
-#    ours (--no-compile: torch.compile's rows take minutes per net; the 12-05 run has them).
+# 1. MobileNetV2 graphed at b512, the default (with the 1x1 tile rules of 12-07 night,
+#    conv._pick_1x1) against TRITONCNN_POINTWISE=1, in two processes so the order and the
+#    noise show: on 12-07 the pointwise kernel won on every 1x1 shape it takes, by 5-35%, but
+#    the step was 11.95 against 12.08 ms in one call and 12.13 against 12.10 in another;
+# 2. the kernel trace of that step with the pointwise kernel (profile_step.py --trace):
+#    where the per-kernel gain goes;
+# 3. device_1x1_tiles.sh: the 32x32 / 16x16 1x1 weight gradients at 32-512 K splits (the
+#    heuristic caps them at 64), then the 8x8 and 4x4 layers' tiles;
+# 4. the pointwise kernel's gpu tests (45 of 47 passed on 12-07 before a 60 s timeout).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
+export OUT PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-gpu_tests gpu_tests_depthwise 90 tests/test_depthwise.py
-gpu_tests gpu_tests_grad_sums 160 tests/test_grad_sums.py
-gpu_tests gpu_tests_pointwise 120 tests/test_conv_pointwise.py
-timeout 150 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 --graph-only \
-    --ours-only --bn-grad-sums --pointwise --out "$OUT/options" 2>&1 | grep -v -i warn \
-    | grep " ms "
-timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 1 3 \
-    --bn-tiles default w8 wide --bn-programs 4 --out "$OUT" > "$OUT/reduction_tiles.log" 2>&1
-grep -A8 "totals" "$OUT/reduction_tiles.log"
-timeout 120 python3 benchmarks/conv_tiles.py --ops fwd fwd_pointwise dgrad dgrad_pointwise \
-    --weights fp16 \
-    --out "$OUT/pointwise" \
-    --shapes 24:144:1:1:32 144:24:1:1:32 32:192:1:1:16 96:576:1:1:8 2>&1 | grep -v -i warn \
-    | tail -10
-timeout 150 python3 benchmarks/train_step.py --models resnet18 --batches 512 --graph-only \
-    --ours-only --bn-grad-sums --loader-warp-wgrad --out "$OUT/options" 2>&1 \
-    | grep -v -i warn | grep " ms "
-trace() {  # trace <log name> <timeout s> [profile_step.py options]: MobileNetV2's step trace
-    timeout "$2" python3 benchmarks/profile_step.py --models mobilenetv2 --batches 512 --trace \
-        "${@:3}" --out "$OUT" > "$OUT/$1.log" 2>&1
-    grep -A14 "launches" "$OUT/$1.log"
-    grep "warning" "$OUT/$1.log"  # a trace without layers says why
-}
-trace profile_step_grad_sums 90 --bn-grad-sums
-python3 benchmarks/trace_report.py "$OUT"/profile_trace_grad_sums_*.csv --top 10 2>&1 | head -30
-trace profile_step 90
-python3 benchmarks/trace_report.py "$OUT"/profile_trace_NVIDIA*.csv --top 10 2>&1 | head -30
-left=$((560 - SECONDS))
-if [ "$left" -gt 60 ]; then
-    timeout "$left" python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
-        --no-compile --graph-only --out "$OUT/torch" 2>&1 | grep -v -i warn | grep " ms "
-fi
+for run in 1 2; do
+    timeout 150 python3 benchmarks/train_step.py --models mobilenetv2 --batches 512 \
+        --graph-only --ours-only --pointwise --out "$OUT/step$run" 2>&1 | grep " ms "
+done
+TRITONCNN_POINTWISE=1 timeout 90 python3 benchmarks/profile_step.py --models mobilenetv2 \
+    --batches 512 --trace --out "$OUT/pointwise" > "$OUT/profile_step_pointwise.log" 2>&1
+grep -A14 "launches" "$OUT/profile_step_pointwise.log"
+for f in "$OUT"/pointwise/profile_trace_*.csv; do
+    python3 benchmarks/trace_report.py "$f" --kernel pointwise_fwd_kernel 2>&1 | head -24
+done
+BUDGET_S=$((480 - SECONDS)) bash benchmarks/device_1x1_tiles.sh 2>&1 | grep " us "
+left=$((570 - SECONDS))
+[ "$left" -gt 30 ] && gpu_tests gpu_tests_pointwise "$left" tests/test_conv_pointwise.py
 bundle_csvs
