@@ -173,6 +173,37 @@ def test_split_k_wgrad_and_bias_grad():
     assert torch.equal(again, K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3))
 
 
+def test_reduce_rows(monkeypatch):
+    """splitk_reduce_kernel's rows per step: 8 while the output gives each SM a program, up to
+    64 for a small one, never more than the splits (rounded up to a power of two)."""
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)
+    assert K.reduce_rows(64, 3 * 3 * 512 * 512) == 8  # a ResNet-18 3x3 wgrad: as before
+    assert K.reduce_rows(64, 16 * 32) == 64  # MobileNetV2's 32 -> 16 1x1
+    assert K.reduce_rows(64, 144 * 24) == 64
+    assert K.reduce_rows(64, 132 * 128) == 16  # 132 programs of 128 elements
+    assert K.reduce_rows(3, 512) == 4 and K.reduce_rows(1, 512) == 1
+
+
+def test_split_k_wgrad_many_rows_per_reduce_step(monkeypatch):
+    """A small weight gradient split 50 ways, reduced 64 partial rows a step (what an H100's
+    132 SMs give its 180 outputs): written and accumulated as torch in float64 says."""
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)
+    chosen = []
+    real = K.reduce_rows
+    monkeypatch.setattr(K, "reduce_rows", lambda *a: chosen.append((a, real(*a))) or real(*a))
+    x = randn(2, 5, 20, 20, channels_last=True)
+    wt = _weight(4, 5, 3, 3)
+    go = randn(2, 4, 20, 20, channels_last=True)
+    _, _, dwr, _ = reference(x, wt, torch.zeros(4), go, 1, 1, 1, 1)
+    cfg = K.ConvConfig(16, 16, 16, 4, 1)  # 16-pixel K steps: 800 pixels, 50 splits of 16
+    args = (wt.shape, (1, 1), (1, 1), (1, 1), 1)
+    dw = K.conv2d_wgrad(x, go, *args, split_k=50, config=cfg, flat_taps=False)
+    assert chosen == [((50, 180), 64)]
+    assert_close(dw, dwr, what="50 splits, 64 rows a step")
+    K.conv2d_wgrad(x, go, *args, grad_weight=dw, split_k=50, config=cfg, flat_taps=False)
+    assert_close(dw, 2 * dwr, what="accumulated")
+
+
 @pytest.mark.parametrize("flat_taps", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_wgrad_tap_layouts(flat_taps, dtype):

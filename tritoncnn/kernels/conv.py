@@ -1459,10 +1459,22 @@ def _max_split(pixels: int, block: int, numel: int) -> int:
     return max(1, min(256, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
 
 
+def reduce_rows(n_split: int, numel: int) -> int:
+    """Partial rows splitk_reduce_kernel loads per step (SPLIT_BLOCK) for ``n_split`` partials
+    of ``numel`` outputs: 8 (of 256 elements: a 2048-element tile, 16 fp32 a thread) while
+    that gives every SM a program; for a smaller output (MobileNetV2's 1x1 weight gradients:
+    384-3456 elements, 2-14 programs at 8 rows) up to 64 rows of 32, so its few programs walk
+    the splits in fewer dependent steps and more of them run."""
+    most = triton.next_power_of_2(n_split)
+    rows = min(8, most)
+    while rows < min(64, most) and triton.cdiv(numel, 2048 // rows) < runtime.sm_count():
+        rows *= 2
+    return rows
+
+
 def _reduce_splits(part: torch.Tensor, out: torch.Tensor, dims, strides, accumulate: bool):
     n_split, numel = part.shape
-    # 2048-element tiles: 8 partial rows of 256 elements per step (16 fp32 per thread)
-    split_block = min(8, triton.next_power_of_2(n_split))
+    split_block = reduce_rows(n_split, numel)
     block = 2048 // split_block
     splitk_reduce_kernel[(triton.cdiv(numel, block),)](
         part, out, numel, n_split, dims[1], dims[2], dims[3], *strides,
