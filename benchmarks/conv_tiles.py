@@ -36,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma  # noqa: E402
+from tritoncnn.kernels import (  # noqa: E402
+    conv_configs,
+    conv_halo,
+    conv_halo_wgrad,
+    conv_pointwise,
+    conv_tma,
+)
 
 # Replayed in a CUDA graph unless --eager: the training step is graphed, and eagerly the host
 # time of a Gluon launch (its descriptors built in Python) can exceed a 100 us kernel's: on
@@ -226,20 +232,24 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 heuristic = (heuristic, None)
             if op == "wgrad_8w":  # tap-looping 8-warp tiles: never candidates (Triton #1254)
                 cands = [c for c in conv_k.CONFIGS if c.num_warps == 8]
-                cands = [c for c in cands if c.smem_bytes(2, 2) <= conv_k._smem_limit()]
+                cands = [
+                    c for c in cands if c.smem_bytes(2, 2) <= conv_configs.operand_smem_limit()
+                ]
                 heuristic = cands[0]
             if op == "wgrad_tma":
                 if not conv_tma.tma_wgrad_applicable(x, gy, (s, s), (1, 1), 1):
                     continue
-                cands = conv_tma.tma_wgrad_candidates(cin, cout, ho, ho, conv_k._smem_limit(), k)
+                cands = conv_tma.tma_wgrad_candidates(
+                    cin, cout, ho, ho, conv_configs.operand_smem_limit(), k
+                )
                 heuristic = conv_tma.pick_tma_wgrad_config(cin, cout, k)
             elif op == "wgrad_halo":
-                smem = conv_k._smem_limit()
+                smem = conv_configs.operand_smem_limit()
                 cands = conv_halo_wgrad.halo_wgrad_candidates(cin, cout, hw, hw, smem)
                 heuristic = conv_halo_wgrad.pick_halo_wgrad_config(hw, hw)
             elif halo:
                 cols = cin if op == "dgrad_halo" else cout
-                cands = conv_halo.halo_candidates(cols, hw, hw, conv_k._smem_optin(), 1)
+                cands = conv_halo.halo_candidates(cols, hw, hw, conv_configs.smem_optin(), 1)
                 heuristic = conv_halo.pick_halo_config(hw, hw, op == "dgrad_halo")
             elif op in ("fwd_pointwise", "dgrad_pointwise"):
                 cands = list(conv_pointwise.POINTWISE_CONFIGS)
@@ -249,7 +259,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             elif tma:
                 dgrad = op == "dgrad_tma"
                 red, cols = (cout, cin) if dgrad else (cin, cout)
-                smem = conv_k._smem_limit()
+                smem = conv_configs.operand_smem_limit()
                 cands = conv_tma.tma_candidates(red, cols, hw, hw, smem, dgrad)
                 heuristic = conv_tma.pick_tma_config(red, cols, dgrad)
             t_cudnn = bench(cudnn[op])

@@ -11,7 +11,7 @@ import triton
 from helpers import assert_close, f64, randn
 
 from tritoncnn import runtime
-from tritoncnn.kernels import autotune
+from tritoncnn.kernels import autotune, conv_configs
 from tritoncnn.kernels import conv as K
 
 
@@ -249,7 +249,7 @@ def gpu_like(monkeypatch):
     """The launch helpers' GPU path, still running through the interpreter on tiny shapes."""
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     monkeypatch.setattr(runtime, "sm_count", lambda: 132)
-    monkeypatch.setattr(K, "_smem_limit", lambda: 180 * 1024)
+    monkeypatch.setattr(conv_configs, "operand_smem_limit", lambda: 180 * 1024)
 
 
 def test_conv_keys_name_the_whole_problem(gpu_like):

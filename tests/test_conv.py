@@ -9,7 +9,7 @@ import triton
 from helpers import DEVICE, assert_close, f64, randn, rounded
 
 from tritoncnn import nn, runtime
-from tritoncnn.kernels import autotune
+from tritoncnn.kernels import autotune, conv_configs
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import elementwise as ew
 from tritoncnn.nn import conv as nn_conv
@@ -405,7 +405,7 @@ def test_pick_config_wgrad_rows(monkeypatch):
 
 
 def test_pick_config_1x1_tiles(monkeypatch):
-    """The 16-bit 1x1 rules (conv._pick_1x1, timed on an H100): a weight gradient of at most
+    """The 16-bit 1x1 rules (conv_configs._pick_1x1, timed on an H100): a weight gradient of at most
     64 output channels over more than 64 input channels takes 64 x 64 x 64 on 4 stages; a
     forward into at most 32 channels over 64+ takes 64-deep K steps; the general rule
     elsewhere (fp32, 3x3, the dgrad, a short K, wider outputs)."""
@@ -617,7 +617,7 @@ def _candidate_kernels(cfg, k, s, p, dtype, cast) -> tuple[str, ...]:
     is_1x1 = k == 1 and s == 1 and p == 0
     if cfg.num_warps == 8 and not is_1x1:
         return ()
-    a, limit = torch.finfo(dtype).bits // 8, K._smem_limit()
+    a, limit = torch.finfo(dtype).bits // 8, conv_configs.operand_smem_limit()
     out = []
     if cfg.smem_bytes(a, a if cast else 4) <= limit:
         out += ["fwd", "dgrad"]
@@ -654,7 +654,10 @@ def test_gpu_wgrad_row_taps(index, dtype):
     3x3 shapes, written and added, split and not: compiled for the GPU, not only interpreted."""
     cfg = K.CONFIGS[index]
     size_of = torch.empty((), dtype=dtype).element_size()
-    if cfg.num_warps != 4 or cfg.smem_bytes(size_of, 3 * size_of) > K._smem_limit():
+    if (
+        cfg.num_warps != 4
+        or cfg.smem_bytes(size_of, 3 * size_of) > conv_configs.operand_smem_limit()
+    ):
         pytest.skip(f"{cfg} is never a row-tapped {dtype} candidate (conv2d_wgrad's filter)")
     for n, c_in, c_out, size, s in (
         (128, 64, 64, 32, 1),

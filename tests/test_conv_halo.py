@@ -19,9 +19,9 @@ from test_conv_tma import _moments_reference
 from test_grad_sums import _bn, _check_backward, _check_sums
 
 from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import conv_configs, norm
 from tritoncnn.kernels import conv_halo as H
 from tritoncnn.kernels import conv_halo_wgrad as HW
-from tritoncnn.kernels import norm
 from tritoncnn.kernels.elementwise import ACT_ELU, ACT_RELU, ACT_RELU6
 
 
@@ -242,7 +242,7 @@ def test_gpu_halo_forward_every_candidate(shape, dtype, loader_warp, _halo_on):
     c_in, hw, c_out = shape
     assert H.halo_applicable(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     yr = reference(x, wt.float(), None, None, 1, 1, 1, 1, device="cuda")[0]
-    cands = _tiles(loader_warp, c_out, hw, hw, K._smem_optin(), 1)
+    cands = _tiles(loader_warp, c_out, hw, hw, conv_configs.smem_optin(), 1)
     assert cands
     for cfg in cands:
         y = _poisoned((BATCH, c_out, hw, hw), dtype)
@@ -264,7 +264,7 @@ def test_gpu_halo_dgrad_every_candidate(shape, dtype, loader_warp, _halo_on):
     relu_out = randn(*x.shape, dtype=dtype, channels_last=True).clamp_min(0)
     dxr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[1]
     for tiles, extra in ((1, {}), (3, {"add": add, "relu_out": relu_out})):
-        cands = _tiles(loader_warp, c_in, hw, hw, K._smem_optin(), tiles)
+        cands = _tiles(loader_warp, c_in, hw, hw, conv_configs.smem_optin(), tiles)
         assert cands
         for cfg in cands:
             dx = _poisoned(x.shape, dtype)
@@ -287,7 +287,7 @@ def test_gpu_halo_dgrad_bn_sums_every_candidate(shape, loader_warp, _halo_on):
     cases = ((ACT_RELU6, True), (ACT_RELU, False))
     for act, affine in cases:
         bn = _bn(bn_in, act, affine)
-        cands = _tiles(loader_warp, c_in, hw, hw, K._smem_optin(), 2, grad_sums=True)
+        cands = _tiles(loader_warp, c_in, hw, hw, conv_configs.smem_optin(), 2, grad_sums=True)
         assert cands
         for cfg in cands:
             dx = _poisoned(x.shape, torch.float16)
@@ -339,7 +339,9 @@ def test_gpu_halo_wgrad_every_candidate(shape, loader_warp, _halo_on):
     x, wt, go = _gpu_case(shape, torch.float16)
     c_in, hw, c_out = shape
     dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
-    cands = HW.halo_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), loader_warp)
+    cands = HW.halo_wgrad_candidates(
+        c_in, c_out, hw, hw, conv_configs.operand_smem_limit(), loader_warp
+    )
     cands = [cfg for cfg in cands if cfg.loader_warp == loader_warp]
     assert cands
     for cfg in cands:

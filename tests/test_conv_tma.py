@@ -16,9 +16,9 @@ from test_conv import reference
 
 from tritoncnn import runtime
 from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import conv_configs, norm
 from tritoncnn.kernels import conv_tma as T
 from tritoncnn.kernels import elementwise as ew
-from tritoncnn.kernels import norm
 
 
 @pytest.fixture(autouse=True)
@@ -315,7 +315,7 @@ def test_gpu_tma_every_candidate(shape, dtype):
     c_in, hw, c_out, k = shape
     bias = randn(c_out)
     yr = reference(x, wt.float(), bias, None, 1, pad, 1, 1, device="cuda")[0]
-    cands = T.tma_candidates(c_in, c_out, hw, hw, K._smem_limit())
+    cands = T.tma_candidates(c_in, c_out, hw, hw, conv_configs.operand_smem_limit())
     assert cands
     for cfg in cands:
         y, tiles = K.conv2d_forward_moments(x, wt, bias, 1, pad, 1, 1, config=cfg)
@@ -333,7 +333,7 @@ def test_gpu_tma_dgrad_every_candidate(shape, dtype):
     c_in, hw, c_out, k = shape
     add = randn(*x.shape, dtype=dtype, channels_last=True)
     dxr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[1]
-    cands = T.tma_candidates(c_out, c_in, hw, hw, K._smem_limit(), dgrad=True)
+    cands = T.tma_candidates(c_out, c_in, hw, hw, conv_configs.operand_smem_limit(), dgrad=True)
     assert cands
     for cfg in cands:
         dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1, config=cfg)
@@ -348,7 +348,7 @@ def test_gpu_tma_wgrad_every_candidate(shape):
     x, wt, go, pad = _gpu_case(shape, torch.float16)
     c_in, hw, c_out, k = shape
     dwr = reference(x, wt.float(), None, go, 1, pad, 1, 1, device="cuda")[2]
-    cands = T.tma_wgrad_candidates(c_in, c_out, hw, hw, K._smem_limit(), k)
+    cands = T.tma_wgrad_candidates(c_in, c_out, hw, hw, conv_configs.operand_smem_limit(), k)
     assert cands
     for cfg in cands:
         for split in (1, 8):
