@@ -4,7 +4,8 @@ for a GEMM shape, ``gemm_candidates`` (the CONFIGS worth timing for one), and th
 choices of the weight and bias gradients (how many K splits, how many partial rows the
 reduction takes a step).
 
-Every rule names the measurement it came from (benchmarks/README.md has the runs).
+Each rule says where it came from: the measurement (benchmarks/README.md has the runs) or,
+where no GPU has timed it yet, the reasoning.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def smem_optin() -> int:
 
 
 def operand_smem_limit() -> int:
+    """Shared memory a tile's pipelined operands may take: SMEM_SHARE of the opt-in maximum."""
     return int(SMEM_SHARE * smem_optin())
 
 
@@ -225,7 +227,9 @@ def _pick_split(
     tiles: int, pixels: int, block: int, min_pixels: int = 1024, per_sm: int = 2
 ) -> int:
     """Splits of the K (pixel) axis so that ~per_sm programs per SM run, each reducing
-    >= min_pixels."""
+    >= min_pixels, at most 64 of them. (That cap leaves a GEMM of 1-3 tiles, MobileNetV2's
+    32x32 1x1 weight gradients, 64-192 programs on an H100's 132 SMs; device_1x1_tiles.sh
+    times more splits before it moves.)"""
     want = triton.cdiv(per_sm * runtime.sm_count(), max(tiles, 1))
     return max(1, min(want, pixels // max(min_pixels, block), 64))
 
