@@ -255,7 +255,7 @@ def test_pointwise_dgrad_bn_sums_tile_does_not_spill(k, cols):
     """The pointwise kernel's dgrad with a batch norm's backward sums in its epilogue
     (GRAD_SUMS, ``bn_grad_sums`` on MobileNetV2's projections: K = the conv's 24 / 96 output
     channels, 144 / 576 columns): the tiles it may run (SUMS_CONFIGS) compile for sm_90 without
-    spills, in the registers and shared memory their per_sm_extras and smem_bytes(sums=True)
+    spills, in the registers and shared memory their per_sm_sums and smem_bytes(sums=True)
     count (the 128-row tiles spilled: 136 and 216 bytes)."""
     from tritoncnn.kernels import conv_pointwise
 

@@ -16,9 +16,11 @@ g[M, C_out] @ w, a reduction over C_out): ``conv2d_dgrad_pointwise`` runs it thr
 kernel, with the backward sums of the batch norm before the conv in its epilogue when linked
 (``bn_grad_sums``), but no added gradient or ReLU mask (those stay on the pointer kernel).
 
-Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): not yet timed on a GPU;
-``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times it against the pointer
-tiles and cuDNN.
+Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): on an H100 (2026-12-07) it beat
+the pointer kernel's best tile on every MobileNetV2 1x1 shape it takes at 32x32 and 16x16 (the
+24 -> 144 expand forward 77.6 against 114.0 us), but MobileNetV2's step measured 11.95 against
+12.08 ms in one run and 12.13 against 12.10 in another (benchmarks/README.md);
+``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times its tiles.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ MAX_C_IN = 128
 @dataclass(frozen=True)
 class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
-    per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_extras:
-    GRAD_SUMS, whose per-channel terms and tiles take registers; None: per_sm). The launch
+    per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_sums:
+    GRAD_SUMS, whose per-channel terms and tiles take registers; None: a tile that never
+    stores them, not in SUMS_CONFIGS). The launch
     lowers it where shared memory allows fewer (``resident_per_sm``); a dataclass, as the
     autotuner's cache wants."""
 
@@ -75,7 +78,7 @@ class PointwiseConfig:
     num_warps: int
     num_stages: int
     per_sm: int
-    per_sm_extras: int | None = None
+    per_sm_sums: int | None = None
 
     def smem_bytes(self, block_k: int, sums: bool = False) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
@@ -90,19 +93,19 @@ class PointwiseConfig:
 
 # per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
 # 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
-# 4 warps 80-95 (5); with
-# GRAD_SUMS (K 24-128) 255 + 136 bytes of spills (128 x 64), 255 + 216 (128 x 128), 172-211
-# (64 x 64: 2). A program beyond those would start only when one finishes, and every
-# program walks the same number of row tiles: a second wave as long as the first.
-# The last is the first with a deeper row-tile pipeline (ptxas: the same 135-138 registers,
-# two A tiles in flight instead of one, 44 KiB at C_in 24): 3 programs then keep ~36 KB of
-# a 24-channel input in flight per SM instead of ~18 (DRAM's latency at 3 TB/s is ~23 KB
-# per SM); an autotuning candidate until a GPU times it (conv_tiles.py --ops fwd_pointwise).
+# 4 warps 80-95 (5); with GRAD_SUMS (K 24-128) the 128-row tiles spill (255 registers + 136
+# bytes at 128 x 64, + 216 at 128 x 128) and 64 x 64 takes 172-211 (2). A program beyond
+# those would start only when one finishes, and every program walks the same number of row
+# tiles: a second wave as long as the first.
+# The last has a deeper row-tile pipeline (ptxas: the same 135-138 registers, two A tiles in
+# flight instead of one, 44 KiB at C_in 24); an autotuning candidate: on an H100 it was the
+# best pointwise tile (or tied) on 5 of MobileNetV2's 11 short-K ops at 32x32 / 16x16 and up
+# to 13% behind the best elsewhere (2026-12-07).
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
-    PointwiseConfig(128, 64, 4, 3, 3, 2),
-    PointwiseConfig(128, 128, 8, 3, 1, 1),
+    PointwiseConfig(128, 64, 4, 3, 3),
+    PointwiseConfig(128, 128, 8, 3, 1),
     PointwiseConfig(64, 64, 4, 4, 5, 2),
-    PointwiseConfig(128, 64, 4, 4, 3, 2),
+    PointwiseConfig(128, 64, 4, 4, 3),
 )
 # The tiles that store the dgrad's batch-norm sums without spilling.
 SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
@@ -114,12 +117,12 @@ def reduction_block(c_in: int) -> int:
 
 
 def resident_per_sm(cfg: PointwiseConfig, c_in: int, sums: bool = False) -> int:
-    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_extras with the
+    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_sums with the
     dgrad's batch-norm sums), or fewer where their shared memory (228 KiB an SM on sm_90)
     runs out first."""
     per_sm = cfg.per_sm
-    if sums and cfg.per_sm_extras is not None:
-        per_sm = cfg.per_sm_extras
+    if sums and cfg.per_sm_sums is not None:
+        per_sm = cfg.per_sm_sums
     if runtime.INTERPRETED:
         return per_sm
     fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in), sums) + 1024)
