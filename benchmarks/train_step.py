@@ -135,7 +135,7 @@ def ours_step(
     False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says).
     ``pointwise``: whether short-K 1x1 forwards and plain dgrads take
     kernels/conv_pointwise.py's persistent kernel (conv_pointwise.ENABLED; None: as
-    TRITONCNN_POINTWISE says, off unless 1)."""
+    TRITONCNN_POINTWISE says: on the GPU unless it is 0)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -339,7 +339,12 @@ def main() -> None:
         "--pointwise",
         action="store_true",
         help="add a graph row whose short-K 1x1 forwards and plain dgrads take the persistent "
-        "pointwise kernel (kernels/conv_pointwise.py, off by default)",
+        "pointwise kernel (kernels/conv_pointwise.py) even where TRITONCNN_POINTWISE=0",
+    )
+    ap.add_argument(
+        "--without-pointwise",
+        action="store_true",
+        help="add a graph row without the pointwise kernel (the default rows have it)",
     )
     ap.add_argument(
         "--without-halo",
@@ -412,6 +417,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_loader_warp_wgrad"] = lw_wgrad
             if args.pointwise:
                 ours["tritoncnn_fp16_graph_pointwise"] = {**graph, "pointwise": True}
+            if args.without_pointwise:
+                ours["tritoncnn_fp16_graph_no_pointwise"] = {**graph, "pointwise": False}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

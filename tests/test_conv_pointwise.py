@@ -221,3 +221,19 @@ def test_mobilenetv2_fp16_with_pointwise_matches_twin(monkeypatch, options):
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["defaults", "all_options"])
 def test_mobilenetv2_fp16_with_pointwise_matches_twin_gpu(monkeypatch, options):
     _mobilenetv2_with_pointwise(monkeypatch, 128, 1.0, **options)
+
+
+def test_on_by_default_on_the_gpu_only(monkeypatch):
+    """TRITONCNN_POINTWISE: unset, on for the GPU and off in the interpreter (its heuristic
+    tiles are slow there; the tests above set ENABLED); 0 and 1 decide either way."""
+    monkeypatch.delenv("TRITONCNN_POINTWISE", raising=False)
+    monkeypatch.setattr(pw.runtime, "INTERPRETED", False)
+    assert pw.env_enabled()
+    monkeypatch.setenv("TRITONCNN_POINTWISE", "0")
+    assert not pw.env_enabled()
+    monkeypatch.setattr(pw.runtime, "INTERPRETED", True)
+    assert not pw.env_enabled()
+    monkeypatch.setenv("TRITONCNN_POINTWISE", "1")
+    assert pw.env_enabled()
+    monkeypatch.delenv("TRITONCNN_POINTWISE")
+    assert not pw.env_enabled()

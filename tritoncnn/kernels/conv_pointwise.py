@@ -16,10 +16,11 @@ g[M, C_out] @ w, a reduction over C_out): ``conv2d_dgrad_pointwise`` runs it thr
 kernel, with the backward sums of the batch norm before the conv in its epilogue when linked
 (``bn_grad_sums``), but no added gradient or ReLU mask (those stay on the pointer kernel).
 
-Off by default (``TRITONCNN_POINTWISE=1`` or ``ENABLED``): on an H100 (2026-12-07) it beat
-the pointer kernel's best tile on every MobileNetV2 1x1 shape it takes at 32x32 and 16x16 (the
-24 -> 144 expand forward 77.6 against 114.0 us), but MobileNetV2's step measured 11.95 against
-12.08 ms in one run and 12.13 against 12.10 in another (benchmarks/README.md);
+On by default on the GPU (``TRITONCNN_POINTWISE=0`` turns it off; off in the interpreter,
+whose tests set ``ENABLED``): on an H100 (2026-12-08) MobileNetV2's graphed b512 step took
+11.750 / 11.766 ms with it against 11.863 / 11.868 without, in two processes. Per op it beat
+the pointer kernel's best tile on every MobileNetV2 1x1 shape it takes at 32x32 and 16x16
+(the 24 -> 144 expand forward 77.6 against 114.0 us; benchmarks/README.md);
 ``benchmarks/conv_tiles.py --ops fwd_pointwise dgrad_pointwise`` times its tiles.
 """
 
@@ -52,8 +53,10 @@ from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
 def env_enabled() -> bool:
     """conv.py sends the 1x1 forwards and dgrads (without an added gradient or ReLU mask)
-    that qualify here when TRITONCNN_POINTWISE=1."""
-    return os.environ.get("TRITONCNN_POINTWISE", "0") == "1"
+    that qualify here on the GPU unless TRITONCNN_POINTWISE=0 (in the interpreter only with
+    TRITONCNN_POINTWISE=1: its heuristic tiles are slow there)."""
+    default = "0" if runtime.INTERPRETED else "1"
+    return os.environ.get("TRITONCNN_POINTWISE", default) == "1"
 
 
 # Read at every launch (benchmarks and tests set it).
