@@ -173,6 +173,22 @@ def test_split_k_wgrad_and_bias_grad():
     assert torch.equal(again, K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3))
 
 
+def test_pick_split_fills_the_sms_up_to_most(monkeypatch):
+    """The K splits of a weight gradient: ~per_sm programs per SM over its tiles, each split
+    >= min_pixels, at most ``most`` (the conv wgrad passes _max_split: 512, fewer where the
+    partial sums would pass MAX_PARTIAL_ELEMENTS)."""
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)
+    pixels = 512 * 32 * 32
+    # MobileNetV2's 32 -> 16 1x1 wgrad: one tile, 528 programs wanted, 512 pixels-bound
+    assert K._pick_split(1, pixels, 64, per_sm=4, most=K._max_split(pixels, 64, 16 * 32)) == 512
+    assert K._pick_split(3, pixels, 64, per_sm=4, most=512) == 176
+    assert K._pick_split(1, pixels, 64, per_sm=4) == 64  # the default cap (bias gradients)
+    assert K._pick_split(200, pixels, 64, per_sm=4, most=512) == 3  # many tiles: few splits
+    assert K._pick_split(1, 4096, 64, per_sm=4, most=512) == 4  # >= 1024 pixels each
+    huge = conv_configs.MAX_PARTIAL_ELEMENTS // 8
+    assert K._max_split(pixels, 64, huge) == 8
+
+
 def test_reduce_rows(monkeypatch):
     """splitk_reduce_kernel's rows per step: 8 while the output gives each SM a program, up to
     64 for a small one, never more than the splits (rounded up to a power of two)."""

@@ -1353,7 +1353,8 @@ def conv2d_wgrad(
     def heuristic_split(cfg: ConvConfig) -> int:
         # 4 programs per SM: on an H200 the autotuner's best split for ResNet-18's 3x3 wgrads
         # at batch 512 was 2-4x the 2-per-SM count, 11-16% faster than it
-        return _pick_split(tiles(cfg) * grid_1(cfg), pixels, cfg.BLOCK_K, per_sm=4)
+        most = _max_split(pixels, cfg.BLOCK_K, c_out * kh * kw * c_in_g)
+        return _pick_split(tiles(cfg) * grid_1(cfg), pixels, cfg.BLOCK_K, per_sm=4, most=most)
 
     def launch(gw: torch.Tensor, cfg: ConvConfig, split: int) -> None:
         per_split = triton.cdiv(triton.cdiv(pixels, split), cfg.BLOCK_K) * cfg.BLOCK_K

@@ -224,14 +224,20 @@ def split_candidates(base: int, max_split: int) -> list[SplitChoice]:
 
 
 def _pick_split(
-    tiles: int, pixels: int, block: int, min_pixels: int = 1024, per_sm: int = 2
+    tiles: int,
+    pixels: int,
+    block: int,
+    min_pixels: int = 1024,
+    per_sm: int = 2,
+    most: int = 64,
 ) -> int:
     """Splits of the K (pixel) axis so that ~per_sm programs per SM run, each reducing
-    >= min_pixels, at most 64 of them. (That cap leaves a GEMM of 1-3 tiles, MobileNetV2's
-    32x32 1x1 weight gradients, 64-192 programs on an H100's 132 SMs; device_1x1_tiles.sh
-    times more splits before it moves.)"""
+    >= min_pixels, at most ``most`` of them (the conv weight gradient passes _max_split: on
+    an H100 (2026-12-08, device_1x1_tiles.sh) MobileNetV2's 32x32 1x1 weight gradients, GEMMs
+    of 1-3 tiles, ran 1.2-2.8x faster at 128-512 splits than at the former cap of 64, e.g.
+    32 -> 16 91.8 us at 64, 34.0 at 256, 32.8 at 512; cuDNN 25.7)."""
     want = triton.cdiv(per_sm * runtime.sm_count(), max(tiles, 1))
-    return max(1, min(want, pixels // max(min_pixels, block), 64))
+    return max(1, min(want, pixels // max(min_pixels, block), most))
 
 
 # Split-K partial sums of one call stay under this many fp32 elements (64 MiB): the ordered
@@ -240,9 +246,9 @@ MAX_PARTIAL_ELEMENTS = 1 << 24
 
 
 def _max_split(pixels: int, block: int, numel: int) -> int:
-    """Most splits worth timing: each split reduces >= 4 K blocks, at most 256 partial sums,
+    """Most splits worth timing: each split reduces >= 4 K blocks, at most 512 partial sums,
     and the partial buffer (split x numel outputs) within MAX_PARTIAL_ELEMENTS."""
-    return max(1, min(256, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
+    return max(1, min(512, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
 
 
 def reduce_rows(n_split: int, numel: int) -> int:
