@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import pdl  # noqa: E402
+from tritoncnn.kernels import conv_configs, pdl  # noqa: E402
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
 
@@ -104,6 +104,7 @@ def ours_step(
     loader_warp: bool | None = None,
     loader_warp_wgrad: bool = False,
     pointwise: bool | None = None,
+    wgrad_max_splits: int = conv_configs.MAX_SPLITS,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -135,7 +136,9 @@ def ours_step(
     False: as TRITONCNN_HALO_WGRAD_LOADER_WARP says).
     ``pointwise``: whether short-K 1x1 forwards and plain dgrads take
     kernels/conv_pointwise.py's persistent kernel (conv_pointwise.ENABLED; None: as
-    TRITONCNN_POINTWISE says: on the GPU unless it is 0)."""
+    TRITONCNN_POINTWISE says: on the GPU unless it is 0).
+    ``wgrad_max_splits``: the most K splits of a conv weight gradient (conv_configs.MAX_SPLITS,
+    read at every launch)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -152,6 +155,7 @@ def ours_step(
     env_wgrad = conv_halo_wgrad.wgrad_loader_warp_env_enabled()
     conv_halo_wgrad.LOADER_WARP = True if loader_warp_wgrad or env_wgrad else None
     conv_pointwise.ENABLED = conv_pointwise.env_enabled() if pointwise is None else pointwise
+    conv_configs.MAX_SPLITS = wgrad_max_splits
 
     torch.manual_seed(0)
     model = models.build(
@@ -347,6 +351,12 @@ def main() -> None:
         help="add a graph row without the pointwise kernel (the default rows have it)",
     )
     ap.add_argument(
+        "--wgrad-max-splits",
+        type=int,
+        help="add a graph row whose conv weight gradients take at most this many K splits "
+        f"(kernels/conv_configs.MAX_SPLITS, {conv_configs.MAX_SPLITS} by default)",
+    )
+    ap.add_argument(
         "--without-halo",
         action="store_true",
         help="add a graph row without the halo kernels (the default rows have them on sm_90)",
@@ -419,6 +429,9 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_pointwise"] = {**graph, "pointwise": True}
             if args.without_pointwise:
                 ours["tritoncnn_fp16_graph_no_pointwise"] = {**graph, "pointwise": False}
+            if args.wgrad_max_splits:
+                row = f"tritoncnn_fp16_graph_max_splits_{args.wgrad_max_splits}"
+                ours[row] = {**graph, "wgrad_max_splits": args.wgrad_max_splits}
     if pdl.LAUNCH_PDL:  # its own rows, next to a run without it
         ours = {f"{v}_pdl": kw for v, kw in ours.items()}
     modes = [] if args.ours_only else ["eager_fp32", "eager_amp_cl"]

@@ -240,15 +240,21 @@ def _pick_split(
     return max(1, min(want, pixels // max(min_pixels, block), most))
 
 
+# Most K splits of a weight gradient, the heuristic's and the autotuner's (_max_split; read
+# at every launch: benchmarks/train_step.py --wgrad-max-splits sets it for a row). 64 until
+# 2026-12-08: the H100 sweep in _pick_split's docstring.
+MAX_SPLITS = 512
+
 # Split-K partial sums of one call stay under this many fp32 elements (64 MiB): the ordered
 # second pass reads them all, and the caching allocator keeps the largest buffer it ever gave.
 MAX_PARTIAL_ELEMENTS = 1 << 24
 
 
 def _max_split(pixels: int, block: int, numel: int) -> int:
-    """Most splits worth timing: each split reduces >= 4 K blocks, at most 512 partial sums,
-    and the partial buffer (split x numel outputs) within MAX_PARTIAL_ELEMENTS."""
-    return max(1, min(512, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1)))
+    """Most splits worth timing: each split reduces >= 4 K blocks, at most MAX_SPLITS
+    partial sums, and the partial buffer (split x numel outputs) within MAX_PARTIAL_ELEMENTS."""
+    most = min(MAX_SPLITS, pixels // (4 * block), MAX_PARTIAL_ELEMENTS // max(numel, 1))
+    return max(1, most)
 
 
 def reduce_rows(n_split: int, numel: int) -> int:
