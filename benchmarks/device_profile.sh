@@ -8,12 +8,17 @@
 #    bounded by conv_configs.MAX_SPLITS = 512 since 12-08) against the old bound of 64
 #    (--wgrad-max-splits 64), in one process: per op the 32x32 1x1 weight gradients ran
 #    1.2-2.8x faster with more splits, not yet timed in the step;
-# 2. the conv gpu tests (the 1x1 tile rules, reduce_rows and the larger splits have run on
-#    the GPU only inside conv_tiles.py's checks against cuDNN);
-# 3. bn_bwd_reduce_kernel alone over MobileNetV2's layers at 1-8 stage-1 programs per SM
+# 2. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
+#    next kernel's launch and scheduling overlap the running one), never timed in a step: the
+#    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
+#    2026-12-08; 467 launches);
+# 3. the conv gpu tests (the 1x1 tile rules, reduce_rows and the larger splits have run on
+#    the GPU only inside conv_tiles.py's checks against cuDNN), then the PDL ones (graphed
+#    steps with PDL equal those without, bit for bit);
+# 4. bn_bwd_reduce_kernel alone over MobileNetV2's layers at 1-8 stage-1 programs per SM
 #    (reduction_tiles.py, per layer in its CSV): the 8x8 and 4x4 layers move 0.5-1.8 TB/s
-#    against the input pass's 2.8-4.0 (benchmarks/README.md, 2026-12-08);
-# 4. torch eager fp32 and eager AMP + channels_last beside the default step, for the ratios.
+#    against the input pass's 2.8-4.0;
+# 5. torch eager fp32 and eager AMP + channels_last beside the default step, for the ratios.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -21,13 +26,17 @@ mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+left() { echo $((550 - SECONDS)); }  # what the call has left (the device's limit is 600 s)
 timeout 240 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
     --graph-only --ours-only --wgrad-max-splits 64 --out "$OUT/splits" 2>&1 | grep " ms "
-gpu_tests gpu_tests_conv 150 tests/test_conv.py
-timeout 90 python3 benchmarks/reduction_tiles.py --kernels bn --bn-ops bwd_reduce --stages 3 \
-    --bn-programs 1 2 4 8 --out "$OUT/reduce" 2>&1 | grep -v -i warn | tail -8
-left=$((560 - SECONDS))
-[ "$left" -gt 60 ] && timeout "$left" python3 benchmarks/train_step.py \
+TRITONCNN_PDL=1 timeout 200 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 \
+    --batches 512 --graph-only --ours-only --out "$OUT/pdl" 2>&1 | grep " ms "
+[ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
+[ "$(left)" -gt 30 ] && gpu_tests gpu_tests_pdl "$(( $(left) < 60 ? $(left) : 60 ))" tests/test_pdl.py
+[ "$(left)" -gt 30 ] && timeout "$(left)" python3 benchmarks/reduction_tiles.py --kernels bn \
+    --bn-ops bwd_reduce --stages 3 --bn-programs 1 2 4 8 --out "$OUT/reduce" 2>&1 \
+    | grep -v -i warn | tail -8
+[ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/train_step.py \
     --models mobilenetv2 resnet18 --batches 512 --graph-only --no-compile --out "$OUT/torch" \
     2>&1 | grep " ms "
 bundle_csvs
