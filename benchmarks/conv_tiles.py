@@ -217,10 +217,11 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
             mm, nn_, kk = gemm[op]
             b_bytes = 2 if op.startswith("wgrad") else w.element_size()
             # (the weight gradient's K, the pixels, is split: conv2d_wgrad picks with split_k;
-            # a 1x1 forward's and weight gradient's tiles have rules of their own)
+            # a 1x1's tiles have rules of their own)
             heuristic = conv_k.pick_config(
                 mm, nn_, kk, dtype, split_k=op.startswith("wgrad"),
-                is_1x1=is_1x1 and op in ("fwd", "wgrad", "wgrad_split"),
+                is_1x1=is_1x1 and op in ("fwd", "dgrad", "wgrad", "wgrad_split"),
+                dgrad=op == "dgrad",
             )  # fmt: skip
             cands = conv_k.gemm_candidates(mm, nn_, kk, 2, b_bytes, is_1x1)
             if op == "wgrad_rows":  # KW x tiles staged per K step, KW accumulators

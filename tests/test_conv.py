@@ -445,6 +445,32 @@ def test_pick_config_1x1_tiles(monkeypatch):
         assert tile(pixels, c_out, c_in, torch.float32, is_1x1=True)[2] == 32
     assert tile(pixels, 16, 32, f16, is_1x1=True) == (64, 32, 32, 4, 3)  # K 32: one step
     assert tile(pixels, 144, 24, f16, is_1x1=True) == tile(pixels, 144, 24, f16)
+    # not the dgrad's 32-wide outputs over a short K (24 -> 144's input gradient lost)
+    dgrad_24 = tile(pixels, 24, 144, f16, is_1x1=True, dgrad=True)
+    assert dgrad_24 == tile(pixels, 24, 144, f16) and dgrad_24[2] == 32
+
+
+def test_pick_config_1x1_long_k(monkeypatch):
+    """A 16-bit 1x1 forward or dgrad reducing 192+ channels takes 64-deep K steps at any
+    width (MobileNetV2's 8x8 and 4x4 layers, timed on an H100); 160 keeps 32; 3x3 and fp32
+    keep the general rule."""
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    f16, pix8, pix4 = torch.float16, 512 * 8 * 8, 512 * 4 * 4
+
+    def tile(*args, **kw):
+        cfg = K.pick_config(*args, **kw)
+        assert cfg in K.CONFIGS
+        return cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K, cfg.num_warps, cfg.num_stages
+
+    assert tile(pix8, 96, 576, f16, is_1x1=True) == (128, 128, 64, 4, 3)  # forward 576 -> 96
+    assert tile(pix4, 320, 960, f16, is_1x1=True) == (128, 64, 64, 4, 3)  # 960 -> 320
+    assert tile(pix4, 1280, 320, f16, is_1x1=True) == (64, 128, 64, 4, 3)  # 320 -> 1280
+    assert tile(pix8, 96, 576, f16, is_1x1=True, dgrad=True) == (128, 128, 64, 4, 3)
+    assert tile(pix4, 160, 960, f16, is_1x1=True, dgrad=True) == (128, 64, 64, 4, 3)
+    assert tile(pix4, 960, 160, f16, is_1x1=True)[2] == 32  # K 160: lost at 64
+    assert tile(pix4, 576, 160, f16, is_1x1=True, dgrad=True)[2] == 32
+    assert tile(pix8, 96, 576, f16)[2] == 32  # not a 1x1
+    assert tile(pix8, 96, 576, torch.float32, is_1x1=True)[2] == 32
 
 
 @pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2)])

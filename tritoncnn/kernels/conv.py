@@ -1178,7 +1178,9 @@ def _dgrad(
         )  # fmt: skip
         return sums
 
-    heuristic = pointer_heuristic = pick_config(m0, c_in_g, k, grad_out.dtype)
+    heuristic = pointer_heuristic = pick_config(
+        m0, c_in_g, k, grad_out.dtype, is_1x1=is_1x1, dgrad=True
+    )
     if tma and "dgrad" in TMA_CONVS:
         heuristic = conv_tma.pick_tma_config(c_out, c_in, dgrad=True)
     if halo:

@@ -73,13 +73,19 @@ SMEM_SHARE = 0.78
 
 
 def pick_config(
-    m: int, n: int, k: int, dtype: torch.dtype, split_k: bool = False, is_1x1: bool = False
+    m: int,
+    n: int,
+    k: int,
+    dtype: torch.dtype,
+    split_k: bool = False,
+    is_1x1: bool = False,
+    dgrad: bool = False,
 ) -> ConvConfig:
     """A tile for an M x N x K GEMM: BLOCK_N follows N (the channel count, least padding),
     BLOCK_M shrinks when there are too few row tiles to fill the GPU (unless ``split_k``: the
-    wgrad's K splits fill it), BLOCK_K doubles for a long 16-bit K. ``is_1x1``: the forward
-    or weight gradient of a 1x1 stride-1 conv, whose short-K and few-row GEMMs (MobileNetV2's)
-    have tiles of their own (``_pick_1x1``)."""
+    wgrad's K splits fill it), BLOCK_K doubles for a long 16-bit K. ``is_1x1``: a 1x1
+    stride-1 conv's forward, weight gradient (``split_k``) or input gradient (``dgrad``),
+    whose short-K and few-row GEMMs (MobileNetV2's) have tiles of their own (``_pick_1x1``)."""
     if runtime.INTERPRETED:  # few, large tiles: see runtime.interpreter_block
         ib = runtime.interpreter_block
         bm, bn = ib(m, 2048), ib(n, 128)
@@ -105,16 +111,18 @@ def pick_config(
     # and for most dgrads, and 64 for every 3x3 wgrad
     bk = 64 if dtype != torch.float32 and k >= 8192 else 32
     if is_1x1 and dtype != torch.float32:
-        bm, bn, bk, stages = _pick_1x1(bm, bn, bk, k, split_k)
+        bm, bn, bk, stages = _pick_1x1(bm, bn, bk, k, split_k, dgrad)
         return _listed(bm, bn, bk, stages)
     return _listed(bm, bn, bk)
 
 
-def _pick_1x1(bm: int, bn: int, bk: int, k: int, split_k: bool) -> tuple[int, int, int, int | None]:
-    """pick_config's tile for a 16-bit 1x1 forward or weight gradient: (BLOCK_M, BLOCK_N,
-    BLOCK_K, stages; None: the general rule's). From every tile of MobileNetV2's 1x1 shapes
-    at 32x32 and 16x16, b512, graphed on an H100 (benchmarks/README.md, 2026-12-07 night;
-    us, general rule -> this one):
+def _pick_1x1(
+    bm: int, bn: int, bk: int, k: int, split_k: bool, dgrad: bool = False
+) -> tuple[int, int, int, int | None]:
+    """pick_config's tile for a 16-bit 1x1 conv's GEMM: (BLOCK_M, BLOCK_N, BLOCK_K, stages;
+    None: the general rule's). From every tile of MobileNetV2's 1x1 shapes, b512, graphed on
+    an H100 (benchmarks/README.md: 32x32 and 16x16 on 2026-12-07 night, 8x8 and 4x4 on
+    12-08; us, general rule -> this one):
     - a weight gradient of at most 64 output channels (its M) over more than 64 input
       channels (measured: 96-192) takes 64 x 64 x 64 on 4 stages, not 64 x 128 x 64 (128
       columns pad 144 / 192 to 256): 144->24 122.3 -> 103.3, 96->24 116.5 -> 66.4, 192->32
@@ -122,10 +130,19 @@ def _pick_1x1(bm: int, bn: int, bk: int, k: int, split_k: bool) -> tuple[int, in
     - a forward into at most 32 channels over 64+ input channels takes 64-deep K steps:
       144->24 96.0 -> 71.2, 96->24 53.9 -> 48.4, 192->32 27.1 -> 22.1, 144->32 25.4 -> 20.7.
       (Not the dgrads of the same GEMM shape: the 24-channel input gradient of 24->144 lost,
-      92.2 -> 100.1, so conv2d_dgrad does not pass is_1x1.)"""
-    if split_k and bm == 64 and bn == 128:
-        return 64, 64, 64, 4
-    if not split_k and bn == 32 and k >= 64:
+      92.2 -> 100.1);
+    - a forward or dgrad reducing 192+ channels (K) takes 64-deep K steps at any width: 8x8
+      and 4x4 forwards 576->96 19.9 -> 16.1, 960->320 18.8 -> 15.5, 960->160 13.0 -> 11.7,
+      384->64 8.7 -> 7.6, 576->160 9.0 -> 8.3, 384->96 11.0 -> 10.4, 320->1280 25.0 ->
+      24.4, 192->64 6.0 -> 5.8; the dgrads (K = output channels) 320->1280 22.5 -> 20.8,
+      96->576 20.3 -> 18.1, 160->960 13.1 -> 11.7, 64->384 8.2 -> 7.6, 960->320 19.2 ->
+      19.1, 32->192 (16x16) 23.8 -> 22.3. At K = 160 they lost (576->160 dgrad 9.3 ->
+      10.3, 160->960 forward 13.6 -> 15.3)."""
+    if split_k:
+        if bm == 64 and bn == 128:
+            return 64, 64, 64, 4
+        return bm, bn, bk, None
+    if k >= 192 or (bn == 32 and k >= 64 and not dgrad):
         return bm, bn, 64, 3
     return bm, bn, bk, None
 
