@@ -737,6 +737,20 @@ def test_gpu_split_k(split_k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("c_in,c_out", [(32, 16), (16, 96), (24, 144), (144, 24)])
+def test_gpu_1x1_wgrad_heuristic_splits(c_in, c_out, monkeypatch):
+    """MobileNetV2's 32x32 1x1 weight gradients at batch 512 through the untuned heuristic:
+    GEMMs of 1-3 tiles, split into 176-512 parts (conv_configs.MAX_SPLITS) and summed by
+    splitk_reduce_kernel 64 rows a step (reduce_rows)."""
+    monkeypatch.setenv("TRITONCNN_AUTOTUNE", "0")
+    tiles = {(32, 16): 1, (16, 96): 2, (24, 144): 3, (144, 24): 3}[(c_in, c_out)]
+    pixels = 512 * 32 * 32
+    split = K._pick_split(tiles, pixels, 64, per_sm=4, most=K._max_split(pixels, 64, 1))
+    assert split > 64  # more than the bound before 2026-12-08
+    _check_gpu_shape(512, c_in, c_out, 32, 1, 1, 0, 1, torch.float16, only=("wgrad",))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("config", K.BIAS_CONFIGS, ids=str)
 def test_gpu_bias_grad_configs(config, dtype):
