@@ -6,12 +6,12 @@
 #   bash benchmarks/device_1x1_tiles.sh       # carry .whl
 #
 # 1. the weight gradients of the 32x32 and 16x16 layers at their heuristic tile with 32 to
-#    512 K (pixel) splits (--ops wgrad_split): the heuristic caps them at 64 (_pick_split),
-#    so a 1-3-tile GEMM such as 32 -> 16 runs 64 programs on 132 SMs (92.8 us against
-#    cuDNN's 26.8 on 12-07);
+#    512 K (pixel) splits (--ops wgrad_split; the heuristic's own split is the untagged
+#    row). Its 12-08 run moved the bound from 64 to conv_configs.MAX_SPLITS (512):
+#    results/conv_tiles_1x1_splits_2026-12-08_NVIDIA_H100_80GB_HBM3.csv;
 # 2. every pointer and pointwise tile (fwd, fwd_pointwise, dgrad, dgrad_pointwise, wgrad) of
-#    the 8x8 and 4x4 layers, which 12-07's call did not reach (the 32x32 and 16x16 ones are
-#    in results/conv_tiles_1x1_2026-12-07_NVIDIA_H100_80GB_HBM3.csv).
+#    the 8x8 and 4x4 layers (12-08: results/conv_tiles_1x1_8x8_4x4_2026-12-08_*.csv; the
+#    32x32 and 16x16 ones: results/conv_tiles_1x1_2026-12-07_NVIDIA_H100_80GB_HBM3.csv).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
