@@ -7,7 +7,9 @@
 # 1. MobileNetV2 and ResNet-18 graphed at b512, the default (the weight gradients' K splits
 #    bounded by conv_configs.MAX_SPLITS = 512 since 12-08) against the old bound of 64
 #    (--wgrad-max-splits 64), in one process: per op the 32x32 1x1 weight gradients ran
-#    1.2-2.8x faster with more splits, not yet timed in the step;
+#    1.2-2.8x faster with more splits, not yet timed in the step; and with bn_grad_sums
+#    (the dgrads store the BN backward sums), last timed before the pointwise kernel, whose
+#    dgrad stores them too, was on;
 # 2. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
 #    next kernel's launch and scheduling overlap the running one), never timed in a step: the
 #    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
@@ -28,7 +30,8 @@ source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 left() { echo $((550 - SECONDS)); }  # what the call has left (the device's limit is 600 s)
 timeout 240 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
-    --graph-only --ours-only --wgrad-max-splits 64 --out "$OUT/splits" 2>&1 | grep " ms "
+    --graph-only --ours-only --wgrad-max-splits 64 --bn-grad-sums --out "$OUT/splits" 2>&1 \
+    | grep " ms "
 TRITONCNN_PDL=1 timeout 200 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 \
     --batches 512 --graph-only --ours-only --out "$OUT/pdl" 2>&1 | grep " ms "
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
