@@ -4,10 +4,13 @@ by layer, and the DRAM rate of the memory-bound kernels.
 Each row of ``profile_trace_<gpu>.csv`` is one kernel with the layer that launched it (traces
 from 2026-12-07 on). For the kernels below, whose traffic is a known number of passes over the
 tensor the layer was called with (fp16 activations), the report gives the rate they reached:
-the number to hold against the GPU's DRAM bandwidth (~3 TB/s on an H100 / H200's ~4.8).
+the number to hold against the GPU's DRAM bandwidth (~3 TB/s on an H100 / H200's ~4.8), and
+the time they spend beyond what their bytes need at ``--floor`` TB/s (2.8 by default: what
+bn_bwd_input_kernel reaches on an H100's large layers), summed over their launches.
 
     python benchmarks/trace_report.py benchmarks/results/profile_trace_NVIDIA_H100_80GB_HBM3.csv
     python benchmarks/trace_report.py TRACE.csv --model mobilenetv2 --kernel bn_bwd_reduce_kernel
+    python benchmarks/trace_report.py TRACE.csv --floor 4.0     # an H200
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ def tb_per_s(row: dict) -> float | None:
     return passes * math.prod(shape) * ELEMENT_BYTES / (us * 1e-6) / 1e12 if us > 0 else None
 
 
+def over_floor_us(row: dict, floor_tbs: float) -> float:
+    """Microseconds a ``PASSES`` kernel took beyond its bytes at ``floor_tbs`` TB/s (0 when it
+    ran faster, as layers small enough to sit in L2 can)."""
+    rate = tb_per_s(row)
+    if rate is None:
+        return 0.0
+    us = float(row["us"])
+    return max(0.0, us - us * rate / floor_tbs)
+
+
 def by_kernel(rows: list[dict]) -> list[tuple[str, int, float]]:
     """[(kernel, launches, total us)], most time first."""
     totals: dict[str, list] = defaultdict(lambda: [0, 0.0])
@@ -63,6 +76,9 @@ def main() -> None:
     ap.add_argument("--model", help="only this model's rows (the trace may hold several)")
     ap.add_argument("--kernel", help="list every launch of this kernel with its layer")
     ap.add_argument("--top", type=int, default=15, help="kernels in the summary")
+    ap.add_argument(
+        "--floor", type=float, default=2.8, help="TB/s the streaming kernels are held to"
+    )
     args = ap.parse_args()
     rows = [r for r in read_trace(args.trace) if args.model in (None, r["model"])]
     if not rows:
@@ -86,7 +102,11 @@ def main() -> None:
                 continue
             launches.sort(key=tb_per_s)
             median = tb_per_s(launches[len(launches) // 2])
-            print(f"  {kernel}: median {median:.2f} TB/s; slowest:")
+            over = sum(over_floor_us(r, args.floor) for r in launches)
+            print(
+                f"  {kernel}: median {median:.2f} TB/s, {over:.0f} us over {args.floor} TB/s "
+                "in all; slowest:"
+            )
             for row in launches[:3]:
                 print("    " + _launch_line(row))
 

@@ -65,3 +65,17 @@ def test_old_traces_without_layers_still_sum(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["trace_report.py", str(path)])
     trace_report.main()
     assert "no layer columns" in capsys.readouterr().out
+
+
+def test_time_over_the_floor(tmp_path, monkeypatch, capsys):
+    """The streaming kernels' time beyond their bytes at --floor TB/s, summed per kernel."""
+    rows = trace_report.read_trace(_write(tmp_path))
+    need = 4 * 512 * 64 * 8 * 8 / 2.0e12 * 1e6  # the 8x8 apply's bytes at 2 TB/s, in us
+    assert trace_report.over_floor_us(rows[2], 2.0) == pytest.approx(10.0 - need)
+    assert trace_report.over_floor_us(rows[1], 1.0) == 0.0  # faster than the floor
+    assert trace_report.over_floor_us(rows[3], 2.0) == 0.0  # not a streaming kernel
+    monkeypatch.setattr(sys, "argv", ["trace_report.py", str(_write(tmp_path)), "--floor", "2"])
+    trace_report.main()
+    out = capsys.readouterr().out
+    big = 100.0 - 4 * 512 * 64 * 32 * 32 / 2.0e12 * 1e6
+    assert f"{10.0 - need + big:.0f} us over 2.0 TB/s" in out, out
