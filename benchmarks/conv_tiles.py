@@ -13,7 +13,10 @@ wgrad through conv_tma's TMA kernels (stride-1 shapes, fp16 weight copy), every 
 candidate; ``--ops fwd_halo dgrad_halo wgrad_halo`` the 3x3 forward, dgrad and wgrad through
 conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": persistent, at
 most K programs per SM); ``--ops fwd_pointwise dgrad_pointwise`` the short-K 1x1 forward and
-input gradient through conv_pointwise's persistent kernel, every pointwise tile. Each timing
+input gradient through conv_pointwise's persistent kernel, every pointwise tile. With
+``--moments`` the forwards (fwd, fwd_pointwise, ...) also store the batch-norm moments of their
+output, as in the training step (``conv2d_forward_moments``; rows named ``<op>_moments``;
+cuDNN's time is its plain forward). Each timing
 row carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype):
 the heuristic tile's time, the best tile and its time, cuDNN's time; writes
 ``conv_tiles_<gpu>.csv`` with every timing under ``--out``. Times are CUDA-graph replays
@@ -50,6 +53,15 @@ from tritoncnn.kernels import (  # noqa: E402
 GRAPHED = True
 # --splits: the K splits the wgrad_split op times (conv2d_wgrad(split_k=...))
 SPLITS: tuple[int, ...] = ()
+# --moments: the forwards store the batch-norm moments of their output, as in training
+MOMENTS = False
+
+
+def forward(x, w, pair, cfg) -> torch.Tensor:
+    """Our forward of ``x`` at tile ``cfg`` (with the output's BN moments when MOMENTS)."""
+    if MOMENTS:
+        return conv_k.conv2d_forward_moments(x, w, None, *pair, 1, config=cfg)[0]
+    return conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg)
 
 
 def tile_label(cfg, tma: bool, halo: bool) -> str:
@@ -128,17 +140,15 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
     w16 = w32.to(dtype)  # cuDNN's weight, cast once: no cast kernel in its time
     for w_name, w in (("fp32", w32), ("fp16", w16)):
         ops = {
-            "fwd": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
-            "fwd_tma": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
-            "fwd_pointwise": lambda cfg, w=w: conv_k.conv2d_forward(
-                x, w, None, *pair, 1, config=cfg
-            ),
+            "fwd": lambda cfg, w=w: forward(x, w, pair, cfg),
+            "fwd_tma": lambda cfg, w=w: forward(x, w, pair, cfg),
+            "fwd_pointwise": lambda cfg, w=w: forward(x, w, pair, cfg),
             "dgrad_pointwise": lambda cfg, w=w: conv_k.conv2d_dgrad(
                 gy, w, x.shape, *pair, 1, config=cfg
             ),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
             "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
-            "fwd_halo": lambda cfg, w=w: conv_k.conv2d_forward(x, w, None, *pair, 1, config=cfg),
+            "fwd_halo": lambda cfg, w=w: forward(x, w, pair, cfg),
             "dgrad_halo": lambda cfg, w=w: conv_k.conv2d_dgrad(
                 gy, w, x.shape, *pair, 1, config=cfg
             ),
@@ -277,7 +287,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     continue
                 yield {
                     "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
-                    "op": op,
+                    "op": f"{op}_moments" if MOMENTS and op.startswith("fwd") else op,
                     "weight": w_name,
                     "tile": tile_label(cfg, tma, halo),
                     "heuristic": cfg == heuristic,
@@ -302,10 +312,16 @@ def main() -> None:
     ap.add_argument(
         "--splits", nargs="+", type=int, default=[], help="the K splits wgrad_split times"
     )
+    ap.add_argument(
+        "--moments",
+        action="store_true",
+        help="the forwards also store their output's BN moments (the training step's form)",
+    )
     args = ap.parse_args()
-    global GRAPHED, SPLITS
+    global GRAPHED, SPLITS, MOMENTS
     GRAPHED = not args.eager
     SPLITS = tuple(args.splits)
+    MOMENTS = args.moments
     conv_tma.ENABLED = True  # the TMA ops are what this measures (off by default elsewhere)
     conv_halo.ENABLED = True  # so are the halo ops
     if runtime.INTERPRETED:

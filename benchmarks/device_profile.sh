@@ -10,17 +10,21 @@
 #    1.2-2.8x faster with more splits, not yet timed in the step; and with bn_grad_sums
 #    (the dgrads store the BN backward sums), last timed before the pointwise kernel, whose
 #    dgrad stores them too, was on;
-# 2. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
+# 2. the expand 1x1 forwards with the BN moments, as the step runs them (conv_tiles.py
+#    --moments), every pointwise tile: in 12-08's trace the pointwise forwards
+#    took 1.5-3x their plain-forward sweep times (64 -> 384 at 8x8: 28.4 us against 9.8;
+#    16 -> 96 at 32x32: 124 against 45), the pointer ones ~1.2x;
+# 3. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
 #    next kernel's launch and scheduling overlap the running one), never timed in a step: the
 #    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
 #    2026-12-08; 467 launches);
-# 3. the conv gpu tests (the 1x1 tile rules, reduce_rows and the larger splits have run on
+# 4. the conv gpu tests (the 1x1 tile rules, reduce_rows and the larger splits have run on
 #    the GPU only inside conv_tiles.py's checks against cuDNN), then the PDL ones (graphed
 #    steps with PDL equal those without, bit for bit);
-# 4. bn_bwd_reduce_kernel alone over MobileNetV2's layers at 1-8 stage-1 programs per SM
+# 5. bn_bwd_reduce_kernel alone over MobileNetV2's layers at 1-8 stage-1 programs per SM
 #    (reduction_tiles.py, per layer in its CSV): the 8x8 and 4x4 layers move 0.5-1.8 TB/s
 #    against the input pass's 2.8-4.0;
-# 5. torch eager fp32 and eager AMP + channels_last beside the default step, for the ratios.
+# 6. torch eager fp32 and eager AMP + channels_last beside the default step, for the ratios.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -32,7 +36,13 @@ left() { echo $((550 - SECONDS)); }  # what the call has left (the device's limi
 timeout 240 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
     --graph-only --ours-only --wgrad-max-splits 64 --bn-grad-sums --out "$OUT/splits" 2>&1 \
     | grep " ms "
-TRITONCNN_PDL=1 timeout 200 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 \
+for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16; do
+    [ "$(left)" -gt 300 ] || break
+    timeout 45 python3 benchmarks/conv_tiles.py --shapes "$shape" --weights fp16 --moments \
+        --ops fwd_pointwise --out "$OUT/moments/${shape//:/_}" 2>&1 | grep -v -i warn \
+        | grep " us "
+done
+TRITONCNN_PDL=1 timeout "$(( $(left) < 200 ? $(left) : 200 ))" python3 benchmarks/train_step.py --models mobilenetv2 resnet18 \
     --batches 512 --graph-only --ours-only --out "$OUT/pdl" 2>&1 | grep " ms "
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_pdl "$(( $(left) < 60 ? $(left) : 60 ))" tests/test_pdl.py
