@@ -7,9 +7,7 @@
 # 1. MobileNetV2 and ResNet-18 graphed at b512, the default (the weight gradients' K splits
 #    bounded by conv_configs.MAX_SPLITS = 512 since 12-08) against the old bound of 64
 #    (--wgrad-max-splits 64), in one process: per op the 32x32 1x1 weight gradients ran
-#    1.2-2.8x faster with more splits, not yet timed in the step; and with bn_grad_sums
-#    (the dgrads store the BN backward sums), last timed before the pointwise kernel, whose
-#    dgrad stores them too, was on;
+#    1.2-2.8x faster with more splits, not yet timed in the step;
 # 2. the expand 1x1 forwards with the BN moments, as the step runs them (conv_tiles.py
 #    --moments), every pointwise tile: in 12-08's trace the pointwise forwards
 #    took 1.5-3x their plain-forward sweep times (64 -> 384 at 8x8: 28.4 us against 9.8;
@@ -20,7 +18,9 @@
 #    2026-12-08; 467 launches);
 # 4. the conv gpu tests (the 1x1 tile rules, reduce_rows and the larger splits have run on
 #    the GPU only inside conv_tiles.py's checks against cuDNN), then the PDL ones (graphed
-#    steps with PDL equal those without, bit for bit);
+#    steps with PDL equal those without, bit for bit); MobileNetV2 with bn_grad_sums (the
+#    dgrads store the BN backward sums: last timed before the pointwise kernel, whose dgrad
+#    stores them too, was on);
 # 5. bn_bwd_reduce_kernel alone over MobileNetV2's layers at 1-8 stage-1 programs per SM
 #    (reduction_tiles.py, per layer in its CSV): the 8x8 and 4x4 layers move 0.5-1.8 TB/s
 #    against the input pass's 2.8-4.0;
@@ -33,19 +33,21 @@ export OUT PYTHONUNBUFFERED=1 TRITONCNN_AUTOTUNE=0
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 left() { echo $((550 - SECONDS)); }  # what the call has left (the device's limit is 600 s)
-timeout 240 python3 benchmarks/train_step.py --models mobilenetv2 resnet18 --batches 512 \
-    --graph-only --ours-only --wgrad-max-splits 64 --bn-grad-sums --out "$OUT/splits" 2>&1 \
-    | grep " ms "
+step() {  # step <out dir> <timeout s> [train_step.py arguments]: our graphed b512 rows
+    timeout "$2" python3 benchmarks/train_step.py --batches 512 --graph-only --ours-only \
+        --out "$OUT/$1" "${@:3}" 2>&1 | grep " ms "
+}
+step splits 200 --models mobilenetv2 resnet18 --wgrad-max-splits 64
 for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16; do
-    [ "$(left)" -gt 300 ] || break
+    [ "$(left)" -gt 260 ] || break
     timeout 45 python3 benchmarks/conv_tiles.py --shapes "$shape" --weights fp16 --moments \
         --ops fwd_pointwise --out "$OUT/moments/${shape//:/_}" 2>&1 | grep -v -i warn \
         | grep " us "
 done
-TRITONCNN_PDL=1 timeout "$(( $(left) < 200 ? $(left) : 200 ))" python3 benchmarks/train_step.py --models mobilenetv2 resnet18 \
-    --batches 512 --graph-only --ours-only --out "$OUT/pdl" 2>&1 | grep " ms "
+TRITONCNN_PDL=1 step pdl "$(( $(left) < 200 ? $(left) : 200 ))" --models mobilenetv2 resnet18
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_pdl "$(( $(left) < 60 ? $(left) : 60 ))" tests/test_pdl.py
+[ "$(left)" -gt 40 ] && step grad_sums "$(left)" --models mobilenetv2 --bn-grad-sums
 [ "$(left)" -gt 30 ] && timeout "$(left)" python3 benchmarks/reduction_tiles.py --kernels bn \
     --bn-ops bwd_reduce --stages 3 --bn-programs 1 2 4 8 --out "$OUT/reduce" 2>&1 \
     | grep -v -i warn | tail -8
