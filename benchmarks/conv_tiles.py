@@ -15,8 +15,9 @@ conv_halo's halo kernels (sm_90, fp16 weight copy), every halo tile (" pK": pers
 most K programs per SM); ``--ops fwd_pointwise dgrad_pointwise`` the short-K 1x1 forward and
 input gradient through conv_pointwise's persistent kernel, every pointwise tile. With
 ``--moments`` the forwards (fwd, fwd_pointwise, ...) also store the batch-norm moments of their
-output, as in the training step (``conv2d_forward_moments``; rows named ``<op>_moments``;
-cuDNN's time is its plain forward). Each timing
+output, as in the training step (``conv2d_forward_moments``; rows named ``<op>_moments``,
+``fwd_pointwise_moments_one_pass`` with TRITONCNN_ONE_PASS_MOMENTS=1; cuDNN's time is its
+plain forward). Each timing
 row carries its error against cuDNN's result. Prints one line per (shape, op, weight dtype):
 the heuristic tile's time, the best tile and its time, cuDNN's time; writes
 ``conv_tiles_<gpu>.csv`` with every timing under ``--out``. Times are CUDA-graph replays
@@ -55,6 +56,15 @@ GRAPHED = True
 SPLITS: tuple[int, ...] = ()
 # --moments: the forwards store the batch-norm moments of their output, as in training
 MOMENTS = False
+
+
+def op_label(op: str) -> str:
+    """An op's CSV name: ``<op>_moments`` for a forward under --moments, and
+    ``fwd_pointwise_moments_one_pass`` with TRITONCNN_ONE_PASS_MOMENTS=1."""
+    if not (MOMENTS and op.startswith("fwd")):
+        return op
+    one_pass = op == "fwd_pointwise" and conv_pointwise.ONE_PASS_MOMENTS
+    return f"{op}_moments" + ("_one_pass" if one_pass else "")
 
 
 def forward(x, w, pair, cfg) -> torch.Tensor:
@@ -287,7 +297,7 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                     continue
                 yield {
                     "shape": f"{cin}->{cout} k{k} s{s} {hw}x{hw} N{batch}",
-                    "op": f"{op}_moments" if MOMENTS and op.startswith("fwd") else op,
+                    "op": op_label(op),
                     "weight": w_name,
                     "tile": tile_label(cfg, tma, halo),
                     "heuristic": cfg == heuristic,

@@ -11,7 +11,8 @@
 # 2. the expand 1x1 forwards with the BN moments, as the step runs them (conv_tiles.py
 #    --moments), every pointwise tile: in 12-08's trace the pointwise forwards
 #    took 1.5-3x their plain-forward sweep times (64 -> 384 at 8x8: 28.4 us against 9.8;
-#    16 -> 96 at 32x32: 124 against 45), the pointer ones ~1.2x;
+#    16 -> 96 at 32x32: 124 against 45), the pointer ones ~1.2x; each shape with the
+#    two-pass moments epilogue and the one-pass one (TRITONCNN_ONE_PASS_MOMENTS=1);
 # 3. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
 #    next kernel's launch and scheduling overlap the running one), never timed in a step: the
 #    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
@@ -39,10 +40,12 @@ step() {  # step <out dir> <timeout s> [train_step.py arguments]: our graphed b5
 }
 step splits 200 --models mobilenetv2 resnet18 --wgrad-max-splits 64
 for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16; do
-    [ "$(left)" -gt 260 ] || break
-    timeout 45 python3 benchmarks/conv_tiles.py --shapes "$shape" --weights fp16 --moments \
-        --ops fwd_pointwise --out "$OUT/moments/${shape//:/_}" 2>&1 | grep -v -i warn \
-        | grep " us "
+    for one_pass in 0 1; do  # the two-pass moments epilogue, then the one-pass one
+        [ "$(left)" -gt 260 ] || break 2
+        TRITONCNN_ONE_PASS_MOMENTS=$one_pass timeout 45 python3 benchmarks/conv_tiles.py \
+            --shapes "$shape" --weights fp16 --moments --ops fwd_pointwise \
+            --out "$OUT/moments/${shape//:/_}_$one_pass" 2>&1 | grep -v -i warn | grep " us "
+    done
 done
 TRITONCNN_PDL=1 step pdl "$(( $(left) < 200 ? $(left) : 200 ))" --models mobilenetv2 resnet18
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py

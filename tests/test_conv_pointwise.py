@@ -56,6 +56,36 @@ def test_pointwise_forward_and_moments(n, c_in, c_out, hw, dtype):
     _check_moments(out, tiles, rows)
 
 
+@pytest.mark.parametrize("n,c_in,c_out,hw", [(2, 24, 144, 5), (1, 128, 33, 3)])
+def test_pointwise_forward_one_pass_moments(n, c_in, c_out, hw, monkeypatch):
+    """ONE_PASS_MOMENTS: the same per-tile (mean, M2), merged by Chan's formula in one
+    reduction; the last row tile is partial (masked rows add nothing)."""
+    monkeypatch.setattr(pw, "ONE_PASS_MOMENTS", True)
+    out, tiles, rows = _run(n, c_in, c_out, hw, torch.float16, CPU_CONFIG)
+    _check_moments(out, tiles, rows)
+
+
+def test_one_pass_moments_far_from_zero(monkeypatch):
+    """Outputs whose mean is ~250x their spread (a large bias): M2 from the merged groups
+    keeps its digits, as the two-pass form does (a plain sum of squares minus the squared
+    sum would lose ~1e-3 of it in fp32)."""
+    monkeypatch.setattr(pw, "ONE_PASS_MOMENTS", True)
+    x = randn(2, 16, 4, 4, dtype=torch.float16, channels_last=True)
+    weight = randn(24, 16, 1, 1).to(torch.float16)
+    bias = torch.full((24,), 1000.0, device=DEVICE)
+    out = torch.full((2, 24, 4, 4), float("nan"), dtype=torch.float16, device=DEVICE)
+    out = out.contiguous(memory_format=torch.channels_last)
+    tiles = pw.conv2d_forward_pointwise(x, weight, bias, out, ACT_NONE, 0.0, True, CPU_CONFIG)
+    y = out.double().permute(0, 2, 3, 1).reshape(-1, 24)
+    rows = CPU_CONFIG.block_m
+    for t in range(tiles.partials.shape[1]):
+        block = y[t * rows : (t + 1) * rows]
+        m2 = ((block - block.mean(0)) ** 2).sum(0)
+        assert m2.min() > rows, "the outputs must spread inside a tile for this check"
+        torch.testing.assert_close(tiles.partials[0, t].double(), block.mean(0), rtol=1e-6, atol=0)
+        torch.testing.assert_close(tiles.partials[1, t].double(), m2, rtol=1e-4, atol=0)
+
+
 def test_pointwise_relu6_without_bias_fp32_weight():
     """A fused activation, no bias, the fp32 master weight (cast as it is loaded)."""
     _run(2, 24, 48, 3, torch.float16, CPU_CONFIG, bias=False, act=ACT_RELU6, fp32_weight=True)
@@ -162,6 +192,16 @@ def test_pointwise_gpu(cfg, c_in, c_out, hw):
     out, tiles, rows = _run(64, c_in, c_out, hw, torch.float16, cfg)
     if c_out <= 144:  # (the per-tile loop in float64 is slow on wide layers)
         _check_moments(out, tiles, rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", pw.POINTWISE_CONFIGS)
+@pytest.mark.parametrize("c_in,c_out,hw", [(16, 96, 32), (24, 144, 32), (64, 384, 8)])
+def test_pointwise_one_pass_moments_gpu(cfg, c_in, c_out, hw, monkeypatch):
+    """The one-pass moments epilogue (ONE_PASS_MOMENTS) on every tile at real shapes."""
+    monkeypatch.setattr(pw, "ONE_PASS_MOMENTS", True)
+    out, tiles, rows = _run(64, c_in, c_out, hw, torch.float16, cfg)
+    _check_moments(out, tiles, rows)
 
 
 @pytest.mark.gpu

@@ -46,6 +46,7 @@ from tritoncnn.kernels.norm import (
     grad_sums_args,
     store_grad_sums,
     store_tile_moments,
+    store_tile_moments_one_pass,
     tile_moments,
 )
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
@@ -61,6 +62,13 @@ def env_enabled() -> bool:
 
 # Read at every launch (benchmarks and tests set it).
 ENABLED: bool = env_enabled()
+
+# The forward's BN moments in one reduction (norm.store_tile_moments_one_pass) instead of
+# two dependent ones: in 12-08's H100 trace the step's pointwise forwards, which store the
+# moments, took 1.5-3x the plain forwards of the tile sweep, and this kernel's 1-3 programs
+# an SM have nothing to hide the epilogue's cross-warp exchanges behind. Off until timed
+# (TRITONCNN_ONE_PASS_MOMENTS=1; conv_tiles.py --moments); read at every launch.
+ONE_PASS_MOMENTS: bool = os.environ.get("TRITONCNN_ONE_PASS_MOMENTS", "0") == "1"
 
 # The whole reduction is one K block (BLOCK_K = C_in rounded up to a power of two, at least
 # 16 for the MMA): beyond this the pointer kernel's pipelined K loop has work to overlap.
@@ -175,6 +183,7 @@ def pointwise_fwd_kernel(
     EMULATE_BF16: tl.constexpr,
     GRAD_SUMS: tl.constexpr = False, IN_HAS_W: tl.constexpr = False,
     IN_HAS_B: tl.constexpr = False, IN_ACT: tl.constexpr = 0,
+    ONE_PASS: tl.constexpr = False,
 ):  # fmt: skip
     """y = act(x @ w^T + b) for dense NHWC x (M rows of C_in) and y (M rows of C_out).
 
@@ -187,7 +196,8 @@ def pointwise_fwd_kernel(
     w_ptr: weight, logical C_out x C_in (strides sw_o, sw_i; any float dtype, cast to x's).
     b_ptr: fp32 bias (read when HAS_BIAS). ACT, alpha: the fused activation (elementwise.py).
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] (mean, M2) of each row
-    tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's).
+    tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's); with
+    ONE_PASS, in one reduction (norm.store_tile_moments_one_pass).
     X_ALIGN, Y_ALIGN: C_in and C_out are multiples of these (16-byte rows: vector accesses).
     EMULATE_BF16: the MMA in fp32 (the interpreter can't multiply bf16).
     GRAD_SUMS (the dgrad use): y is the gradient of a training batch norm's output (after
@@ -245,10 +255,14 @@ def pointwise_fwd_kernel(
                             BLOCK_N)
             # fmt: on
         if MOMENTS:
-            # fmt: off
             part = tl.zeros((), tl.int64) + tile  # (a Python int in the interpreter)
-            store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part, cols, mask_n,
-                               C_out)
+            # fmt: off
+            if ONE_PASS:
+                store_tile_moments_one_pass(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part,
+                                            cols, mask_n, C_out)
+            else:
+                store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part, cols,
+                                   mask_n, C_out)
             # fmt: on
 
 
@@ -321,7 +335,7 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, bn, bn_input):
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
         EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
-        GRAD_SUMS=bn is not None, **norm_flags,
+        GRAD_SUMS=bn is not None, **norm_flags, ONE_PASS=moments and ONE_PASS_MOMENTS,
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip

@@ -363,6 +363,32 @@ def store_tile_moments(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, 
 
 
 @triton.jit
+def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.'s merge of two (count, mean, M2) groups; an empty group adds nothing."""
+    n = n_a + n_b
+    share_b = tl.where(n > 0, n_b / tl.maximum(n, 1.0), 0.0)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * share_b, m2_a + m2_b + delta * delta * n_a * share_b
+
+
+@triton.jit
+def store_tile_moments_one_pass(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, C):
+    """``store_tile_moments`` in one reduction: every valid element starts as a group of one
+    (count 1, mean y, M2 0) and ``tl.reduce`` merges the groups down the rows with
+    ``_chan_combine`` (as stable as the two passes), so the tile's mean and M2 need one
+    cross-warp exchange instead of two dependent ones. For a persistent kernel, whose few
+    programs an SM have no other work to hide that latency behind (conv_pointwise's
+    ONE_PASS_MOMENTS)."""
+    valid = mask_rows[:, None] & (cols >= 0)[None, :]
+    count = valid.to(tl.float32)
+    first = tl.where(valid, y, 0.0)
+    _, mean, m2 = tl.reduce((count, first, tl.zeros_like(first)), 0, _chan_combine)
+    out = part.to(tl.int64) * C + cols
+    tl.store(pmean_ptr + out, mean, mask=mask_cols)
+    tl.store(pm2_ptr + out, m2, mask=mask_cols)
+
+
+@triton.jit
 def load_pending_norm(
     mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, IN_NORM: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
