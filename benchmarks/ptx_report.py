@@ -209,11 +209,14 @@ HALO_OPS = ("fwd_halo", "dgrad_halo", "wgrad_halo")
 POINTWISE_OPS = ("fwd_pointwise",)
 
 
-def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg, sums: bool = False):
+def pointwise_args(
+    batch: int, c_in: int, c_out: int, size: int, cfg, sums: bool = False, one_pass=False
+):
     """(kernel, pointer types, runtime arguments, constexpr arguments) of conv_pointwise's
-    forward (with the BN moments, as in training) of dense NHWC fp16 tensors; ``sums``: the
-    dgrad use instead (c_in, c_out: the GEMM's), no moments but a ReLU6 batch norm's backward
-    sums of the output (GRAD_SUMS)."""
+    forward (with the BN moments, as in training; ``one_pass``: in one reduction,
+    ONE_PASS_MOMENTS) of dense NHWC fp16 tensors; ``sums``: the dgrad use instead (c_in,
+    c_out: the GEMM's), no moments but a ReLU6 batch norm's backward sums of the output
+    (GRAD_SUMS)."""
     kernel = conv_pointwise.pointwise_fwd_kernel
     pointers = {
         name: "*fp16" if name in ("x_ptr", "w_ptr", "y_ptr", "xn_ptr") else "*fp32"
@@ -227,7 +230,7 @@ def pointwise_args(batch: int, c_in: int, c_out: int, size: int, cfg, sums: bool
         BLOCK_K=conv_pointwise.reduction_block(c_in), STAGES=cfg.num_stages,
         X_ALIGN=_align(batch, c_in, size * size), Y_ALIGN=_align(batch, c_out, size * size),
         EMULATE_BF16=False, IN_HAS_W=sums, IN_HAS_B=sums, IN_ACT=ACT_RELU6 if sums else 0,
-        GRAD_SUMS=sums,
+        GRAD_SUMS=sums, ONE_PASS=one_pass and not sums,
     )  # fmt: skip
     return kernel, pointers, ints, const
 
@@ -524,11 +527,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--epilogue",
-        choices=("none", "add", "add_relu", "bn_sums"),
+        choices=("none", "add", "add_relu", "bn_sums", "one_pass_moments"),
         default="none",
         help="dgrad, dgrad_tma: add a skip gradient (and apply the input ReLU's backward) in "
         "the epilogue; dgrad_halo also bn_sums: store a ReLU batch norm's backward sums "
-        "(fwd_pointwise: its dgrad use with a ReLU6 batch norm's sums)",
+        "(fwd_pointwise: its dgrad use with a ReLU6 batch norm's sums; one_pass_moments: the "
+        "forward's moments in one reduction)",
     )
     ap.add_argument(
         "--weight",
@@ -571,8 +575,9 @@ def main() -> None:
             ap.error("--c-out is required for a conv kernel")
         cfg = conv_pointwise.POINTWISE_CONFIGS[int(args.config)]
         kernel, pointers, ints, const = pointwise_args(
-            args.batch, args.c_in, args.c_out, args.size, cfg, args.epilogue == "bn_sums"
-        )
+            args.batch, args.c_in, args.c_out, args.size, cfg, args.epilogue == "bn_sums",
+            args.epilogue == "one_pass_moments",
+        )  # fmt: skip
         compiled = compile_kernel(kernel, pointers, ints, const, cfg.num_warps, cfg.num_stages)
         ptx, const["shared_bytes"] = compiled.asm["ptx"], compiled.metadata.shared
         shape = f"{args.c_in}->{args.c_out} 1x1 {args.size}x{args.size} {cfg}"

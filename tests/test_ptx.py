@@ -232,17 +232,20 @@ def test_rolling_rows_depthwise_dgrad_compiles_pipelined(op, max_registers, chan
     assert report["registers"] <= max_registers and report["spill_bytes"] == 0, report
 
 
+@pytest.mark.parametrize("epilogue", ["none", "one_pass_moments"])
 @pytest.mark.parametrize("config", range(len(POINTWISE_CONFIGS)))
 @pytest.mark.parametrize("c_in,c_out", [(24, 144), (128, 40)])
-def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out):
+def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out, epilogue):
     """conv_pointwise's tiles compile for sm_90 with their row tiles in the cp.async pipeline,
     no spills, registers for the programs per SM their config claims (a program beyond those
     would be a second wave of persistent programs), and no more shared memory than
-    PointwiseConfig.smem_bytes counts (what the launch divides the SM's by)."""
+    PointwiseConfig.smem_bytes counts (what the launch divides the SM's by); with the BN
+    moments in two passes and in one (ONE_PASS_MOMENTS)."""
     from tritoncnn.kernels import conv_pointwise
 
     cfg = conv_pointwise.POINTWISE_CONFIGS[config]
-    report = _report("fwd_pointwise", c_in, c_out, 1, "--config", str(config))
+    args = ("--config", str(config), "--epilogue", epilogue)
+    report = _report("fwd_pointwise", c_in, c_out, 1, *args)
     assert report["instructions"].get("cp.async.commit_group", 0) > 0, report
     assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
     registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
