@@ -745,7 +745,8 @@ def test_gpu_1x1_wgrad_heuristic_splits(c_in, c_out, monkeypatch):
     monkeypatch.setenv("TRITONCNN_AUTOTUNE", "0")
     tiles = {(32, 16): 1, (16, 96): 2, (24, 144): 3, (144, 24): 3}[(c_in, c_out)]
     pixels = 512 * 32 * 32
-    split = K._pick_split(tiles, pixels, 64, per_sm=4, most=K._max_split(pixels, 64, 1))
+    most = K._max_split(pixels, 64, c_in * c_out)
+    split = K._pick_split(tiles, pixels, 64, per_sm=4, most=most)
     assert split > 64  # more than the bound before 2026-12-08
     _check_gpu_shape(512, c_in, c_out, 32, 1, 1, 0, 1, torch.float16, only=("wgrad",))
 

@@ -1349,13 +1349,15 @@ def conv2d_wgrad(
     if grad_weight is None:
         grad_weight = runtime.empty_nhwc(c_out, c_in_g, kh, kw, torch.float32)
 
+    numel = c_out * kh * kw * c_in_g  # outputs: the size of one split's partial sums
+
     def tiles(cfg: ConvConfig) -> int:
         return triton.cdiv(c_out_g, cfg.BLOCK_M) * triton.cdiv(n_cols, cfg.BLOCK_N)
 
     def heuristic_split(cfg: ConvConfig) -> int:
         # 4 programs per SM: on an H200 the autotuner's best split for ResNet-18's 3x3 wgrads
         # at batch 512 was 2-4x the 2-per-SM count, 11-16% faster than it
-        most = _max_split(pixels, cfg.BLOCK_K, c_out * kh * kw * c_in_g)
+        most = _max_split(pixels, cfg.BLOCK_K, numel)
         return _pick_split(tiles(cfg) * grid_1(cfg), pixels, cfg.BLOCK_K, per_sm=4, most=most)
 
     def launch(gw: torch.Tensor, cfg: ConvConfig, split: int) -> None:
@@ -1364,7 +1366,6 @@ def conv2d_wgrad(
         if split == 1:
             dst, dst_strides, split_stride, dst_acc = gw, gw.stride(), 0, accumulate
         else:  # partials laid out (split, o, kh, kw, c) contiguous
-            numel = c_out * kh * kw * c_in_g
             dst = runtime.empty((split, numel), torch.float32)
             dst_strides = (kh * kw * c_in_g, 1, kw * c_in_g, c_in_g)
             split_stride, dst_acc = numel, False
@@ -1467,7 +1468,7 @@ def conv2d_wgrad(
     choice = _tuned(
         "conv2d_wgrad_split",
         {**problem, "tile": cfg},
-        lambda: split_candidates(base, _max_split(pixels, cfg.BLOCK_K, c_out * kh * kw * c_in_g)),
+        lambda: split_candidates(base, _max_split(pixels, cfg.BLOCK_K, numel)),
         SplitChoice(base),
         split_runner,
     )

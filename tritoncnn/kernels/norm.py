@@ -379,7 +379,7 @@ def store_tile_moments_one_pass(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, ma
     cross-warp exchange instead of two dependent ones. For a persistent kernel, whose few
     programs an SM have no other work to hide that latency behind (conv_pointwise's
     ONE_PASS_MOMENTS)."""
-    valid = mask_rows[:, None] & (cols >= 0)[None, :]
+    valid = tl.broadcast_to(mask_rows[:, None], y.shape)
     count = valid.to(tl.float32)
     first = tl.where(valid, y, 0.0)
     _, mean, m2 = tl.reduce((count, first, tl.zeros_like(first)), 0, _chan_combine)
