@@ -154,6 +154,18 @@ def test_applicability():
     assert not ok(wide, randn(48, 256, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)  # long K
 
 
+def test_programs_per_sm_by_reduction():
+    """resident_per_sm reads a tile's fewer_at at its BLOCK_K and moments epilogue only (the
+    registers ptxas gives it there: test_ptx.py), and per_sm_sums with the dgrad's sums."""
+    plain, _, small, deep = pw.POINTWISE_CONFIGS
+    assert [pw.resident_per_sm(small, k) for k in (16, 24, 64, 96)] == [5, 5, 4, 5]
+    assert pw.resident_per_sm(small, 64, one_pass=True) == 4
+    assert pw.resident_per_sm(small, 64, sums=True) == small.per_sm_sums == 2
+    assert pw.resident_per_sm(plain, 64) == 3 and pw.resident_per_sm(plain, 33) == 3
+    assert pw.resident_per_sm(plain, 64, one_pass=True) == 2
+    assert pw.resident_per_sm(deep, 48) == 2 and pw.resident_per_sm(deep, 32) == 3
+
+
 def test_conv2d_forward_takes_it_when_enabled(monkeypatch):
     """With ENABLED, conv2d_forward_moments sends a qualifying 1x1 forward here (the
     heuristic's tile) and returns its moments; off (the default), the pointer kernel."""

@@ -232,25 +232,62 @@ def test_rolling_rows_depthwise_dgrad_compiles_pipelined(op, max_registers, chan
     assert report["registers"] <= max_registers and report["spill_bytes"] == 0, report
 
 
-@pytest.mark.parametrize("epilogue", ["none", "one_pass_moments"])
-@pytest.mark.parametrize("config", range(len(POINTWISE_CONFIGS)))
-@pytest.mark.parametrize("c_in,c_out", [(24, 144), (128, 40)])
-def test_pointwise_tiles_fit_their_programs_per_sm(config, c_in, c_out, epilogue):
-    """conv_pointwise's tiles compile for sm_90 with their row tiles in the cp.async pipeline,
-    no spills, registers for the programs per SM their config claims (a program beyond those
-    would be a second wave of persistent programs), and no more shared memory than
-    PointwiseConfig.smem_bytes counts (what the launch divides the SM's by); with the BN
-    moments in two passes and in one (ONE_PASS_MOMENTS)."""
+_POINTWISE_BATCH = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("ptx_report", sys.argv[1])
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+from tritoncnn.kernels.conv_pointwise import POINTWISE_CONFIGS
+out = []
+for config, c_in, c_out, one_pass in json.loads(sys.argv[2]):
+    cfg = POINTWISE_CONFIGS[config]
+    args = report.pointwise_args(512, c_in, c_out, 32, cfg, one_pass=one_pass)
+    compiled = report.compile_kernel(*args, cfg.num_warps, cfg.num_stages)
+    ptx = compiled.asm["ptx"]
+    out.append({**report.ptxas_usage(ptx), "shared_bytes": compiled.metadata.shared,
+                "cp_async": "cp.async.commit_group" in ptx, "wgmma": "wgmma.mma_async" in ptx})
+print(json.dumps(out))
+"""
+
+
+def test_pointwise_tiles_fit_their_programs_per_sm():
+    """conv_pointwise's tiles compile for sm_90, at every BLOCK_K the kernel takes (16 to
+    128) and with the forward's BN moments in two passes and in one (ONE_PASS_MOMENTS), with
+    their row tiles in the cp.async pipeline, no spills, registers for the programs per SM
+    ``resident_per_sm`` launches (a program beyond those would be a second wave of persistent
+    programs: at BLOCK_K = 64 three tiles take more registers than elsewhere), and no more
+    shared memory than PointwiseConfig.smem_bytes counts (what the launch divides the SM's
+    by). All compiled in one fresh process (see ``_halo_reports``)."""
     from tritoncnn.kernels import conv_pointwise
 
-    cfg = conv_pointwise.POINTWISE_CONFIGS[config]
-    args = ("--config", str(config), "--epilogue", epilogue)
-    report = _report("fwd_pointwise", c_in, c_out, 1, *args)
-    assert report["instructions"].get("cp.async.commit_group", 0) > 0, report
-    assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
-    registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
-    assert cfg.per_sm * 32 * cfg.num_warps * registers <= 65536, report
-    assert report["shared_bytes"] <= cfg.smem_bytes(conv_pointwise.reduction_block(c_in)), report
+    cases = [
+        (config, c_in, 144, one_pass)
+        for config in range(len(POINTWISE_CONFIGS))
+        for c_in in (16, 24, 64, 128)
+        for one_pass in (False, True)
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _POINTWISE_BATCH, str(SCRIPT), json.dumps(cases)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = []
+    for (config, c_in, _, one_pass), report in zip(cases, reports, strict=True):
+        cfg = POINTWISE_CONFIGS[config]
+        per_sm = conv_pointwise.resident_per_sm(cfg, c_in, one_pass=one_pass)
+        registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
+        smem = cfg.smem_bytes(conv_pointwise.reduction_block(c_in))
+        if not (
+            report["cp_async"]
+            and report["wgmma"]
+            and report["spill_bytes"] == 0
+            and per_sm * 32 * cfg.num_warps * registers <= 65536
+            and report["shared_bytes"] <= smem
+        ):
+            failed.append((config, c_in, one_pass, per_sm, report))
+    assert not failed, failed
 
 
 @pytest.mark.parametrize("k,cols", [(24, 144), (96, 576)])

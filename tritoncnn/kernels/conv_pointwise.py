@@ -80,7 +80,8 @@ class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
     per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_sums:
     GRAD_SUMS, whose per-channel terms and tiles take registers; None: a tile that never
-    stores them, not in SUMS_CONFIGS). The launch
+    stores them, not in SUMS_CONFIGS); fewer_at: (BLOCK_K, one-pass moments, programs) for
+    the reductions where ptxas gives the tile more registers than per_sm allows. The launch
     lowers it where shared memory allows fewer (``resident_per_sm``); a dataclass, as the
     autotuner's cache wants."""
 
@@ -90,6 +91,7 @@ class PointwiseConfig:
     num_stages: int
     per_sm: int
     per_sm_sums: int | None = None
+    fewer_at: tuple[tuple[int, bool, int], ...] = ()
 
     def smem_bytes(self, block_k: int, sums: bool = False) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
@@ -103,20 +105,23 @@ class PointwiseConfig:
 
 
 # per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
-# 127-138 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
+# 127-160 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
 # 4 warps 80-95 (5); with GRAD_SUMS (K 24-128) the 128-row tiles spill (255 registers + 136
 # bytes at 128 x 64, + 216 at 128 x 128) and 64 x 64 takes 172-211 (2). A program beyond
 # those would start only when one finishes, and every program walks the same number of row
-# tiles: a second wave as long as the first.
+# tiles: a second wave as long as the first. At BLOCK_K = 64 (and only there: 2026-12-08,
+# triton 3.6, tests/test_ptx.py checks every BLOCK_K) three tiles take more: 64 x 64 122
+# registers (4 programs), the 4-stage 128 x 64 190 (2), and 128 x 64 with the one-pass
+# moments 171 (2).
 # The last has a deeper row-tile pipeline (ptxas: the same 135-138 registers, two A tiles in
 # flight instead of one, 44 KiB at C_in 24); an autotuning candidate: on an H100 it was the
 # best pointwise tile (or tied) on 5 of MobileNetV2's 11 short-K ops at 32x32 / 16x16 and up
 # to 13% behind the best elsewhere (2026-12-07).
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
-    PointwiseConfig(128, 64, 4, 3, 3),
+    PointwiseConfig(128, 64, 4, 3, 3, fewer_at=((64, True, 2),)),
     PointwiseConfig(128, 128, 8, 3, 1),
-    PointwiseConfig(64, 64, 4, 4, 5, 2),
-    PointwiseConfig(128, 64, 4, 4, 3),
+    PointwiseConfig(64, 64, 4, 4, 5, 2, fewer_at=((64, False, 4), (64, True, 4))),
+    PointwiseConfig(128, 64, 4, 4, 3, fewer_at=((64, False, 2), (64, True, 2))),
 )
 # The tiles that store the dgrad's batch-norm sums without spilling.
 SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
@@ -127,13 +132,19 @@ def reduction_block(c_in: int) -> int:
     return max(16, triton.next_power_of_2(c_in))
 
 
-def resident_per_sm(cfg: PointwiseConfig, c_in: int, sums: bool = False) -> int:
+def resident_per_sm(
+    cfg: PointwiseConfig, c_in: int, sums: bool = False, one_pass: bool = False
+) -> int:
     """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_sums with the
-    dgrad's batch-norm sums), or fewer where their shared memory (228 KiB an SM on sm_90)
-    runs out first."""
+    dgrad's batch-norm sums; fewer_at's count at this reduction, with the moments in
+    ``one_pass`` or not), or fewer where their shared memory (228 KiB an SM on sm_90) runs
+    out first."""
     per_sm = cfg.per_sm
     if sums and cfg.per_sm_sums is not None:
         per_sm = cfg.per_sm_sums
+    elif not sums:
+        block_k = reduction_block(c_in)
+        per_sm = next((n for k, p, n in cfg.fewer_at if (k, p) == (block_k, one_pass)), per_sm)
     if runtime.INTERPRETED:
         return per_sm
     fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in), sums) + 1024)
@@ -321,7 +332,8 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, bn, bn_input):
     sums = grad_sums(row_tiles, c_out) if bn is not None else None
     sum_parts = sums.partials if sums is not None else (out, out)
     col_blocks = triton.cdiv(c_out, cfg.block_n)
-    per_sm = resident_per_sm(cfg, c_in, bn is not None)
+    one_pass = moments and ONE_PASS_MOMENTS
+    per_sm = resident_per_sm(cfg, c_in, bn is not None, one_pass)
     programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
     pointwise_fwd_kernel[(programs, col_blocks)](
         x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
@@ -335,7 +347,7 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, bn, bn_input):
         X_ALIGN=alignment.tensor_align(x, runtime.nhwc_strides(x), c_in),
         Y_ALIGN=alignment.tensor_align(out, runtime.nhwc_strides(out), c_out),
         EMULATE_BF16=runtime.bf16_dot_emulated(x.dtype),
-        GRAD_SUMS=bn is not None, **norm_flags, ONE_PASS=moments and ONE_PASS_MOMENTS,
+        GRAD_SUMS=bn is not None, **norm_flags, ONE_PASS=one_pass,
         num_warps=cfg.num_warps,
         launch_pdl=LAUNCH_PDL,
     )  # fmt: skip
