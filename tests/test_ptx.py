@@ -52,9 +52,15 @@ def _halo_reports(requests: list[tuple]) -> list[dict]:
     compiles, and a test process where the interpreter has run kernels can't compile Gluon
     kernels for sm_90 (their helpers resolve to interpreted functions)."""
     args = [(op, ci, co, z, dataclasses.astuple(c), ep) for op, ci, co, z, c, ep in requests]
+    return _compile_batch(_HALO_BATCH, args)
+
+
+def _compile_batch(script: str, requests: list) -> list[dict]:
+    """Run ``script`` (argv: ptx_report.py's path, the JSON ``requests``) in a process
+    outside the interpreter; the JSON list its last line prints."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, "-c", _HALO_BATCH, str(SCRIPT), json.dumps(args)],
+        [sys.executable, "-c", script, str(SCRIPT), json.dumps(requests)],
         capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -266,13 +272,7 @@ def test_pointwise_tiles_fit_their_programs_per_sm():
         for c_in in (16, 24, 64, 128)
         for one_pass in (False, True)
     ]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", _POINTWISE_BATCH, str(SCRIPT), json.dumps(cases)],
-        capture_output=True, text=True, timeout=900, env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    reports = json.loads(done.stdout.strip().splitlines()[-1])
+    reports = _compile_batch(_POINTWISE_BATCH, cases)
     failed = []
     for (config, c_in, _, one_pass), report in zip(cases, reports, strict=True):
         cfg = POINTWISE_CONFIGS[config]
