@@ -19,7 +19,7 @@ from test_conv_tma import _moments_reference
 from test_grad_sums import _bn, _check_backward, _check_sums
 
 from tritoncnn.kernels import conv as K
-from tritoncnn.kernels import conv_configs, norm
+from tritoncnn.kernels import conv_configs, norm_fusion
 from tritoncnn.kernels import conv_halo as H
 from tritoncnn.kernels import conv_halo_wgrad as HW
 from tritoncnn.kernels.elementwise import ACT_ELU, ACT_RELU, ACT_RELU6
@@ -81,7 +81,9 @@ def test_grad_sums_tiles_and_activations():
     mean = invstd = torch.ones(64)
     assert H.grad_sums_supported(None)
     for act, ok in ((ACT_RELU, True), (ACT_RELU6, True), (ACT_ELU, False)):
-        assert H.grad_sums_supported(norm.PendingNorm(mean, invstd, None, None, act, 1.0)) == ok
+        assert (
+            H.grad_sums_supported(norm_fusion.PendingNorm(mean, invstd, None, None, act, 1.0)) == ok
+        )
     limit = 227 * 1024
     plain = H.halo_candidates(128, 16, 16, limit, epilogue_tiles=2)
     sums = H.halo_candidates(128, 16, 16, limit, epilogue_tiles=2, grad_sums=True)

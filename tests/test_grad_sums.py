@@ -1,5 +1,5 @@
 """A training batch norm's backward sums stored by the dgrad of the conv that reads its output
-(norm.GradSums, nn.fusion.link_bn_grad_sums): the conv's epilogue adds sum(g') and
+(norm_fusion.GradSums, nn.fusion.link_bn_grad_sums): the conv's epilogue adds sum(g') and
 sum(g' * xhat) over each tile it just wrote, so the batch norm's backward skips its reduction
 pass over g and x. The sums must be those of the reduction pass (float64 reference), and the
 whole backward the same as without them."""
@@ -19,22 +19,22 @@ from helpers import (
 
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
-from tritoncnn.kernels import norm
+from tritoncnn.kernels import norm, norm_fusion
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU, ACT_RELU6
 
 EPS = 1e-5
 
 
-def _bn(x: torch.Tensor, act: int, affine: bool) -> norm.PendingNorm:
+def _bn(x: torch.Tensor, act: int, affine: bool) -> norm_fusion.PendingNorm:
     """x's batch statistics and random affine parameters, as a training forward keeps them."""
     c = x.shape[1]
     w = randn(c, seed=11) if affine else None
     b = randn(c, seed=12) * 0.5 if affine else None
     _, mean, invstd = norm.batch_norm_forward_train(x, w, b, None, None, None, 0.1, EPS, act=act)
-    return norm.PendingNorm(mean, invstd, w, b, act, 0.0)
+    return norm_fusion.PendingNorm(mean, invstd, w, b, act, 0.0)
 
 
-def _reference_sums(g: torch.Tensor, x: torch.Tensor, bn: norm.PendingNorm):
+def _reference_sums(g: torch.Tensor, x: torch.Tensor, bn: norm_fusion.PendingNorm):
     """(sum over N,H,W of g', of g' * xhat) in float64, g' = g * act'(z) (torch's kinks)."""
     xhat = (f64(x) - f64(bn.mean)[None, :, None, None]) * f64(bn.invstd)[None, :, None, None]
     w = f64(bn.weight) if bn.weight is not None else torch.ones(x.shape[1], dtype=torch.float64)
@@ -48,14 +48,14 @@ def _reference_sums(g: torch.Tensor, x: torch.Tensor, bn: norm.PendingNorm):
     return g.sum(dim=(0, 2, 3)), (g * xhat).sum(dim=(0, 2, 3))
 
 
-def _check_sums(sums: norm.GradSums, g, x, bn, what: str) -> None:
+def _check_sums(sums: norm_fusion.GradSums, g, x, bn, what: str) -> None:
     ref_g, ref_gx = _reference_sums(g, x, bn)
     total = f64(sums.partials).sum(dim=1)
     assert_close(total[0], ref_g, what=f"{what}: sum(g')")
     assert_close(total[1], ref_gx, what=f"{what}: sum(g' * xhat)")
 
 
-def _check_backward(sums: norm.GradSums, g, x, bn, what: str) -> None:
+def _check_backward(sums: norm_fusion.GradSums, g, x, bn, what: str) -> None:
     """batch_norm_backward from the sums equals the one with its own reduction pass."""
     args = (g, x, bn.weight, bn.mean, bn.invstd)
     kw = dict(bias=bn.bias, has_bias=bn.bias is not None, act=bn.act)
@@ -181,7 +181,7 @@ def test_grad_sums_accumulate_parameter_grads_and_errors():
     with pytest.raises(ValueError, match="batch-norm mean"):
         K.conv2d_dgrad_grad_sums(g_out, weight, *geo, bn_input=x, bn=bn._replace(mean=bn.mean[:4]))
     with pytest.raises(ValueError, match="tile sums"):
-        norm.batch_norm_backward(*args, **kw, sums=norm.grad_sums(3, 5))
+        norm.batch_norm_backward(*args, **kw, sums=norm_fusion.grad_sums(3, 5))
     running = (torch.zeros(8, device=DEVICE), torch.ones(8, device=DEVICE))
     with pytest.raises(ValueError, match="batch statistics only"):
         norm._backward(

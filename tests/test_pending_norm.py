@@ -1,7 +1,7 @@
 """A batch norm (+ activation) applied by the depthwise conv that reads its input
-(norm.PendingNorm, nn.fusion.defer_bn_into_depthwise): the conv's loads normalise x exactly as
-bn_apply_kernel would have stored it, so forward, weight gradient and the BN's own updates are
-those of the two separate layers, without the batch norm's apply pass."""
+(norm_fusion.PendingNorm, nn.fusion.defer_bn_into_depthwise): the conv's loads normalise x
+exactly as bn_apply_kernel would have stored it, so forward, weight gradient and the BN's own
+updates are those of the two separate layers, without the batch norm's apply pass."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from helpers import DEVICE, assert_close, assert_same_step, randn, training_step
 
 from tritoncnn import models
 from tritoncnn.kernels import depthwise as DW
-from tritoncnn.kernels import norm
+from tritoncnn.kernels import norm, norm_fusion
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
 from tritoncnn.nn.fusion import defer_bn_into_depthwise, undefer_bn_into_depthwise
 
@@ -31,7 +31,7 @@ def _pending(x: torch.Tensor, act: int, affine: bool):
         x, w, b, None, None, None, MOMENTUM, EPS, act=act
     )
     assert torch.equal(mean, mean2) and torch.equal(invstd, invstd2)
-    return norm.PendingNorm(mean, invstd, w, b, act, 0.0), applied
+    return norm_fusion.PendingNorm(mean, invstd, w, b, act, 0.0), applied
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -21,7 +21,7 @@ from helpers import (
 from tritoncnn import models
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import elementwise as ew
-from tritoncnn.kernels import norm
+from tritoncnn.kernels import norm, norm_fusion
 from tritoncnn.kernels.elementwise import ACT_RELU
 from tritoncnn.nn.fusion import (
     add_skip_grads_in_dgrad,
@@ -77,7 +77,7 @@ def test_dgrad_grad_sums_cover_the_whole_gradient():
     _, mean, invstd = norm.batch_norm_forward_train(
         x, w, b, None, None, None, 0.1, 1e-5, act=ACT_RELU
     )
-    bn = norm.PendingNorm(mean, invstd, w, b, ACT_RELU, 0.0)
+    bn = norm_fusion.PendingNorm(mean, invstd, w, b, ACT_RELU, 0.0)
     dx, sums = K.conv2d_dgrad_grad_sums(*args, bn_input=x, bn=bn, add=add)
     assert_close(dx, ref, what="dgrad + add")
     kw = dict(bias=b, act=ACT_RELU)

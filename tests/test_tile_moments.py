@@ -1,5 +1,6 @@
-"""Batch-norm statistics from a conv's epilogue (norm.TileMoments, nn.fusion's conv -> BN link):
-the same statistics, running-stat update and output as the statistics pass, without it."""
+"""Batch-norm statistics from a conv's epilogue (norm_fusion.TileMoments, nn.fusion's conv ->
+BN link): the same statistics, running-stat update and output as the statistics pass, without
+it."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from helpers import DEVICE, TOL, assert_close, f64, randn
 from tritoncnn import models, runtime
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import depthwise as DW
-from tritoncnn.kernels import norm
+from tritoncnn.kernels import norm, norm_fusion
 from tritoncnn.kernels.depthwise_rows import ROWS_CONFIGS
 from tritoncnn.nn import BatchNorm2d, Conv2d, ReLU, Sequential
 from tritoncnn.nn.fusion import link_conv_bn_moments, unlink_conv_bn_moments
@@ -28,7 +29,7 @@ def _reference(y: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor):
     return mean, (var + EPS).rsqrt(), rm_ref, rv_ref
 
 
-def _check_bn_from_moments(y: torch.Tensor, moments: norm.TileMoments, dtype, config=None):
+def _check_bn_from_moments(y: torch.Tensor, moments: norm_fusion.TileMoments, dtype, config=None):
     """batch_norm_forward_train(moments=...) against float64 torch and the statistics pass."""
     c = y.shape[1]
     w, b = randn(c, seed=3), randn(c, seed=4)
@@ -112,12 +113,12 @@ def test_many_tiles_merge_in_slabs():
     cfg = norm.NormConfig(block_m=16, block_c=16, num_warps=4)
     slab = norm.TILE_MERGE_ITERS * norm.stage2_block(cfg)
     assert slab < 500 < 2 * slab  # two slabs, the last one short
-    _check_bn_from_moments(y, norm.TileMoments(partials, rows), torch.float32, config=cfg)
+    _check_bn_from_moments(y, norm_fusion.TileMoments(partials, rows), torch.float32, config=cfg)
 
 
 def test_moments_of_the_wrong_shape_are_refused():
     y = randn(2, 8, 4, 4, channels_last=True)
-    bad = norm.tile_moments(32, 9, 16)  # 9 channels for an 8-channel input
+    bad = norm_fusion.tile_moments(32, 9, 16)  # 9 channels for an 8-channel input
     with pytest.raises(ValueError, match="tile moments"):
         norm.batch_norm_forward_train(y, None, None, None, None, None, 0.1, EPS, moments=bad)
 

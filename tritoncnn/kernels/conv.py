@@ -71,7 +71,7 @@ from tritoncnn.kernels.conv_configs import (  # noqa: F401  (re-exported: conv.C
     split_candidates,
 )
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import (
+from tritoncnn.kernels.norm_fusion import (
     GradSums,
     PendingNorm,
     TileMoments,
@@ -145,7 +145,7 @@ def conv2d_fwd_kernel(
     b_ptr: fp32 bias (C_out,), read only when HAS_BIAS.
     y_ptr: output, logical N,C_out,HO,WO, strides sy_*; stored in its own dtype.
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] per-tile batch-norm
-    moments of y as stored (norm.store_tile_moments: row block pid_m is partial pid_m), so
+    moments of y as stored (norm_fusion.store_tile_moments: row block pid_m is partial pid_m), so
     the training batch norm that reads y needs no statistics pass of its own.
     N, H, W: input batch and spatial size. C_in_g, C_out_g: channels per group.
     HO, WO: output spatial size. stride_*, pad_* (top/left), dil_*: the convolution geometry.
@@ -320,7 +320,7 @@ def conv2d_dgrad_kernel(
     (o, kh, kw) strides are multiples of it (the B tile's rows and dx's stores).
     GRAD_SUMS: x is a training batch norm's output (after its fused activation IN_ACT,
     n_alpha) and dx that batch norm's output gradient: the epilogue also stores the tile's
-    backward sums (norm.store_grad_sums) as partial phase * cdiv(M0, BLOCK_M) + row tile of
+    backward sums (norm_fusion.store_grad_sums) as partial phase * cdiv(M0, BLOCK_M) + row tile of
     the fp32 [n_parts, C_in] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*) is the
     batch norm's input, logical N,C_in,H,W; nmean_ptr, ninvstd_ptr its fp32 batch statistics,
     nw_ptr, nb_ptr its affine parameters (read when IN_HAS_W / IN_HAS_B).
@@ -880,7 +880,7 @@ def conv2d_forward_moments(
     config: ConvConfig | int | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``conv2d_forward`` for a conv that feeds a training batch norm: also returns the
-    per-tile moments of the output that its epilogue stored (norm.TileMoments), for
+    per-tile moments of the output that its epilogue stored (norm_fusion.TileMoments), for
     ``norm.batch_norm_forward_train(moments=...)``."""
     y, moments = _forward(
         x, weight, bias, stride, padding, dilation, groups, ACT_NONE, 0.0, config, True
@@ -1068,7 +1068,7 @@ def conv2d_dgrad_grad_sums(
     """``conv2d_dgrad`` for a conv whose input is a training batch norm's output: ``bn`` holds
     that batch norm's batch statistics, affine parameters and fused activation, ``bn_input``
     its input. Also returns the batch norm's backward sums that the epilogue stored
-    (norm.GradSums), for ``norm.batch_norm_backward(sums=...)``; with ``add`` (as in
+    (norm_fusion.GradSums), for ``norm.batch_norm_backward(sums=...)``; with ``add`` (as in
     conv2d_dgrad) they are the sums of the whole gradient."""
     args = (grad_out, weight, input_shape, stride, padding, dilation, groups, config, out)
     grad_in, sums = _dgrad(*args, bn_input, bn, add)

@@ -65,7 +65,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from tritoncnn import runtime
 from tritoncnn.kernels.conv_tma import _tma_ready
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU, ACT_RELU6
-from tritoncnn.kernels.norm import (
+from tritoncnn.kernels.norm_fusion import (
     GradSums,
     PendingNorm,
     TileMoments,
@@ -369,7 +369,7 @@ def conv3x3_halo_kernel(
     - RELU_INPUT: zero dx where in_desc's tile (the conv input, a ReLU's output) is not > 0.
     - GRAD_SUMS (dgrad; not with RELU_INPUT): dx is the gradient of a training batch norm's
       output (after its activation IN_ACT: none, ReLU or ReLU6), in_desc that batch norm's
-      input; store the tile's sum(g') and sum(g' * xhat) as norm.store_grad_sums does, from
+      input; store the tile's sum(g') and sum(g' * xhat) as norm_fusion.store_grad_sums does, from
       dx as stored, nmean_ptr / ninvstd_ptr (fp32 [C_cols] batch statistics) and nw_ptr /
       nb_ptr (its affine weight and bias, read with IN_HAS_W / IN_HAS_B).
     """
@@ -560,7 +560,7 @@ def _halo_tiles(
 def _grad_sums(g, x, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_W: gl.constexpr,
                HAS_B: gl.constexpr, ACT: gl.constexpr):  # fmt: skip
     """Per column of a whole tile: sum(g') and sum(g' * xhat), g' = g * act'(z), with xhat =
-    (x - mean) * invstd and z = xhat * w + b (norm.store_grad_sums' arithmetic, in the same
+    (x - mean) * invstd and z = xhat * w + b (norm_fusion.store_grad_sums' arithmetic, in the same
     order). ACT: 0 none, 1 ReLU, 2 ReLU6 (elementwise.ACT_*; torch's kinks: act'(0) = 0)."""
     gl.static_assert(ACT <= 2, "halo grad sums: no activation, ReLU or ReLU6")
     mean = gl.expand_dims(gl.load(mean_ptr + cols), 0)

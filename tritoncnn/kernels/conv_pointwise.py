@@ -38,7 +38,7 @@ from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.conv_halo import sm_shared_bytes
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import (
+from tritoncnn.kernels.norm_fusion import (
     GradSums,
     PendingNorm,
     TileMoments,
@@ -63,7 +63,7 @@ def env_enabled() -> bool:
 # Read at every launch (benchmarks and tests set it).
 ENABLED: bool = env_enabled()
 
-# The forward's BN moments in one reduction (norm.store_tile_moments_one_pass) instead of
+# The forward's BN moments in one reduction (norm_fusion.store_tile_moments_one_pass) instead of
 # two dependent ones: in 12-08's H100 trace the step's pointwise forwards, which store the
 # moments, took 1.5-3x the plain forwards of the tile sweep, and this kernel's 1-3 programs
 # an SM have nothing to hide the epilogue's cross-warp exchanges behind. Off until timed
@@ -207,17 +207,17 @@ def pointwise_fwd_kernel(
     w_ptr: weight, logical C_out x C_in (strides sw_o, sw_i; any float dtype, cast to x's).
     b_ptr: fp32 bias (read when HAS_BIAS). ACT, alpha: the fused activation (elementwise.py).
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(M, BLOCK_M), C_out] (mean, M2) of each row
-    tile of y as stored (norm.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's); with
-    ONE_PASS, in one reduction (norm.store_tile_moments_one_pass).
+    tile of y as stored (norm_fusion.TileMoments with BLOCK_M rows, as conv2d_fwd_kernel's); with
+    ONE_PASS, in one reduction (norm_fusion.store_tile_moments_one_pass).
     X_ALIGN, Y_ALIGN: C_in and C_out are multiples of these (16-byte rows: vector accesses).
     EMULATE_BF16: the MMA in fp32 (the interpreter can't multiply bf16).
     GRAD_SUMS (the dgrad use): y is the gradient of a training batch norm's output (after
     its activation IN_ACT) and xn_ptr that batch norm's input (dense NHWC, M rows of C_out):
-    each row tile also stores its per-column sum(g') and sum(g' * xhat) (norm.store_grad_sums'
-    terms) as partial ``tile`` of the fp32 [cdiv(M, BLOCK_M), C_out] buffers psum_g_ptr,
-    psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr,
-    nb_ptr, n_alpha, IN_HAS_W, IN_HAS_B, IN_ACT: that batch norm's statistics, parameters
-    and activation (as norm.store_grad_sums takes them).
+    each row tile also stores its per-column sum(g') and sum(g' * xhat)
+    (norm_fusion.store_grad_sums' terms) as partial ``tile`` of the fp32 [cdiv(M, BLOCK_M),
+    C_out] buffers psum_g_ptr, psum_gx_ptr; nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha,
+    IN_HAS_W, IN_HAS_B, IN_ACT: that batch norm's statistics, parameters and activation (as
+    norm_fusion.store_grad_sums takes them).
     """
     wait_for_inputs()
     pid = tl.program_id(0)
@@ -288,7 +288,7 @@ def conv2d_forward_pointwise(
     cfg: PointwiseConfig,
 ) -> TileMoments | None:
     """The 1x1 forward of ``x`` into ``out`` (dense NHWC, x's dtype) with pointwise_fwd_kernel;
-    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm.TileMoments)."""
+    with ``moments``, also the per-tile batch-norm moments of ``out`` (norm_fusion.TileMoments)."""
     tiles, _ = _launch(x, weight, bias, out, act, alpha, moments, cfg, None, None)
     return tiles
 
@@ -305,7 +305,7 @@ def conv2d_dgrad_pointwise(
     NHWC): the forward kernel over grad_out with the transposed weight. With ``bn`` (the
     statistics, parameters and activation of the training batch norm whose output the conv
     read) and ``bn_input`` (that batch norm's input, dense NHWC), also that batch norm's
-    backward sums (norm.GradSums, one partial per row tile), as conv2d_dgrad_grad_sums."""
+    backward sums (norm_fusion.GradSums, one partial per row tile), as conv2d_dgrad_grad_sums."""
     _, sums = _launch(
         grad_out, weight.transpose(0, 1), None, out, ACT_NONE, 0.0, False, cfg, bn, bn_input
     )

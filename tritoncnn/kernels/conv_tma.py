@@ -40,7 +40,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import apply_activation
-from tritoncnn.kernels.norm import TileMoments, store_tile_moments, tile_moments
+from tritoncnn.kernels.norm_fusion import TileMoments, store_tile_moments, tile_moments
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tile_order import grouped_tile
 

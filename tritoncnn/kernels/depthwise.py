@@ -42,7 +42,7 @@ from tritoncnn.kernels.depthwise_rows import (
     store_tap_partials,
 )
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import (
+from tritoncnn.kernels.norm_fusion import (
     GradSums,
     PendingNorm,
     TileMoments,
@@ -178,10 +178,11 @@ def depthwise_fwd_kernel(
     STRIDE_W: conv stride. HAS_BIAS: add bias. ACT: activation code of elementwise.py.
     BLOCK_P, BLOCK_C: tile size.
     pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(P, BLOCK_P), C] per-tile batch-norm moments
-    of y as stored (norm.store_tile_moments; the pixel tile's index is that partial's).
-    IN_NORM: x is a batch norm's input whose apply was left to this kernel (norm.PendingNorm):
-    each loaded tap becomes act_in((x - mean) * invstd * w_in + b_in) rounded to x's dtype,
-    exactly what bn_apply_kernel would have stored, and padding stays zero. nmean_ptr,
+    of y as stored (norm_fusion.store_tile_moments; the pixel tile's index is that partial's).
+    IN_NORM: x is a batch norm's input whose apply was left to this kernel
+    (norm_fusion.PendingNorm): each loaded tap becomes act_in((x - mean) * invstd * w_in +
+    b_in) rounded to x's dtype, exactly what bn_apply_kernel would have stored, and padding
+    stays zero. nmean_ptr,
     ninvstd_ptr, nw_ptr, nb_ptr: its fp32 [C] statistics and parameters (weight / bias read
     only with IN_HAS_W / IN_HAS_B); IN_ACT, n_alpha: its activation.
     """
@@ -269,7 +270,7 @@ def depthwise_dgrad_kernel(
     KH, KW, STRIDE_H, STRIDE_W: kernel size and stride. BLOCK_P, BLOCK_C: tile size.
     GRAD_SUMS: the input is a training batch norm's output (after its fused activation
     IN_ACT, n_alpha) and gi that batch norm's output gradient: the epilogue also stores the
-    tile's backward sums (norm.store_grad_sums) as partial (pixel tile index) of the fp32
+    tile's backward sums (norm_fusion.store_grad_sums) as partial (pixel tile index) of the fp32
     [cdiv(P, BLOCK_P), C] buffers psum_g_ptr, psum_gx_ptr. xn_ptr (strides sxn_*, n,h,w,c) is
     the batch norm's input; nmean_ptr, ninvstd_ptr its fp32 batch statistics, nw_ptr, nb_ptr
     its affine parameters (read when IN_HAS_W / IN_HAS_B).
@@ -631,7 +632,7 @@ def depthwise_conv2d_forward(
     """act(conv2d(x, weight, bias, groups=C)) as a new N,C,HO,WO channels_last tensor in x's
     dtype. ``weight`` is fp32 C,1,KH,KW and ``bias`` fp32 C (or None), any strides;
     stride/padding/dilation are (h, w) pairs (or ints). ``pending``: x is a batch norm's input
-    whose apply (and activation) this conv does as it loads x (norm.PendingNorm)."""
+    whose apply (and activation) this conv does as it loads x (norm_fusion.PendingNorm)."""
     args = (x, weight, bias, stride, padding, dilation, act, alpha, config, False, pending)
     return _forward(*args)[0]
 
@@ -647,7 +648,7 @@ def depthwise_conv2d_forward_moments(
     pending: PendingNorm | None = None,
 ) -> tuple[torch.Tensor, TileMoments]:
     """``depthwise_conv2d_forward`` for a conv that feeds a training batch norm: also returns
-    the per-tile moments of the output that its epilogue stored (norm.TileMoments)."""
+    the per-tile moments of the output that its epilogue stored (norm_fusion.TileMoments)."""
     args = (x, weight, bias, stride, padding, dilation, ACT_NONE, 0.0, config, True, pending)
     y, moments = _forward(*args)
     assert moments is not None
@@ -735,7 +736,7 @@ def depthwise_conv2d_dgrad_grad_sums(
 ) -> tuple[torch.Tensor, GradSums]:
     """``depthwise_conv2d_dgrad`` for a conv whose input is a training batch norm's output
     (``bn``: its statistics, parameters and fused activation; ``bn_input``: its input); also
-    returns the batch norm's backward sums the epilogue stored (norm.GradSums)."""
+    returns the batch norm's backward sums the epilogue stored (norm_fusion.GradSums)."""
     args = (grad_out, weight, input_shape, stride, padding, dilation, config, out)
     grad_in, sums = _dgrad(*args, bn_input, bn)
     assert sums is not None
@@ -813,7 +814,7 @@ def depthwise_conv2d_wgrad(
     """Weight gradient of a depthwise conv, fp32 C,1,KH,KW (``weight_shape``). Written into a
     new channels_last tensor when ``grad_weight`` is None, else added into ``grad_weight``
     (fp32, any strides) and that tensor returned. Deterministic (fixed summation order).
-    ``pending``: the forward's (x is normalised as it is loaded, norm.PendingNorm)."""
+    ``pending``: the forward's (x is normalised as it is loaded, norm_fusion.PendingNorm)."""
     _check(x, "wgrad")
     _check(grad_out, "wgrad")
     n, c, h, w = x.shape

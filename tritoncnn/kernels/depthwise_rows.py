@@ -31,7 +31,7 @@ import triton.language as tl
 
 from tritoncnn import runtime
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
-from tritoncnn.kernels.norm import (
+from tritoncnn.kernels.norm_fusion import (
     GradSums,
     PendingNorm,
     TileMoments,
@@ -86,7 +86,7 @@ def _row_loads(x_ptr, row_off, col_l, col_c, col_r, ok_l, ok_c, ok_r, x_c, c_mas
 def _normalise_row(xl, xc, xr, ok_l, ok_c, ok_r, n_mean, n_scale, n_b, n_alpha,
                    IN_ACT: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
     """The three shifted loads of a batch norm's input as that batch norm's applied output
-    (norm.apply_pending_norm: bn_apply_kernel's values); the padding stays zero."""
+    (norm_fusion.apply_pending_norm: bn_apply_kernel's values); the padding stays zero."""
     xl = tl.where(ok_l[:, None], apply_pending_norm(xl, n_mean, n_scale, n_b, IN_ACT, n_alpha,
                                                     DTYPE), 0.0)  # fmt: skip
     xc = tl.where(ok_c[:, None], apply_pending_norm(xc, n_mean, n_scale, n_b, IN_ACT, n_alpha,
@@ -115,7 +115,7 @@ def _welford_row(lane_mean, lane_m2, y, k):
 @triton.jit
 def _grad_sums_row(sum_g, sum_gx, y, xn_ptr, xn_off, row_off, valid, mean, invstd, w, b, alpha,
                    ACT: tl.constexpr):  # fmt: skip
-    """Add a stored dgrad row's batch-norm backward terms (norm.grad_sums_terms: g' and
+    """Add a stored dgrad row's batch-norm backward terms (norm_fusion.grad_sums_terms: g' and
     g' * xhat, from the values as stored and the batch norm's input row) to the running
     per-element sums."""
     x = tl.load(xn_ptr + xn_off + row_off, mask=valid, other=0.0).to(tl.float32)
@@ -161,17 +161,17 @@ def depthwise_rows_kernel(
     when HAS_BIAS), output. N, C, H, W: sizes (input = output). sx_*, sy_*: element strides in
     (n, h, w, c) order. alpha: the activation's parameter; ACT: activation code
     (elementwise.py). pmean_ptr, pm2_ptr: with MOMENTS, fp32 [cdiv(N, BLOCK_N), C] moments
-    (mean, M2) of y as stored over the program's pixels, partial g (norm.TileMoments of
+    (mean, M2) of y as stored over the program's pixels, partial g (norm_fusion.TileMoments of
     BLOCK_N * H * W rows): Welford's update per tile element down the rows, the elements
-    merged once at the end (norm.merge_lanes). STAGES: input rows in flight.
+    merged once at the end (norm_fusion.merge_lanes). STAGES: input rows in flight.
     IN_NORM, IN_HAS_W, IN_HAS_B, IN_ACT, nmean_ptr, ninvstd_ptr, nw_ptr, nb_ptr, n_alpha: x
-    is a batch norm's input whose apply was left to this kernel (norm.PendingNorm), applied
+    is a batch norm's input whose apply was left to this kernel (norm_fusion.PendingNorm), applied
     to each loaded row as in depthwise_fwd_kernel.
     GRAD_SUMS (a dgrad, not with IN_NORM or MOMENTS): y is the gradient of a training batch
     norm's output and xn_ptr (strides sn_*) that batch norm's input; the n* pointers, n_alpha
     and IN_* flags are that batch norm's. Each stored row's g' and g' * xhat (norm.
     grad_sums_terms) add up per tile element down the rows; their column sums go to row g of
-    pmean_ptr / pm2_ptr as norm.GradSums partials (sum(g'), sum(g' * xhat)).
+    pmean_ptr / pm2_ptr as norm_fusion.GradSums partials (sum(g'), sum(g' * xhat)).
     """
     wait_for_inputs()
     pid_g, pid_c = row_channel_tile(C, BLOCK_C)
@@ -417,7 +417,7 @@ def rows_conv(
     """The 3x3 / stride 1 / padding 1 depthwise conv of ``x`` (N,C,H,W, any strides) with
     ``weight`` (fp32 C,1,3,3), rotated by 180 degrees when ``rotate`` (a dgrad: x is then
     grad_out), into ``out`` (any strides) or a new channels_last tensor; with ``moments``,
-    also the output's per-program moments (norm.TileMoments)."""
+    also the output's per-program moments (norm_fusion.TileMoments)."""
     n, c, h, w = x.shape
     y = runtime.empty_nhwc(n, c, h, w, x.dtype) if out is None else out
     block_n = _block_n(cfg, w)
@@ -439,7 +439,7 @@ def rows_dgrad_grad_sums(
 ) -> tuple[torch.Tensor, GradSums]:
     """The stride-1 dgrad of ``rows_conv`` (grad_out convolved with the rotated kernel) for a
     conv whose input is a training batch norm's output: also that batch norm's backward sums
-    over each program's images (norm.GradSums; ``bn``: its statistics, parameters and fused
+    over each program's images (norm_fusion.GradSums; ``bn``: its statistics, parameters and fused
     activation, ``bn_input``: its input, the conv input's shape)."""
     n, c, h, w = grad_out.shape
     y = runtime.empty_nhwc(n, c, h, w, grad_out.dtype) if out is None else out

@@ -23,13 +23,13 @@ Training forward (2 launches): ``bn_stats_kernel`` (partials; the last program p
 block writes save_mean / save_invstd and updates the running stats in place exactly as torch)
 -> ``bn_apply_kernel`` (y = act((x - mean) * invstd * weight + bias), increments
 num_batches_tracked on the device). Eval forward is one ``bn_apply_kernel`` on running stats.
-When the kernel that produced x stored per-tile (mean, M2) in its epilogue (``TileMoments``:
-conv.py, depthwise.py, linked by nn.fusion), ``bn_stats_from_tiles_kernel`` merges those
-partials instead of reading x: the statistics cost a few hundred KB of reads, not a pass.
-When the layer after is a depthwise conv, the apply can be left to it
-(``batch_norm_train_statistics`` + ``PendingNorm``: the conv normalises each value it loads
-with ``apply_pending_norm``, bn_apply_kernel's expression and rounding), so the normalised
-tensor is never stored.
+When the kernel that produced x stored per-tile (mean, M2) in its epilogue (``TileMoments``),
+``bn_stats_from_tiles_kernel`` merges those partials instead of reading x: the statistics
+cost a few hundred KB of reads, not a pass. When the layer after is a depthwise conv, the
+apply can be left to it (``batch_norm_train_statistics`` + ``PendingNorm``: the conv
+normalises each value it loads with bn_apply_kernel's expression and rounding), so the
+normalised tensor is never stored. Those pieces, which run inside other kernels, are in
+kernels/norm_fusion.py.
 
 Backward (2 launches): ``bn_bwd_reduce_kernel`` (sums of g and g * xhat, partials added in
 two levels: the last program of each group of partials, then the last of those per channel
@@ -37,7 +37,7 @@ block, which writes grad_weight / grad_bias and the means the input grad needs) 
 ``bn_bwd_input_kernel`` (grad_in). A fused forward activation is differentiated by
 recomputing its input from x, so nothing but x and the fp32 statistics is kept. When the
 kernel that computed g (the dgrad of the conv that reads this layer's output) stored per-tile
-sums in its epilogue (``GradSums``: conv.py, depthwise.py, linked by nn.fusion),
+sums in its epilogue (``GradSums``, norm_fusion.py; linked by nn.fusion),
 ``bn_bwd_sums_from_tiles_kernel`` adds those partials instead of reading g and x again.
 """
 
@@ -54,6 +54,13 @@ from tritoncnn import runtime
 from tritoncnn.kernels import alignment
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.elementwise import ACT_NONE, activation_grad, apply_activation
+from tritoncnn.kernels.norm_fusion import (
+    GradSums,
+    TileMoments,
+    affine_params,
+    channel_stats,
+    merge_lanes,
+)
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 from tritoncnn.kernels.tickets import last_to_finish
 from tritoncnn.kernels.tile_order import row_channel_grid, row_channel_tile
@@ -65,84 +72,6 @@ class NormConfig(NamedTuple):
     block_m: int
     block_c: int
     num_warps: int
-
-
-class TileMoments(NamedTuple):
-    """Per-tile batch-norm moments a producer kernel stored in its epilogue: ``partials`` is
-    fp32 [2, n_parts, C] (mean, M2), tile p covering rows [p*rows, (p+1)*rows) of the output's
-    M x C row matrix (module docstring). ``batch_norm_forward_train(moments=...)`` merges them
-    instead of reading the output again."""
-
-    partials: torch.Tensor
-    rows: int
-
-
-def tile_moments(m: int, c: int, rows: int) -> TileMoments:
-    """Buffers for the moments of an M x C output produced in tiles of ``rows`` rows."""
-    return TileMoments(runtime.empty((2, triton.cdiv(m, rows), c)), rows)
-
-
-class PendingNorm(NamedTuple):
-    """A training batch norm (+ fused activation) left for the consumer of its input to apply
-    as it loads: a = act((x - mean) * (invstd * weight) + bias), rounded to x's dtype, which is
-    what ``bn_apply_kernel`` would have stored (``load_pending_norm`` / ``apply_pending_norm``;
-    nn.fusion.defer_bn_into_depthwise). weight / bias None: 1 / 0."""
-
-    mean: torch.Tensor
-    invstd: torch.Tensor
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
-    act: int
-    alpha: float
-
-
-class GradSums(NamedTuple):
-    """Per-tile backward sums of a training batch norm that the kernel computing its output
-    gradient stored in its epilogue (``store_grad_sums``): ``partials`` is fp32
-    [2, n_parts, C], sum(g') and sum(g' * xhat) over disjoint sets of rows (g' is the
-    gradient through the fused activation). ``batch_norm_backward(sums=...)`` adds them
-    instead of reading g and x in a reduction pass."""
-
-    partials: torch.Tensor
-
-
-def grad_sums(n_parts: int, c: int) -> GradSums:
-    """Buffers for ``n_parts`` partial backward sums of a batch norm over ``c`` channels."""
-    return GradSums(runtime.empty((2, n_parts, c)))
-
-
-def pending_norm_args(pending: PendingNorm | None, c: int, dummy: torch.Tensor, what: str):
-    """A kernel's arguments for the batch norm of its input (``PendingNorm``: applied as it
-    loads, or recomputed for ``store_grad_sums``): the (mean, invstd, weight, bias) pointers
-    (``dummy`` for those absent), alpha, and the IN_HAS_W, IN_HAS_B, IN_ACT constexprs."""
-    if pending is None:
-        return (dummy,) * 4, 0.0, {}
-    for name in ("mean", "invstd", "weight", "bias"):
-        t = getattr(pending, name)
-        if t is not None and (t.shape != (c,) or t.dtype != torch.float32):
-            raise ValueError(
-                f"{what} batch-norm {name} must be fp32 ({c},), got {tuple(t.shape)} {t.dtype}"
-            )
-    w, b = pending.weight, pending.bias
-    ptrs = (pending.mean, pending.invstd, dummy if w is None else w, dummy if b is None else b)
-    flags = dict(IN_HAS_W=w is not None, IN_HAS_B=b is not None, IN_ACT=pending.act)
-    return ptrs, float(pending.alpha), flags
-
-
-def grad_sums_args(
-    bn: PendingNorm | None, bn_input: torch.Tensor | None, shape, dummy: torch.Tensor, what: str
-):
-    """A dgrad kernel's arguments for ``store_grad_sums``: the batch norm's input (``dummy``
-    without ``bn``; else it must have the conv input's ``shape``), then pending_norm_args'."""
-    if bn is None:
-        return (dummy, *pending_norm_args(None, 0, dummy, what))
-    if bn_input is None or tuple(bn_input.shape) != tuple(shape):
-        got = None if bn_input is None else tuple(bn_input.shape)
-        raise ValueError(
-            f"{what} the batch norm's input must have the conv input's shape {tuple(shape)}, "
-            f"got {got}"
-        )
-    return (bn_input, *pending_norm_args(bn, shape[1], dummy, what))
 
 
 # Every configuration the launch helpers can pick (the GPU tier tests each one). Wider channel
@@ -201,38 +130,6 @@ def _row_offsets(rows, HW, W, s_n, s_h, s_w, ALIGN: tl.constexpr):
 
 
 @triton.jit
-def _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR: tl.constexpr):
-    """(mean, invstd) per channel: stat is invstd itself, or a variance when STAT_IS_VAR."""
-    mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    stat = tl.load(stat_ptr + offs_c, mask=mask_c, other=1.0).to(tl.float32)
-    if STAT_IS_VAR:
-        stat = 1.0 / tl.sqrt_rn(stat + eps)
-    return mean, stat
-
-
-@triton.jit
-def _affine(
-    w_ptr,
-    b_ptr,
-    offs_c,
-    mask_c,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """(weight, bias) per channel in fp32; 1 and 0 stand in for parameters the layer lacks."""
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    else:
-        w = tl.full((BLOCK_C,), 1.0, tl.float32)
-    if HAS_BIAS:
-        b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    else:
-        b = tl.zeros((BLOCK_C,), tl.float32)
-    return w, b
-
-
-@triton.jit
 def _update_running(
     rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, unbiased, momentum,
     CUMULATIVE: tl.constexpr,
@@ -250,18 +147,6 @@ def _update_running(
     rv = (1.0 - f) * rv + f * unbiased
     tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
     tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
-
-
-@triton.jit
-def merge_lanes(lane_cnt, lane_mean, lane_m2):
-    """(mean, M2) per column of lanes (rows) that each hold a (count, mean, M2) triple, by
-    Chan's formula for all lanes at once: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)**2).
-    lane_cnt: [L] counts (a lane may be empty); lane_mean, lane_m2: [L, BLOCK_C]."""
-    n = tl.sum(lane_cnt, axis=0)
-    mean = tl.sum(lane_cnt[:, None] * lane_mean, axis=0) / n
-    spread = lane_mean - mean[None, :]
-    m2 = tl.sum(lane_m2 + lane_cnt[:, None] * spread * spread, axis=0)
-    return mean, m2
 
 
 @triton.jit
@@ -343,72 +228,6 @@ def _finalize_stats(
         _update_running(rmean_ptr, rvar_ptr, nbt_ptr, offs_c, mask_c, mean, m2 / (M - 1),
                         momentum, CUMULATIVE)
         # fmt: on
-
-
-@triton.jit
-def store_tile_moments(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, C):
-    """Epilogue of a kernel whose output tile ``y`` (rows x columns, fp32 values as stored)
-    feeds a training batch norm: store the tile's per-column (mean, M2) over its valid rows
-    (``mask_rows``) as partial ``part`` of [n_parts, C] buffers, columns ``cols``. The tile is
-    in registers, so M2 is taken about the tile's own mean (two passes, no cancellation);
-    ``bn_stats_from_tiles_kernel`` merges the partials instead of reading the tensor again."""
-    valid = mask_rows[:, None]
-    count = tl.sum(mask_rows.to(tl.float32), axis=0)
-    mean = tl.sum(tl.where(valid, y, 0.0), axis=0) / count
-    dev = tl.where(valid, y - mean[None, :], 0.0)
-    m2 = tl.sum(dev * dev, axis=0)
-    out = part.to(tl.int64) * C + cols
-    tl.store(pmean_ptr + out, mean, mask=mask_cols)
-    tl.store(pm2_ptr + out, m2, mask=mask_cols)
-
-
-@triton.jit
-def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Chan et al.'s merge of two (count, mean, M2) groups; an empty group adds nothing."""
-    n = n_a + n_b
-    share_b = tl.where(n > 0, n_b / tl.maximum(n, 1.0), 0.0)
-    delta = mean_b - mean_a
-    return n, mean_a + delta * share_b, m2_a + m2_b + delta * delta * n_a * share_b
-
-
-@triton.jit
-def store_tile_moments_one_pass(pmean_ptr, pm2_ptr, y, mask_rows, part, cols, mask_cols, C):
-    """``store_tile_moments`` in one reduction: every valid element starts as a group of one
-    (count 1, mean y, M2 0) and ``tl.reduce`` merges the groups down the rows with
-    ``_chan_combine`` (as stable as the two passes), so the tile's mean and M2 need one
-    cross-warp exchange instead of two dependent ones. For a persistent kernel, whose few
-    programs an SM have no other work to hide that latency behind (conv_pointwise's
-    ONE_PASS_MOMENTS)."""
-    valid = tl.broadcast_to(mask_rows[:, None], y.shape)
-    count = valid.to(tl.float32)
-    first = tl.where(valid, y, 0.0)
-    _, mean, m2 = tl.reduce((count, first, tl.zeros_like(first)), 0, _chan_combine)
-    out = part.to(tl.int64) * C + cols
-    tl.store(pmean_ptr + out, mean, mask=mask_cols)
-    tl.store(pm2_ptr + out, m2, mask=mask_cols)
-
-
-@triton.jit
-def load_pending_norm(
-    mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, IN_NORM: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """(mean, scale = invstd * weight, bias) per channel of a ``PendingNorm``, in fp32; scalar
-    stand-ins (nothing loaded) when not IN_NORM, for a kernel whose input needs no apply."""
-    mean, scale, b = 0.0, 0.0, 0.0
-    if IN_NORM:
-        mean, invstd = _channel_stats(mean_ptr, invstd_ptr, offs_c, mask_c, 0.0, False)
-        w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
-        scale = invstd * w
-    return mean, scale, b
-
-
-@triton.jit
-def apply_pending_norm(x, mean, scale, b, ACT: tl.constexpr, alpha, DTYPE: tl.constexpr):
-    """The values bn_apply_kernel would have stored for the [rows, channels] tile x (fp32):
-    its expression, its activation, its rounding to DTYPE (the activation dtype), as fp32."""
-    z = (x - mean[None, :]) * scale[None, :] + b[None, :]
-    return apply_activation(z, ACT, alpha).to(DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -687,8 +506,8 @@ def bn_apply_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (rows < M)[:, None] & mask_c[None, :]
 
-    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
-    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    mean, invstd = channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    w, b = affine_params(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
     scale = invstd * w
 
     c64 = offs_c.to(tl.int64)
@@ -751,61 +570,6 @@ def _finish_grad_sums(
         if ACCUMULATE_B:
             gb += tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0)
         tl.store(gb_ptr + offs_c, gb, mask=mask_c)
-
-
-@triton.jit
-def store_grad_sums(
-    psum_g_ptr, psum_gx_ptr, g, x, valid, part, cols, mask_cols, C,
-    mean_ptr, invstd_ptr, w_ptr, b_ptr, alpha,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """Epilogue of a kernel whose output tile ``g`` (rows x columns, fp32 values as stored) is
-    the gradient of a training batch norm's output (``GradSums``): store the tile's
-    per-column sum(g') and sum(g' * xhat) over the ``valid`` [rows, columns] entries as
-    partial ``part`` of two fp32 [n_parts, C] buffers, columns ``cols``.
-
-    x: the batch norm's input at the same positions (fp32). g' = g * act'(z) with z and xhat
-    recomputed from x exactly as bn_bwd_reduce_kernel does; mean_ptr, invstd_ptr (fp32 [C]
-    batch statistics), w_ptr, b_ptr (read only with HAS_WEIGHT / HAS_BIAS), ACT, alpha: the
-    batch norm's. ``bn_bwd_sums_from_tiles_kernel`` adds the partials, so the backward needs
-    no reduction pass over g and x."""
-    mean, invstd, w, b = load_grad_sums_norm(
-        mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, mask_cols, HAS_WEIGHT, HAS_BIAS, ACT, BLOCK_C
-    )
-    g, gx = grad_sums_terms(g, x, valid, mean, invstd, w, b, alpha, ACT)
-    out = part.to(tl.int64) * C + cols
-    tl.store(psum_g_ptr + out, tl.sum(g, axis=0), mask=mask_cols)
-    tl.store(psum_gx_ptr + out, tl.sum(gx, axis=0), mask=mask_cols)
-
-
-@triton.jit
-def load_grad_sums_norm(
-    mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, mask_cols,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """The batch norm's (mean, invstd, weight, bias) for ``grad_sums_terms``, fp32 per column
-    (the affine parameters only matter, and are only read, with an activation)."""
-    mean, invstd = _channel_stats(mean_ptr, invstd_ptr, cols, mask_cols, 0.0, False)
-    if ACT != 0:
-        w, b = _affine(w_ptr, b_ptr, cols, mask_cols, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
-    else:
-        w, b = invstd, invstd  # (unused)
-    return mean, invstd, w, b
-
-
-@triton.jit
-def grad_sums_terms(g, x, valid, mean, invstd, w, b, alpha, ACT: tl.constexpr):
-    """Per element of a [rows, columns] tile: g' and g' * xhat (zero where not ``valid``), the
-    terms whose column sums store_grad_sums stores; g' = g * act'(z), z and xhat recomputed
-    from the batch norm's input x as bn_bwd_reduce_kernel does."""
-    diff = x - mean[None, :]
-    if ACT != 0:
-        z = diff * (invstd * w)[None, :] + b[None, :]
-        g = activation_grad(g, z, ACT, alpha)
-    g = tl.where(valid, g, 0.0)
-    xhat = tl.where(valid, diff * invstd[None, :], 0.0)
-    return g, g * xhat
 
 
 @triton.jit
@@ -936,9 +700,9 @@ def bn_bwd_reduce_kernel(
     row0 = pid_m * ROWS
     n_rows = tl.minimum(ROWS, M - row0)
 
-    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    mean, invstd = channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
     if ACT != 0:
-        w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+        w, b = affine_params(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
         scale = invstd * w
 
     acc_g = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
@@ -1044,8 +808,8 @@ def bn_bwd_input_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (rows < M)[:, None] & mask_c[None, :]
 
-    mean, invstd = _channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
-    w, b = _affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
+    mean, invstd = channel_stats(mean_ptr, stat_ptr, offs_c, mask_c, eps, STAT_IS_VAR)
+    w, b = affine_params(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
     scale = invstd * w
 
     g_offs = _row_offsets(rows, HW, W, sg_n, sg_h, sg_w, ALIGN)[:, None] + (c64 * sg_c)[None, :]

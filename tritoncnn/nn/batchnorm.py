@@ -1,4 +1,5 @@
-"""BatchNorm1d and BatchNorm2d (kernels in kernels/norm.py).
+"""BatchNorm1d and BatchNorm2d (kernels in kernels/norm.py; the pieces other kernels fuse in
+kernels/norm_fusion.py).
 
 Parameters, buffers, state_dict keys and train/eval behaviour are torch.nn's: training (or
 eval with ``track_running_stats=False``) normalises with batch statistics; training with
@@ -18,7 +19,7 @@ import functools
 import torch
 
 from tritoncnn import runtime
-from tritoncnn.kernels import norm
+from tritoncnn.kernels import norm, norm_fusion
 from tritoncnn.kernels.elementwise import ACT_NONE
 from tritoncnn.nn.module import Module, Parameter
 
@@ -37,15 +38,15 @@ class TileMomentsLink:
     def __init__(self, bn: _BatchNorm) -> None:
         self.bn = bn
         self._output: torch.Tensor | None = None
-        self._moments: norm.TileMoments | None = None
+        self._moments: norm_fusion.TileMoments | None = None
 
     def wanted(self) -> bool:
         return self.bn.uses_batch_stats() and self.bn._sync_world() == 1
 
-    def publish(self, output: torch.Tensor, moments: norm.TileMoments) -> None:
+    def publish(self, output: torch.Tensor, moments: norm_fusion.TileMoments) -> None:
         self._output, self._moments = output, moments
 
-    def take(self, x: torch.Tensor) -> norm.TileMoments | None:
+    def take(self, x: torch.Tensor) -> norm_fusion.TileMoments | None:
         moments = self._moments if self._output is x else None
         self._output = self._moments = None  # hold no tensor past this step's use
         return moments
@@ -56,24 +57,24 @@ class PendingNormLink:
     output (set up by ``nn.fusion.defer_bn_into_depthwise``).
 
     In a batch-statistics forward the BatchNorm only takes the statistics, ``publish``es
-    (its input, norm.PendingNorm) and returns its input unchanged; the conv ``take``s them for
-    its input and normalises as it loads (kernels/depthwise.py, IN_NORM). A conv handed any
-    other tensor while an apply is pending raises: that tensor would be missing the batch
-    norm. Eval with running statistics applies as usual.
+    (its input, norm_fusion.PendingNorm) and returns its input unchanged; the conv ``take``s
+    them for its input and normalises as it loads (kernels/depthwise.py, IN_NORM). A conv
+    handed any other tensor while an apply is pending raises: that tensor would be missing
+    the batch norm. Eval with running statistics applies as usual.
     """
 
     def __init__(self, bn: _BatchNorm, conv) -> None:
         self.bn, self.conv = bn, conv
         self._input: torch.Tensor | None = None
-        self._pending: norm.PendingNorm | None = None
+        self._pending: norm_fusion.PendingNorm | None = None
 
     def wanted(self) -> bool:
         return self.bn.uses_batch_stats() and self.bn._sync_world() == 1
 
-    def publish(self, x: torch.Tensor, pending: norm.PendingNorm) -> None:
+    def publish(self, x: torch.Tensor, pending: norm_fusion.PendingNorm) -> None:
         self._input, self._pending = x, pending
 
-    def take(self, x: torch.Tensor) -> norm.PendingNorm | None:
+    def take(self, x: torch.Tensor) -> norm_fusion.PendingNorm | None:
         pending, published = self._pending, self._input
         self._input = self._pending = None  # hold no tensor past this step's use
         if pending is not None and published is not x:
@@ -90,7 +91,7 @@ class GradSumsLink:
     output stored in its epilogue (set up by ``nn.fusion.link_bn_grad_sums``).
 
     The BatchNorm's batch-statistics forward ``record``s (its output, its input, a
-    norm.PendingNorm of its statistics, parameters and activation); the conv's backward
+    norm_fusion.PendingNorm of its statistics, parameters and activation); the conv's backward
     ``request``s them for its own input, launches the sums-storing dgrad only if that input is
     the very tensor recorded, and ``publish``es (input gradient, sums); the BatchNorm's
     backward ``take``s the sums only for that very gradient tensor. Anything else (eval, a
@@ -102,27 +103,29 @@ class GradSumsLink:
         self.bn, self.conv = bn, conv
         self._output: torch.Tensor | None = None
         self._input: torch.Tensor | None = None
-        self._norm: norm.PendingNorm | None = None
+        self._norm: norm_fusion.PendingNorm | None = None
         self._grad: torch.Tensor | None = None
-        self._sums: norm.GradSums | None = None
+        self._sums: norm_fusion.GradSums | None = None
 
-    def record(self, output, x, bn: norm.PendingNorm | None) -> None:
+    def record(self, output, x, bn: norm_fusion.PendingNorm | None) -> None:
         """The BatchNorm's forward: its output and input and, for batch statistics of one
         process, their PendingNorm (None otherwise: no sums this step)."""
         self._output, self._input, self._norm = output, x, bn
         self._grad = self._sums = None
 
-    def request(self, conv_input: torch.Tensor) -> tuple[torch.Tensor, norm.PendingNorm] | None:
+    def request(
+        self, conv_input: torch.Tensor
+    ) -> tuple[torch.Tensor, norm_fusion.PendingNorm] | None:
         """(the BatchNorm's input, its PendingNorm) when ``conv_input`` is its recorded output."""
         if self._norm is None or self._output is not conv_input:
             return None
         return self._input, self._norm
 
-    def publish(self, grad: torch.Tensor, sums: norm.GradSums) -> None:
+    def publish(self, grad: torch.Tensor, sums: norm_fusion.GradSums) -> None:
         self._grad, self._sums = grad, sums
         self._output = self._input = self._norm = None  # hold no tensor past this step's use
 
-    def take(self, grad_out: torch.Tensor) -> norm.GradSums | None:
+    def take(self, grad_out: torch.Tensor) -> norm_fusion.GradSums | None:
         sums = self._sums if self._grad is grad_out else None
         self._grad = self._sums = None
         return sums
@@ -251,7 +254,7 @@ class _BatchNorm(Module):
                     self.eps,
                     moments=moments,
                 )
-                pending = norm.PendingNorm(mean, invstd, w, b, self.act, self.act_alpha)
+                pending = norm_fusion.PendingNorm(mean, invstd, w, b, self.act, self.act_alpha)
                 self.pending_link.publish(x, pending)
                 self._saved = (x, True, mean, invstd)
                 self._record_for_grad_sums(x, x, (mean, invstd))
@@ -301,7 +304,11 @@ class _BatchNorm(Module):
         (mean, invstd)."""
         if self.grad_sums_link is not None:
             w, b = self._params()
-            bn = None if stats is None else norm.PendingNorm(*stats, w, b, self.act, self.act_alpha)
+            bn = (
+                None
+                if stats is None
+                else norm_fusion.PendingNorm(*stats, w, b, self.act, self.act_alpha)
+            )
             self.grad_sums_link.record(y, x, bn)
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,13 @@ costs what BN alone costs.
 Conv -> BatchNorm is the other: in training the BatchNorm's statistics pass reads the whole
 conv output once more. Linked (``link_conv_bn_moments``), the conv's epilogue stores per-tile
 (mean, M2) of the tile it just computed, and the BatchNorm merges those few partials instead
-(kernels/norm.py, ``TileMoments``): one full read of the activation less per layer.
+(kernels/norm_fusion.py, ``TileMoments``): one full read of the activation less per layer.
 
 BatchNorm -> (activation ->) depthwise conv, MobileNetV2's expand layers: deferred
 (``defer_bn_into_depthwise``), the BatchNorm's training forward takes only the statistics and
 returns its input; the depthwise conv normalises (and activates) each value as it loads it, in
-its forward and its weight gradient (norm.PendingNorm), so the normalised tensor is never
-written or read: one write and one read of the activation less per layer.
+its forward and its weight gradient (norm_fusion.PendingNorm), so the normalised tensor is
+never written or read: one write and one read of the activation less per layer.
 
 A residual block's last BatchNorm -> skip add (-> activation): fused
 (``fuse_residual_adds``), the BatchNorm's apply pass reads the skip tensor and writes the
@@ -31,8 +31,8 @@ kernel reads the gradient and the output to write the masked gradient.
 
 BatchNorm -> (activation ->) any conv, in the backward: linked (``link_bn_grad_sums``), the
 conv's dgrad, which computes the BatchNorm's output gradient tile by tile, also stores each
-tile's sum(g') and sum(g' * xhat) (norm.GradSums), and the BatchNorm's backward adds those
-partials instead of reading g and x in a reduction pass: one read of both less per layer.
+tile's sum(g') and sum(g' * xhat) (norm_fusion.GradSums), and the BatchNorm's backward adds
+those partials instead of reading g and x in a reduction pass: one read of both less per layer.
 
 The module tree is unchanged: the activation module stays in its place, flagged ``fused`` (it
 then passes values and gradients through), so ``state_dict`` keys, ``to_torch`` twins (BN and
