@@ -155,14 +155,15 @@ def test_applicability():
 
 
 def test_programs_per_sm_by_reduction():
-    """resident_per_sm reads a tile's fewer_at at its BLOCK_K and moments epilogue only (the
+    """resident_per_sm reads a tile's per_sm_at at its BLOCK_K and moments epilogue only (the
     registers ptxas gives it there: test_ptx.py), and per_sm_sums with the dgrad's sums."""
-    plain, _, small, deep = pw.POINTWISE_CONFIGS
-    assert [pw.resident_per_sm(small, k) for k in (16, 24, 64, 96)] == [5, 5, 4, 5]
+    plain, wide, small, deep = pw.POINTWISE_CONFIGS
+    assert [pw.resident_per_sm(small, k) for k in (16, 24, 64, 96)] == [7, 6, 5, 6]
     assert pw.resident_per_sm(small, 64, one_pass=True) == 4
     assert pw.resident_per_sm(small, 64, sums=True) == small.per_sm_sums == 2
     assert pw.resident_per_sm(plain, 64) == 3 and pw.resident_per_sm(plain, 33) == 3
     assert pw.resident_per_sm(plain, 64, one_pass=True) == 2
+    assert pw.resident_per_sm(wide, 16) == 2 and pw.resident_per_sm(wide, 24) == 1
     assert pw.resident_per_sm(deep, 48) == 2 and pw.resident_per_sm(deep, 32) == 3
 
 

@@ -245,10 +245,12 @@ report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 from tritoncnn.kernels.conv_pointwise import POINTWISE_CONFIGS
 out = []
-for config, c_in, c_out, one_pass in json.loads(sys.argv[2]):
+for config, c_in, c_out, epilogue in json.loads(sys.argv[2]):
     cfg = POINTWISE_CONFIGS[config]
-    args = report.pointwise_args(512, c_in, c_out, 32, cfg, one_pass=one_pass)
-    compiled = report.compile_kernel(*args, cfg.num_warps, cfg.num_stages)
+    kernel, ptrs, ints, const = report.pointwise_args(512, c_in, c_out, 32, cfg,
+                                                      one_pass=epilogue == "one_pass")
+    const["MOMENTS"] = epilogue != "plain"
+    compiled = report.compile_kernel(kernel, ptrs, ints, const, cfg.num_warps, cfg.num_stages)
     ptx = compiled.asm["ptx"]
     out.append({**report.ptxas_usage(ptx), "shared_bytes": compiled.metadata.shared,
                 "cp_async": "cp.async.commit_group" in ptx, "wgmma": "wgmma.mma_async" in ptx})
@@ -258,35 +260,38 @@ print(json.dumps(out))
 
 def test_pointwise_tiles_fit_their_programs_per_sm():
     """conv_pointwise's tiles compile for sm_90, at every BLOCK_K the kernel takes (16 to
-    128) and with the forward's BN moments in two passes and in one (ONE_PASS_MOMENTS), with
-    their row tiles in the cp.async pipeline, no spills, registers for the programs per SM
-    ``resident_per_sm`` launches (a program beyond those would be a second wave of persistent
-    programs: at BLOCK_K = 64 three tiles take more registers than elsewhere), and no more
-    shared memory than PointwiseConfig.smem_bytes counts (what the launch divides the SM's
-    by). All compiled in one fresh process (see ``_halo_reports``)."""
+    128), as the forward with its BN moments in two passes and in one (ONE_PASS_MOMENTS)
+    and as the dgrad (no moments), with their row tiles in the cp.async pipeline, no spills
+    and no more shared memory than PointwiseConfig.smem_bytes counts (what the launch
+    divides the SM's by). ``resident_per_sm``'s count before shared memory (per_sm /
+    per_sm_at) is exactly the programs the forward's registers leave room for (one more
+    would be a second wave of persistent programs, one fewer an idle share of the SM), and
+    fits the dgrad's. All compiled in one fresh process (see ``_halo_reports``)."""
     from tritoncnn.kernels import conv_pointwise
 
     cases = [
-        (config, c_in, 144, one_pass)
+        (config, c_in, 144, epilogue)
         for config in range(len(POINTWISE_CONFIGS))
         for c_in in (16, 24, 64, 128)
-        for one_pass in (False, True)
+        for epilogue in ("two_pass", "one_pass", "plain")
     ]
     reports = _compile_batch(_POINTWISE_BATCH, cases)
     failed = []
-    for (config, c_in, _, one_pass), report in zip(cases, reports, strict=True):
+    for (config, c_in, _, epilogue), report in zip(cases, reports, strict=True):
         cfg = POINTWISE_CONFIGS[config]
+        one_pass = epilogue == "one_pass"
         per_sm = conv_pointwise.resident_per_sm(cfg, c_in, one_pass=one_pass)
         registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
+        room = 65536 // (32 * cfg.num_warps * registers)
         smem = cfg.smem_bytes(conv_pointwise.reduction_block(c_in))
         if not (
             report["cp_async"]
             and report["wgmma"]
             and report["spill_bytes"] == 0
-            and per_sm * 32 * cfg.num_warps * registers <= 65536
+            and (per_sm <= room if epilogue == "plain" else per_sm == room)
             and report["shared_bytes"] <= smem
         ):
-            failed.append((config, c_in, one_pass, per_sm, report))
+            failed.append((config, c_in, epilogue, per_sm, room, report))
     assert not failed, failed
 
 

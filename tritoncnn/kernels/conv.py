@@ -272,7 +272,10 @@ def conv2d_fwd_kernel(
     tl.store(y_ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
     if MOMENTS:
         # fmt: off
-        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, pid_m, co, mask_n,
+        # (the count reduced from the mask, not computed: ptxas then fits this kernel in
+        # fewer registers, 126 against 136 at 128 x 64 x 32 on a 3x3: 4 programs an SM, not 3)
+        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m,
+                           tl.sum(mask_m.to(tl.float32), axis=0), pid_m, co, mask_n,
                            C_out_g * tl.num_programs(1))
         # fmt: on
 

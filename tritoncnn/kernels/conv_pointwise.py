@@ -80,8 +80,8 @@ class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
     per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_sums:
     GRAD_SUMS, whose per-channel terms and tiles take registers; None: a tile that never
-    stores them, not in SUMS_CONFIGS); fewer_at: (BLOCK_K, one-pass moments, programs) for
-    the reductions where ptxas gives the tile more registers than per_sm allows. The launch
+    stores them, not in SUMS_CONFIGS); per_sm_at: (BLOCK_K, one-pass moments, programs) for
+    the reductions where its registers leave room for another count than per_sm. The launch
     lowers it where shared memory allows fewer (``resident_per_sm``); a dataclass, as the
     autotuner's cache wants."""
 
@@ -91,7 +91,7 @@ class PointwiseConfig:
     num_stages: int
     per_sm: int
     per_sm_sums: int | None = None
-    fewer_at: tuple[tuple[int, bool, int], ...] = ()
+    per_sm_at: tuple[tuple[int, bool, int], ...] = ()
 
     def smem_bytes(self, block_k: int, sums: bool = False) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
@@ -104,24 +104,30 @@ class PointwiseConfig:
         return 2 * (a + block_k * self.block_n + self.block_m * self.block_n + xn)
 
 
-# per_sm from ptxas's registers for sm_90 (2026-12-07, C_in 16-128): 128 x 64 on 4 warps
-# 127-160 (3 programs of 128 threads), 128 x 128 on 8 warps 175-195 (1 of 256), 64 x 64 on
-# 4 warps 80-95 (5); with GRAD_SUMS (K 24-128) the 128-row tiles spill (255 registers + 136
-# bytes at 128 x 64, + 216 at 128 x 128) and 64 x 64 takes 172-211 (2). A program beyond
-# those would start only when one finishes, and every program walks the same number of row
-# tiles: a second wave as long as the first. At BLOCK_K = 64 (and only there: 2026-12-08,
-# triton 3.6, tests/test_ptx.py checks every BLOCK_K) three tiles take more: 64 x 64 122
-# registers (4 programs), the 4-stage 128 x 64 190 (2), and 128 x 64 with the one-pass
-# moments 171 (2).
-# The last has a deeper row-tile pipeline (ptxas: the same 135-138 registers, two A tiles in
-# flight instead of one, 44 KiB at C_in 24); an autotuning candidate: on an H100 it was the
-# best pointwise tile (or tied) on 5 of MobileNetV2's 11 short-K ops at 32x32 / 16x16 and up
-# to 13% behind the best elsewhere (2026-12-07).
+# per_sm / per_sm_at: the programs of 128 / 256 threads that ptxas's registers (sm_90, triton
+# 3.6, 2026-12-08) leave room for, with the forward's BN moments (the dgrad use, without
+# them, takes fewer registers); tests/test_ptx.py compiles every tile at every BLOCK_K with
+# both moments epilogues and checks each count is exactly what fits. A program beyond those
+# would start only when one finishes, and every program walks the same number of row tiles:
+# a second wave as long as the first; one fewer leaves an SM's room idle. Registers, two-pass
+# / one-pass moments at BLOCK_K 16, 32, 64, 128: 128 x 64 128/120, 138/166, 168/171,
+# 138/163; 128 x 128 (8 warps) 128/128, 144/128, 150/184, 167/206; 64 x 64 72/72, 78/80,
+# 96/116, 78/78; the 4-stage 128 x 64 128/120, 138/166, 209/195, 138/163. With GRAD_SUMS
+# (K 24-128) the 128-row tiles spill (255 registers + 136 bytes at 128 x 64, + 216 at 128 x
+# 128) and 64 x 64 takes 172-211 (2).
+# The last has a deeper row-tile pipeline (two A tiles in flight instead of one, 44 KiB at
+# C_in 24); an autotuning candidate: on an H100 it was the best pointwise tile (or tied) on
+# 5 of MobileNetV2's 11 short-K ops at 32x32 / 16x16 and up to 13% behind the best
+# elsewhere (2026-12-07).
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
-    PointwiseConfig(128, 64, 4, 3, 3, fewer_at=((64, True, 2),)),
-    PointwiseConfig(128, 128, 8, 3, 1),
-    PointwiseConfig(64, 64, 4, 4, 5, 2, fewer_at=((64, False, 4), (64, True, 4))),
-    PointwiseConfig(128, 64, 4, 4, 3, fewer_at=((64, False, 2), (64, True, 2))),
+    PointwiseConfig(128, 64, 4, 3, 3, per_sm_at=((16, False, 4), (16, True, 4), (64, True, 2))),
+    PointwiseConfig(128, 128, 8, 3, 1, per_sm_at=((16, False, 2), (16, True, 2), (32, True, 2))),
+    PointwiseConfig(
+        64, 64, 4, 4, 6, 2, per_sm_at=((16, False, 7), (16, True, 7), (64, False, 5), (64, True, 4))
+    ),
+    PointwiseConfig(
+        128, 64, 4, 4, 3, per_sm_at=((16, False, 4), (16, True, 4), (64, False, 2), (64, True, 2))
+    ),
 )
 # The tiles that store the dgrad's batch-norm sums without spilling.
 SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
@@ -136,7 +142,7 @@ def resident_per_sm(
     cfg: PointwiseConfig, c_in: int, sums: bool = False, one_pass: bool = False
 ) -> int:
     """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_sums with the
-    dgrad's batch-norm sums; fewer_at's count at this reduction, with the moments in
+    dgrad's batch-norm sums; per_sm_at's count at this reduction, with the moments in
     ``one_pass`` or not), or fewer where their shared memory (228 KiB an SM on sm_90) runs
     out first."""
     per_sm = cfg.per_sm
@@ -144,7 +150,7 @@ def resident_per_sm(
         per_sm = cfg.per_sm_sums
     elif not sums:
         block_k = reduction_block(c_in)
-        per_sm = next((n for k, p, n in cfg.fewer_at if (k, p) == (block_k, one_pass)), per_sm)
+        per_sm = next((n for k, p, n in cfg.per_sm_at if (k, p) == (block_k, one_pass)), per_sm)
     if runtime.INTERPRETED:
         return per_sm
     fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in), sums) + 1024)
@@ -272,8 +278,9 @@ def pointwise_fwd_kernel(
                 store_tile_moments_one_pass(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part,
                                             cols, mask_n, C_out)
             else:
-                store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m, part, cols,
-                                   mask_n, C_out)
+                store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), mask_m,
+                                   tl.minimum(M - tile * BLOCK_M, BLOCK_M), part, cols, mask_n,
+                                   C_out)
             # fmt: on
 
 

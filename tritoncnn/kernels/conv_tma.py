@@ -186,8 +186,9 @@ def conv2d_tma_kernel(
     out_desc.store([row0, col0], out)
     if MOMENTS:
         mask_m = row0 + tl.arange(0, BLOCK_M) < M
-        store_tile_moments(pmean_ptr, pm2_ptr, out.to(tl.float32), mask_m, pid_m, cols, mask_n,
-                           C_cols)  # fmt: skip
+        count = tl.sum(mask_m.to(tl.float32), axis=0)
+        store_tile_moments(pmean_ptr, pm2_ptr, out.to(tl.float32), mask_m, count, pid_m, cols,
+                           mask_n, C_cols)  # fmt: skip
 
 
 @triton.jit

@@ -233,7 +233,8 @@ def depthwise_fwd_kernel(
     )
     if MOMENTS:
         # fmt: off
-        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), p_mask, pid_p, c, c_mask, C)
+        store_tile_moments(pmean_ptr, pm2_ptr, y.to(tl.float32), p_mask,
+                           tl.sum(p_mask.to(tl.float32), axis=0), pid_p, c, c_mask, C)
         # fmt: on
 
 
