@@ -81,10 +81,9 @@ def tile_label(cfg, tma: bool, halo: bool) -> str:
         split = "" if cfg[1] is None else f" k{cfg[1]}"
         return tile_label(cfg[0], tma, halo) + split
     if isinstance(cfg, conv_pointwise.PointwiseConfig):
-        return (
-            f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} p{cfg.per_sm} "
-            "pointwise"
-        )
+        # (its programs per SM depend on the reduction: conv_pointwise.resident_per_sm; the
+        # CSVs before 2026-12-08's sixteenth session named the tile's one count, e.g. "p3")
+        return f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} pointwise"
     return (
         f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} w{cfg.num_warps} s{cfg.num_stages}"
         + (" tma" if tma else "")

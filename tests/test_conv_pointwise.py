@@ -13,7 +13,7 @@ from tritoncnn.kernels import conv_pointwise as pw
 from tritoncnn.kernels.elementwise import ACT_NONE, ACT_RELU6
 
 # (on the CPU tier, small tiles: the interpreter runs one program, which walks every row tile)
-CPU_CONFIG = pw.PointwiseConfig(16, 32, 4, 2, 4)
+CPU_CONFIG = pw.PointwiseConfig(16, 32, 4, 2, (4,) * 4, (4,) * 4, (4,) * 4, per_sm_sums=4)
 
 
 def _run(n, c_in, c_out, hw, dtype, cfg, bias=True, act=ACT_NONE, fp32_weight=False):
@@ -155,16 +155,19 @@ def test_applicability():
 
 
 def test_programs_per_sm_by_reduction():
-    """resident_per_sm reads a tile's per_sm_at at its BLOCK_K and moments epilogue only (the
-    registers ptxas gives it there: test_ptx.py), and per_sm_sums with the dgrad's sums."""
+    """resident_per_sm reads a tile's count for its use at its BLOCK_K (the registers ptxas
+    gives it there: test_ptx.py); a tile without a sums count refuses the sums use."""
     plain, wide, small, deep = pw.POINTWISE_CONFIGS
     assert [pw.resident_per_sm(small, k) for k in (16, 24, 64, 96)] == [7, 6, 5, 6]
-    assert pw.resident_per_sm(small, 64, one_pass=True) == 4
-    assert pw.resident_per_sm(small, 64, sums=True) == small.per_sm_sums == 2
+    assert pw.resident_per_sm(small, 64, "one_pass") == 4
+    assert [pw.resident_per_sm(small, k, "plain") for k in (9, 64)] == [8, 5]
+    assert pw.resident_per_sm(small, 64, "sums") == small.per_sm_sums == 2
     assert pw.resident_per_sm(plain, 64) == 3 and pw.resident_per_sm(plain, 33) == 3
-    assert pw.resident_per_sm(plain, 64, one_pass=True) == 2
+    assert pw.resident_per_sm(plain, 64, "one_pass") == 2
     assert pw.resident_per_sm(wide, 16) == 2 and pw.resident_per_sm(wide, 24) == 1
     assert pw.resident_per_sm(deep, 48) == 2 and pw.resident_per_sm(deep, 32) == 3
+    with pytest.raises(ValueError, match="sums"):
+        pw.resident_per_sm(plain, 24, "sums")
 
 
 def test_conv2d_forward_takes_it_when_enabled(monkeypatch):

@@ -109,7 +109,7 @@ def test_pointwise_dgrad_stores_bn_sums(dtype, act, affine, monkeypatch):
     plain dgrad's, and conv2d_dgrad_grad_sums sends a linked 1x1 there when enabled."""
     from tritoncnn.kernels import conv_pointwise as pw
 
-    cfg = pw.PointwiseConfig(16, 32, 4, 2, 4)
+    cfg = pw.PointwiseConfig(16, 32, 4, 2, (4,) * 4, (4,) * 4, (4,) * 4, per_sm_sums=4)
     x = randn(2, 40, 5, 3, dtype=dtype, channels_last=True) * 2 + 0.5  # BN input
     bn = _bn(x, act, affine)
     weight = randn(24, 40, 1, 1).to(dtype) / 40**0.5

@@ -263,24 +263,23 @@ def test_pointwise_tiles_fit_their_programs_per_sm():
     128), as the forward with its BN moments in two passes and in one (ONE_PASS_MOMENTS)
     and as the dgrad (no moments), with their row tiles in the cp.async pipeline, no spills
     and no more shared memory than PointwiseConfig.smem_bytes counts (what the launch
-    divides the SM's by). ``resident_per_sm``'s count before shared memory (per_sm /
-    per_sm_at) is exactly the programs the forward's registers leave room for (one more
-    would be a second wave of persistent programs, one fewer an idle share of the SM), and
-    fits the dgrad's. All compiled in one fresh process (see ``_halo_reports``)."""
+    divides the SM's by). ``resident_per_sm``'s count for each use before shared memory is
+    exactly the programs its registers leave room for (one more would be a second wave of
+    persistent programs, one fewer an idle share of the SM). All compiled in one fresh
+    process (see ``_halo_reports``)."""
     from tritoncnn.kernels import conv_pointwise
 
     cases = [
         (config, c_in, 144, epilogue)
         for config in range(len(POINTWISE_CONFIGS))
         for c_in in (16, 24, 64, 128)
-        for epilogue in ("two_pass", "one_pass", "plain")
+        for epilogue in ("moments", "one_pass", "plain")
     ]
     reports = _compile_batch(_POINTWISE_BATCH, cases)
     failed = []
     for (config, c_in, _, epilogue), report in zip(cases, reports, strict=True):
         cfg = POINTWISE_CONFIGS[config]
-        one_pass = epilogue == "one_pass"
-        per_sm = conv_pointwise.resident_per_sm(cfg, c_in, one_pass=one_pass)
+        per_sm = conv_pointwise.resident_per_sm(cfg, c_in, epilogue)
         registers = -(-report["registers"] // 8) * 8  # allocated in steps of 8
         room = 65536 // (32 * cfg.num_warps * registers)
         smem = cfg.smem_bytes(conv_pointwise.reduction_block(c_in))
@@ -288,7 +287,7 @@ def test_pointwise_tiles_fit_their_programs_per_sm():
             report["cp_async"]
             and report["wgmma"]
             and report["spill_bytes"] == 0
-            and (per_sm <= room if epilogue == "plain" else per_sm == room)
+            and per_sm == room
             and report["shared_bytes"] <= smem
         ):
             failed.append((config, c_in, epilogue, per_sm, room, report))
@@ -309,7 +308,7 @@ def test_pointwise_dgrad_bn_sums_tile_does_not_spill(k, cols):
         report = _report("fwd_pointwise", k, cols, 1, "--config", index, "--epilogue", "bn_sums")
         assert report["wgmma"] > 0 and report["spill_bytes"] == 0, report
         registers = -(-report["registers"] // 8) * 8
-        per_sm = conv_pointwise.resident_per_sm(cfg, k, sums=True)
+        per_sm = conv_pointwise.resident_per_sm(cfg, k, "sums")
         assert per_sm * 32 * cfg.num_warps * registers <= 65536, report
         smem = cfg.smem_bytes(conv_pointwise.reduction_block(k), sums=True)
         assert report["shared_bytes"] <= smem, report

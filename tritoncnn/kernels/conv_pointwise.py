@@ -75,23 +75,29 @@ ONE_PASS_MOMENTS: bool = os.environ.get("TRITONCNN_ONE_PASS_MOMENTS", "0") == "1
 MAX_C_IN = 128
 
 
+# The reductions (BLOCK_K) the kernel compiles for: C_in 1-128 rounded up (reduction_block).
+BLOCK_KS = (16, 32, 64, 128)
+
+
 @dataclass(frozen=True)
 class PointwiseConfig:
     """Row tile, column block, warps, pipeline stages of the row-tile loop, and the programs
-    per SM its registers allow, plain and with the dgrad's batch-norm sums (per_sm_sums:
-    GRAD_SUMS, whose per-channel terms and tiles take registers; None: a tile that never
-    stores them, not in SUMS_CONFIGS); per_sm_at: (BLOCK_K, one-pass moments, programs) for
-    the reductions where its registers leave room for another count than per_sm. The launch
-    lowers it where shared memory allows fewer (``resident_per_sm``); a dataclass, as the
-    autotuner's cache wants."""
+    per SM its registers leave room for at each BLOCK_K of BLOCK_KS: per_sm for the forward
+    with its BN moments (two passes), per_sm_one_pass with them in one (ONE_PASS_MOMENTS),
+    per_sm_plain for the dgrad use without them; per_sm_sums (any BLOCK_K) for the dgrad
+    with the batch norm's sums (GRAD_SUMS, whose per-channel terms and tiles take registers;
+    None: a tile that never stores them, not in SUMS_CONFIGS). The launch lowers it where
+    shared memory allows fewer (``resident_per_sm``); a dataclass, as the autotuner's cache
+    wants."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    per_sm: int
+    per_sm: tuple[int, int, int, int]
+    per_sm_one_pass: tuple[int, int, int, int]
+    per_sm_plain: tuple[int, int, int, int]
     per_sm_sums: int | None = None
-    per_sm_at: tuple[tuple[int, bool, int], ...] = ()
 
     def smem_bytes(self, block_k: int, sums: bool = False) -> int:
         """Shared memory of a program: the pipelined A tiles, the weight block and the
@@ -104,30 +110,25 @@ class PointwiseConfig:
         return 2 * (a + block_k * self.block_n + self.block_m * self.block_n + xn)
 
 
-# per_sm / per_sm_at: the programs of 128 / 256 threads that ptxas's registers (sm_90, triton
-# 3.6, 2026-12-08) leave room for, with the forward's BN moments (the dgrad use, without
-# them, takes fewer registers); tests/test_ptx.py compiles every tile at every BLOCK_K with
-# both moments epilogues and checks each count is exactly what fits. A program beyond those
-# would start only when one finishes, and every program walks the same number of row tiles:
-# a second wave as long as the first; one fewer leaves an SM's room idle. Registers, two-pass
-# / one-pass moments at BLOCK_K 16, 32, 64, 128: 128 x 64 128/120, 138/166, 168/171,
-# 138/163; 128 x 128 (8 warps) 128/128, 144/128, 150/184, 167/206; 64 x 64 72/72, 78/80,
-# 96/116, 78/78; the 4-stage 128 x 64 128/120, 138/166, 209/195, 138/163. With GRAD_SUMS
-# (K 24-128) the 128-row tiles spill (255 registers + 136 bytes at 128 x 64, + 216 at 128 x
-# 128) and 64 x 64 takes 172-211 (2).
+# The programs per SM: those of 128 / 256 threads that ptxas's registers (sm_90, triton 3.6,
+# 2026-12-08) leave room for; tests/test_ptx.py compiles every tile at every BLOCK_K in each
+# use and checks each count is exactly what fits. A program beyond those would start only
+# when one finishes, and every program walks the same number of row tiles: a second wave as
+# long as the first; one fewer leaves a share of every SM idle. Registers, two-pass moments /
+# one-pass / plain at BLOCK_K 16, 32, 64, 128: 128 x 64 128/120/96, 138/166/91, 168/171/156,
+# 138/163/92; 128 x 128 (8 warps) 128/128/106, 144/128/106, 150/184/104, 167/206/152; 64 x
+# 64 72/72/58, 78/80/58, 96/116/90, 78/78/58; the 4-stage 128 x 64 128/120/96,
+# 138/166/91, 209/195/164, 138/163/92. With GRAD_SUMS (K 24-128) the 128-row tiles spill
+# (255 registers + 136 bytes at 128 x 64, + 216 at 128 x 128) and 64 x 64 takes 172-211 (2).
 # The last has a deeper row-tile pipeline (two A tiles in flight instead of one, 44 KiB at
 # C_in 24); an autotuning candidate: on an H100 it was the best pointwise tile (or tied) on
 # 5 of MobileNetV2's 11 short-K ops at 32x32 / 16x16 and up to 13% behind the best
 # elsewhere (2026-12-07).
 POINTWISE_CONFIGS: tuple[PointwiseConfig, ...] = (
-    PointwiseConfig(128, 64, 4, 3, 3, per_sm_at=((16, False, 4), (16, True, 4), (64, True, 2))),
-    PointwiseConfig(128, 128, 8, 3, 1, per_sm_at=((16, False, 2), (16, True, 2), (32, True, 2))),
-    PointwiseConfig(
-        64, 64, 4, 4, 6, 2, per_sm_at=((16, False, 7), (16, True, 7), (64, False, 5), (64, True, 4))
-    ),
-    PointwiseConfig(
-        128, 64, 4, 4, 3, per_sm_at=((16, False, 4), (16, True, 4), (64, False, 2), (64, True, 2))
-    ),
+    PointwiseConfig(128, 64, 4, 3, (4, 3, 3, 3), (4, 3, 2, 3), (5, 5, 3, 5)),
+    PointwiseConfig(128, 128, 8, 3, (2, 1, 1, 1), (2, 2, 1, 1), (2, 2, 2, 1)),
+    PointwiseConfig(64, 64, 4, 4, (7, 6, 5, 6), (7, 6, 4, 6), (8, 8, 5, 8), per_sm_sums=2),
+    PointwiseConfig(128, 64, 4, 4, (4, 3, 2, 3), (4, 3, 2, 3), (5, 5, 3, 5)),
 )
 # The tiles that store the dgrad's batch-norm sums without spilling.
 SUMS_CONFIGS: tuple[PointwiseConfig, ...] = (POINTWISE_CONFIGS[2],)
@@ -138,22 +139,24 @@ def reduction_block(c_in: int) -> int:
     return max(16, triton.next_power_of_2(c_in))
 
 
-def resident_per_sm(
-    cfg: PointwiseConfig, c_in: int, sums: bool = False, one_pass: bool = False
-) -> int:
-    """Programs of ``cfg`` that fit on one SM at once: its per_sm (per_sm_sums with the
-    dgrad's batch-norm sums; per_sm_at's count at this reduction, with the moments in
-    ``one_pass`` or not), or fewer where their shared memory (228 KiB an SM on sm_90) runs
-    out first."""
-    per_sm = cfg.per_sm
-    if sums and cfg.per_sm_sums is not None:
-        per_sm = cfg.per_sm_sums
-    elif not sums:
-        block_k = reduction_block(c_in)
-        per_sm = next((n for k, p, n in cfg.per_sm_at if (k, p) == (block_k, one_pass)), per_sm)
+def resident_per_sm(cfg: PointwiseConfig, c_in: int, use: str = "moments") -> int:
+    """Programs of ``cfg`` that fit on one SM at once in ``use`` ("moments": the forward
+    with its BN moments, "one_pass": with them in one reduction, "plain": the dgrad without
+    them, "sums": with the dgrad's batch-norm sums), or fewer where their shared memory (228
+    KiB an SM on sm_90) runs out first."""
+    block_k = reduction_block(c_in)
+    at = BLOCK_KS.index(block_k)
+    per_sm = {
+        "moments": cfg.per_sm[at],
+        "one_pass": cfg.per_sm_one_pass[at],
+        "plain": cfg.per_sm_plain[at],
+        "sums": cfg.per_sm_sums,
+    }[use]
+    if per_sm is None:
+        raise ValueError(f"pointwise tile {cfg} does not store batch-norm sums")
     if runtime.INTERPRETED:
         return per_sm
-    fit = sm_shared_bytes() // (cfg.smem_bytes(reduction_block(c_in), sums) + 1024)
+    fit = sm_shared_bytes() // (cfg.smem_bytes(block_k, use == "sums") + 1024)
     return max(1, min(per_sm, fit))
 
 
@@ -340,7 +343,8 @@ def _launch(x, weight, bias, out, act, alpha, moments, cfg, bn, bn_input):
     sum_parts = sums.partials if sums is not None else (out, out)
     col_blocks = triton.cdiv(c_out, cfg.block_n)
     one_pass = moments and ONE_PASS_MOMENTS
-    per_sm = resident_per_sm(cfg, c_in, bn is not None, one_pass)
+    use = "one_pass" if one_pass else "moments" if moments else "plain"
+    per_sm = resident_per_sm(cfg, c_in, "sums" if bn is not None else use)
     programs = max(1, min(row_tiles, per_sm * runtime.sm_count() // col_blocks))
     pointwise_fwd_kernel[(programs, col_blocks)](
         x, weight, weight if bias is None else bias, out, parts[0], parts[1], *norm_ptrs,
