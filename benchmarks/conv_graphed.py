@@ -2,9 +2,11 @@
 tiles, each timed replayed in a CUDA graph (no host in the time: what the graphed training
 step sees) and launched eagerly (host launch cost included where it exceeds the kernel's).
 
-It imports only ``tritoncnn.kernels.conv``'s public functions, whose signatures have not
-changed, so the same script times an older tree of the project on the same GPU in the same
-call (``PYTHONPATH=<old tree>``): how a kernel regression is found without a step trace.
+It imports only the conv launch helpers (``conv2d_forward_moments``, ``conv2d_dgrad``,
+``conv2d_wgrad``), whose signatures have not changed, so the same script times an older tree
+of the project on the same GPU in the same call (``PYTHONPATH=<old tree>``): how a kernel
+regression is found without a step trace. (``conv2d_wgrad`` moved from kernels/conv.py to
+kernels/conv_wgrad.py on 2026-12-08: either is found.)
 
     python3 benchmarks/conv_graphed.py --label head --out $OUT
     PYTHONPATH=/tmp/old python3 benchmarks/conv_graphed.py --label 6d5633d --out $OUT
@@ -33,6 +35,11 @@ def _cases(batch: int, c: int, size: int) -> dict:
     """op -> (a zero-argument call of that conv at the heuristic tile, cuDNN's)."""
     from tritoncnn.kernels import conv as K
 
+    try:
+        from tritoncnn.kernels.conv_wgrad import conv2d_wgrad
+    except ImportError:  # a tree from before 2026-12-08 (a name this tree's conv.py lacks)
+        conv2d_wgrad = getattr(K, "conv2d_wgrad")  # noqa: B009
+
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def nhwc(*shape: int) -> torch.Tensor:
@@ -48,7 +55,7 @@ def _cases(batch: int, c: int, size: int) -> dict:
     ours = {
         "fwd_moments": lambda: K.conv2d_forward_moments(x, w, None, *geometry),
         "dgrad": lambda: K.conv2d_dgrad(dy, w, x.shape, *geometry, out=dx),
-        "wgrad": lambda: K.conv2d_wgrad(x, dy, w.shape, *geometry, grad_weight=gw),
+        "wgrad": lambda: conv2d_wgrad(x, dy, w.shape, *geometry, grad_weight=gw),
     }
     backward = torch.ops.aten.convolution_backward
     conv_args = (w, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1)

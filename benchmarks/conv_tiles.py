@@ -46,6 +46,7 @@ from tritoncnn.kernels import (  # noqa: E402
     conv_halo_wgrad,
     conv_pointwise,
     conv_tma,
+    conv_wgrad,  # noqa: E402
 )
 
 # Replayed in a CUDA graph unless --eager: the training step is graphed, and eagerly the host
@@ -156,27 +157,29 @@ def shape_rows(shape, batch: int, op_names=("fwd", "dgrad", "wgrad"), weights=("
                 gy, w, x.shape, *pair, 1, config=cfg
             ),
             "dgrad_tma": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
-            "wgrad_tma": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+            "wgrad_tma": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(
+                x, gy, w.shape, *pair, 1, config=cfg
+            ),
             "fwd_halo": lambda cfg, w=w: forward(x, w, pair, cfg),
             "dgrad_halo": lambda cfg, w=w: conv_k.conv2d_dgrad(
                 gy, w, x.shape, *pair, 1, config=cfg
             ),
-            "wgrad_halo": lambda cfg, w=w: conv_k.conv2d_wgrad(
+            "wgrad_halo": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg
             ),
             "dgrad": lambda cfg, w=w: conv_k.conv2d_dgrad(gy, w, x.shape, *pair, 1, config=cfg),
-            "wgrad": lambda cfg, w=w: conv_k.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
+            "wgrad": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(x, gy, w.shape, *pair, 1, config=cfg),
             # (cfg: (tile, split); split None: the heuristic's)
-            "wgrad_split": lambda cfg: conv_k.conv2d_wgrad(
+            "wgrad_split": lambda cfg: conv_wgrad.conv2d_wgrad(
                 x, gy, w32.shape, *pair, 1, config=cfg[0], split_k=cfg[1]
             ),
-            "wgrad_other": lambda cfg, w=w: conv_k.conv2d_wgrad(
+            "wgrad_other": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=other_flat
             ),
-            "wgrad_rows": lambda cfg, w=w: conv_k.conv2d_wgrad(
+            "wgrad_rows": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=False, row_taps=True
             ),
-            "wgrad_8w": lambda cfg, w=w: conv_k.conv2d_wgrad(
+            "wgrad_8w": lambda cfg, w=w: conv_wgrad.conv2d_wgrad(
                 x, gy, w.shape, *pair, 1, config=cfg, flat_taps=False, row_taps=False
             ),
         }

@@ -12,7 +12,10 @@
 #    --moments), every pointwise tile: in 12-08's trace the pointwise forwards
 #    took 1.5-3x their plain-forward sweep times (64 -> 384 at 8x8: 28.4 us against 9.8;
 #    16 -> 96 at 32x32: 124 against 45), the pointer ones ~1.2x; each shape with the
-#    two-pass moments epilogue and the one-pass one (TRITONCNN_ONE_PASS_MOMENTS=1);
+#    two-pass moments epilogue and the one-pass one (TRITONCNN_ONE_PASS_MOMENTS=1); since
+#    the sixteenth session (no GPU) the moments count their rows without a reduction and the
+#    tiles run the programs per SM ptxas's registers allow at each K (16 -> 96: 2, was 1),
+#    then the pointwise gpu tests (the 128 x 128 tile at 2 programs an SM never ran);
 # 3. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
 #    next kernel's launch and scheduling overlap the running one), never timed in a step: the
 #    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
@@ -47,6 +50,7 @@ for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16;
             --out "$OUT/moments/${shape//:/_}_$one_pass" 2>&1 | grep -v -i warn | grep " us "
     done
 done
+[ "$(left)" -gt 200 ] && gpu_tests gpu_tests_pointwise 90 tests/test_conv_pointwise.py
 TRITONCNN_PDL=1 step pdl "$(( $(left) < 200 ? $(left) : 200 ))" --models mobilenetv2 resnet18
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_pdl "$(( $(left) < 60 ? $(left) : 60 ))" tests/test_pdl.py

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritoncnn import nn, runtime  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
+from tritoncnn.kernels import conv_wgrad  # noqa: E402
 from tritoncnn.kernels import depthwise as dw_k  # noqa: E402
 
 # H100 SXM dense peaks (tensor-core fp16 with fp32 accumulate, fp32 FMA) and HBM3 bandwidth.
@@ -114,7 +115,7 @@ def conv_rows(spec, batch: int, dtype: torch.dtype):
         ours = {
             "fwd": lambda: conv_k.conv2d_forward(x, w32, None, *pair, g),
             "dgrad": lambda: conv_k.conv2d_dgrad(gy, w32, x.shape, *pair, g),
-            "wgrad": lambda: conv_k.conv2d_wgrad(x, gy, w32.shape, *pair, g),
+            "wgrad": lambda: conv_wgrad.conv2d_wgrad(x, gy, w32.shape, *pair, g),
         }
     cv = torch.ops.aten.convolution_backward
     theirs = {

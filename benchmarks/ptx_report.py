@@ -52,6 +52,7 @@ from tritoncnn.kernels import (  # noqa: E402
     conv_halo_wgrad,
     conv_pointwise,
     conv_tma,
+    conv_wgrad,  # noqa: E402
     depthwise,
     depthwise_rows,
     norm,
@@ -162,7 +163,7 @@ def kernel_args(
     x_align = 1 if flat else _align(n, c_in, hw)
     const = dict(common, FLAT_N=flat, ACCUMULATE=False, X_ALIGN=x_align,
                  DY_ALIGN=_align(n, c_out, hw), ROW_TAPS=rows)  # fmt: skip
-    return K.conv2d_wgrad_kernel, ints, const
+    return conv_wgrad.conv2d_wgrad_kernel, ints, const
 
 
 def tma_args(

@@ -44,7 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tritoncnn import models, nn, runtime  # noqa: E402
 from tritoncnn.export import to_torch  # noqa: E402
 from tritoncnn.kernels import conv as conv_k  # noqa: E402
-from tritoncnn.kernels import conv_configs, pdl  # noqa: E402
+from tritoncnn.kernels import (  # noqa: E402
+    conv_configs,
+    conv_wgrad,  # noqa: E402
+    pdl,
+)
 from tritoncnn.optim import SGD, GradScaler  # noqa: E402
 
 
@@ -112,7 +116,7 @@ def ours_step(
     False: the conv GEMMs read the fp32 master weights (nn.Conv2d.cast_weights).
     ``conv_bn_moments``: BN statistics from the conv epilogues (models.build's default).
     ``wgrad_row_taps``: conv weight gradients with one program per filter row where the tile
-    allows (kernels.conv.WGRAD_ROW_TAPS, the default, read at every launch: set for this
+    allows (kernels.conv_wgrad.WGRAD_ROW_TAPS, the default, read at every launch: set for this
     variant's run).
     ``bn_into_depthwise``: BatchNorms before depthwise convs applied in those convs' loads.
     ``bn_grad_sums``: BatchNorms before convs take their backward sums from the dgrads.
@@ -143,7 +147,7 @@ def ours_step(
     from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
 
-    conv_k.WGRAD_ROW_TAPS = wgrad_row_taps
+    conv_wgrad.WGRAD_ROW_TAPS = wgrad_row_taps
     depthwise_k.WGRAD_ALL_TAPS = dw_wgrad_all_taps
     depthwise_k.WGRAD_ROLLING_ROWS = dw_wgrad_rows
     conv_k.TMA_CONVS = frozenset(tma)

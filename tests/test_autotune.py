@@ -11,7 +11,7 @@ import triton
 from helpers import assert_close, f64, randn
 
 from tritoncnn import runtime
-from tritoncnn.kernels import autotune, conv_configs
+from tritoncnn.kernels import autotune, conv_configs, conv_wgrad
 from tritoncnn.kernels import conv as K
 
 
@@ -261,8 +261,8 @@ def test_conv_keys_name_the_whole_problem(gpu_like):
         y = K.conv2d_forward(x, wt, None, (2, 2), (1, 1), (1, 1), 2)
         go = randn(*y.shape, channels_last=True)
         K.conv2d_dgrad(go, wt, x.shape, (2, 2), (1, 1), (1, 1), 2)
-        K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 2)
-        K.conv2d_bias_grad(go)
+        conv_wgrad.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 2)
+        conv_wgrad.conv2d_bias_grad(go)
     finally:
         autotune.set_default_tuner(previous)
     ops = [op for op, _, _ in rec.asked]
@@ -299,10 +299,10 @@ def test_tuned_conv_uses_scratch_outputs(gpu_like, tmp_path):
         go = randn(*y.shape, channels_last=True)
         dx = runtime.empty_nhwc(*x.shape)
         K.conv2d_dgrad(go, wt, x.shape, *args, out=dx)
-        dw = K.conv2d_wgrad(x, go, wt.shape, *args)
-        K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw)  # accumulate: a new key
-        db = K.conv2d_bias_grad(go)
-        K.conv2d_bias_grad(go, grad_bias=db)
+        dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args)
+        conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw)  # accumulate: a new key
+        db = conv_wgrad.conv2d_bias_grad(go)
+        conv_wgrad.conv2d_bias_grad(go, grad_bias=db)
     finally:
         autotune.set_default_tuner(previous)
     xr, wr, br = (f64(t).requires_grad_() for t in (x, wt, b))
@@ -403,8 +403,8 @@ def test_interpreter_never_tunes(monkeypatch, tmp_path):
         wt = randn(2, 3, 3, 3).contiguous(memory_format=torch.channels_last)
         y = K.conv2d_forward(x, wt, None, (1, 1), (1, 1), (1, 1), 1)
         K.conv2d_dgrad(y, wt, x.shape, (1, 1), (1, 1), (1, 1), 1)
-        K.conv2d_wgrad(x, y, wt.shape, (1, 1), (1, 1), (1, 1), 1)
-        K.conv2d_bias_grad(y)
+        conv_wgrad.conv2d_wgrad(x, y, wt.shape, (1, 1), (1, 1), (1, 1), 1)
+        conv_wgrad.conv2d_bias_grad(y)
     finally:
         autotune.set_default_tuner(previous)
 
@@ -459,10 +459,10 @@ def _run_and_check(shape, dtype):
     go = randn(*y.shape, dtype=dtype, channels_last=True)
     dx = runtime.empty_nhwc(*x.shape, dtype=dtype)
     K.conv2d_dgrad(go, wt, x.shape, *args, out=dx)
-    dw = K.conv2d_wgrad(x, go, wt.shape, *args)
-    K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw)
-    db = K.conv2d_bias_grad(go)
-    K.conv2d_bias_grad(go, grad_bias=db)
+    dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args)
+    conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw)
+    db = conv_wgrad.conv2d_bias_grad(go)
+    conv_wgrad.conv2d_bias_grad(go, grad_bias=db)
     dev = runtime.DEVICE
     xr, wr, br = (t.detach().to(dev, torch.float64).requires_grad_() for t in (x, wt, b))
     yr = torch.nn.functional.conv2d(xr, wr, br, s, p)

@@ -9,7 +9,7 @@ import triton
 from helpers import DEVICE, assert_close, f64, randn, rounded
 
 from tritoncnn import nn, runtime
-from tritoncnn.kernels import autotune, conv_configs
+from tritoncnn.kernels import autotune, conv_configs, conv_wgrad
 from tritoncnn.kernels import conv as K
 from tritoncnn.kernels import elementwise as ew
 from tritoncnn.nn import conv as nn_conv
@@ -158,19 +158,23 @@ def test_split_k_wgrad_and_bias_grad():
     wt = _weight(c_out, c_in, 3, 3)
     go = randn(n, c_out, 4, 3, channels_last=True)
     _, _, dwr, dbr = reference(x, wt, torch.zeros(c_out), go, 2, 1, 1, 1)
-    dw = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
+    dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
     assert dw.is_contiguous(memory_format=torch.channels_last)
     assert_close(dw, dwr, what="split-K wgrad")
-    dw_again = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, grad_weight=dw, split_k=2)
+    dw_again = conv_wgrad.conv2d_wgrad(
+        x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, grad_weight=dw, split_k=2
+    )
     assert dw_again is dw
     assert_close(dw, 2 * dwr, what="split-K wgrad accumulate")
-    db = K.conv2d_bias_grad(go, split=3)
+    db = conv_wgrad.conv2d_bias_grad(go, split=3)
     assert_close(db, dbr, what="split bias grad")
-    K.conv2d_bias_grad(go, grad_bias=db, split=2)
+    conv_wgrad.conv2d_bias_grad(go, grad_bias=db, split=2)
     assert_close(db, 2 * dbr, what="split bias grad accumulate")
     # Deterministic: the same call gives bit-identical results.
-    again = K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
-    assert torch.equal(again, K.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3))
+    again = conv_wgrad.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
+    assert torch.equal(
+        again, conv_wgrad.conv2d_wgrad(x, go, wt.shape, (2, 2), (1, 1), (1, 1), 1, split_k=3)
+    )
 
 
 def test_pick_split_fills_the_sms_up_to_most(monkeypatch):
@@ -206,17 +210,19 @@ def test_split_k_wgrad_many_rows_per_reduce_step(monkeypatch):
     monkeypatch.setattr(runtime, "sm_count", lambda: 132)
     chosen = []
     real = K.reduce_rows
-    monkeypatch.setattr(K, "reduce_rows", lambda *a: chosen.append((a, real(*a))) or real(*a))
+    monkeypatch.setattr(
+        conv_wgrad, "reduce_rows", lambda *a: chosen.append((a, real(*a))) or real(*a)
+    )
     x = randn(2, 5, 20, 20, channels_last=True)
     wt = _weight(4, 5, 3, 3)
     go = randn(2, 4, 20, 20, channels_last=True)
     _, _, dwr, _ = reference(x, wt, torch.zeros(4), go, 1, 1, 1, 1)
     cfg = K.ConvConfig(16, 16, 16, 4, 1)  # 16-pixel K steps: 800 pixels, 50 splits of 16
     args = (wt.shape, (1, 1), (1, 1), (1, 1), 1)
-    dw = K.conv2d_wgrad(x, go, *args, split_k=50, config=cfg, flat_taps=False)
+    dw = conv_wgrad.conv2d_wgrad(x, go, *args, split_k=50, config=cfg, flat_taps=False)
     assert chosen == [((50, 180), 64)]
     assert_close(dw, dwr, what="50 splits, 64 rows a step")
-    K.conv2d_wgrad(x, go, *args, grad_weight=dw, split_k=50, config=cfg, flat_taps=False)
+    conv_wgrad.conv2d_wgrad(x, go, *args, grad_weight=dw, split_k=50, config=cfg, flat_taps=False)
     assert_close(dw, 2 * dwr, what="accumulated")
 
 
@@ -233,7 +239,7 @@ def test_wgrad_tap_layouts(flat_taps, dtype):
         _, _, dwr, _ = reference(x, wt, torch.zeros(6), go, 2, 1, 2, groups)
         args = ((2, 2), (1, 1), (2, 2), groups)
         for split in (1, 3):
-            dw = K.conv2d_wgrad(x, go, wt.shape, *args, split_k=split, flat_taps=flat_taps)
+            dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, split_k=split, flat_taps=flat_taps)
             assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"c_in {c_in} split {split}")
 
 
@@ -257,11 +263,11 @@ def test_wgrad_row_taps(dtype):
         # program; 16-deep K steps so that these few pixels really split (2 and 3 parts)
         for split in (1, 3):
             kw = dict(split_k=split, flat_taps=False, config=K.ConvConfig(16, 16, 16, 4, 3))
-            dw = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=True, **kw)
+            dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, row_taps=True, **kw)
             assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"row taps {kshape} split {split}")
-            per_tap = K.conv2d_wgrad(x, go, wt.shape, *args, row_taps=False, **kw)
+            per_tap = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, row_taps=False, **kw)
             assert torch.equal(dw, per_tap), f"row taps differ from one tap per program {kshape}"
-            K.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw, row_taps=True, **kw)
+            conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, grad_weight=dw, row_taps=True, **kw)
             assert_close(dw, 2 * dwr, tol=WGRAD_TOL[dtype], what=f"row taps += {kshape}")
 
 
@@ -269,23 +275,23 @@ def test_wgrad_row_taps_rule_and_errors():
     """The row form only where it fits (2-3 taps across, KW accumulators within the register
     budget, and only when switched on), and a clear error where it can't run."""
     small, large = K.ConvConfig(64, 64, 64, 4, 3), K.ConvConfig(128, 128, 64, 4, 3)
-    saved = K.WGRAD_ROW_TAPS
+    saved = conv_wgrad.WGRAD_ROW_TAPS
     try:
-        K.WGRAD_ROW_TAPS = True
-        assert K.use_row_taps(small, 3) and K.use_row_taps(small, 2)
-        assert not K.use_row_taps(large, 3)  # 3 x 128 fp32 registers per thread
-        assert not K.use_row_taps(small, 1) and not K.use_row_taps(small, 5)
-        K.WGRAD_ROW_TAPS = False
-        assert not K.use_row_taps(small, 3)
+        conv_wgrad.WGRAD_ROW_TAPS = True
+        assert conv_wgrad.use_row_taps(small, 3) and conv_wgrad.use_row_taps(small, 2)
+        assert not conv_wgrad.use_row_taps(large, 3)  # 3 x 128 fp32 registers per thread
+        assert not conv_wgrad.use_row_taps(small, 1) and not conv_wgrad.use_row_taps(small, 5)
+        conv_wgrad.WGRAD_ROW_TAPS = False
+        assert not conv_wgrad.use_row_taps(small, 3)
     finally:
-        K.WGRAD_ROW_TAPS = saved
+        conv_wgrad.WGRAD_ROW_TAPS = saved
     x = randn(1, 4, 5, 5, channels_last=True)
     go = randn(1, 4, 5, 5, channels_last=True)
     with pytest.raises(ValueError, match="row_taps=None"):
-        K.conv2d_wgrad(x, go, (4, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
+        conv_wgrad.conv2d_wgrad(x, go, (4, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
     go5 = randn(1, 4, 1, 1, channels_last=True)
     with pytest.raises(ValueError, match="row_taps=None"):
-        K.conv2d_wgrad(x, go5, (4, 4, 5, 5), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
+        conv_wgrad.conv2d_wgrad(x, go5, (4, 4, 5, 5), (1, 1), (0, 0), (1, 1), 1, row_taps=True)
 
 
 @pytest.mark.parametrize("act,alpha", [(ew.ACT_RELU6, 0.0), (ew.ACT_LEAKY_RELU, 0.2)])
@@ -312,7 +318,7 @@ def test_every_config(index):
     args = ((s, s), (p, p), (1, 1), 1)
     y = K.conv2d_forward(x, wt, b, *args, config=cfg)
     dx = K.conv2d_dgrad(go, wt, x.shape, *args, config=cfg)
-    dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=cfg)
+    dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, config=cfg)
     assert_close(y, yr, what=f"forward {cfg}")
     assert_close(dx, dxr, what=f"dgrad {cfg}")
     assert_close(dw, dwr, what=f"wgrad {cfg}")
@@ -322,8 +328,10 @@ def test_every_config(index):
 def test_every_bias_grad_config(config):
     go = randn(2, 37, 3, 5, channels_last=True)
     dbr = f64(go).sum(dim=(0, 2, 3))
-    assert_close(K.conv2d_bias_grad(go, config=config), dbr, what=f"bias grad {config}")
-    assert_close(K.conv2d_bias_grad(go, config=config, split=2), dbr, what=f"split {config}")
+    assert_close(conv_wgrad.conv2d_bias_grad(go, config=config), dbr, what=f"bias grad {config}")
+    assert_close(
+        conv_wgrad.conv2d_bias_grad(go, config=config, split=2), dbr, what=f"split {config}"
+    )
 
 
 def test_vector_align():
@@ -618,11 +626,11 @@ def _check_gpu_shape(
         dx = K.conv2d_dgrad(go, wk, x.shape, *args, config=config)
         assert_close(dx, dxr, dtype, what=f"dgrad {tag}")
     if "wgrad" in only:
-        dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=config, split_k=split_k)
+        dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, config=config, split_k=split_k)
         # fp32 sums of exact products of the (rounded) operands: far tighter than the dtype's.
         assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=f"wgrad {tag}")
     if "bias" in only:
-        assert_close(K.conv2d_bias_grad(go), dbr, torch.float32, what=f"bias grad {tag}")
+        assert_close(conv_wgrad.conv2d_bias_grad(go), dbr, torch.float32, what=f"bias grad {tag}")
     return len(only)
 
 
@@ -713,8 +721,12 @@ def test_gpu_wgrad_row_taps(index, dtype):
         args = ((s, s), (1, 1), (1, 1), 1)
         dwr = reference(x, wt, None, go, *args, device=DEVICE)[2]
         for split in (1, 16):
-            dw = K.conv2d_wgrad(x, go, wt.shape, *args, config=cfg, split_k=split, row_taps=True)
-            taps = K.conv2d_wgrad(x, go, wt.shape, *args, config=cfg, split_k=split, row_taps=False)
+            dw = conv_wgrad.conv2d_wgrad(
+                x, go, wt.shape, *args, config=cfg, split_k=split, row_taps=True
+            )
+            taps = conv_wgrad.conv2d_wgrad(
+                x, go, wt.shape, *args, config=cfg, split_k=split, row_taps=False
+            )
             what = f"row taps {c_in}->{c_out} {size} {cfg} split {split}"
             # The row form sums each tap in the per-tap kernel's order: the same numbers.
             assert_close(dw, taps, tol=1e-6, what=what + " against one tap per program")
@@ -724,7 +736,7 @@ def test_gpu_wgrad_row_taps(index, dtype):
                 # and both forms (measured 2026-12-05); splits keep each chain short.
                 assert_close(dw, dwr, tol=WGRAD_TOL[dtype], what=what)
             again = dict(grad_weight=dw, config=cfg, split_k=split, row_taps=True)
-            K.conv2d_wgrad(x, go, wt.shape, *args, **again)
+            conv_wgrad.conv2d_wgrad(x, go, wt.shape, *args, **again)
             assert_close(dw, 2 * taps, tol=1e-6, what=what + " +=")
 
 
@@ -759,9 +771,9 @@ def test_gpu_bias_grad_configs(config, dtype):
     go = randn(128, 320, 8, 8, dtype=dtype, channels_last=True)
     dbr = f64(go).sum(dim=(0, 2, 3))
     for split in (1, 2, 8, 64, 256):
-        db = K.conv2d_bias_grad(go, config=config, split=split)
+        db = conv_wgrad.conv2d_bias_grad(go, config=config, split=split)
         assert_close(db, dbr, torch.float32, what=f"bias grad {config} split {split}")
-        K.conv2d_bias_grad(go, grad_bias=db, config=config, split=split)
+        conv_wgrad.conv2d_bias_grad(go, grad_bias=db, config=config, split=split)
         assert_close(db, 2 * dbr, torch.float32, what=f"bias grad += {config} split {split}")
 
 

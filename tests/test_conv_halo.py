@@ -19,7 +19,7 @@ from test_conv_tma import _moments_reference
 from test_grad_sums import _bn, _check_backward, _check_sums
 
 from tritoncnn.kernels import conv as K
-from tritoncnn.kernels import conv_configs, norm_fusion
+from tritoncnn.kernels import conv_configs, conv_wgrad, norm_fusion
 from tritoncnn.kernels import conv_halo as H
 from tritoncnn.kernels import conv_halo_wgrad as HW
 from tritoncnn.kernels.elementwise import ACT_ELU, ACT_RELU, ACT_RELU6
@@ -183,7 +183,7 @@ def test_forced_halo_tile_where_it_cannot_run_is_an_error():
     with pytest.raises(ValueError, match="halo tile"):
         K.conv2d_dgrad(x, wt, x.shape, 1, 1, 1, 1, config=cfg)
     with pytest.raises(ValueError, match="halo tile"):
-        K.conv2d_wgrad(x, x, wt.shape, 1, 1, 1, 1, config=H.HaloConfig(64, 64, 64, 4, 4))
+        conv_wgrad.conv2d_wgrad(x, x, wt.shape, 1, 1, 1, 1, config=H.HaloConfig(64, 64, 64, 4, 4))
 
 
 def test_wgrad_candidates():
@@ -348,11 +348,11 @@ def test_gpu_halo_wgrad_every_candidate(shape, loader_warp, _halo_on):
     assert cands
     for cfg in cands:
         for split in (1, 7):
-            dw = K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, config=cfg, split_k=split)
+            dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, config=cfg, split_k=split)
             assert_close(dw, dwr, tol=1e-4, what=f"{cfg} split {split}")
         base = randn(*wt.shape).contiguous(memory_format=torch.channels_last)
-        dw = K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, grad_weight=base.clone(), config=cfg,
-                            split_k=1)  # fmt: skip
+        dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1, grad_weight=base.clone(),
+                                     config=cfg, split_k=1)  # fmt: skip
         assert_close(dw, dwr + base.double(), tol=1e-4, what=f"{cfg} accumulated")
 
 
@@ -360,4 +360,4 @@ def test_gpu_halo_wgrad_every_candidate(shape, loader_warp, _halo_on):
 def test_gpu_halo_wgrad_through_conv2d_wgrad(_halo_on):
     x, wt, go = _gpu_case((64, 32, 64), torch.float16)
     dwr = reference(x, wt.float(), None, go, 1, 1, 1, 1, device="cuda")[2]
-    assert_close(K.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1), dwr, tol=1e-4, what="wgrad")
+    assert_close(conv_wgrad.conv2d_wgrad(x, go, wt.shape, 1, 1, 1, 1), dwr, tol=1e-4, what="wgrad")

@@ -16,7 +16,7 @@ from test_conv import reference
 
 from tritoncnn import runtime
 from tritoncnn.kernels import conv as K
-from tritoncnn.kernels import conv_configs, norm
+from tritoncnn.kernels import conv_configs, conv_wgrad, norm
 from tritoncnn.kernels import conv_tma as T
 from tritoncnn.kernels import elementwise as ew
 
@@ -145,7 +145,7 @@ def test_tma_wgrad_matches_torch(name, split):
     if split == 1:
         start = randn(c_out, c_in, k, k).contiguous(memory_format=torch.channels_last)
         dwr = dwr + start.double().cpu()
-    dw = K.conv2d_wgrad(
+    dw = conv_wgrad.conv2d_wgrad(
         x, go, wt.shape, 1, pad, 1, 1, grad_weight=None if start is None else start.clone(),
         config=cfg, split_k=split,
     )  # fmt: skip
@@ -235,7 +235,9 @@ def test_forced_tma_tile_where_it_cannot_run_is_an_error(monkeypatch):
     with pytest.raises(ValueError, match="TMA tile"):
         K.conv2d_dgrad(go, wt, x.shape, 2, 1, 1, 1, config=cfg)
     with pytest.raises(ValueError, match="TMA tile"):
-        K.conv2d_wgrad(x, go, wt.shape, 2, 1, 1, 1, config=T.pick_tma_wgrad_config(32, 32, 3))
+        conv_wgrad.conv2d_wgrad(
+            x, go, wt.shape, 2, 1, 1, 1, config=T.pick_tma_wgrad_config(32, 32, 3)
+        )
     monkeypatch.setattr(T, "ENABLED", False)
     with pytest.raises(ValueError, match="TMA tile"):
         K.conv2d_forward(x, wt, None, 1, 1, 1, 1, config=cfg)
@@ -285,7 +287,7 @@ def test_heuristic_takes_the_tma_kernels_for_the_ops_in_tma_convs(monkeypatch, o
     assert_close(K.conv2d_forward(x, wt, None, 1, pad, 1, 1), yr, torch.float16, what="fwd")
     dx = K.conv2d_dgrad(go, wt, x.shape, 1, pad, 1, 1)
     assert_close(dx, dxr, torch.float16, what="dgrad")
-    dw = K.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1)
+    dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1)
     assert_close(dw, dwr, tol=1e-4, what="wgrad")
     assert sorted(set(calls)) == sorted(ops)
 
@@ -352,7 +354,7 @@ def test_gpu_tma_wgrad_every_candidate(shape):
     assert cands
     for cfg in cands:
         for split in (1, 8):
-            dw = K.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1, config=cfg, split_k=split)
+            dw = conv_wgrad.conv2d_wgrad(x, go, wt.shape, 1, pad, 1, 1, config=cfg, split_k=split)
             assert_close(dw, dwr, tol=1e-4, what=f"{cfg} split {split}")
 
 

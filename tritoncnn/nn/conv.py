@@ -10,6 +10,7 @@ import torch
 
 from tritoncnn import runtime
 from tritoncnn.kernels import conv as K
+from tritoncnn.kernels import conv_wgrad
 from tritoncnn.kernels import depthwise as DW
 from tritoncnn.kernels import elementwise as EW
 from tritoncnn.nn.module import Module, Parameter
@@ -249,11 +250,11 @@ class Conv2d(Module):
                     grad_in = K.conv2d_dgrad(*dgrad_args, out=out, add=add, relu_out=relu_out)
                 else:
                     grad_in, sums = K.conv2d_dgrad_grad_sums(*dgrad_args, *bn, out=out, add=add)
-            w.grad = K.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
+            w.grad = conv_wgrad.conv2d_wgrad(x, grad_out, w.shape, *args, grad_weight=w.grad)
         if sums is not None:
             link.publish(grad_in, sums)
         if self.bias is not None:
-            self.bias.grad = K.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)
+            self.bias.grad = conv_wgrad.conv2d_bias_grad(grad_out, grad_bias=self.bias.grad)
         return grad_in
 
     def extra_repr(self) -> str:
