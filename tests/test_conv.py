@@ -184,24 +184,25 @@ def test_pick_split_fills_the_sms_up_to_most(monkeypatch):
     monkeypatch.setattr(runtime, "sm_count", lambda: 132)
     pixels = 512 * 32 * 32
     # MobileNetV2's 32 -> 16 1x1 wgrad: one tile, 528 programs wanted, 512 pixels-bound
-    assert K._pick_split(1, pixels, 64, per_sm=4, most=K._max_split(pixels, 64, 16 * 32)) == 512
-    assert K._pick_split(3, pixels, 64, per_sm=4, most=512) == 176
-    assert K._pick_split(1, pixels, 64, per_sm=4) == 64  # the default cap (bias gradients)
-    assert K._pick_split(200, pixels, 64, per_sm=4, most=512) == 3  # many tiles: few splits
-    assert K._pick_split(1, 4096, 64, per_sm=4, most=512) == 4  # >= 1024 pixels each
+    pick, most = conv_configs._pick_split, conv_configs._max_split(pixels, 64, 16 * 32)
+    assert pick(1, pixels, 64, per_sm=4, most=most) == 512
+    assert pick(3, pixels, 64, per_sm=4, most=512) == 176
+    assert pick(1, pixels, 64, per_sm=4) == 64  # the default cap (bias gradients)
+    assert pick(200, pixels, 64, per_sm=4, most=512) == 3  # many tiles: few splits
+    assert pick(1, 4096, 64, per_sm=4, most=512) == 4  # >= 1024 pixels each
     huge = conv_configs.MAX_PARTIAL_ELEMENTS // 8
-    assert K._max_split(pixels, 64, huge) == 8
+    assert conv_configs._max_split(pixels, 64, huge) == 8
 
 
 def test_reduce_rows(monkeypatch):
     """splitk_reduce_kernel's rows per step: 8 while the output gives each SM a program, up to
     64 for a small one, never more than the splits (rounded up to a power of two)."""
     monkeypatch.setattr(runtime, "sm_count", lambda: 132)
-    assert K.reduce_rows(64, 3 * 3 * 512 * 512) == 8  # a ResNet-18 3x3 wgrad: as before
-    assert K.reduce_rows(64, 16 * 32) == 64  # MobileNetV2's 32 -> 16 1x1
-    assert K.reduce_rows(64, 144 * 24) == 64
-    assert K.reduce_rows(64, 132 * 128) == 16  # 132 programs of 128 elements
-    assert K.reduce_rows(3, 512) == 4 and K.reduce_rows(1, 512) == 1
+    assert conv_configs.reduce_rows(64, 3 * 3 * 512 * 512) == 8  # a ResNet-18 3x3 wgrad: as before
+    assert conv_configs.reduce_rows(64, 16 * 32) == 64  # MobileNetV2's 32 -> 16 1x1
+    assert conv_configs.reduce_rows(64, 144 * 24) == 64
+    assert conv_configs.reduce_rows(64, 132 * 128) == 16  # 132 programs of 128 elements
+    assert conv_configs.reduce_rows(3, 512) == 4 and conv_configs.reduce_rows(1, 512) == 1
 
 
 def test_split_k_wgrad_many_rows_per_reduce_step(monkeypatch):
@@ -209,7 +210,7 @@ def test_split_k_wgrad_many_rows_per_reduce_step(monkeypatch):
     132 SMs give its 180 outputs): written and accumulated as torch in float64 says."""
     monkeypatch.setattr(runtime, "sm_count", lambda: 132)
     chosen = []
-    real = K.reduce_rows
+    real = conv_configs.reduce_rows
     monkeypatch.setattr(
         conv_wgrad, "reduce_rows", lambda *a: chosen.append((a, real(*a))) or real(*a)
     )
@@ -324,7 +325,7 @@ def test_every_config(index):
     assert_close(dw, dwr, what=f"wgrad {cfg}")
 
 
-@pytest.mark.parametrize("config", K.BIAS_CONFIGS, ids=str)
+@pytest.mark.parametrize("config", conv_configs.BIAS_CONFIGS, ids=str)
 def test_every_bias_grad_config(config):
     go = randn(2, 37, 3, 5, channels_last=True)
     dbr = f64(go).sum(dim=(0, 2, 3))
@@ -390,9 +391,10 @@ def test_gemm_candidates_rules():
 
 
 def test_split_candidates():
-    assert K.split_candidates(8, 256) == [K.SplitChoice(s) for s in (4, 8, 16, 32, 64)]
-    assert K.split_candidates(1, 4) == [K.SplitChoice(s) for s in (1, 2, 4)]
-    assert K.split_candidates(3, 1) == [K.SplitChoice(1)]
+    candidates, choice = conv_configs.split_candidates, conv_configs.SplitChoice
+    assert candidates(8, 256) == [choice(s) for s in (4, 8, 16, 32, 64)]
+    assert candidates(1, 4) == [choice(s) for s in (1, 2, 4)]
+    assert candidates(3, 1) == [choice(1)]
 
 
 def test_pick_config_only_returns_listed_configs(monkeypatch):
@@ -757,15 +759,15 @@ def test_gpu_1x1_wgrad_heuristic_splits(c_in, c_out, monkeypatch):
     monkeypatch.setenv("TRITONCNN_AUTOTUNE", "0")
     tiles = {(32, 16): 1, (16, 96): 2, (24, 144): 3, (144, 24): 3}[(c_in, c_out)]
     pixels = 512 * 32 * 32
-    most = K._max_split(pixels, 64, c_in * c_out)
-    split = K._pick_split(tiles, pixels, 64, per_sm=4, most=most)
+    most = conv_configs._max_split(pixels, 64, c_in * c_out)
+    split = conv_configs._pick_split(tiles, pixels, 64, per_sm=4, most=most)
     assert split > 64  # more than the bound before 2026-12-08
     _check_gpu_shape(512, c_in, c_out, 32, 1, 1, 0, 1, torch.float16, only=("wgrad",))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("config", K.BIAS_CONFIGS, ids=str)
+@pytest.mark.parametrize("config", conv_configs.BIAS_CONFIGS, ids=str)
 def test_gpu_bias_grad_configs(config, dtype):
     """Each bias-gradient tile with the split factors the tuner offers, written and added."""
     go = randn(128, 320, 8, 8, dtype=dtype, channels_last=True)

@@ -58,17 +58,10 @@ from tritoncnn.kernels import (
 )
 from tritoncnn.kernels.alignment import below
 from tritoncnn.kernels.conv_configs import (  # noqa: F401  (re-exported: conv.CONFIGS, ...)
-    BIAS_CONFIGS,
     CONFIGS,
-    BiasGradConfig,
     ConvConfig,
-    SplitChoice,
-    _max_split,
-    _pick_split,
     gemm_candidates,
     pick_config,
-    reduce_rows,
-    split_candidates,
 )
 from tritoncnn.kernels.elementwise import ACT_NONE, apply_activation
 from tritoncnn.kernels.norm_fusion import (
