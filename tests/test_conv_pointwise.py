@@ -170,6 +170,30 @@ def test_programs_per_sm_by_reduction():
         pw.resident_per_sm(plain, 24, "sums")
 
 
+def test_launch_sizes_its_grid_by_the_use(monkeypatch):
+    """Each launch reads the programs per SM of what it runs: the forward with two-pass or
+    one-pass moments, either GEMM without them, the dgrad with a batch norm's sums (a count
+    for the wrong use would overclaim: a second wave of persistent programs)."""
+    from tritoncnn.kernels.norm_fusion import PendingNorm
+
+    uses = []
+    real = pw.resident_per_sm
+    monkeypatch.setattr(pw, "resident_per_sm", lambda *a: uses.append(a[2]) or real(*a))
+    x = randn(1, 16, 3, 3, dtype=torch.float16, channels_last=True)
+    w = randn(24, 16, 1, 1).to(torch.float16)
+    y = torch.empty(1, 24, 3, 3, dtype=torch.float16, device=DEVICE)
+    y = y.contiguous(memory_format=torch.channels_last)
+    pw.conv2d_forward_pointwise(x, w, None, y, ACT_NONE, 0.0, True, CPU_CONFIG)
+    pw.conv2d_forward_pointwise(x, w, None, y, ACT_NONE, 0.0, False, CPU_CONFIG)
+    monkeypatch.setattr(pw, "ONE_PASS_MOMENTS", True)
+    pw.conv2d_forward_pointwise(x, w, None, y, ACT_NONE, 0.0, True, CPU_CONFIG)
+    dx = torch.empty_like(x)
+    pw.conv2d_dgrad_pointwise(y, w, dx, CPU_CONFIG)
+    stats = randn(16), randn(16).abs() + 0.5
+    pw.conv2d_dgrad_pointwise(y, w, dx, CPU_CONFIG, PendingNorm(*stats, None, None, 0, 0.0), x)
+    assert uses == ["moments", "plain", "one_pass", "plain", "sums"]
+
+
 def test_conv2d_forward_takes_it_when_enabled(monkeypatch):
     """With ENABLED, conv2d_forward_moments sends a qualifying 1x1 forward here (the
     heuristic's tile) and returns its moments; off (the default), the pointer kernel."""
