@@ -9,6 +9,7 @@ tests, every attribute read through a name bound to a tritoncnn module (``import
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,37 @@ def test_a_missing_attribute_is_found(tmp_path, monkeypatch):
         "    return conv_halo.launch_halo_renamed()\n"
     )
     assert _missing(src) == ["gpu_only.py:3 conv_halo.launch_halo_renamed"]
+
+
+def _doc_references(text: str) -> tuple[list[str], list[str]]:
+    """(file paths, dotted or bare code names) in a Markdown text's backticks: ``a/b.py``,
+    ``conv.py``, ``norm_fusion.store_tile_moments``, ``bn_stats_kernel``."""
+    spans = [s.split("(")[0] for s in re.findall(r"`([^`\s]+)`", text)]
+    files = [s for s in spans if s.endswith(".py") and "*" not in s]
+    names = [s for s in spans if not s.endswith(".py") and s.replace(".", "").isidentifier()]
+    return files, names
+
+
+def test_the_kernel_tour_names_what_exists():
+    """docs/kernels.md names files, kernels and functions: each file exists (from the
+    repository root, from tritoncnn/, or a bare name in kernels/), each ``kernels_module.name``
+    is defined there, and each bare snake_case name by a kernels module or nn.fusion, so the
+    tour can't outlive a rename."""
+    files, names = _doc_references((ROOT / "docs" / "kernels.md").read_text())
+    assert len(files) > 15 and len(names) > 10
+    kernels = ROOT / "tritoncnn" / "kernels"
+    modules = {
+        p.stem: importlib.import_module(f"tritoncnn.kernels.{p.stem}") for p in kernels.glob("*.py")
+    }
+    anywhere = [*modules.values(), importlib.import_module("tritoncnn.nn.fusion")]
+    missing = []
+    for f in files:
+        if not any((base / f).is_file() for base in (ROOT, ROOT / "tritoncnn", kernels)):
+            missing.append(f)
+    for name in names:
+        head, _, attr = name.rpartition(".")
+        if head in modules and not hasattr(modules[head], attr):
+            missing.append(name)
+        if not head and "_" in name and not any(hasattr(m, name) for m in anywhere):
+            missing.append(name)
+    assert missing == []
