@@ -7,7 +7,9 @@
 # 1. MobileNetV2 and ResNet-18 graphed at b512, the default (the weight gradients' K splits
 #    bounded by conv_configs.MAX_SPLITS = 512 since 12-08) against the old bound of 64
 #    (--wgrad-max-splits 64), in one process: per op the 32x32 1x1 weight gradients ran
-#    1.2-2.8x faster with more splits, not yet timed in the step;
+#    1.2-2.8x faster with more splits, not yet timed in the step; and against the convs
+#    casting their own 16-bit weights (--per-conv-casts: 35 launches on MobileNetV2, 56 us
+#    in 12-08's trace, instead of one since the sixteenth session);
 # 2. the expand 1x1 forwards with the BN moments, as the step runs them (conv_tiles.py
 #    --moments), every pointwise tile: in 12-08's trace the pointwise forwards
 #    took 1.5-3x their plain-forward sweep times (64 -> 384 at 8x8: 28.4 us against 9.8;
@@ -15,7 +17,8 @@
 #    two-pass moments epilogue and the one-pass one (TRITONCNN_ONE_PASS_MOMENTS=1); since
 #    the sixteenth session (no GPU) the moments count their rows without a reduction and the
 #    tiles run the programs per SM ptxas's registers allow at each K (16 -> 96: 2, was 1),
-#    then the pointwise gpu tests (the 128 x 128 tile at 2 programs an SM never ran);
+#    then the pointwise and weight-cast gpu tests (the 128 x 128 tile at 2 programs an SM
+#    never ran);
 # 3. the same step with programmatic dependent launch (TRITONCNN_PDL=1, kernels/pdl.py: the
 #    next kernel's launch and scheduling overlap the running one), never timed in a step: the
 #    fixed cost of MobileNetV2's small kernels is its largest loss (benchmarks/README.md,
@@ -41,7 +44,7 @@ step() {  # step <out dir> <timeout s> [train_step.py arguments]: our graphed b5
     timeout "$2" python3 benchmarks/train_step.py --batches 512 --graph-only --ours-only \
         --out "$OUT/$1" "${@:3}" 2>&1 | grep " ms "
 }
-step splits 200 --models mobilenetv2 resnet18 --wgrad-max-splits 64
+step splits 260 --models mobilenetv2 resnet18 --wgrad-max-splits 64 --per-conv-casts
 for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16; do
     for one_pass in 0 1; do  # the two-pass moments epilogue, then the one-pass one
         [ "$(left)" -gt 260 ] || break 2
@@ -50,7 +53,8 @@ for shape in 64:384:1:1:8 16:96:1:1:32 24:144:1:1:32 96:576:1:1:8 32:192:1:1:16;
             --out "$OUT/moments/${shape//:/_}_$one_pass" 2>&1 | grep -v -i warn | grep " us "
     done
 done
-[ "$(left)" -gt 200 ] && gpu_tests gpu_tests_pointwise 90 tests/test_conv_pointwise.py
+[ "$(left)" -gt 200 ] && gpu_tests gpu_tests_pointwise 90 tests/test_conv_pointwise.py \
+    tests/test_weight_casts.py
 TRITONCNN_PDL=1 step pdl "$(( $(left) < 200 ? $(left) : 200 ))" --models mobilenetv2 resnet18
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_conv "$(( $(left) < 120 ? $(left) : 120 ))" tests/test_conv.py
 [ "$(left)" -gt 30 ] && gpu_tests gpu_tests_pdl "$(( $(left) < 60 ? $(left) : 60 ))" tests/test_pdl.py

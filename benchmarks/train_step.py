@@ -109,6 +109,7 @@ def ours_step(
     loader_warp_wgrad: bool = False,
     pointwise: bool | None = None,
     wgrad_max_splits: int = conv_configs.MAX_SPLITS,
+    weight_casts: bool = True,
 ):
     """A fresh tritoncnn model's training step on the loader's gathered batch; the whole call
     captured in a CUDA graph when ``graph`` (after two eager steps, as the trainer does).
@@ -142,7 +143,10 @@ def ours_step(
     kernels/conv_pointwise.py's persistent kernel (conv_pointwise.ENABLED; None: as
     TRITONCNN_POINTWISE says: on the GPU unless it is 0).
     ``wgrad_max_splits``: the most K splits of a conv weight gradient (conv_configs.MAX_SPLITS,
-    read at every launch)."""
+    read at every launch).
+    ``weight_casts``: the convs' 16-bit weight copies refreshed in one launch before the
+    forward, as the trainer does (nn.weight_casts; False, or a tree without it: each conv
+    casts its own)."""
     from tritoncnn.data.loader import GPULoader
     from tritoncnn.kernels import conv_halo, conv_halo_wgrad, conv_pointwise, conv_tma
     from tritoncnn.kernels import depthwise as depthwise_k
@@ -178,11 +182,16 @@ def ours_step(
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (batch,), generator=g)
     loader = GPULoader(images, labels, batch, (0.5,) * 3, (0.25,) * 3, shuffle=False, dtype=dtype)
+    refreshed = _weight_casts(model) if weight_casts else None
 
     def step():
         loader.set_epoch(0)  # back to batch 0 (one tiny launch): every call trains one batch
         x, y = loader.next_batch()
-        logits = model(x)
+        if refreshed is None:
+            logits = model(x)
+        else:
+            with refreshed(x.dtype):
+                logits = model(x)
         loss_fn(logits, y)
         model.backward(loss_fn.backward(scaler.scale_tensor if scaler else None))
         if scaler:
@@ -199,6 +208,16 @@ def ours_step(
     if cls is None:
         raise RuntimeError(f"no CUDA-graph step: {why}")
     return cls(step, warmup=2)
+
+
+def _weight_casts(model):
+    """``WeightCasts(model).refreshed`` where this tree has it (nn/weight_casts.py, 12-08),
+    else None: the step then runs as the trees before it did."""
+    try:
+        from tritoncnn.nn.weight_casts import WeightCasts
+    except ImportError:
+        return None
+    return WeightCasts(model).refreshed
 
 
 def torch_step(twin, x, y, mode: str):
@@ -355,6 +374,12 @@ def main() -> None:
         help="add a graph row without the pointwise kernel (the default rows have it)",
     )
     ap.add_argument(
+        "--per-conv-casts",
+        action="store_true",
+        help="add a graph row whose convs cast their own 16-bit weight copies (one launch "
+        "each) instead of one launch for all (nn/weight_casts.py, the default rows)",
+    )
+    ap.add_argument(
         "--wgrad-max-splits",
         type=int,
         help="add a graph row whose conv weight gradients take at most this many K splits "
@@ -433,6 +458,8 @@ def main() -> None:
                 ours["tritoncnn_fp16_graph_pointwise"] = {**graph, "pointwise": True}
             if args.without_pointwise:
                 ours["tritoncnn_fp16_graph_no_pointwise"] = {**graph, "pointwise": False}
+            if args.per_conv_casts:
+                ours["tritoncnn_fp16_graph_per_conv_casts"] = {**graph, "weight_casts": False}
             if args.wgrad_max_splits:
                 row = f"tritoncnn_fp16_graph_max_splits_{args.wgrad_max_splits}"
                 ours[row] = {**graph, "wgrad_max_splits": args.wgrad_max_splits}

@@ -1,4 +1,5 @@
-"""Optimizer kernels: multi-tensor SGD and Adam/AdamW steps, gradient zeroing, LR-schedule step.
+"""Optimizer kernels: multi-tensor SGD and Adam/AdamW steps, gradient zeroing, LR-schedule step,
+and the cast of the layers' 16-bit weight copies (the same multi-tensor tables).
 
 One launch updates every parameter of an optimizer ("multi-tensor" launch). The host builds two
 small device tables once (rebuilt only when a parameter or gradient is re-allocated):
@@ -37,8 +38,8 @@ import triton.language as tl
 from tritoncnn import runtime
 from tritoncnn.kernels.pdl import LAUNCH_PDL, wait_for_inputs
 
-# Tensor-table columns (int64).
-DATA, GRAD, STATE, NUMEL, GROUP, SLOT, NCHUNKS = 0, 1, 2, 3, 4, 5, 6
+# Tensor-table columns (int64). COPY: a 16-bit copy of DATA (cast_tensors' tables).
+DATA, GRAD, STATE, NUMEL, GROUP, SLOT, NCHUNKS, COPY = 0, 1, 2, 3, 4, 5, 6, 7
 TABLE_COLS = 8  # padded to 8 words per row
 _TCOLS = tl.constexpr(TABLE_COLS)
 
@@ -326,6 +327,31 @@ def fill_tensors_kernel(
 
 
 @triton.jit
+def cast_tensors_kernel(
+    tensors_ptr, chunks_ptr, BF16: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr
+):
+    """Round the fp32 tensors of column DATA into their 16-bit copies (column COPY: fp16, or
+    bf16 when BF16) over one chunk: the layers' 16-bit weight copies, refreshed in one launch
+    (nn.weight_casts). A copy has its tensor's dense memory layout, so the cast is
+    elementwise over memory order.
+
+    tensors_ptr, chunks_ptr: the multi-tensor tables (columns DATA, NUMEL, COPY).
+    """
+    wait_for_inputs()
+    row_ptr, chunk, numel = _chunk(tensors_ptr, chunks_ptr)
+    src_ptr = tl.load(row_ptr + DATA).to(tl.pointer_type(tl.float32))
+    if BF16:
+        dst_ptr = tl.load(row_ptr + COPY).to(tl.pointer_type(tl.bfloat16))
+    else:
+        dst_ptr = tl.load(row_ptr + COPY).to(tl.pointer_type(tl.float16))
+    for it in tl.static_range(ITERS):
+        offs = (chunk * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        v = tl.load(src_ptr + offs, mask=mask, other=0.0)
+        tl.store(dst_ptr + offs, v.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def lr_schedule_kernel(
     table_ptr,
     n_rows,
@@ -491,6 +517,26 @@ def fill_grads(
     fill_tensors_kernel[_grid(chunks)](
         tensors, chunks, value, COL=GRAD, BLOCK=block, ITERS=iters, launch_pdl=LAUNCH_PDL
     )
+
+
+def cast_tensors(
+    tensors: torch.Tensor,
+    chunks: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    block: int = BLOCK,
+    iters: int = ITERS,
+) -> None:
+    """Every DATA tensor of the tables rounded into its COPY (fp16 or bf16 ``dtype``), in one
+    launch."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"cast_tensors: copies are fp16 or bf16, not {dtype}")
+    if chunks.shape[0] == 0:
+        return
+    cast_tensors_kernel[_grid(chunks)](
+        tensors, chunks, BF16=dtype == torch.bfloat16, BLOCK=block, ITERS=iters,
+        launch_pdl=LAUNCH_PDL,
+    )  # fmt: skip
 
 
 def lr_schedule_step(

@@ -42,7 +42,9 @@ class Conv2d(Module):
 
     With 16-bit activations the GEMM kernels read a copy of the weight in the activation dtype,
     rounded from the master weight by one small cast kernel at each forward into a buffer the
-    layer keeps (``cast_weights``; the rounding is the one the kernels would do themselves).
+    layer keeps (``cast_weights``; the rounding is the one the kernels would do themselves),
+    or, in the trainer's step, by one launch for every conv of the model right before the
+    forward (nn/weight_casts.py).
     An fp32 weight operand with 24-channel rows made MobileNetV2's 24 <-> 144 1x1 convs ~5x
     slower on an H200 (fwd 653 -> 127 us, dgrad 523 -> 91 us at batch 512:
     benchmarks/conv_tiles.py), and the copy halves the weight traffic of every tile.
@@ -63,6 +65,9 @@ class Conv2d(Module):
     # previous residual block's) whose backward the dgrad epilogue applies, so backward returns
     # the gradient of that ReLU's input
     relu_input_grad = False
+    # set by nn.weight_casts.WeightCasts for the length of one model forward: its launch has
+    # just rounded every conv's weight into its weight_copy
+    copy_fresh = False
 
     def __init__(
         self,
@@ -185,14 +190,15 @@ class Conv2d(Module):
         link.publish(y, tiles)
         return y
 
-    def _gemm_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The weight the conv GEMMs read for activations of ``dtype``: the fp32 master, or
-        for 16-bit activations its copy in that dtype, refreshed now (same buffer each step,
-        so a captured CUDA graph replays into it)."""
+    def weight_copy(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The buffer of the weight's copy in ``dtype`` that the GEMMs read for activations of
+        that dtype (allocated on first use, then the same storage every step, so a captured
+        CUDA graph replays into it), or None where they read the fp32 master (fp32
+        activations, ``cast_weights`` off, a non-dense weight, a depthwise conv)."""
         w = self.weight.data
         dense = w.is_contiguous() or w.is_contiguous(memory_format=torch.channels_last)
-        if dtype == torch.float32 or not self.cast_weights or not dense:
-            return w
+        if dtype == torch.float32 or not self.cast_weights or not dense or self._is_depthwise():
+            return None
         cast = self._w_cast
         if (
             cast is None
@@ -201,7 +207,18 @@ class Conv2d(Module):
             or cast.stride() != w.stride()
         ):
             cast = self._w_cast = runtime.empty_like(w, dtype=dtype)
-        return EW.cast_(cast, w)
+        return cast
+
+    def _gemm_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight the conv GEMMs read for activations of ``dtype``: the fp32 master, or
+        its ``weight_copy``, rounded from the master now unless ``nn.weight_casts`` just
+        refreshed every copy of the model in one launch (``copy_fresh``)."""
+        cast = self.weight_copy(dtype)
+        if cast is None:
+            return self.weight.data
+        if self.copy_fresh:
+            return cast
+        return EW.cast_(cast, self.weight.data)
 
     def backward(
         self, grad_out: torch.Tensor, add: torch.Tensor | None = None

@@ -2,9 +2,10 @@
 stopping, checkpoints, resume. Knows nothing of Hydra: ``train/run.py`` builds its parts.
 
 One training step (``Trainer.train_step``) is a fixed sequence of our kernels — gather +
-augment, forward, loss, backward, unscale + inf check, fused optimizer update, loss-scale
-update, LR schedule — with no host sync and no torch compute op; metrics accumulate on the
-device and are read once per epoch.
+augment, the convs' 16-bit weight copies (one launch, nn/weight_casts.py), forward, loss,
+backward, unscale + inf check, fused optimizer update, loss-scale update, LR schedule — with
+no host sync and no torch compute op; metrics accumulate on the device and are read once per
+epoch.
 
 On a CUDA device (``TrainerConfig.cuda_graph``, the default) the gather and that step are
 captured once in a CUDA graph (``train/cuda_graph.py``) and replayed for every full batch;
@@ -31,6 +32,7 @@ import torch
 from tritoncnn import runtime
 from tritoncnn.data.loader import GPULoader
 from tritoncnn.nn import CrossEntropyLoss, Module
+from tritoncnn.nn.weight_casts import WeightCasts
 from tritoncnn.optim import GradScaler, Optimizer
 from tritoncnn.train import checkpoint, cuda_graph
 from tritoncnn.train.cuda_graph import CudaGraphStep
@@ -92,6 +94,8 @@ class Trainer:
 
                 prepare_model(model, dist)
         self.loss_fn = loss_fn or CrossEntropyLoss()
+        # the convs' 16-bit weight copies, refreshed in one launch before each forward
+        self.weight_casts = WeightCasts(model)
         self.train_loader, self.val_loader, self.test_loader = train, val, test
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -119,7 +123,8 @@ class Trainer:
     # --- one step ---------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, loss, backward and update on one batch; no host sync."""
-        logits = self.model(x)
+        with self.weight_casts.refreshed(x.dtype):
+            logits = self.model(x)
         loss = self.loss_fn(logits, y)
         self.meter.add(loss, logits, y)
         scale = self.scaler.scale_tensor if self.scaler is not None else None
@@ -153,7 +158,8 @@ class Trainer:
         self.train_step(x, y)
 
     def _eval_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = self.model(x)
+        with self.weight_casts.refreshed(x.dtype):
+            logits = self.model(x)
         self.meter.add(self.loss_fn(logits, y), logits, y)
 
     def _train_batch(self, rows: int) -> None:
