@@ -153,7 +153,10 @@ def resident_per_sm(cfg: PointwiseConfig, c_in: int, use: str = "moments") -> in
         "sums": cfg.per_sm_sums,
     }[use]
     if per_sm is None:
-        raise ValueError(f"pointwise tile {cfg} does not store batch-norm sums")
+        raise ValueError(
+            f"pointwise tile {cfg} does not store batch-norm sums without spilling: force one "
+            "of conv_pointwise.SUMS_CONFIGS on a dgrad with bn_grad_sums"
+        )
     if runtime.INTERPRETED:
         return per_sm
     fit = sm_shared_bytes() // (cfg.smem_bytes(block_k, use == "sums") + 1024)
